@@ -1,0 +1,73 @@
+/* test_config.c - pipeline.yaml parsing: the shipped file loads, and every kind of mistake is an
+ * error that names the key and the line. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <string.h>
+
+#include "config.h"
+#include "hm.h"
+
+static void test_shipped_file(void **state)
+{
+    hm_pipeline_cfg c;
+    if (hm_config_load("pipeline.yaml", &c)) fail_msg("%s", hm_errmsg());
+    assert_string_equal(c.backend, "cpu");
+    assert_int_equal(c.gen.topk, 50);
+    assert_float_equal(c.gen.cfg, 1.5, 0);
+    assert_int_equal(c.stage[HM_STAGE_BACKBONE].pool_slots, 8);
+    assert_string_equal(c.stage[HM_STAGE_VOCODER].endpoint, "ipc:///tmp/heartmula/vocoder.sock");
+    assert_string_equal(c.stage[HM_STAGE_VOCODER].backend, "cpu"); /* inherited */
+    (void)state;
+}
+
+static void expect_error(const char *yaml, const char *needle)
+{
+    hm_pipeline_cfg c;
+    assert_int_equal(hm_config_parse(yaml, strlen(yaml), "p.yaml", &c), HM_ERR);
+    if (!strstr(hm_errmsg(), needle)) fail_msg("message '%s' lacks '%s'", hm_errmsg(), needle);
+}
+
+static void test_errors(void **state)
+{
+    expect_error("backend: cpu\nbogus: 1\n", "p.yaml:2: unknown key 'bogus'");
+    expect_error("generation:\n  topk: fifty\n", "p.yaml:2: generation.topk: expected an integer");
+    expect_error("generation:\n  topk: 0\n", "generation.topk");
+    expect_error("generation:\n  cfg: nan\n", "generation.cfg");
+    expect_error("backend: tpu\n", "'tpu' is not one of cpu|cuda");
+    expect_error("stages:\n  backbone:\n    replicas: 2\n    colour: red\n", "p.yaml:4: unknown key 'stages.backbone.colour'");
+    expect_error("stages:\n  decoder: {}\n", "p.yaml:2: unknown key 'stages.decoder'");
+    expect_error("backend: cpu\nbackend: cuda\n", "p.yaml:2: key 'backend' appears twice");
+    expect_error("generation: [1, 2]\n", "generation: expected a mapping");
+    expect_error("a: [\n", "YAML syntax error");
+    expect_error("model_dir: *x\n", "");
+    (void)state;
+}
+
+static void test_overrides(void **state)
+{
+    const char *y = "backend: cuda\nrun_dir: /run/hm\nstages:\n  vocoder:\n    backend: cpu\n    replicas: 3\n";
+    hm_pipeline_cfg c;
+    if (hm_config_parse(y, strlen(y), "p.yaml", &c)) fail_msg("%s", hm_errmsg());
+    assert_string_equal(c.stage[HM_STAGE_BACKBONE].backend, "cuda");
+    assert_string_equal(c.stage[HM_STAGE_VOCODER].backend, "cpu");
+    assert_int_equal(c.stage[HM_STAGE_VOCODER].replicas, 3);
+    assert_string_equal(c.stage[HM_STAGE_TOKENIZER].endpoint, "ipc:///run/hm/tokenizer.sock");
+    /* an empty file means the defaults */
+    assert_int_equal(hm_config_parse("", 0, "empty", &c), HM_OK);
+    assert_int_equal(c.gen.codec_steps, 10);
+    (void)state;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_shipped_file),
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_overrides),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
