@@ -7,6 +7,8 @@
 #   tools/<t>/*.c         -> bin/<t>                heartmula CLI, model generators
 #   tests/test_*.c        -> build/tests/test_*     cmocka unit / parity / multi-process tests
 CC      ?= gcc
+BUILD   ?= build
+BIN     ?= bin
 NVCC    ?= nvcc
 CUDA    ?= 0
 O       ?= 2
@@ -24,55 +26,65 @@ CFLAGS  += -DHM_CUDA=1 -I$(CUDA_HOME)/include
 LDLIBS  += -L$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
 endif
 
+# Install the Debian packages on first use (tools/install-deps; a cheap header check otherwise).
+ifeq ($(filter clean,$(MAKECMDGOALS)),)
+ifneq ($(shell tools/install-deps --check >/dev/null 2>&1 && echo ok),ok)
+$(info heartmula-pipe: installing build dependencies with tools/install-deps)
+$(shell tools/install-deps >&2)
+endif
+endif
+
 STAGES      := tokenizer backbone draft-verifier flow-matching vocoder
 COMMON_SRC  := $(wildcard common/*.c)
-COMMON_OBJ  := $(COMMON_SRC:%.c=build/%.o)
+COMMON_OBJ  := $(COMMON_SRC:%.c=$(BUILD)/%.o)
 CU_SRC      := $(wildcard kernels/*.cu)
-CU_OBJ      := $(CU_SRC:%.cu=build/%.o)
+CU_OBJ      := $(CU_SRC:%.cu=$(BUILD)/%.o)
 KCPU_SRC    := $(wildcard kernels/*.c)
-KCPU_OBJ    := $(KCPU_SRC:%.c=build/%.o)
-TOOLS       := $(notdir $(wildcard tools/*))
+KCPU_OBJ    := $(KCPU_SRC:%.c=$(BUILD)/%.o)
+TOOLS       := $(patsubst tools/%/main.c,%,$(wildcard tools/*/main.c))
 TEST_SRC    := $(wildcard tests/test_*.c)
-TEST_BIN    := $(TEST_SRC:tests/%.c=build/tests/%)
+TEST_BIN    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 FUZZ_SRC    := $(wildcard tests/fuzz_*.c)
 
-stage_lib    = build/stage_$(1).a
-stage_objs   = $(patsubst %.c,build/%.o,$(filter-out stages/$(1)/main.c,$(wildcard stages/$(1)/*.c)))
+stage_lib    = $(BUILD)/stage_$(1).a
+stage_objs   = $(patsubst %.c,$(BUILD)/%.o,$(filter-out stages/$(1)/main.c,$(wildcard stages/$(1)/*.c)))
 STAGE_LIBS  := $(foreach s,$(STAGES),$(call stage_lib,$(s)))
-STAGE_BINS  := $(foreach s,$(STAGES),bin/hm-$(s))
-TOOL_BINS   := $(foreach t,$(TOOLS),bin/$(t))
-HMLIBS      := $(STAGE_LIBS) build/libhm.a $(if $(filter 1,$(CUDA)),build/libhmcuda.a)
+STAGE_BINS  := $(foreach s,$(STAGES),$(BIN)/hm-$(s))
+TOOL_BINS   := $(foreach t,$(TOOLS),$(BIN)/$(t))
+HMLIBS      := $(STAGE_LIBS) $(BUILD)/libhm.a $(if $(filter 1,$(CUDA)),$(BUILD)/libhmcuda.a)
 
 .PHONY: all test demo clean fuzz check-cuda
-all: $(STAGE_BINS) $(TOOL_BINS) $(TEST_BIN)
+all: $(STAGE_BINS) $(TOOL_BINS) $(BIN)/hm-launch $(TEST_BIN)
 
-build/libhm.a: $(COMMON_OBJ) $(KCPU_OBJ)
+$(BUILD)/libhm.a: $(COMMON_OBJ) $(KCPU_OBJ)
 	@mkdir -p $(@D); rm -f $@; ar rcs $@ $^
-build/libhmcuda.a: $(CU_OBJ)
+$(BUILD)/libhmcuda.a: $(CU_OBJ)
 	@mkdir -p $(@D); rm -f $@; ar rcs $@ $^
 define STAGE_RULES
 $(call stage_lib,$(1)): $(call stage_objs,$(1))
 	@mkdir -p $$(@D); rm -f $$@; ar rcs $$@ $$^
-bin/hm-$(1): build/stages/$(1)/main.o $(HMLIBS)
+$(BIN)/hm-$(1): $(BUILD)/stages/$(1)/main.o $(HMLIBS)
 	@mkdir -p $$(@D); $$(CC) $$(CFLAGS) -o $$@ $$< -Wl,--start-group $(HMLIBS) -Wl,--end-group $$(LDLIBS)
 endef
 $(foreach s,$(STAGES),$(eval $(call STAGE_RULES,$(s))))
 define TOOL_RULES
-bin/$(1): $(patsubst %.c,build/%.o,$(wildcard tools/$(1)/*.c)) $(HMLIBS)
+$(BIN)/$(1): $(patsubst %.c,$(BUILD)/%.o,$(wildcard tools/$(1)/*.c)) $(HMLIBS)
 	@mkdir -p $$(@D); $$(CC) $$(CFLAGS) -o $$@ $$(filter %.o,$$^) -Wl,--start-group $(HMLIBS) -Wl,--end-group $$(LDLIBS)
 endef
 $(foreach t,$(TOOLS),$(eval $(call TOOL_RULES,$(t))))
-build/tests/%: build/tests/%.o $(HMLIBS)
+$(BIN)/hm-launch: $(patsubst %.c,$(BUILD)/%.o,$(wildcard launch/*.c)) $(HMLIBS)
+	@mkdir -p $(@D); $(CC) $(CFLAGS) -o $@ $(filter %.o,$^) -Wl,--start-group $(HMLIBS) -Wl,--end-group $(LDLIBS)
+$(BUILD)/tests/%: $(BUILD)/tests/%.o $(HMLIBS)
 	@mkdir -p $(@D); $(CC) $(CFLAGS) -o $@ $< -Wl,--start-group $(HMLIBS) -Wl,--end-group $(LDLIBS) -lcmocka
 
-build/%.o: %.c
+$(BUILD)/%.o: %.c
 	@mkdir -p $(@D); $(CC) $(CFLAGS) -c -o $@ $<
-build/%.o: %.cu
+$(BUILD)/%.o: %.cu
 	@mkdir -p $(@D); $(NVCC) $(NVCCFLAGS) -c -o $@ $<
 
 # Fuzz targets: libFuzzer via clang, run for a bounded time by tests/run.sh.
-FUZZ_BIN := $(FUZZ_SRC:tests/%.c=build/fuzz/%)
-build/fuzz/%: tests/%.c $(COMMON_SRC) $(foreach s,$(STAGES),$(filter-out stages/$(s)/main.c,$(wildcard stages/$(s)/*.c)))
+FUZZ_BIN := $(FUZZ_SRC:tests/%.c=$(BUILD)/fuzz/%)
+$(BUILD)/fuzz/%: tests/%.c $(COMMON_SRC) $(KCPU_SRC) $(foreach s,$(STAGES),$(filter-out stages/$(s)/main.c,$(wildcard stages/$(s)/*.c)))
 	@mkdir -p $(@D); clang -g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -Icommon -Ikernels -I/usr/include/cjson \
 	  -o $@ $^ $(LDLIBS)
 fuzz: $(FUZZ_BIN)
@@ -84,6 +96,23 @@ demo: all
 	@bash tools/demo.sh
 
 clean:
-	rm -rf build bin out
+	rm -rf $(BUILD) $(BIN) build-cuda bin-cuda
 
--include $(shell find build -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+# ---- CUDA test programs (GPU engineer's block) -------------------------------------------------
+# tests/gpu_*.c -> $(BUILD)/gpu/gpu_*, only with CUDA=1.  They need a GPU, so tests/run.sh does not
+# run them; profiling/gpu-check builds and runs them on the GPU machine.
+ifeq ($(CUDA),1)
+GPU_SRC := $(wildcard tests/gpu_*.c)
+GPU_BIN := $(GPU_SRC:tests/%.c=$(BUILD)/gpu/%)
+all: $(GPU_BIN)
+$(BUILD)/gpu/%: $(BUILD)/tests/%.o $(BUILD)/libhmcuda.a $(BUILD)/libhm.a
+	@mkdir -p $(@D); $(CC) $(CFLAGS) -o $@ $< -Wl,--start-group $(BUILD)/libhmcuda.a $(BUILD)/libhm.a -Wl,--end-group \
+	  -Wl,--as-needed $(LDLIBS)
+endif
+
+# nvcc objects have no generated header dependencies: rebuild them when a kernel or common header changes
+ifeq ($(CUDA),1)
+$(CU_OBJ): $(wildcard kernels/*.h common/*.h)
+endif

@@ -296,6 +296,9 @@ static int fill(const node *root, const char *label, hm_pipeline_cfg *c)
             if (apply(&one, k_top, HM_ARRAY_LEN(k_top), c, label, "")) return HM_ERR;
         }
     }
+    /* a private pipeline (the CLI's, or hm-launch --run-dir) moves every socket elsewhere */
+    const char *ov = getenv("HEARTMULA_RUN_DIR");
+    if (ov && *ov) snprintf(c->run_dir, sizeof c->run_dir, "%s", ov);
     if (expand(c->run_dir, sizeof c->run_dir, "")) return HM_ERR;
     for (int i = 0; i < HM_STAGE_COUNT; i++) {
         hm_stage_cfg *s = &c->stage[i];
@@ -342,4 +345,73 @@ int hm_config_load(const char *path, hm_pipeline_cfg *cfg)
     free(txt);
     if (!rc) snprintf(cfg->path, sizeof cfg->path, "%s", path);
     return rc;
+}
+
+static const char *quoted(const char *s, char *buf, size_t cap)
+{
+    size_t o = 0;
+    buf[o++] = '"';
+    for (; *s && o + 3 < cap; s++) {
+        if (*s == '"' || *s == '\\') buf[o++] = '\\';
+        buf[o++] = *s;
+    }
+    buf[o++] = '"';
+    buf[o] = 0;
+    return buf;
+}
+
+int hm_config_write(const hm_pipeline_cfg *c, const char *path)
+{
+    char tmp[1100];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
+    FILE *f = fopen(tmp, "w");
+    if (!f) return hm_err("cannot write '%s': %s", tmp, strerror(errno));
+    /* strings are emitted double-quoted with the two characters YAML escapes there */
+#define QS(s) quoted(s, q, sizeof q)
+    char q[2200];
+    fprintf(f, "# written by heartmula from %s\n", c->path[0] ? c->path : "the built-in defaults");
+    fprintf(f, "model_dir: %s\n", QS(c->model_dir));
+    fprintf(f, "lm_version: %s\n", QS(c->lm_version));
+    fprintf(f, "tokenizer: %s\n", QS(c->tokenizer));
+    fprintf(f, "backend: %s\n", c->backend);
+    fprintf(f, "run_dir: %s\n", QS(c->run_dir));
+    fprintf(f, "request_timeout_ms: %d\n", c->request_timeout_ms);
+    fprintf(f, "generation:\n  temperature: %.17g\n  topk: %d\n  cfg: %.17g\n  max_seconds: %.17g\n"
+               "  codec_steps: %d\n  codec_guidance: %.17g\n  seed: %lld\n  sample_format: %s\n",
+            c->gen.temperature, c->gen.topk, c->gen.cfg, c->gen.max_seconds, c->gen.codec_steps, c->gen.codec_guidance,
+            (long long)c->gen.seed, QS(c->gen.sample_format));
+    fprintf(f, "stages:\n");
+    for (int i = 0; i < HM_STAGE_COUNT; i++) {
+        const hm_stage_cfg *s = &c->stage[i];
+        fprintf(f, "  %s:\n    replicas: %d\n    backend: %s\n", s->name, s->replicas, s->backend);
+        fprintf(f, "    endpoint: %s\n", QS(s->endpoint));
+        fprintf(f, "    control: %s\n", QS(s->control));
+        fprintf(f, "    pool_slots: %d\n    pool_slot_bytes: %lld\n    precision: %s\n    watchdog_ms: %d\n",
+                s->pool_slots, (long long)s->pool_slot_bytes, QS(s->precision), s->watchdog_ms);
+    }
+#undef QS
+    int bad = ferror(f);
+    if (fclose(f) != 0 || bad || rename(tmp, path) != 0) {
+        unlink(tmp);
+        return hm_err("cannot write '%s'", path);
+    }
+    return HM_OK;
+}
+
+int hm_stage_endpoint(const hm_pipeline_cfg *c, int stage, int replica, char *buf, size_t cap)
+{
+    const char *ep = c->stage[stage].endpoint;
+    if (replica == 0) {
+        snprintf(buf, cap, "%s", ep);
+        return HM_OK;
+    }
+    if (!strncmp(ep, "tcp://", 6)) {
+        const char *colon = strrchr(ep, ':');
+        long port = colon ? strtol(colon + 1, NULL, 10) : 0;
+        if (port <= 0 || port + replica > 65535) return hm_err("stages.%s.endpoint '%s': needs a port for replicas", c->stage[stage].name, ep);
+        snprintf(buf, cap, "%.*s:%ld", (int)(colon - ep), ep, port + replica);
+        return HM_OK;
+    }
+    snprintf(buf, cap, "%s-%d", ep, replica);
+    return HM_OK;
 }

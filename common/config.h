@@ -1,7 +1,8 @@
 /* config.h - pipeline.yaml -> typed struct (libyaml).  Table-driven: every key the file may
  * hold is one row of a schema in config.c; an unknown key, a wrong type or an out-of-range value
  * is an error naming the key and its line ("pipeline.yaml:12: stages.backbone.replicas: expected
- * an integer in [1, 64]").  Strings like "{run_dir}" inside endpoints are expanded on load. */
+ * an integer in [1, 64]").  Strings like "{run_dir}" inside endpoints are expanded on load; the
+ * environment variable HEARTMULA_RUN_DIR, when set, replaces run_dir (private pipelines). */
 #ifndef HM_CONFIG_H
 #define HM_CONFIG_H
 
@@ -49,5 +50,14 @@ void hm_config_defaults(hm_pipeline_cfg *cfg);
 int hm_config_load(const char *path, hm_pipeline_cfg *cfg);
 /* Same from a string (tests, fuzzing); `label` names it in messages. */
 int hm_config_parse(const char *text, size_t len, const char *label, hm_pipeline_cfg *cfg);
+
+/* The input endpoint of replica r of a stage: replica 0 binds the configured endpoint, replica r
+ * binds "<endpoint>-r" (ipc) or port + r (tcp).  Producers connect to every replica and pick one
+ * per request (request id modulo replicas), so all messages of a request meet the same replica. */
+int hm_stage_endpoint(const hm_pipeline_cfg *cfg, int stage, int replica, char *buf, size_t cap);
+
+/* Write *cfg as a complete pipeline.yaml (atomically) that hm_config_load reads back to the
+ * same values; endpoints are written expanded.  Used for private pipelines with overrides. */
+int hm_config_write(const hm_pipeline_cfg *cfg, const char *path);
 
 #endif

@@ -6,7 +6,9 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "hm.h"
@@ -62,12 +64,32 @@ static void test_overrides(void **state)
     (void)state;
 }
 
+static void test_write_round_trip(void **state)
+{
+    const char *y = "backend: cuda\nmodel_dir: \"/m/a \\\"q\\\"\"\ngeneration:\n  seed: 77\n  cfg: 1.25\nstages:\n  vocoder:\n    replicas: 2\n";
+    hm_pipeline_cfg a, b;
+    if (hm_config_parse(y, strlen(y), "p.yaml", &a)) fail_msg("%s", hm_errmsg());
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/hm-cfg-%d.yaml", (int)getpid());
+    assert_int_equal(hm_config_write(&a, path), HM_OK);
+    if (hm_config_load(path, &b)) fail_msg("%s", hm_errmsg());
+    remove(path);
+    assert_string_equal(b.model_dir, "/m/a \"q\"");
+    assert_int_equal(b.gen.seed, 77);
+    assert_float_equal(b.gen.cfg, 1.25, 0);
+    assert_int_equal(b.stage[HM_STAGE_VOCODER].replicas, 2);
+    assert_string_equal(b.stage[HM_STAGE_BACKBONE].backend, "cuda");
+    assert_string_equal(b.stage[HM_STAGE_TOKENIZER].endpoint, a.stage[HM_STAGE_TOKENIZER].endpoint);
+    (void)state;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_shipped_file),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_overrides),
+        cmocka_unit_test(test_write_round_trip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

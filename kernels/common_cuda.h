@@ -1,0 +1,109 @@
+/* common_cuda.h - helpers shared by the CUDA kernels (internal to the kernels/ .cu files): checked CUDA
+ * and cuBLASLt calls that report file:line through hm_err, bf16 load/store, warp reductions. */
+#ifndef HM_COMMON_CUDA_H
+#define HM_COMMON_CUDA_H
+
+#include <cuda_runtime.h>
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+extern "C" {
+#include "hm.h"
+}
+
+/* Return HM_ERR from the enclosing function with "file:line: call: cuda error text". */
+#define CK(call)                                                                                \
+    do {                                                                                        \
+        cudaError_t ck_e_ = (call);                                                             \
+        if (ck_e_ != cudaSuccess)                                                               \
+            return hm_err("%s:%d: %s: %s", __FILE__, __LINE__, #call, cudaGetErrorString(ck_e_)); \
+    } while (0)
+/* After a kernel launch: catches bad launch configurations (execution errors show up later). */
+#define CK_LAUNCH() CK(cudaGetLastError())
+#define CKLT(call)                                                                              \
+    do {                                                                                        \
+        cublasStatus_t ck_s_ = (call);                                                          \
+        if (ck_s_ != CUBLAS_STATUS_SUCCESS)                                                     \
+            return hm_err("%s:%d: %s: cublas status %d", __FILE__, __LINE__, #call, (int)ck_s_); \
+    } while (0)
+/* Propagate an HM_ERR from a callee, adding this location. */
+#define CKH(call)                                                                               \
+    do {                                                                                        \
+        if ((call) != HM_OK) return hm_err_ctx("%s:%d", __FILE__, __LINE__);                   \
+    } while (0)
+
+__device__ __forceinline__ float hmc_ld(const float *p) { return *p; }
+__device__ __forceinline__ float hmc_ld(const __nv_bfloat16 *p) { return __bfloat162float(*p); }
+__device__ __forceinline__ void hmc_st(float *p, float v) { *p = v; }
+__device__ __forceinline__ void hmc_st(__nv_bfloat16 *p, float v) { *p = __float2bfloat16(v); }
+
+__device__ __forceinline__ float warp_sum(float v)
+{
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v)
+{
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* Block-wide sum for blockDim.x a multiple of 32, at most 1024; every thread gets the result.
+ * `red` is 32 floats of shared memory. */
+__device__ __forceinline__ float block_sum(float v, float *red)
+{
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) red[w] = v;
+    __syncthreads();
+    v = lane < nw ? red[lane] : 0.0f;
+    return warp_sum(v);
+}
+__device__ __forceinline__ float block_max(float v, float *red)
+{
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) red[w] = v;
+    __syncthreads();
+    v = lane < nw ? red[lane] : -INFINITY;
+    return warp_max(v);
+}
+
+/* Programmatic dependent launch (Hopper+): a kernel of the decode chain lets the next one be
+ * scheduled at once (pdl_trigger), and waits for its predecessor's results only where it first
+ * reads them (pdl_wait), so e.g. a GEMV streams its first weights while the previous op drains.
+ * Both are no-ops when the kernel was launched without the attribute or below sm_90. */
+__device__ __forceinline__ void pdl_wait()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+/* 1 unless HM_NO_PDL is set (for A/B timing). */
+int hmc_pdl_enabled(void);
+
+/* Launch `kern` with the programmatic-stream-serialization attribute (see pdl_wait). */
+template <typename... KArgs, typename... Args>
+static inline int launch_pdl(void (*kern)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s,
+                             Args... args)
+{
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = smem, cfg.stream = s;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at, cfg.numAttrs = hmc_pdl_enabled() ? 1 : 0;
+    CK(cudaLaunchKernelEx(&cfg, kern, static_cast<KArgs>(args)...));
+    return HM_OK;
+}
+
+#endif

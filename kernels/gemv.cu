@@ -1,0 +1,347 @@
+/* gemv.cu - weight-streaming matrix-vector product for the decode path (1-4 activation rows).
+ * CPU twin: cpu_linear (+ cpu_rmsnorm / cpu_silu_mul for the fused input transforms).
+ *
+ * Decode is bound by reading the weights once, so each warp streams two weight rows with 16-byte
+ * loads, U loads per row in flight plus the next U prefetched while the current ones are used.
+ * The (transformed) activations are staged once per block in shared memory as fp32, which is
+ * where the preceding RMSNorm or SwiGLU is fused: no separate kernel, no intermediate in DRAM.
+ * The first weight loads are issued before the staging so their latency overlaps it. */
+#include "common_cuda.h"
+#include "ops_cuda.h"
+
+#include <cuda_fp8.h>
+
+namespace {
+
+constexpr int WARPS = 8;          /* warps per block */
+constexpr int RPW = 2;            /* weight rows per warp */
+
+template <typename WT> struct wtraits;
+template <> struct wtraits<__nv_bfloat16> { static constexpr int E = 8; };
+template <> struct wtraits<float> { static constexpr int E = 4; };
+template <> struct wtraits<__nv_fp8_e4m3> { static constexpr int E = 16; };
+
+/* decode the E weights of one 16-byte load to fp32 */
+__device__ __forceinline__ void wdec(const uint4 w, float *o, const __nv_bfloat16 *)
+{
+    const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&w);
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        float2 f = __bfloat1622float2(h[j]);
+        o[2 * j] = f.x, o[2 * j + 1] = f.y;
+    }
+}
+__device__ __forceinline__ void wdec(const uint4 w, float *o, const float *)
+{
+    o[0] = __uint_as_float(w.x), o[1] = __uint_as_float(w.y), o[2] = __uint_as_float(w.z), o[3] = __uint_as_float(w.w);
+}
+__device__ __forceinline__ void wdec(const uint4 w, float *o, const __nv_fp8_e4m3 *)
+{
+    const __nv_fp8x2_storage_t *p = reinterpret_cast<const __nv_fp8x2_storage_t *>(&w);
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        __half2_raw hr = __nv_cvt_fp8x2_to_halfraw2(p[j], __NV_E4M3);
+        float2 f = __half22float2(*reinterpret_cast<__half2 *>(&hr));
+        o[2 * j] = f.x, o[2 * j + 1] = f.y;
+    }
+}
+
+/* weights are read once: stream them past L1 */
+__device__ __forceinline__ uint4 ldw(const uint4 *p)
+{
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
+
+/* Stage in(x) rows into shared memory (fp32 [R][K]); 16-byte loads, several in flight. */
+template <int R>
+__device__ __forceinline__ void stage_x(float *xs, const float *__restrict__ x, int ldx, int K, int in_mode,
+                                        const float *__restrict__ nscale, float eps, float *red)
+{
+    const int K4 = K / 4;
+    float4 *xs4 = reinterpret_cast<float4 *>(xs);
+    float ss[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        ss[r] = 0.0f;
+        const float4 *x4 = reinterpret_cast<const float4 *>(x + (size_t)r * ldx);
+        if (in_mode == HMC_IN_SWIGLU) {
+#pragma unroll 4
+            for (int i = threadIdx.x; i < K4; i += blockDim.x) {
+                float4 g = x4[i], u = x4[K4 + i];
+                g.x = g.x / (1.0f + __expf(-g.x)) * u.x;
+                g.y = g.y / (1.0f + __expf(-g.y)) * u.y;
+                g.z = g.z / (1.0f + __expf(-g.z)) * u.z;
+                g.w = g.w / (1.0f + __expf(-g.w)) * u.w;
+                xs4[r * K4 + i] = g;
+            }
+        } else {
+#pragma unroll 4
+            for (int i = threadIdx.x; i < K4; i += blockDim.x) {
+                float4 v = x4[i];
+                ss[r] += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+                xs4[r * K4 + i] = v;
+            }
+        }
+    }
+    if (in_mode == HMC_IN_RMSNORM) {
+        const float4 *s4 = reinterpret_cast<const float4 *>(nscale);
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            float rs = rsqrtf(block_sum(ss[r], red) / (float)K + eps);
+            for (int i = threadIdx.x; i < K4; i += blockDim.x) {
+                float4 v = xs4[r * K4 + i], sc = s4[i];
+                v.x *= rs * sc.x, v.y *= rs * sc.y, v.z *= rs * sc.z, v.w *= rs * sc.w;
+                xs4[r * K4 + i] = v;
+            }
+        }
+    }
+    __syncthreads();
+}
+
+/* Persistent blocks: a block takes WARPS/KS row pairs at a time (stride: the whole grid); the KS
+ * warps of a pair split its 16-byte words into KS contiguous segments, and each lane owns the
+ * words lane, lane + 32, ... of its segment, U per row per step.  With DB the next step's loads
+ * (or the next pair's first) are issued before the current ones are used.  KS > 1 merges the
+ * segments' partial sums in shared memory.  All loads of a step are independent, so a warp keeps
+ * RPW·U·512 bytes in flight. */
+template <typename WT, int R, int U, int KS, bool DB>
+__global__ void __launch_bounds__(WARPS * 32)
+gemv_kernel(const WT *__restrict__ W, const float *__restrict__ wscale, int N, int K,
+            const float *__restrict__ x, int ldx, int in_mode, const float *__restrict__ nscale,
+            float eps, float *__restrict__ y, int ldy, int accumulate)
+{
+    constexpr int E = wtraits<WT>::E;
+    constexpr int PPB = WARPS / KS; /* row pairs per block step */
+    extern __shared__ float4 xs_raw[]; /* [R][K] floats */
+    float *xs = reinterpret_cast<float *>(xs_raw);
+    __shared__ float red[32];
+    __shared__ float part[KS > 1 ? WARPS : 1][RPW][R];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int grp = warp / KS, sub = warp % KS;
+    const int npairs = (N + RPW - 1) / RPW;
+    const int KW = K / E; /* 16-byte words per row */
+    const int seg = (KW + KS - 1) / KS, s0 = sub * seg, s1 = min(KW, s0 + seg);
+    const int stride = gridDim.x * PPB;
+    int base = blockIdx.x * PPB;
+
+    uint4 cur[RPW][U];
+    auto load_step = [&](uint4 (&dst)[RPW][U], int pp, int w0) {
+#pragma unroll
+        for (int i = 0; i < RPW; i++) {
+            const int n = pp * RPW + i;
+            const uint4 *row = reinterpret_cast<const uint4 *>(W + (size_t)(n < N ? n : 0) * K);
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                int w = w0 + u * 32;
+                dst[i][u] = (pp < npairs && n < N && w < s1) ? ldw(row + w) : make_uint4(0, 0, 0, 0);
+            }
+        }
+    };
+    pdl_trigger();
+    /* first loads (weights only) before waiting for the previous op and staging its output */
+    load_step(cur, base + grp, s0 + lane);
+    pdl_wait();
+    stage_x<R>(xs, x, ldx, K, in_mode, nscale, eps, red);
+
+    for (; base < npairs; base += stride) {
+        const int p = base + grp;
+        float acc[RPW][R];
+#pragma unroll
+        for (int i = 0; i < RPW; i++)
+#pragma unroll
+            for (int r = 0; r < R; r++) acc[i][r] = 0.0f;
+        for (int w0 = s0 + lane; w0 < s1 || w0 == s0 + lane; w0 += 32 * U) {
+            uint4 nxt[RPW][U];
+            if (DB) {
+                if (w0 + 32 * U < s1) load_step(nxt, p, w0 + 32 * U);
+                else load_step(nxt, p + stride, s0 + lane); /* the next pair's first step */
+            }
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                const int w = w0 + u * 32;
+                if (w < s1) {
+                    float wf[RPW][E];
+#pragma unroll
+                    for (int i = 0; i < RPW; i++) wdec(cur[i][u], wf[i], (const WT *)nullptr);
+#pragma unroll
+                    for (int r = 0; r < R; r++) {
+                        const float4 *xp = reinterpret_cast<const float4 *>(xs + r * K + w * E);
+#pragma unroll
+                        for (int q = 0; q < E / 4; q++) {
+                            float4 a = xp[q];
+#pragma unroll
+                            for (int i = 0; i < RPW; i++)
+                                acc[i][r] += wf[i][4 * q] * a.x + wf[i][4 * q + 1] * a.y + wf[i][4 * q + 2] * a.z +
+                                             wf[i][4 * q + 3] * a.w;
+                        }
+                    }
+                }
+            }
+            if (DB) {
+#pragma unroll
+                for (int i = 0; i < RPW; i++)
+#pragma unroll
+                    for (int u = 0; u < U; u++) cur[i][u] = nxt[i][u];
+            } else if (w0 + 32 * U < s1) {
+                load_step(cur, p, w0 + 32 * U);
+            } else {
+                load_step(cur, p + stride, s0 + lane);
+            }
+            if (w0 + 32 * U >= s1) break;
+        }
+#pragma unroll
+        for (int i = 0; i < RPW; i++)
+#pragma unroll
+            for (int r = 0; r < R; r++) acc[i][r] = warp_sum(acc[i][r]);
+        if (KS > 1) {
+            if (lane == 0)
+#pragma unroll
+                for (int i = 0; i < RPW; i++)
+#pragma unroll
+                    for (int r = 0; r < R; r++) part[warp][i][r] = acc[i][r];
+            __syncthreads();
+            if (sub == 0 && lane == 0)
+#pragma unroll
+                for (int i = 0; i < RPW; i++)
+#pragma unroll
+                    for (int r = 0; r < R; r++) {
+                        float v = 0.0f;
+#pragma unroll
+                        for (int k = 0; k < KS; k++) v += part[warp + k][i][r];
+                        acc[i][r] = v;
+                    }
+            __syncthreads();
+        }
+        if (sub == 0 && lane == 0 && p < npairs) {
+#pragma unroll
+            for (int i = 0; i < RPW; i++) {
+                const int n = p * RPW + i;
+                if (n >= N) continue;
+                float sc = wscale ? wscale[n] : 1.0f;
+#pragma unroll
+                for (int r = 0; r < R; r++) {
+                    float v = acc[i][r] * sc;
+                    float *yp = y + (size_t)r * ldy + n;
+                    *yp = accumulate ? *yp + v : v;
+                }
+            }
+        }
+    }
+}
+
+int g_sms;
+int g_bps = 1; /* resident GEMV blocks per SM: 1 leaves room for the next kernel's prefetch (PDL) */
+
+template <typename WT, int R, int U, int KS, bool DB>
+int launch(const hmc_gemv_args *a, cudaStream_t s)
+{
+    auto kern = gemv_kernel<WT, R, U, KS, DB>;
+    size_t smem = (size_t)R * a->K * sizeof(float);
+    static int attr_set;
+    static size_t occ_smem = (size_t)-1;
+    static int occ;
+    if (!attr_set) {
+        CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024));
+        attr_set = 1;
+    }
+    if (!g_sms) {
+        int dev;
+        CK(cudaGetDevice(&dev));
+        CK(cudaDeviceGetAttribute(&g_sms, cudaDevAttrMultiProcessorCount, dev));
+    }
+    if (smem != occ_smem) {
+        CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, WARPS * 32, smem));
+        if (occ < 1) return hm_err("%s:%d: gemv: no occupancy for %zu bytes of shared memory", __FILE__, __LINE__, smem);
+        occ_smem = smem;
+    }
+    const int pairs = (a->N + RPW - 1) / RPW, ppb = WARPS / KS;
+    const int blocks = HM_MIN((pairs + ppb - 1) / ppb, g_sms * HM_MIN(occ, g_bps));
+    return launch_pdl(kern, dim3(blocks), dim3(WARPS * 32), smem, s, (const WT *)a->W, a->w_scale, a->N, a->K, a->x,
+                      a->ldx, a->in_mode, a->norm_scale, a->eps, a->y, a->ldy, a->accumulate);
+}
+
+/* Variants (U, KS, DB) timed by gpu_lm bench; 0 = auto choice by shape. */
+template <typename WT, int R>
+int launch_variant(const hmc_gemv_args *a, cudaStream_t s)
+{
+    constexpr int E = wtraits<WT>::E;
+    int v = a->variant;
+    if (v == 0) {
+        /* auto: enough warps per row pair that each lane has at most ~2 steps of 8 words */
+        const int KW = a->K / E;
+        v = KW <= 256 ? 2 : KW <= 512 ? 4 : 6;
+    }
+    switch (v) {
+    case 1: return launch<WT, R, 4, 1, true>(a, s);
+    case 2: return launch<WT, R, 8, 1, false>(a, s);
+    case 3: return launch<WT, R, 4, 2, true>(a, s);
+    case 4: return launch<WT, R, 8, 2, false>(a, s);
+    case 5: return launch<WT, R, 4, 4, true>(a, s);
+    case 6: return launch<WT, R, 8, 4, false>(a, s);
+    default: return hm_err("%s:%d: gemv: unknown variant %d", __FILE__, __LINE__, v);
+    }
+}
+
+template <typename WT>
+int dispatch_rows(const hmc_gemv_args *a, cudaStream_t s)
+{
+    switch (a->rows) {
+    case 1: return launch_variant<WT, 1>(a, s);
+    case 2: return launch_variant<WT, 2>(a, s);
+    case 3: return launch_variant<WT, 3>(a, s);
+    case 4: return launch_variant<WT, 4>(a, s);
+    default: return hm_err("%s:%d: gemv: rows %d not in 1..4", __FILE__, __LINE__, a->rows);
+    }
+}
+
+__global__ void quantize_fp8_kernel(const __nv_bfloat16 *__restrict__ W, int K, __nv_fp8_e4m3 *__restrict__ W8,
+                                    float *__restrict__ scale)
+{
+    __shared__ float red[32];
+    const __nv_bfloat16 *w = W + (size_t)blockIdx.x * K;
+    float mx = 0.0f;
+    for (int k = threadIdx.x; k < K; k += blockDim.x) mx = fmaxf(mx, fabsf(__bfloat162float(w[k])));
+    mx = block_max(mx, red);
+    float s = mx > 0.0f ? mx / 448.0f : 1.0f;
+    for (int k = threadIdx.x; k < K; k += blockDim.x)
+        W8[(size_t)blockIdx.x * K + k] = __nv_fp8_e4m3(__bfloat162float(w[k]) / s);
+    if (threadIdx.x == 0) scale[blockIdx.x] = s;
+}
+
+} // namespace
+
+extern "C" int hmc_quantize_fp8(const void *W, int N, int K, void *W8, float *scale, cudaStream_t s)
+{
+    quantize_fp8_kernel<<<N, 256, 0, s>>>((const __nv_bfloat16 *)W, K, (__nv_fp8_e4m3 *)W8, scale);
+    CK_LAUNCH();
+    return HM_OK;
+}
+
+extern "C" void hmc_gemv_set_blocks_per_sm(int n) { g_bps = n > 0 ? n : 1; }
+
+extern "C" size_t hmc_dtype_size(hmc_dtype t)
+{
+    return t == HMC_F32 ? 4 : t == HMC_BF16 ? 2 : 1;
+}
+
+extern "C" int hmc_gemv(const hmc_gemv_args *a, cudaStream_t s)
+{
+    if (a->K % 16 != 0 && !(a->wdt != HMC_FP8 && a->K % 8 == 0))
+        return hm_err("%s:%d: gemv: K %d must be a multiple of 8 (16 for fp8)", __FILE__, __LINE__, a->K);
+    if (a->wdt == HMC_F32 && a->K % 4) return hm_err("%s:%d: gemv: bad K", __FILE__, __LINE__);
+    if (((uintptr_t)a->x & 15) || a->ldx % 4 || (a->norm_scale && ((uintptr_t)a->norm_scale & 15)))
+        return hm_err("%s:%d: gemv: x and norm_scale must be 16-byte aligned, ldx a multiple of 4", __FILE__, __LINE__);
+    if ((size_t)a->rows * a->K * 4 > 200 * 1024)
+        return hm_err("%s:%d: gemv: rows*K %d*%d too large for shared memory", __FILE__, __LINE__, a->rows, a->K);
+    if (a->wdt == HMC_FP8 && !a->w_scale) return hm_err("%s:%d: gemv: fp8 needs w_scale", __FILE__, __LINE__);
+    switch (a->wdt) {
+    case HMC_BF16: return dispatch_rows<__nv_bfloat16>(a, s);
+    case HMC_F32: return dispatch_rows<float>(a, s);
+    case HMC_FP8: return dispatch_rows<__nv_fp8_e4m3>(a, s);
+    }
+    return hm_err("%s:%d: gemv: bad dtype", __FILE__, __LINE__);
+}

@@ -1,0 +1,98 @@
+/* lm_cuda.h - the HeartMuLa language model on one CUDA GPU (MODEL.md §2), C-callable.
+ *
+ * An lm_cuda holds the weights on the device (bf16, or fp32 for the exactness mode); an
+ * lm_cuda_req is one generation request: its KV caches for B = 1 (no CFG) or 2 rows (row 0
+ * conditional, row 1 unconditional), its scratch buffers and its two CUDA graphs:
+ *   backbone step  = embed the frame, all backbone layers at the current position, final norm
+ *   depth frame    = codebook-0 head, CFG, sampling, depth decoder (fresh cache, positions 0..7),
+ *                    the 7 audio heads with CFG and sampling: the 8 codes of a frame
+ * Each graph is recorded on its second use (the first runs eagerly) and replayed after that; a
+ * frame has no host synchronisation until the codes are copied back.
+ *
+ * Typical use (stages/backbone + stages/draft-verifier, or one process):
+ *   lm_cuda_load(dir, &opts, &m); lm_cuda_req_new(m, 2, 8192, &r);
+ *   lm_cuda_prefill(r, tok, mask, S, muq_index, NULL);
+ *   loop: lm_cuda_frame(r, &samp, codes, NULL);  ...  lm_cuda_extend(r, NULL);
+ * All functions return HM_OK or HM_ERR with hm_errmsg() naming file:line.  Not thread-safe per
+ * request; requests of one model may live on different threads only if the cuBLASLt GEMM cache
+ * (prefill) is not used concurrently. */
+#ifndef HM_LM_CUDA_H
+#define HM_LM_CUDA_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+#include "modelcfg.h" /* the lead's C header has no C++ guard */
+#ifdef __cplusplus
+}
+#endif
+#include "ops_cuda.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct lm_cuda lm_cuda;
+typedef struct lm_cuda_req lm_cuda_req;
+
+typedef struct {
+    hmc_dtype wdt;     /* HMC_BF16 (default, 0) or HMC_F32 (holds the reference's fp32 numerics) */
+} lm_cuda_opts;
+
+/* Load the one MODEL_DIR/HeartMuLa-oss-<version> folder (config + safetensors) onto the current device.  opts may be
+ * NULL.  *out owned by the caller (lm_cuda_free). */
+int lm_cuda_load(const char *model_dir, const lm_cuda_opts *opts, lm_cuda **out);
+/* A model of cfg's shapes with seeded random weights generated on the device (benchmarks). */
+int lm_cuda_random(const hm_lm_config *cfg, uint64_t seed, const lm_cuda_opts *opts, lm_cuda **out);
+void lm_cuda_free(lm_cuda *m);
+const hm_lm_config *lm_cuda_config(const lm_cuda *m);
+/* Bytes of weights read per frame at the decode path (backbone once, decoder 7x, heads). */
+double lm_cuda_frame_bytes(const lm_cuda *m);
+
+/* A request of B rows (1 or 2) with room for max_seq backbone positions.  Owns its stream. */
+int lm_cuda_req_new(lm_cuda *m, int B, int max_seq, lm_cuda_req **out);
+void lm_cuda_req_free(lm_cuda_req *r);
+/* Positions held in the backbone cache. */
+int lm_cuda_pos(const lm_cuda_req *r);
+
+/* Backbone over the S prompt rows (tok int32 [S, nc+1], mask u8 [S, nc+1], host memory), starting
+ * at the current position.  muq_index: the MuQ slot row (-1: none); muq [muq_dim] host fp32 or
+ * NULL (= zeros, so the slot gets muq_linear's bias).  Leaves the last hidden state for the next
+ * lm_cuda_frame.  Synchronous. */
+int lm_cuda_prefill(lm_cuda_req *r, const int32_t *tok, const uint8_t *mask, int S, int muq_index, const float *muq);
+/* Backbone over one frame at the current position: codes [nc] host, or NULL for the frame that
+ * the last lm_cuda_frame sampled (stays on the device).  Asynchronous (no host sync). */
+int lm_cuda_extend(lm_cuda_req *r, const int32_t *codes);
+/* Forget the last n positions (speculative drafts that the verifier rejected). */
+int lm_cuda_rollback(lm_cuda_req *r, int n);
+
+typedef struct {
+    float temperature;      /* > 0 */
+    int topk;               /* <= 1: argmax */
+    float cfg_scale;        /* used when B == 2 */
+    uint64_t seed;
+    uint32_t counter;       /* RNG counter of this frame (e.g. the frame index) */
+    const int32_t *forced;  /* NULL, or nc codes (>= 0 replaces the draw: teacher forcing) */
+} lm_cuda_sampling;
+/* Sample one frame from the last hidden state: codes [nc] (host) and, if logits is non-NULL, the
+ * CFG-combined logits handed to the sampler, [nc][audio_vocab] fp32 (host).  Synchronous. */
+int lm_cuda_frame(lm_cuda_req *r, const lm_cuda_sampling *s, int32_t *codes, float *logits);
+/* Device pointer to the last hidden state [B, D] fp32 (after the final norm). */
+const float *lm_cuda_hidden(const lm_cuda_req *r);
+
+/* Per-piece GPU time of one frame (extend + frame), run eagerly with an event around each op. */
+#define LM_CUDA_PROF_MAX 24
+typedef struct {
+    int n;
+    const char *name[LM_CUDA_PROF_MAX];
+    double ms[LM_CUDA_PROF_MAX];
+    double bytes[LM_CUDA_PROF_MAX];  /* weight bytes the piece reads (0 if not a GEMV) */
+} lm_cuda_prof;
+int lm_cuda_profile_frame(lm_cuda_req *r, const lm_cuda_sampling *s, lm_cuda_prof *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,132 @@
+/* ops_cuda.h - C-callable entries of the CUDA ops of the language model (the kernels/ .cu files).
+ * Each op has a CPU twin in ops_cpu.h (tests/gpu_ops.c checks them against each other).
+ * Conventions: weights and KV caches are bf16 (HMC_BF16) or fp32 (HMC_F32, the exactness mode);
+ * activations handed between ops are fp32 unless a field says otherwise; all accumulation, norms,
+ * rotary angles and softmax are fp32.  Every entry only enqueues work on `stream` (no host sync,
+ * graph-capturable) and returns HM_OK, or HM_ERR with "file:line: ..." for a bad argument or a
+ * failed launch.  Pointers are device pointers unless named host_*. */
+#ifndef HM_OPS_CUDA_H
+#define HM_OPS_CUDA_H
+
+#include <cuda_runtime.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum { HMC_BF16 = 0, HMC_F32 = 1, HMC_FP8 = 2 } hmc_dtype;
+size_t hmc_dtype_size(hmc_dtype t);
+
+/* ---- GEMV (decode path, kernels/gemv.cu) ------------------------------------------------------
+ * y[r, n] (+)= Σ_k in(x)[r, k] · W[n, k]   for r < rows (1..4), n < N.  W is [N, K] row-major.
+ * in(x) is x itself (HMC_IN_PLAIN), RMSNorm(x row) · norm_scale (HMC_IN_RMSNORM), or
+ * silu(x[r, k]) · x[r, K + k] (HMC_IN_SWIGLU: x rows hold gate then up, 2K wide).
+ * K must be a multiple of 8 (16-byte weight loads); fp8 weights carry one fp32 scale per row. */
+enum { HMC_IN_PLAIN = 0, HMC_IN_RMSNORM = 1, HMC_IN_SWIGLU = 2 };
+typedef struct {
+    const void *W; hmc_dtype wdt; int N, K;
+    const float *w_scale;          /* fp8 only: [N] per-output-channel scale */
+    const float *x; int ldx; int rows;
+    int in_mode; const float *norm_scale; float eps;
+    float *y; int ldy; int accumulate; /* 1: y += result (residual add) */
+    int variant;                       /* 0: auto; 1..HMC_GEMV_VARIANTS: a fixed kernel shape (benchmarks) */
+} hmc_gemv_args;
+#define HMC_GEMV_VARIANTS 6
+/* Cap on resident GEMV blocks per SM (default 1: the next op's blocks fit beside them and start
+ * streaming their weights early under programmatic dependent launch).  Benchmark knob. */
+void hmc_gemv_set_blocks_per_sm(int n);
+int hmc_gemv(const hmc_gemv_args *a, cudaStream_t stream);
+
+/* Quantize a bf16 weight [N, K] to fp8 e4m3 with one fp32 scale per output row
+ * (scale = max|row| / 448, w8 = w / scale rounded to nearest). */
+int hmc_quantize_fp8(const void *W_bf16, int N, int K, void *W8, float *scale, cudaStream_t stream);
+
+/* ---- GEMM (prefill, kernels/gemm.cu, cuBLASLt; descriptors + heuristic cached per shape) ------
+ * y[M, N] (+)= x[M, K] · W[N, K]ᵀ with x and W of type `dt` (bf16 or fp32), y fp32.
+ * Not thread-safe (one shared cache); the workspace is owned by the module. */
+int hmc_gemm(const void *x, const void *W, hmc_dtype dt, float *y, int M, int N, int K, int accumulate,
+             cudaStream_t stream);
+void hmc_gemm_shutdown(void);
+
+/* ---- elementwise (kernels/norm.cu) ----------------------------------------------------------- */
+/* y[M, D] (type yt) = RMSNorm(x[M, D]) · scale (scale fp32 [D]). */
+int hmc_rmsnorm(const float *x, const float *scale, void *y, hmc_dtype yt, int M, int D, float eps,
+                cudaStream_t stream);
+/* y[M, I] (type yt) = silu(gu[m, i]) · gu[m, I + i]  (gu rows 2I wide: gate then up). */
+int hmc_silu_mul(const float *gu, void *y, hmc_dtype yt, int M, int I, cudaStream_t stream);
+/* y[n] (type yt) = x[n] (fp32) converted. */
+int hmc_convert(const float *x, void *y, hmc_dtype yt, size_t n, cudaStream_t stream);
+/* Fill n values of type t with a seeded uniform(-scale, scale) draw (random benchmark weights,
+ * generated on the device: depends only on (seed, index)). */
+int hmc_fill_random(void *p, hmc_dtype t, size_t n, uint64_t seed, float scale, cudaStream_t stream);
+
+/* ---- RoPE + KV append (kernels/rope.cu) -------------------------------------------------------
+ * qkv rows [B*T, (H + 2 KVH) hd] (fp32, row b*T + t) hold q, k, v of position pos0 + t where
+ * pos0 = (pos_dev ? *pos_dev : 0) + pos_add (read on the device: graphs replay with a moving pos).
+ * Rotates q in place (interleaved pairs, angles = pos · freqs[i], freqs fp32 [hd/2]) and writes
+ * rotated k and v into the caches k_cache/v_cache [B][KVH][max_seq][hd] (type ct). */
+typedef struct {
+    float *qkv; int B, T, H, KVH, hd;
+    const int *pos_dev; int pos_add;
+    const float *freqs;
+    void *k_cache, *v_cache; hmc_dtype ct; int max_seq;
+} hmc_rope_args;
+int hmc_rope_append(const hmc_rope_args *a, cudaStream_t stream);
+
+/* ---- attention (kernels/attention.cu) ---------------------------------------------------------
+ * GQA attention of T query positions (pos0 + t, pos0 as above) against the cache, causal:
+ * query t sees keys 0 .. pos0 + t.  q read from qkv rows (ld = (H + 2 KVH) hd), out [B*T, H*hd]
+ * fp32.  Flash-decoding: each query's keys are split in up to 64 chunks whose length follows
+ * the current key count (read on the device), partial results in `work`
+ * (hmc_attention_work_bytes), merged by a second kernel.  The grid is fixed by max_keys (so a
+ * graph can replay it); chunks past the current keys exit. */
+typedef struct {
+    const float *qkv; int B, T, H, KVH, hd;
+    const int *pos_dev; int pos_add;
+    const void *k_cache, *v_cache; hmc_dtype ct; int max_seq;
+    int max_keys;      /* upper bound of pos0 + T over the graph's life (<= max_seq) */
+    float *out; float *work;
+} hmc_attn_args;
+size_t hmc_attention_work_bytes(int B, int T, int H, int KVH, int hd, int max_keys);
+int hmc_attention(const hmc_attn_args *a, cudaStream_t stream);
+
+/* ---- embeddings (kernels/embed.cu) ------------------------------------------------------------
+ * Prompt rows: x[b*S + s, D] = Σ_k mask[s,k] · audio[tok[s,k] + k·Va] + mask[s,nc] · text row,
+ * where the text row is text[tok[s,nc]] for b = 0 and uncond (if non-NULL) for b = 1.
+ * tok int32 [S, nc+1], mask u8 [S, nc+1]; tables of type wt. */
+int hmc_embed_prompt(const int32_t *tok, const uint8_t *mask, int S, int B, int nc, int Va,
+                     const void *audio, const void *text, const void *uncond, hmc_dtype wt, int D,
+                     float *x, cudaStream_t stream);
+/* One frame for every row: x[b, D] = Σ_k audio[codes[k] + k·Va] (codes device int32 [nc]). */
+int hmc_embed_frame(const int32_t *codes, int B, int nc, int Va, const void *audio, hmc_dtype wt,
+                    int D, float *x, cudaStream_t stream);
+/* x[r, D] = audio[codes[ci] + ci·Va] (fp32) for rows r = r0, r0 + rstride, ... (count rows). */
+int hmc_embed_code(const int32_t *codes, int ci, int Va, const void *audio, hmc_dtype wt, int D,
+                   float *x, int r0, int rstride, int count, cudaStream_t stream);
+/* Copy count rows of D floats: dst row i (stride ldd) = src row i (stride lds). */
+int hmc_copy_rows(const float *src, int lds, float *dst, int ldd, int D, int count, cudaStream_t stream);
+
+/* ---- sampling (kernels/sample.cu) ---------------------------------------------------------------
+ * logits [B, V] fp32 → g = l0 (B=1) or l1 + (l0 - l1)·cfg (B=2); writes g to logits_out (if
+ * non-NULL), then draws one id: argmax for topk <= 1 (lowest id on ties), else top-k (ties with
+ * the k-th kept) softmax(g / temperature) by Gumbel-max with a counter-based RNG keyed by
+ * (seed, *counter_dev, slot).  forced >= 0 overrides the draw (teacher forcing).  Result into
+ * codes[slot].  Parameters are read from the device struct (updated between graph replays). */
+typedef struct {
+    float temperature, cfg_scale;
+    int topk;
+    uint32_t seed_lo, seed_hi;
+    int forced[8];
+} hmc_sample_params;
+int hmc_sample(const float *logits, int B, int V, const hmc_sample_params *params_dev,
+               const uint32_t *counter_dev, int slot, float *logits_out, int32_t *codes,
+               cudaStream_t stream);
+/* *p += inc (a device counter, e.g. the position or the RNG counter advanced inside a graph). */
+int hmc_add_counter(int *p, int inc, cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,7 @@
+/* main.c - the backbone stage process: its logic is service.c, the process around it
+ * common/service_main.c. */
+#include "service.h"
+
+extern const hm_service_ops bb_service_ops;
+
+int main(int argc, char **argv) { return hm_service_main(argc, argv, &bb_service_ops); }

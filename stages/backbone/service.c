@@ -1,0 +1,278 @@
+/* service.c - the backbone stage: a pure compute service behind a ROUTER socket (DESIGN.md).
+ *
+ * draft-verifier sends PREFILL / EXTEND / ROLLBACK / FREE for a request (docs/PROTOCOL.md); the
+ * backbone keeps one KV cache per request and answers HIDDEN with the last hidden state(s) in a
+ * slot of its shm pool (never inline), or ERROR.  Every answer echoes the request's sequence
+ * number so draft-verifier can drop answers to operations it has given up on.  A backbone that
+ * was restarted knows no request: it answers EXTEND with ERROR "unknown request", and
+ * draft-verifier re-fills it with PREFILL (prompt + frames so far). */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backbone.h"
+#include "desc.h"
+#include "hm.h"
+#include "pool.h"
+#include "service.h"
+#include "transport.h"
+
+#define BB_MAX_REQUESTS 64
+#define BB_MAX_EXTEND 16     /* frames per EXTEND (speculative drafts) */
+#define BB_IDLE_FREE_S 600.0 /* a request untouched this long is dropped (its client died) */
+
+typedef struct {
+    uint64_t req;
+    bb_seq *seq;
+    double last_used;
+} bb_req;
+
+typedef struct {
+    const hm_pipeline_cfg *cfg;
+    bb_model *model;
+    int D, ncb, text_col;
+    void *router;
+    pool_t *pool;
+    bb_req reqs[BB_MAX_REQUESTS];
+    float *h;                  /* scratch [BB_MAX_EXTEND, 2, D] */
+    uint64_t n_prefill, n_extend, n_errors, frames;
+    double busy_s;
+} bb_service;
+
+static bb_req *find_req(bb_service *s, uint64_t req)
+{
+    for (int i = 0; i < BB_MAX_REQUESTS; i++)
+        if (s->reqs[i].seq && s->reqs[i].req == req) return &s->reqs[i];
+    return NULL;
+}
+
+static void drop_req(bb_req *r)
+{
+    bb_seq_free(r->seq);
+    memset(r, 0, sizeof *r);
+}
+
+static void reply_error(bb_service *s, const tp_peer_t *to, const desc_t *in, const char *code, const char *msg)
+{
+    desc_t d;
+    desc_init(&d, DESC_ERROR, in->req_id, in->seq);
+    desc_set_str(&d, "error", msg);
+    desc_set_str(&d, "code", code);
+    desc_set_str(&d, "stage", "backbone");
+    if (tp_send(s->router, to, &d, ZMQ_DONTWAIT) != HM_OK) LOG_WARN("cannot answer draft-verifier: %s", hm_errmsg());
+    desc_free(&d);
+    s->n_errors++;
+}
+
+/* Put h [k, B, D] into a pool slot and answer HIDDEN. */
+static void reply_hidden(bb_service *s, const tp_peer_t *to, const desc_t *in, int k, int B, int pos)
+{
+    uint32_t slot;
+    if (pool_acquire(s->pool, 5000, &slot)) {
+        reply_error(s, to, in, "busy", hm_errmsg());
+        return;
+    }
+    size_t n = (size_t)k * B * s->D;
+    memcpy(pool_slot_ptr(s->pool, slot), s->h, n * sizeof(float));
+    desc_t d;
+    desc_init(&d, DESC_HIDDEN, in->req_id, in->seq);
+    uint64_t shape[3] = {(uint64_t)k, (uint64_t)B, (uint64_t)s->D};
+    desc_set_i64(&d, "pos", pos);
+    if (pool_fill_desc(s->pool, slot, 0, DESC_DT_F32, 3, shape, &d) || tp_send(s->router, to, &d, ZMQ_DONTWAIT) != HM_OK) {
+        LOG_WARN("cannot send hidden state: %s", hm_errmsg());
+        pool_cancel(s->pool, slot);
+    }
+    desc_free(&d);
+}
+
+static void on_prefill(bb_service *s, const tp_peer_t *to, const desc_t *in)
+{
+    int64_t B = desc_i64_or(in, "B", 0), muq_index = desc_i64_or(in, "muq_index", -1);
+    int64_t plen = desc_i64_or(in, "prompt_len", -1);
+    const desc_buf_t *b = &in->buf;
+    int cols = s->ncb + 1;
+    if (B < 1 || B > 2) return reply_error(s, to, in, "bad", "PREFILL: B must be 1 or 2");
+    if (b->kind != DESC_BUF_INLINE || b->dtype != DESC_DT_I32 || b->ndim != 2 || b->shape[1] != (uint64_t)cols ||
+        b->shape[0] < 1)
+        return reply_error(s, to, in, "bad", "PREFILL: needs inline int32 rows [S, codebooks+1]");
+    int S = (int)b->shape[0];
+    if (plen < 1 || plen > S) return reply_error(s, to, in, "bad", "PREFILL: prompt_len outside [1, S]");
+    bb_req *r = find_req(s, in->req_id);
+    if (r) drop_req(r); /* a re-prefill (draft-verifier restarted the song on us) */
+    for (int i = 0; i < BB_MAX_REQUESTS && !r; i++)
+        if (!s->reqs[i].seq) r = &s->reqs[i];
+    if (!r) return reply_error(s, to, in, "busy", "backbone holds its maximum of requests; retry later");
+    double t0 = hm_now();
+    if (bb_seq_new(s->model, (int)B, &r->seq)) return reply_error(s, to, in, "bad", hm_errmsg());
+    r->req = in->req_id;
+    r->last_used = t0;
+    const int32_t *rows = (const int32_t *)b->data;
+    /* prompt rows: text column only; rows after the prompt are frames (audio columns only) */
+    uint8_t *mask = hm_calloc((size_t)plen * cols, 1);
+    for (int64_t i = 0; i < plen; i++) mask[i * cols + s->text_col] = 1;
+    int rc = bb_prefill(s->model, r->seq, rows, mask, (int)plen, (int)muq_index, NULL, s->h);
+    free(mask);
+    int nf = S - (int)plen;
+    if (!rc && nf > 0) {
+        int32_t *fr = hm_malloc((size_t)nf * s->ncb * sizeof *fr);
+        for (int i = 0; i < nf; i++) memcpy(fr + (size_t)i * s->ncb, rows + (size_t)(plen + i) * cols, (size_t)s->ncb * 4);
+        float *hall = hm_malloc((size_t)nf * B * s->D * sizeof(float));
+        rc = bb_extend(s->model, r->seq, fr, nf, hall);
+        if (!rc) memcpy(s->h, hall + (size_t)(nf - 1) * B * s->D, (size_t)B * s->D * sizeof(float));
+        free(hall);
+        free(fr);
+    }
+    if (rc) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", hm_errmsg());
+        drop_req(r);
+        return reply_error(s, to, in, "bad", msg);
+    }
+    s->busy_s += hm_now() - t0;
+    s->n_prefill++;
+    reply_hidden(s, to, in, 1, (int)B, bb_seq_pos(r->seq));
+}
+
+static void on_extend(bb_service *s, const tp_peer_t *to, const desc_t *in)
+{
+    bb_req *r = find_req(s, in->req_id);
+    if (!r) return reply_error(s, to, in, "unknown", "unknown request (backbone restarted?)");
+    const desc_buf_t *b = &in->buf;
+    if (b->kind != DESC_BUF_INLINE || b->dtype != DESC_DT_I32 || b->ndim != 2 || b->shape[1] != (uint64_t)s->ncb ||
+        b->shape[0] < 1 || b->shape[0] > BB_MAX_EXTEND)
+        return reply_error(s, to, in, "bad", "EXTEND: needs inline int32 frames [k <= 16, codebooks]");
+    int64_t pos = desc_i64_or(in, "pos", -1);
+    if (pos != bb_seq_pos(r->seq)) return reply_error(s, to, in, "stale", "EXTEND at a position the cache does not hold");
+    int k = (int)b->shape[0], B = bb_seq_rows(r->seq);
+    double t0 = hm_now();
+    if (bb_extend(s->model, r->seq, (const int32_t *)b->data, k, s->h)) return reply_error(s, to, in, "bad", hm_errmsg());
+    r->last_used = hm_now();
+    s->busy_s += r->last_used - t0;
+    s->n_extend++;
+    s->frames += (uint64_t)k;
+    reply_hidden(s, to, in, k, B, bb_seq_pos(r->seq));
+}
+
+static void on_small(bb_service *s, const tp_peer_t *to, const desc_t *in)
+{
+    bb_req *r = find_req(s, in->req_id);
+    if (in->type == DESC_ROLLBACK) {
+        if (!r) return reply_error(s, to, in, "unknown", "unknown request (backbone restarted?)");
+        if (bb_rollback(r->seq, (int)desc_i64_or(in, "pos", -1))) return reply_error(s, to, in, "bad", hm_errmsg());
+    } else if (r) {
+        drop_req(r);
+    }
+    desc_t d;
+    desc_init(&d, DESC_REPLY, in->req_id, in->seq);
+    if (r && in->type == DESC_ROLLBACK) desc_set_i64(&d, "pos", bb_seq_pos(r->seq));
+    if (tp_send(s->router, to, &d, ZMQ_DONTWAIT) != HM_OK) LOG_WARN("cannot answer: %s", hm_errmsg());
+    desc_free(&d);
+}
+
+static int bb_init(const hm_pipeline_cfg *cfg, int replica, void **state)
+{
+    bb_service *s = hm_calloc(1, sizeof *s);
+    s->cfg = cfg;
+    if (bb_load(cfg->model_dir, cfg->lm_version[0] ? cfg->lm_version : NULL, &s->model)) goto err;
+    const hm_lm_config *lc = bb_config(s->model);
+    s->D = lc->backbone.embed_dim;
+    s->ncb = lc->audio_num_codebooks;
+    s->text_col = s->ncb;
+    s->h = hm_malloc((size_t)BB_MAX_EXTEND * 2 * s->D * sizeof(float));
+    char url[600], name[96];
+    hm_stage_endpoint(cfg, HM_STAGE_BACKBONE, replica, url, sizeof url);
+    tp_endpoint_t ep = {"backbone", url, TP_BIND, ZMQ_ROUTER};
+    if (tp_open(&ep, &s->router)) goto err;
+    hm_service_pool_name(cfg, "backbone", replica, "hidden", name, sizeof name);
+    const hm_stage_cfg *sc = &cfg->stage[HM_STAGE_BACKBONE];
+    uint64_t slot = (uint64_t)BB_MAX_EXTEND * 2 * s->D * sizeof(float);
+    if (pool_create(POOL_SHM, name, (uint32_t)sc->pool_slots, slot, &s->pool)) goto err;
+    snprintf(url, sizeof url, "ipc://%s/backbone-%d.rel", cfg->run_dir, replica);
+    if (pool_listen(s->pool, url)) goto err;
+    *state = s;
+    return HM_OK;
+err:;
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", hm_errmsg());
+    if (s->router) tp_close(s->router);
+    if (s->pool) pool_destroy(s->pool);
+    if (s->model) bb_free(s->model);
+    free(s->h);
+    free(s);
+    return hm_err("%s", msg);
+}
+
+static int bb_sockets(void *st, void **socks, int max)
+{
+    bb_service *s = st;
+    socks[0] = s->router;
+    socks[1] = pool_release_socket(s->pool);
+    return max >= 2 ? 2 : 1;
+}
+
+static void bb_on_readable(void *st, int idx)
+{
+    bb_service *s = st;
+    if (idx == 1) {
+        pool_poll_releases(s->pool);
+        return;
+    }
+    for (;;) {
+        desc_t in;
+        tp_peer_t from;
+        int rc = tp_recv(s->router, &from, &in, ZMQ_DONTWAIT);
+        if (rc == TP_AGAIN) return;
+        if (rc != HM_OK) {
+            LOG_WARN("rejected a message: %s", hm_errmsg());
+            s->n_errors++;
+            continue;
+        }
+        switch (in.type) {
+        case DESC_PREFILL: on_prefill(s, &from, &in); break;
+        case DESC_EXTEND: on_extend(s, &from, &in); break;
+        case DESC_ROLLBACK: case DESC_FREE: case DESC_CANCEL: on_small(s, &from, &in); break;
+        default: reply_error(s, &from, &in, "bad", "backbone takes PREFILL, EXTEND, ROLLBACK, FREE"); break;
+        }
+        desc_free(&in);
+    }
+}
+
+static void bb_tick(void *st, double now)
+{
+    bb_service *s = st;
+    pool_reclaim_expired(s->pool);
+    for (int i = 0; i < BB_MAX_REQUESTS; i++)
+        if (s->reqs[i].seq && now - s->reqs[i].last_used > BB_IDLE_FREE_S) {
+            LOG_WARN("request %llx idle for %.0f s: dropping its cache", (unsigned long long)s->reqs[i].req, now - s->reqs[i].last_used);
+            drop_req(&s->reqs[i]);
+        }
+}
+
+static void bb_stats(void *st, desc_t *d)
+{
+    bb_service *s = st;
+    int active = 0;
+    for (int i = 0; i < BB_MAX_REQUESTS; i++) active += s->reqs[i].seq != NULL;
+    desc_set_i64(d, "requests", active);
+    desc_set_i64(d, "prefills", (int64_t)s->n_prefill);
+    desc_set_i64(d, "extends", (int64_t)s->n_extend);
+    desc_set_i64(d, "frames", (int64_t)s->frames);
+    desc_set_i64(d, "errors", (int64_t)s->n_errors);
+    desc_set_f64(d, "busy_s", s->busy_s);
+    desc_set_i64(d, "free_slots", pool_free_slots(s->pool));
+}
+
+static void bb_svc_free(void *st)
+{
+    bb_service *s = st;
+    for (int i = 0; i < BB_MAX_REQUESTS; i++)
+        if (s->reqs[i].seq) drop_req(&s->reqs[i]);
+    tp_close(s->router);
+    pool_destroy(s->pool);
+    bb_free(s->model);
+    free(s->h);
+    free(s);
+}
+
+const hm_service_ops bb_service_ops = {"backbone", bb_init, bb_sockets, bb_on_readable, bb_tick, bb_stats, bb_svc_free};

@@ -1,0 +1,448 @@
+/* service.c - the draft-verifier stage: drives the autoregressive loop of every song.
+ *
+ * PROMPT (from the tokenizer) -> PREFILL to the backbone -> HIDDEN -> one frame (codebook-0 head,
+ * CFG, sampling, depth decoder: depth.c) -> FRAMES downstream + EXTEND to the backbone -> ...
+ * until the EOS rule or the length limit ends the song (docs/PROTOCOL.md).
+ *
+ * The frames generated so far are the durable state of a song: when the backbone does not
+ * answer within request_timeout_ms, or answers "unknown request" (it was restarted), the song is
+ * re-sent as one PREFILL of prompt + frames so far.  Draws come from a counter-based RNG keyed by
+ * (seed, frame), so the song continues exactly as it would have. */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "depth.h"
+#include "desc.h"
+#include "hm.h"
+#include "modelcfg.h"
+#include "pool.h"
+#include "safetensors.h"
+#include "service.h"
+#include "transport.h"
+
+#define DV_MAX_REQUESTS 64
+#define DV_PROGRESS_EVERY 6 /* frames between progress messages to the client */
+
+enum { MODE_GENERATE, MODE_CODES };
+
+typedef struct {
+    int used;
+    uint64_t req;
+    desc_t params;          /* the request's parameters (type DESC_NONE: a parameter bag) */
+    char reply[DESC_MAX_STR + 1];
+    int mode;
+    int32_t *rows;          /* prompt [S, ncb+1] */
+    int S, muq_index;
+    int32_t *frames;        /* [max_frames, ncb] */
+    int nframes, max_frames;
+    int B;
+    dv_sample_params sp;
+    dv_rng rng;
+    uint64_t op_seq;        /* sequence number of the backbone operation we wait for */
+    double sent_at, retry_at;
+    int waiting, retries;
+    int sent_down, done;    /* frames sent to flow-matching; song complete */
+    double t0;
+} dv_req;
+
+typedef struct {
+    const hm_pipeline_cfg *cfg;
+    dv_model *model;
+    hm_gen_config gen;
+    int ncb, V, D;
+    void *pull;
+    void **bb; int nbb;     /* DEALER per backbone replica */
+    void **fm; int nfm;     /* PUSH per flow-matching replica */
+    dv_req reqs[DV_MAX_REQUESTS];
+    int32_t codes[64];
+    uint64_t n_songs, n_frames, n_refills, n_err;
+    double busy_s;
+} dv_service;
+
+static dv_req *find_req(dv_service *s, uint64_t req)
+{
+    for (int i = 0; i < DV_MAX_REQUESTS; i++)
+        if (s->reqs[i].used && s->reqs[i].req == req) return &s->reqs[i];
+    return NULL;
+}
+
+static void drop_req(dv_req *r)
+{
+    desc_free(&r->params);
+    free(r->rows);
+    free(r->frames);
+    memset(r, 0, sizeof *r);
+}
+
+static void fail_req(dv_service *s, dv_req *r, const char *fmt, const char *msg)
+{
+    hm_service_reply_error(r->reply, r->req, "draft-verifier", fmt, msg);
+    s->n_err++;
+    /* the backbone may hold a cache for it */
+    desc_t d;
+    desc_init(&d, DESC_FREE, r->req, ++r->op_seq);
+    tp_send(s->bb[r->req % (uint64_t)s->nbb], NULL, &d, ZMQ_DONTWAIT);
+    desc_free(&d);
+    drop_req(r);
+}
+
+/* PREFILL with the prompt and every frame so far (a first fill, or a refill after a restart). */
+static void send_prefill(dv_service *s, dv_req *r)
+{
+    int cols = s->ncb + 1, S = r->S + r->nframes;
+    int32_t *rows = hm_calloc((size_t)S * cols, sizeof *rows);
+    memcpy(rows, r->rows, (size_t)r->S * cols * sizeof *rows);
+    for (int f = 0; f < r->nframes; f++)
+        memcpy(rows + (size_t)(r->S + f) * cols, r->frames + (size_t)f * s->ncb, (size_t)s->ncb * sizeof *rows);
+    desc_t d;
+    desc_init(&d, DESC_PREFILL, r->req, ++r->op_seq);
+    uint64_t shape[2] = {(uint64_t)S, (uint64_t)cols};
+    desc_set_i64(&d, "B", r->B);
+    desc_set_i64(&d, "muq_index", r->muq_index);
+    desc_set_i64(&d, "prompt_len", r->S);
+    desc_set_tensor(&d, DESC_DT_I32, 2, shape);
+    desc_set_inline(&d, rows, (uint64_t)S * cols * sizeof *rows);
+    free(rows);
+    int rc = tp_send(s->bb[r->req % (uint64_t)s->nbb], NULL, &d, ZMQ_DONTWAIT);
+    desc_free(&d);
+    r->sent_at = hm_now();
+    r->waiting = 1;
+    if (rc != HM_OK) r->sent_at = 0; /* backbone not connected yet: the tick retries soon */
+}
+
+static void send_extend(dv_service *s, dv_req *r)
+{
+    desc_t d;
+    desc_init(&d, DESC_EXTEND, r->req, ++r->op_seq);
+    uint64_t shape[2] = {1, (uint64_t)s->ncb};
+    desc_set_i64(&d, "pos", r->S + r->nframes - 1);
+    desc_set_tensor(&d, DESC_DT_I32, 2, shape);
+    desc_set_inline(&d, r->frames + (size_t)(r->nframes - 1) * s->ncb, (uint64_t)s->ncb * 4);
+    int rc = tp_send(s->bb[r->req % (uint64_t)s->nbb], NULL, &d, ZMQ_DONTWAIT);
+    desc_free(&d);
+    r->sent_at = hm_now();
+    r->waiting = 1;
+    if (rc != HM_OK) r->sent_at = 0;
+}
+
+/* Send flow-matching every frame it has not had yet (and the end marker once done). */
+static void flush_down(dv_service *s, dv_req *r)
+{
+    if (r->mode != MODE_GENERATE) return;
+    void *sock = s->fm[r->req % (uint64_t)s->nfm];
+    if (r->nframes > r->sent_down) {
+        int n = r->nframes - r->sent_down;
+        desc_t d;
+        desc_init(&d, DESC_FRAMES, r->req, (uint64_t)r->sent_down);
+        uint64_t shape[2] = {(uint64_t)n, (uint64_t)s->ncb};
+        desc_set_tensor(&d, DESC_DT_I32, 2, shape);
+        desc_set_inline(&d, r->frames + (size_t)r->sent_down * s->ncb, (uint64_t)n * s->ncb * 4);
+        desc_set_i64(&d, "first", r->sent_down);
+        if (r->sent_down == 0) hm_service_copy_params(&d, &r->params, NULL, 0);
+        int rc = tp_send(sock, NULL, &d, ZMQ_DONTWAIT);
+        desc_free(&d);
+        if (rc != HM_OK) return; /* not connected: retried by the tick */
+        r->sent_down = r->nframes;
+    }
+    if (r->done && r->sent_down == r->nframes) {
+        desc_t d;
+        desc_init(&d, DESC_FRAMES, r->req, (uint64_t)r->nframes);
+        desc_set_i64(&d, "first", r->nframes);
+        desc_set_i64(&d, "final", 1);
+        desc_set_i64(&d, "total", r->nframes);
+        hm_service_copy_params(&d, &r->params, NULL, 0);
+        int rc = tp_send(sock, NULL, &d, ZMQ_DONTWAIT);
+        desc_free(&d);
+        if (rc == HM_OK) drop_req(r);
+    }
+}
+
+static void write_codes(dv_service *s, dv_req *r)
+{
+    const char *out = "";
+    desc_get_str(&r->params, "out", &out);
+    int T = r->nframes;
+    int32_t *cm = hm_malloc((size_t)T * s->ncb * sizeof *cm); /* [ncb, T] as DESIGN.md's codes file */
+    for (int f = 0; f < T; f++)
+        for (int k = 0; k < s->ncb; k++) cm[(size_t)k * T + f] = r->frames[(size_t)f * s->ncb + k];
+    st_wtensor t = {"codes", ST_I32, 2, {s->ncb, T}, cm};
+    int rc = st_write(out, &t, 1, NULL, 0);
+    free(cm);
+    if (rc) return fail_req(s, r, "%s", hm_errmsg());
+    desc_t d;
+    desc_init(&d, DESC_AUDIO_DONE, r->req, 0);
+    desc_set_str(&d, "out", out);
+    desc_set_i64(&d, "frames", T);
+    if (hm_service_send_client(r->reply, &d)) LOG_WARN("%s", hm_errmsg());
+    desc_free(&d);
+    drop_req(r);
+}
+
+static void finish(dv_service *s, dv_req *r)
+{
+    r->done = 1;
+    r->waiting = 0;
+    s->n_songs++;
+    desc_t d;
+    desc_init(&d, DESC_FREE, r->req, ++r->op_seq);
+    tp_send(s->bb[r->req % (uint64_t)s->nbb], NULL, &d, ZMQ_DONTWAIT);
+    desc_free(&d);
+    LOG_INFO("request %llx: %d frames in %.2f s", (unsigned long long)r->req, r->nframes, hm_now() - r->t0);
+    if (r->mode == MODE_CODES) write_codes(s, r);
+    else flush_down(s, r);
+}
+
+static void on_prompt(dv_service *s, const desc_t *in)
+{
+    const char *reply = "", *mode = "generate";
+    if (desc_get_str(in, "reply", &reply)) {
+        LOG_WARN("prompt %llx without a reply endpoint: dropped", (unsigned long long)in->req_id);
+        pool_release(in);
+        return;
+    }
+    const void *ptr;
+    int cols = s->ncb + 1;
+    const desc_buf_t *b = &in->buf;
+    if (in->type != DESC_PROMPT || b->dtype != DESC_DT_I32 || b->ndim != 2 || b->shape[1] != (uint64_t)cols || b->shape[0] < 1 ||
+        pool_map(in, &ptr)) {
+        hm_service_reply_error(reply, in->req_id, "draft-verifier", "malformed prompt: %s", in->type == DESC_PROMPT ? hm_errmsg() : "not a PROMPT");
+        if (b->kind == DESC_BUF_SHM) pool_release(in);
+        s->n_err++;
+        return;
+    }
+    dv_req *r = find_req(s, in->req_id);
+    if (r) drop_req(r); /* the same request again (the client retried): start over */
+    for (int i = 0; i < DV_MAX_REQUESTS && !r; i++)
+        if (!s->reqs[i].used) r = &s->reqs[i];
+    if (!r) {
+        pool_release(in);
+        hm_service_reply_error(reply, in->req_id, "draft-verifier", "%s", "too many songs in progress; retry later");
+        return;
+    }
+    r->used = 1;
+    r->req = in->req_id;
+    r->t0 = hm_now();
+    snprintf(r->reply, sizeof r->reply, "%s", reply);
+    hm_service_client_touch(r->reply);
+    desc_init(&r->params, DESC_NONE, in->req_id, 0);
+    static const char *const skip[] = {"muq_index"};
+    hm_service_copy_params(&r->params, in, skip, 1);
+    r->S = (int)b->shape[0];
+    r->rows = hm_malloc((size_t)r->S * cols * sizeof *r->rows);
+    memcpy(r->rows, ptr, (size_t)r->S * cols * sizeof *r->rows);
+    pool_release(in);
+    desc_get_str(in, "mode", &mode);
+    r->mode = !strcmp(mode, "codes") ? MODE_CODES : MODE_GENERATE;
+    r->muq_index = (int)desc_i64_or(in, "muq_index", -1);
+    r->max_frames = (int)HM_MIN(desc_i64_or(in, "max_frames", 0), (int64_t)1 << 30);
+    r->sp.temperature = (float)desc_f64_or(in, "temperature", 1.0);
+    r->sp.topk = (int)desc_i64_or(in, "topk", 50);
+    r->sp.cfg_scale = (float)desc_f64_or(in, "cfg", 1.5);
+    r->B = r->sp.cfg_scale > 1.0f ? 2 : 1;
+    r->rng.seed = (uint64_t)desc_i64_or(in, "seed", 0);
+    int max_seq = dv_config(s->model)->backbone.max_seq_len;
+    char msg[300];
+    if (r->max_frames < 1) return fail_req(s, r, "%s", "a song needs at least one frame (--max-seconds > 0)");
+    if (!(r->sp.temperature > 0) || r->sp.topk < 1) return fail_req(s, r, "%s", "temperature must be > 0 and topk >= 1");
+    if (r->S + r->max_frames - 1 > max_seq) {
+        snprintf(msg, sizeof msg,
+                 "a prompt of %d positions plus %d frames exceeds the backbone's %d positions: ask for at most %.2f s (--max-seconds)",
+                 r->S, r->max_frames, max_seq, (max_seq - r->S) * 0.08);
+        return fail_req(s, r, "%s", msg);
+    }
+    r->frames = hm_malloc((size_t)r->max_frames * s->ncb * sizeof *r->frames);
+    send_prefill(s, r);
+}
+
+static void on_hidden(dv_service *s, dv_req *r, const desc_t *in)
+{
+    const void *ptr;
+    const desc_buf_t *b = &in->buf;
+    if (b->dtype != DESC_DT_F32 || b->ndim != 3 || b->shape[1] != (uint64_t)r->B || b->shape[2] != (uint64_t)s->D ||
+        b->shape[0] < 1 || pool_map(in, &ptr)) {
+        pool_release(in);
+        return fail_req(s, r, "backbone sent a malformed hidden state: %s", hm_errmsg());
+    }
+    const float *h = (const float *)ptr + (b->shape[0] - 1) * (uint64_t)r->B * s->D;
+    double t0 = hm_now();
+    r->rng.frame = (uint64_t)r->nframes;
+    int rc = dv_frame(s->model, h, r->B, &r->sp, &r->rng, s->codes, NULL);
+    pool_release(in);
+    s->busy_s += hm_now() - t0;
+    if (rc) return fail_req(s, r, "%s", hm_errmsg());
+    r->waiting = 0;
+    r->retries = 0;
+    int eos = 0;
+    for (int k = 0; k < s->ncb; k++) eos |= s->codes[k] >= s->gen.audio_eos_id;
+    if (eos && r->nframes > 0) return finish(s, r); /* MODEL.md: stop before appending it */
+    memcpy(r->frames + (size_t)r->nframes * s->ncb, s->codes, (size_t)s->ncb * sizeof *s->codes);
+    r->nframes++;
+    s->n_frames++;
+    if (r->nframes % DV_PROGRESS_EVERY == 0) {
+        desc_t d;
+        desc_init(&d, DESC_REPLY, r->req, (uint64_t)r->nframes);
+        desc_set_i64(&d, "frames", r->nframes);
+        desc_set_str(&d, "stage", "draft-verifier");
+        hm_service_send_client(r->reply, &d); /* progress is best effort */
+        desc_free(&d);
+    }
+    if (r->nframes >= r->max_frames) return finish(s, r);
+    flush_down(s, r);
+    send_extend(s, r);
+}
+
+static void on_backbone(dv_service *s, const desc_t *in)
+{
+    dv_req *r = find_req(s, in->req_id);
+    if (!r || r->done || in->seq != r->op_seq || !r->waiting) {
+        if (in->type == DESC_HIDDEN) pool_release(in); /* an answer we gave up on */
+        return;
+    }
+    if (in->type == DESC_HIDDEN) return on_hidden(s, r, in);
+    if (in->type == DESC_ERROR) {
+        const char *code = "", *err = "?";
+        desc_get_str(in, "code", &code);
+        desc_get_str(in, "error", &err);
+        if (!strcmp(code, "unknown") || !strcmp(code, "stale")) {
+            LOG_WARN("request %llx: backbone lost it (%s); refilling %d frames", (unsigned long long)r->req, err, r->nframes);
+            s->n_refills++;
+            return send_prefill(s, r);
+        }
+        if (!strcmp(code, "busy")) {
+            r->waiting = 0;
+            r->retry_at = hm_now() + 0.5;
+            return;
+        }
+        return fail_req(s, r, "backbone: %s", err);
+    }
+}
+
+static int dv_init(const hm_pipeline_cfg *cfg, int replica, void **state)
+{
+    dv_service *s = hm_calloc(1, sizeof *s);
+    s->cfg = cfg;
+    char url[600];
+    if (hm_gen_config_load(cfg->model_dir, &s->gen) || dv_load(cfg->model_dir, cfg->lm_version[0] ? cfg->lm_version : NULL, &s->model))
+        goto err;
+    const hm_lm_config *lc = dv_config(s->model);
+    s->ncb = lc->audio_num_codebooks;
+    s->V = lc->audio_vocab_size;
+    s->D = lc->backbone.embed_dim;
+    if (s->ncb > 64) { hm_err("more than 64 codebooks"); goto err; }
+    hm_stage_endpoint(cfg, HM_STAGE_DRAFT_VERIFIER, replica, url, sizeof url);
+    tp_endpoint_t ep = {"draft-verifier", url, TP_BIND, ZMQ_PULL};
+    if (tp_open(&ep, &s->pull)) goto err;
+    s->nbb = cfg->stage[HM_STAGE_BACKBONE].replicas;
+    s->bb = hm_calloc((size_t)s->nbb, sizeof *s->bb);
+    for (int i = 0; i < s->nbb; i++) {
+        hm_stage_endpoint(cfg, HM_STAGE_BACKBONE, i, url, sizeof url);
+        tp_endpoint_t o = {"backbone", url, TP_CONNECT, ZMQ_DEALER};
+        if (tp_open(&o, &s->bb[i])) goto err;
+    }
+    s->nfm = cfg->stage[HM_STAGE_FLOW_MATCHING].replicas;
+    s->fm = hm_calloc((size_t)s->nfm, sizeof *s->fm);
+    for (int i = 0; i < s->nfm; i++) {
+        hm_stage_endpoint(cfg, HM_STAGE_FLOW_MATCHING, i, url, sizeof url);
+        tp_endpoint_t o = {"flow-matching", url, TP_CONNECT, ZMQ_PUSH};
+        if (tp_open(&o, &s->fm[i])) goto err;
+    }
+    *state = s;
+    return HM_OK;
+err:;
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", hm_errmsg());
+    if (s->pull) tp_close(s->pull);
+    for (int i = 0; s->bb && i < s->nbb; i++)
+        if (s->bb[i]) tp_close(s->bb[i]);
+    for (int i = 0; s->fm && i < s->nfm; i++)
+        if (s->fm[i]) tp_close(s->fm[i]);
+    free(s->bb);
+    free(s->fm);
+    if (s->model) dv_free(s->model);
+    free(s);
+    return hm_err("%s", msg);
+}
+
+static int dv_sockets(void *st, void **socks, int max)
+{
+    dv_service *s = st;
+    int n = 0;
+    socks[n++] = s->pull;
+    for (int i = 0; i < s->nbb && n < max; i++) socks[n++] = s->bb[i];
+    return n;
+}
+
+static void dv_on_readable(void *st, int idx)
+{
+    dv_service *s = st;
+    void *sock = idx == 0 ? s->pull : s->bb[idx - 1];
+    for (;;) {
+        desc_t in;
+        int rc = tp_recv(sock, NULL, &in, ZMQ_DONTWAIT);
+        if (rc == TP_AGAIN) return;
+        if (rc != HM_OK) {
+            LOG_WARN("rejected a message: %s", hm_errmsg());
+            s->n_err++;
+            continue;
+        }
+        if (idx == 0) on_prompt(s, &in);
+        else on_backbone(s, &in);
+        desc_free(&in);
+    }
+}
+
+static void dv_tick(void *st, double now)
+{
+    dv_service *s = st;
+    double timeout = s->cfg->request_timeout_ms / 1000.0;
+    for (int i = 0; i < DV_MAX_REQUESTS; i++) {
+        dv_req *r = &s->reqs[i];
+        if (!r->used) continue;
+        if (r->done) { flush_down(s, r); continue; }
+        if (r->waiting && now - r->sent_at > (r->sent_at == 0 ? 0.2 : timeout)) {
+            if (r->sent_at != 0) {
+                LOG_WARN("request %llx: no answer from the backbone for %.0f s; refilling", (unsigned long long)r->req, now - r->sent_at);
+                s->n_refills++;
+            }
+            if (++r->retries > 1000) { fail_req(s, r, "%s", "the backbone does not answer"); continue; }
+            send_prefill(s, r);
+        } else if (!r->waiting && r->retry_at > 0 && now >= r->retry_at) {
+            r->retry_at = 0;
+            send_prefill(s, r);
+        }
+        if (r->used && !r->done) flush_down(s, r);
+    }
+}
+
+static void dv_stats(void *st, desc_t *d)
+{
+    dv_service *s = st;
+    int active = 0;
+    for (int i = 0; i < DV_MAX_REQUESTS; i++) active += s->reqs[i].used;
+    desc_set_i64(d, "songs_active", active);
+    desc_set_i64(d, "songs_done", (int64_t)s->n_songs);
+    desc_set_i64(d, "frames", (int64_t)s->n_frames);
+    desc_set_i64(d, "refills", (int64_t)s->n_refills);
+    desc_set_i64(d, "errors", (int64_t)s->n_err);
+    desc_set_f64(d, "busy_s", s->busy_s);
+}
+
+static void dv_svc_free(void *st)
+{
+    dv_service *s = st;
+    for (int i = 0; i < DV_MAX_REQUESTS; i++)
+        if (s->reqs[i].used) drop_req(&s->reqs[i]);
+    tp_close(s->pull);
+    for (int i = 0; i < s->nbb; i++) tp_close(s->bb[i]);
+    for (int i = 0; i < s->nfm; i++) tp_close(s->fm[i]);
+    free(s->bb);
+    free(s->fm);
+    dv_free(s->model);
+    hm_service_close_clients();
+    pool_unmap_all();
+    free(s);
+}
+
+const hm_service_ops dv_service_ops = {"draft-verifier", dv_init, dv_sockets, dv_on_readable, dv_tick, dv_stats, dv_svc_free};

@@ -1,0 +1,342 @@
+/* service.c - the flow-matching stage: codes -> latents, one codec window at a time.
+ *
+ * FRAMES arrive as draft-verifier produces them (or all at once from `heartmula detokenize`).
+ * A window runs as soon as its 372 codes exist (codec_plan_windows_ready); the last windows, which
+ * depend on the song's final length through the reference's repetition padding, run when the
+ * FRAMES marked final arrives.  Each window's latents [744, C] go to the vocoder through this
+ * stage's shm pool, followed by an end marker (LATENTS without a buffer, "final" = 1) carrying the
+ * window count and the output length.  The previous window's latents stay here as the next
+ * window's in-context frames. */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "codec_plan.h"
+#include "desc.h"
+#include "fm.h"
+#include "hm.h"
+#include "pool.h"
+#include "service.h"
+#include "transport.h"
+
+#define FM_MAX_REQUESTS 64
+#define FM_MAX_CODES (1 << 20)
+#define FM_IDLE_FREE_S 1800.0
+
+typedef struct {
+    int used;
+    uint64_t req;
+    desc_t params;
+    char reply[DESC_MAX_STR + 1];
+    int32_t *frames;        /* [cap, ncb] frame-major, as they arrive */
+    int n, cap, final;
+    int windows_done;
+    float *prev;            /* [744, C] latents of the previous window */
+    codec_noise *noise;
+    int steps;
+    float guidance;
+    double last_used;
+} fm_req;
+
+typedef struct {
+    const hm_pipeline_cfg *cfg;
+    fm_model *model;
+    int ncb, C, codebook_size, sample_rate;
+    void *pull;
+    void **voc; int nvoc;
+    pool_t *pool;
+    fm_req reqs[FM_MAX_REQUESTS];
+    float *lat;             /* [744, C] */
+    int32_t *win;           /* [ncb, 372] */
+    uint64_t n_windows, n_err;
+    double busy_s;
+} fm_service;
+
+static fm_req *find_req(fm_service *s, uint64_t req)
+{
+    for (int i = 0; i < FM_MAX_REQUESTS; i++)
+        if (s->reqs[i].used && s->reqs[i].req == req) return &s->reqs[i];
+    return NULL;
+}
+
+static void drop_req(fm_req *r)
+{
+    desc_free(&r->params);
+    free(r->frames);
+    free(r->prev);
+    if (r->noise) codec_noise_free(r->noise);
+    memset(r, 0, sizeof *r);
+}
+
+static void fail_req(fm_service *s, fm_req *r, const char *msg)
+{
+    hm_service_reply_error(r->reply, r->req, "flow-matching", "%s", msg);
+    s->n_err++;
+    drop_req(r);
+}
+
+static int send_voc(fm_service *s, fm_req *r, desc_t *d)
+{
+    void *sock = s->voc[r->req % (uint64_t)s->nvoc];
+    int rc = tp_send(sock, NULL, d, ZMQ_DONTWAIT);
+    for (int i = 0; rc == TP_AGAIN && i < 1500; i++) { /* the vocoder is restarting: wait up to 30 s */
+        usleep(20000);
+        rc = tp_send(sock, NULL, d, ZMQ_DONTWAIT);
+    }
+    return rc == HM_OK ? HM_OK : hm_err("cannot reach the vocoder");
+}
+
+/* Run every window that is ready; on the final FRAMES also send the end marker. */
+static void advance(fm_service *s, fm_req *r)
+{
+    int ready = codec_plan_windows_ready(r->n, r->final);
+    if (ready <= r->windows_done && !r->final) return;
+    codec_plan plan;
+    if (codec_plan_make(r->n, s->sample_rate, &plan)) return fail_req(s, r, hm_errmsg());
+    /* codes [ncb, n] as the plan wants them; windows wholly inside the known codes do not
+     * depend on the final length, so this plan serves them before the song ends */
+    int32_t *cm = hm_malloc((size_t)r->n * s->ncb * sizeof *cm);
+    for (int f = 0; f < r->n; f++)
+        for (int q = 0; q < s->ncb; q++) cm[(size_t)q * r->n + f] = r->frames[(size_t)f * s->ncb + q];
+    for (int k = r->windows_done; k < ready; k++) {
+        codec_plan_window_codes(&plan, cm, s->ncb, k, s->win);
+        double t0 = hm_now();
+        if (fm_window(s->model, s->win, k ? r->prev : NULL, r->noise, k, r->steps, r->guidance, s->lat)) {
+            free(cm);
+            return fail_req(s, r, hm_errmsg());
+        }
+        s->busy_s += hm_now() - t0;
+        memcpy(r->prev, s->lat, (size_t)CODEC_WIN_FRAMES * s->C * sizeof(float));
+        uint32_t slot;
+        if (pool_acquire(s->pool, 60000, &slot)) {
+            free(cm);
+            return fail_req(s, r, "the vocoder is not taking latents");
+        }
+        memcpy(pool_slot_ptr(s->pool, slot), s->lat, (size_t)CODEC_WIN_FRAMES * s->C * sizeof(float));
+        desc_t d;
+        desc_init(&d, DESC_LATENTS, r->req, (uint64_t)k);
+        uint64_t shape[2] = {CODEC_WIN_FRAMES, (uint64_t)s->C};
+        hm_service_copy_params(&d, &r->params, NULL, 0);
+        desc_set_i64(&d, "window", k);
+        if (r->final) desc_set_i64(&d, "out_len", (int64_t)plan.out_len);
+        int rc = pool_fill_desc(s->pool, slot, 0, DESC_DT_F32, 2, shape, &d) || send_voc(s, r, &d);
+        desc_free(&d);
+        if (rc) {
+            pool_cancel(s->pool, slot);
+            free(cm);
+            return fail_req(s, r, hm_errmsg());
+        }
+        r->windows_done = k + 1;
+        s->n_windows++;
+    }
+    free(cm);
+    if (r->final) {
+        desc_t d;
+        desc_init(&d, DESC_LATENTS, r->req, (uint64_t)plan.n_windows);
+        hm_service_copy_params(&d, &r->params, NULL, 0);
+        desc_set_i64(&d, "final", 1);
+        desc_set_i64(&d, "windows", plan.n_windows);
+        desc_set_i64(&d, "out_len", (int64_t)plan.out_len);
+        desc_set_i64(&d, "frames", r->n);
+        int rc = send_voc(s, r, &d);
+        desc_free(&d);
+        if (rc) return fail_req(s, r, hm_errmsg());
+        drop_req(r);
+    }
+}
+
+static void on_frames(fm_service *s, const desc_t *in)
+{
+    const char *reply = "";
+    fm_req *r = find_req(s, in->req_id);
+    if (r) reply = r->reply;
+    else if (desc_get_str(in, "reply", &reply)) {
+        LOG_WARN("frames for %llx without a reply endpoint: dropped", (unsigned long long)in->req_id);
+        s->n_err++;
+        return;
+    }
+    if (in->type != DESC_FRAMES) {
+        hm_service_reply_error(reply, in->req_id, "flow-matching", "flow-matching takes FRAMES, not %s", desc_type_name(in->type));
+        return;
+    }
+    int64_t first = desc_i64_or(in, "first", -1);
+    if (!r) {
+        if (first != 0) {
+            hm_service_reply_error(reply, in->req_id, "flow-matching", "%s", "frames of an unknown song (flow-matching restarted mid-song)");
+            s->n_err++;
+            return;
+        }
+        for (int i = 0; i < FM_MAX_REQUESTS && !r; i++)
+            if (!s->reqs[i].used) r = &s->reqs[i];
+        if (!r) {
+            hm_service_reply_error(reply, in->req_id, "flow-matching", "%s", "too many songs in progress; retry later");
+            return;
+        }
+        r->used = 1;
+        r->req = in->req_id;
+        snprintf(r->reply, sizeof r->reply, "%s", reply);
+        hm_service_client_touch(r->reply);
+        desc_init(&r->params, DESC_NONE, in->req_id, 0);
+        static const char *const skip[] = {"first", "final", "total"};
+        hm_service_copy_params(&r->params, in, skip, HM_ARRAY_LEN(skip));
+        r->steps = (int)desc_i64_or(in, "codec_steps", 10);
+        r->guidance = (float)desc_f64_or(in, "codec_guidance", 1.25);
+        r->prev = hm_calloc((size_t)CODEC_WIN_FRAMES * s->C, sizeof(float));
+        const char *nf = NULL;
+        int rc = desc_get_str(in, "noise_from", &nf) == HM_OK ? codec_noise_replay(nf, &r->noise)
+                                                               : codec_noise_seeded((uint64_t)desc_i64_or(in, "seed", 0), &r->noise);
+        if (rc) return fail_req(s, r, hm_errmsg());
+        if (r->steps < 1) return fail_req(s, r, "codec_steps must be at least 1");
+        if (!(r->guidance >= 0) || r->guidance > 1e6f) return fail_req(s, r, "codec_guidance must be a number >= 0");
+    }
+    r->last_used = hm_now();
+    const desc_buf_t *b = &in->buf;
+    if (b->kind != DESC_BUF_NONE) {
+        if (b->kind != DESC_BUF_INLINE || b->dtype != DESC_DT_I32 || b->ndim != 2 || b->shape[1] != (uint64_t)s->ncb)
+            return fail_req(s, r, "FRAMES: needs inline int32 codes [n, codebooks]");
+        int n = (int)b->shape[0];
+        if (first != r->n) {
+            char m[160];
+            snprintf(m, sizeof m, "FRAMES out of order: got frame %lld, expected %d", (long long)first, r->n);
+            return fail_req(s, r, m);
+        }
+        if ((int64_t)r->n + n > FM_MAX_CODES) return fail_req(s, r, "song too long for the codec");
+        const int32_t *c = (const int32_t *)b->data;
+        for (int i = 0; i < n * s->ncb; i++)
+            if (c[i] < 0 || c[i] >= s->codebook_size) {
+                char m[160];
+                snprintf(m, sizeof m, "code %d at frame %d is outside the codec's codebook [0, %d)", c[i], r->n + i / s->ncb, s->codebook_size);
+                return fail_req(s, r, m);
+            }
+        if (r->n + n > r->cap) {
+            r->cap = HM_MAX(r->cap * 2, r->n + n + 256);
+            r->frames = hm_realloc(r->frames, (size_t)r->cap * s->ncb * sizeof *r->frames);
+        }
+        memcpy(r->frames + (size_t)r->n * s->ncb, c, (size_t)n * s->ncb * sizeof *c);
+        r->n += n;
+    }
+    if (desc_i64_or(in, "final", 0)) {
+        r->final = 1;
+        if (r->n < 1) return fail_req(s, r, "the song has no codes");
+    }
+    advance(s, r);
+}
+
+static int fmsvc_init(const hm_pipeline_cfg *cfg, int replica, void **state)
+{
+    fm_service *s = hm_calloc(1, sizeof *s);
+    s->cfg = cfg;
+    char url[600], name[96];
+    if (fm_load(cfg->model_dir, &s->model)) goto err;
+    const hm_codec_config *cc = fm_config(s->model);
+    s->ncb = cc->num_quantizers;
+    s->C = cc->out_channels;
+    s->codebook_size = cc->codebook_size;
+    s->sample_rate = cc->sample_rate;
+    s->lat = hm_malloc((size_t)CODEC_WIN_FRAMES * s->C * sizeof(float));
+    s->win = hm_malloc((size_t)CODEC_WIN_CODES * s->ncb * sizeof(int32_t));
+    hm_stage_endpoint(cfg, HM_STAGE_FLOW_MATCHING, replica, url, sizeof url);
+    tp_endpoint_t ep = {"flow-matching", url, TP_BIND, ZMQ_PULL};
+    if (tp_open(&ep, &s->pull)) goto err;
+    s->nvoc = cfg->stage[HM_STAGE_VOCODER].replicas;
+    s->voc = hm_calloc((size_t)s->nvoc, sizeof *s->voc);
+    for (int i = 0; i < s->nvoc; i++) {
+        hm_stage_endpoint(cfg, HM_STAGE_VOCODER, i, url, sizeof url);
+        tp_endpoint_t o = {"vocoder", url, TP_CONNECT, ZMQ_PUSH};
+        if (tp_open(&o, &s->voc[i])) goto err;
+    }
+    hm_service_pool_name(cfg, "flow-matching", replica, "latents", name, sizeof name);
+    if (pool_create(POOL_SHM, name, (uint32_t)cfg->stage[HM_STAGE_FLOW_MATCHING].pool_slots,
+                    (uint64_t)CODEC_WIN_FRAMES * s->C * sizeof(float), &s->pool))
+        goto err;
+    pool_set_lease(s->pool, 600.0); /* a CPU vocoder may hold a window for minutes */
+    snprintf(url, sizeof url, "ipc://%s/flow-matching-%d.rel", cfg->run_dir, replica);
+    if (pool_listen(s->pool, url)) goto err;
+    *state = s;
+    return HM_OK;
+err:;
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", hm_errmsg());
+    if (s->pull) tp_close(s->pull);
+    for (int i = 0; s->voc && i < s->nvoc; i++)
+        if (s->voc[i]) tp_close(s->voc[i]);
+    free(s->voc);
+    if (s->pool) pool_destroy(s->pool);
+    if (s->model) fm_free(s->model);
+    free(s->lat);
+    free(s->win);
+    free(s);
+    return hm_err("%s", msg);
+}
+
+static int fmsvc_sockets(void *st, void **socks, int max)
+{
+    fm_service *s = st;
+    socks[0] = s->pull;
+    socks[1] = pool_release_socket(s->pool);
+    return max >= 2 ? 2 : 1;
+}
+
+static void fmsvc_on_readable(void *st, int idx)
+{
+    fm_service *s = st;
+    if (idx == 1) {
+        pool_poll_releases(s->pool);
+        return;
+    }
+    for (;;) {
+        desc_t in;
+        int rc = tp_recv(s->pull, NULL, &in, ZMQ_DONTWAIT);
+        if (rc == TP_AGAIN) return;
+        if (rc != HM_OK) {
+            LOG_WARN("rejected a message: %s", hm_errmsg());
+            s->n_err++;
+            continue;
+        }
+        on_frames(s, &in);
+        desc_free(&in);
+    }
+}
+
+static void fmsvc_tick(void *st, double now)
+{
+    fm_service *s = st;
+    pool_reclaim_expired(s->pool);
+    for (int i = 0; i < FM_MAX_REQUESTS; i++)
+        if (s->reqs[i].used && now - s->reqs[i].last_used > FM_IDLE_FREE_S) {
+            LOG_WARN("request %llx idle for %.0f s: dropped", (unsigned long long)s->reqs[i].req, now - s->reqs[i].last_used);
+            drop_req(&s->reqs[i]);
+        }
+}
+
+static void fmsvc_stats(void *st, desc_t *d)
+{
+    fm_service *s = st;
+    int active = 0;
+    for (int i = 0; i < FM_MAX_REQUESTS; i++) active += s->reqs[i].used;
+    desc_set_i64(d, "songs_active", active);
+    desc_set_i64(d, "windows", (int64_t)s->n_windows);
+    desc_set_i64(d, "errors", (int64_t)s->n_err);
+    desc_set_f64(d, "busy_s", s->busy_s);
+    desc_set_i64(d, "free_slots", pool_free_slots(s->pool));
+}
+
+static void fmsvc_free(void *st)
+{
+    fm_service *s = st;
+    for (int i = 0; i < FM_MAX_REQUESTS; i++)
+        if (s->reqs[i].used) drop_req(&s->reqs[i]);
+    tp_close(s->pull);
+    for (int i = 0; i < s->nvoc; i++) tp_close(s->voc[i]);
+    free(s->voc);
+    pool_destroy(s->pool);
+    fm_free(s->model);
+    free(s->lat);
+    free(s->win);
+    hm_service_close_clients();
+    free(s);
+}
+
+const hm_service_ops fm_service_ops = {"flow-matching", fmsvc_init, fmsvc_sockets, fmsvc_on_readable, fmsvc_tick, fmsvc_stats, fmsvc_free};

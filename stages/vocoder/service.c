@@ -1,0 +1,260 @@
+/* service.c - the vocoder stage: latents -> 48 kHz stereo PCM -> the song file.
+ *
+ * Windows arrive in order from flow-matching (LATENTS with a buffer, params "window"), each is
+ * decoded, cross-faded with the previous one (4.16 s) and appended to the output file as soon
+ * as its samples are final, so a long song is playable while it is being made.  The end marker
+ * (LATENTS without a buffer, "final" = 1) closes the file, which is renamed into place
+ * atomically, and tells the client (AUDIO_DONE). */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "audio_out.h"
+#include "codec_plan.h"
+#include "desc.h"
+#include "hm.h"
+#include "pool.h"
+#include "service.h"
+#include "transport.h"
+#include "vocoder.h"
+
+#define VOC_MAX_REQUESTS 64
+#define VOC_IDLE_FREE_S 1800.0
+
+typedef struct {
+    int used;
+    uint64_t req;
+    char reply[DESC_MAX_STR + 1];
+    char out[DESC_MAX_STR + 1];
+    audio_writer *w;
+    xfade xf;
+    int windows_done;
+    double last_used;
+} voc_req;
+
+typedef struct {
+    const hm_pipeline_cfg *cfg;
+    voc_model *model;
+    int C, sr;
+    size_t seg, ovl;
+    void *pull;
+    voc_req reqs[VOC_MAX_REQUESTS];
+    float *pcm;            /* [2, seg] */
+    uint64_t n_windows, n_songs, n_err;
+    double busy_s, audio_s;
+} voc_service;
+
+static voc_req *find_req(voc_service *s, uint64_t req)
+{
+    for (int i = 0; i < VOC_MAX_REQUESTS; i++)
+        if (s->reqs[i].used && s->reqs[i].req == req) return &s->reqs[i];
+    return NULL;
+}
+
+static void drop_req(voc_req *r)
+{
+    if (r->w) audio_writer_abort(r->w);
+    xfade_free(&r->xf);
+    memset(r, 0, sizeof *r);
+}
+
+static void fail_req(voc_service *s, voc_req *r, const char *msg)
+{
+    hm_service_reply_error(r->reply, r->req, "vocoder", "%s", msg);
+    s->n_err++;
+    drop_req(r);
+}
+
+static void on_latents(voc_service *s, const desc_t *in)
+{
+    const char *reply = "";
+    voc_req *r = find_req(s, in->req_id);
+    const desc_buf_t *b = &in->buf;
+    if (r) reply = r->reply;
+    else if (desc_get_str(in, "reply", &reply)) {
+        LOG_WARN("latents for %llx without a reply endpoint: dropped", (unsigned long long)in->req_id);
+        if (b->kind == DESC_BUF_SHM) pool_release(in);
+        s->n_err++;
+        return;
+    }
+    if (in->type != DESC_LATENTS) {
+        if (b->kind == DESC_BUF_SHM) pool_release(in);
+        hm_service_reply_error(reply, in->req_id, "vocoder", "vocoder takes LATENTS, not %s", desc_type_name(in->type));
+        return;
+    }
+    int64_t k = desc_i64_or(in, "window", -1);
+    if (!r) {
+        if (b->kind == DESC_BUF_NONE || k != 0) {
+            if (b->kind == DESC_BUF_SHM) pool_release(in);
+            hm_service_reply_error(reply, in->req_id, "vocoder", "%s", "latents of an unknown song (vocoder restarted mid-song)");
+            s->n_err++;
+            return;
+        }
+        for (int i = 0; i < VOC_MAX_REQUESTS && !r; i++)
+            if (!s->reqs[i].used) r = &s->reqs[i];
+        if (!r) {
+            pool_release(in);
+            hm_service_reply_error(reply, in->req_id, "vocoder", "%s", "too many songs in progress; retry later");
+            return;
+        }
+        r->used = 1;
+        r->req = in->req_id;
+        snprintf(r->reply, sizeof r->reply, "%s", reply);
+        hm_service_client_touch(r->reply);
+        const char *out = "", *fmt = NULL;
+        desc_get_str(in, "out", &out);
+        snprintf(r->out, sizeof r->out, "%s", out);
+        audio_sample_fmt sf = AUDIO_FMT_DEFAULT;
+        if (desc_get_str(in, "sample_format", &fmt) == HM_OK && audio_sample_fmt_parse(fmt, &sf)) {
+            pool_release(in);
+            return fail_req(s, r, hm_errmsg());
+        }
+        if (xfade_init(&r->xf, 2, s->seg, s->ovl) || audio_writer_open(r->out, s->sr, 2, sf, &r->w)) {
+            pool_release(in);
+            return fail_req(s, r, hm_errmsg());
+        }
+    }
+    r->last_used = hm_now();
+    int64_t out_len = desc_i64_or(in, "out_len", -1);
+    if (out_len >= 0) xfade_set_limit(&r->xf, (size_t)out_len);
+    if (b->kind != DESC_BUF_NONE) {
+        const void *ptr;
+        if (b->dtype != DESC_DT_F32 || b->ndim != 2 || b->shape[0] != CODEC_WIN_FRAMES || b->shape[1] != (uint64_t)s->C ||
+            pool_map(in, &ptr)) {
+            if (b->kind == DESC_BUF_SHM) pool_release(in);
+            return fail_req(s, r, "malformed latents");
+        }
+        if (k != r->windows_done) {
+            pool_release(in);
+            char m[120];
+            snprintf(m, sizeof m, "window %lld arrived, expected %d", (long long)k, r->windows_done);
+            return fail_req(s, r, m);
+        }
+        double t0 = hm_now();
+        int rc = voc_decode_window(s->model, ptr, CODEC_WIN_FRAMES, s->seg, s->pcm);
+        pool_release(in);
+        if (rc || xfade_push(&r->xf, s->pcm, s->seg, audio_writer_sink, r->w)) return fail_req(s, r, hm_errmsg());
+        s->busy_s += hm_now() - t0;
+        r->windows_done++;
+        s->n_windows++;
+    }
+    if (desc_i64_or(in, "final", 0)) {
+        int64_t windows = desc_i64_or(in, "windows", -1);
+        if (windows != r->windows_done) {
+            char m[120];
+            snprintf(m, sizeof m, "song ended after %d windows, flow-matching announced %lld", r->windows_done, (long long)windows);
+            return fail_req(s, r, m);
+        }
+        size_t frames = 0;
+        int rc = xfade_finish(&r->xf, audio_writer_sink, r->w);
+        if (rc) return fail_req(s, r, hm_errmsg());
+        rc = audio_writer_close(r->w, &frames);
+        r->w = NULL;
+        if (rc) return fail_req(s, r, hm_errmsg());
+        s->n_songs++;
+        s->audio_s += (double)frames / s->sr;
+        desc_t d;
+        desc_init(&d, DESC_AUDIO_DONE, r->req, 0);
+        desc_set_str(&d, "out", r->out);
+        desc_set_i64(&d, "frames", desc_i64_or(in, "frames", 0));
+        desc_set_i64(&d, "samples", (int64_t)frames);
+        if (hm_service_send_client(r->reply, &d)) LOG_WARN("%s", hm_errmsg());
+        desc_free(&d);
+        LOG_INFO("request %llx: wrote %s (%.2f s)", (unsigned long long)r->req, r->out, (double)frames / s->sr);
+        drop_req(r);
+    }
+}
+
+static int vs_init(const hm_pipeline_cfg *cfg, int replica, void **state)
+{
+    voc_service *s = hm_calloc(1, sizeof *s);
+    s->cfg = cfg;
+    char url[600];
+    if (voc_load(cfg->model_dir, &s->model)) goto err;
+    const hm_codec_config *cc = voc_config(s->model);
+    s->C = cc->out_channels;
+    s->sr = cc->sample_rate;
+    codec_plan p;
+    if (codec_plan_make(1, s->sr, &p)) goto err;
+    s->seg = p.seg_samples;
+    s->ovl = p.ovl_samples;
+    s->pcm = hm_malloc(2 * s->seg * sizeof(float));
+    hm_stage_endpoint(cfg, HM_STAGE_VOCODER, replica, url, sizeof url);
+    tp_endpoint_t ep = {"vocoder", url, TP_BIND, ZMQ_PULL};
+    if (tp_open(&ep, &s->pull)) goto err;
+    *state = s;
+    return HM_OK;
+err:;
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", hm_errmsg());
+    if (s->pull) tp_close(s->pull);
+    if (s->model) voc_free(s->model);
+    free(s->pcm);
+    free(s);
+    return hm_err("%s", msg);
+}
+
+static int vs_sockets(void *st, void **socks, int max)
+{
+    voc_service *s = st;
+    (void)max;
+    socks[0] = s->pull;
+    return 1;
+}
+
+static void vs_on_readable(void *st, int idx)
+{
+    voc_service *s = st;
+    (void)idx;
+    for (;;) {
+        desc_t in;
+        int rc = tp_recv(s->pull, NULL, &in, ZMQ_DONTWAIT);
+        if (rc == TP_AGAIN) return;
+        if (rc != HM_OK) {
+            LOG_WARN("rejected a message: %s", hm_errmsg());
+            s->n_err++;
+            continue;
+        }
+        on_latents(s, &in);
+        desc_free(&in);
+    }
+}
+
+static void vs_tick(void *st, double now)
+{
+    voc_service *s = st;
+    for (int i = 0; i < VOC_MAX_REQUESTS; i++)
+        if (s->reqs[i].used && now - s->reqs[i].last_used > VOC_IDLE_FREE_S) {
+            LOG_WARN("request %llx idle for %.0f s: dropped", (unsigned long long)s->reqs[i].req, now - s->reqs[i].last_used);
+            drop_req(&s->reqs[i]);
+        }
+}
+
+static void vs_stats(void *st, desc_t *d)
+{
+    voc_service *s = st;
+    int active = 0;
+    for (int i = 0; i < VOC_MAX_REQUESTS; i++) active += s->reqs[i].used;
+    desc_set_i64(d, "songs_active", active);
+    desc_set_i64(d, "songs_done", (int64_t)s->n_songs);
+    desc_set_i64(d, "windows", (int64_t)s->n_windows);
+    desc_set_i64(d, "errors", (int64_t)s->n_err);
+    desc_set_f64(d, "busy_s", s->busy_s);
+    desc_set_f64(d, "audio_s", s->audio_s);
+}
+
+static void vs_free(void *st)
+{
+    voc_service *s = st;
+    for (int i = 0; i < VOC_MAX_REQUESTS; i++)
+        if (s->reqs[i].used) drop_req(&s->reqs[i]);
+    tp_close(s->pull);
+    voc_free(s->model);
+    free(s->pcm);
+    hm_service_close_clients();
+    pool_unmap_all();
+    free(s);
+}
+
+const hm_service_ops voc_service_ops = {"vocoder", vs_init, vs_sockets, vs_on_readable, vs_tick, vs_stats, vs_free};

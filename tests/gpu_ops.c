@@ -1,0 +1,490 @@
+/* gpu_ops.c - op-level checker (llama.cpp test-backend-ops style): every CUDA op of ops_cuda.h
+ * against its CPU twin (ops_cpu.h) on fresh random inputs (seed printed; pass one to replay),
+ * outputs poisoned with NaN before each run, released sizes included.  Error is the relative L2
+ * ‖gpu − cpu‖ / ‖cpu‖, with the CPU fed exactly the values the GPU saw (bf16-rounded weights,
+ * caches, GEMM inputs), so the bound only covers fp32 summation order and fast exp.
+ * Prints one PASS/FAIL row per case and exits 1 on any failure.  Needs a GPU.
+ * usage: gpu_ops [seed] */
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "hm.h"
+#include "ops_cpu.h"
+#include "ops_cuda.h"
+
+#define CU(x)                                                                                      \
+    do {                                                                                           \
+        cudaError_t e_ = (x);                                                                      \
+        if (e_ != cudaSuccess) {                                                                   \
+            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));    \
+            exit(2);                                                                               \
+        }                                                                                          \
+    } while (0)
+#define OK(x)                                                                                      \
+    do {                                                                                           \
+        if ((x) != HM_OK) {                                                                        \
+            fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, hm_errmsg());                       \
+            exit(2);                                                                               \
+        }                                                                                          \
+    } while (0)
+
+static uint64_t g_rng;
+static float urand(void) /* uniform(-1, 1) */
+{
+    g_rng ^= g_rng << 13, g_rng ^= g_rng >> 7, g_rng ^= g_rng << 17;
+    return (float)((g_rng >> 40) * (1.0 / 8388608.0)) - 1.0f;
+}
+static float *rvec(size_t n, float scale)
+{
+    float *v = hm_malloc(sizeof(float) * (n ? n : 1));
+    for (size_t i = 0; i < n; i++) v[i] = urand() * scale;
+    return v;
+}
+static float fp8_e4m3_to_f32(uint8_t b)
+{
+    int s = b >> 7, e = (b >> 3) & 15, m = b & 7;
+    float v = e == 0 ? ldexpf((float)m, -9) : ldexpf(1.0f + m / 8.0f, e - 7);
+    return s ? -v : v;
+}
+/* Round v in place to what type t stores and return a device copy of type t. */
+static void *to_dev(float *v, size_t n, hmc_dtype t)
+{
+    void *d;
+    size_t es = hmc_dtype_size(t);
+    CU(cudaMalloc(&d, n * es + 16));
+    if (t == HMC_F32) {
+        CU(cudaMemcpy(d, v, n * 4, cudaMemcpyHostToDevice));
+    } else if (t == HMC_BF16) {
+        uint16_t *h = hm_malloc(2 * n + 2);
+        for (size_t i = 0; i < n; i++) h[i] = hm_f32_to_bf16(v[i]), v[i] = hm_bf16_to_f32(h[i]);
+        CU(cudaMemcpy(d, h, 2 * n, cudaMemcpyHostToDevice));
+        free(h);
+    } else {
+        /* fp8 e4m3 (v pre-scaled to its range by the caller); any rounding will do: the CPU
+         * reference uses the decoded byte */
+        uint8_t *h = hm_malloc(n + 1);
+        for (size_t i = 0; i < n; i++) {
+            float a = fabsf(v[i]);
+            int e = a > 0 ? (int)floorf(log2f(a)) : -10, m;
+            if (e < -6) {
+                m = (int)lrintf(a / ldexpf(1.0f, -9));
+                e = m >= 8 ? -6 : -7, m = m >= 8 ? 0 : m;
+            } else {
+                m = (int)lrintf((a / ldexpf(1.0f, e) - 1.0f) * 8.0f);
+                if (m == 8) e++, m = 0;
+            }
+            if (e > 8 || (e == 8 && m > 6)) e = 8, m = 6;
+            h[i] = (uint8_t)((v[i] < 0 ? 0x80 : 0) | ((e + 7) << 3) | m);
+            v[i] = fp8_e4m3_to_f32(h[i]);
+        }
+        CU(cudaMemcpy(d, h, n, cudaMemcpyHostToDevice));
+        free(h);
+    }
+    return d;
+}
+static float *dev_f32(const float *v, size_t n)
+{
+    float *d;
+    CU(cudaMalloc((void **)&d, n * 4 + 16));
+    CU(cudaMemcpy(d, v, n * 4, cudaMemcpyHostToDevice));
+    return d;
+}
+static float *dev_poison(size_t n)
+{
+    float *d;
+    CU(cudaMalloc((void **)&d, n * 4 + 16));
+    CU(cudaMemset(d, 0xff, n * 4)); /* all-ones bits: NaN */
+    return d;
+}
+static float *from_dev(const float *d, size_t n)
+{
+    float *h = hm_malloc(n * 4 + 4);
+    CU(cudaDeviceSynchronize());
+    CU(cudaMemcpy(h, d, n * 4, cudaMemcpyDeviceToHost));
+    return h;
+}
+
+static int n_pass, n_fail;
+static void report(const char *op, const char *shape, const float *gpu, const float *ref, size_t n, double bound)
+{
+    double num = 0, den = 0;
+    int nan = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(gpu[i])) nan++;
+        double d = (double)gpu[i] - ref[i];
+        num += d * d, den += (double)ref[i] * ref[i];
+    }
+    double err = den > 0 ? sqrt(num / den) : sqrt(num);
+    int ok = !nan && err <= bound;
+    ok ? n_pass++ : n_fail++;
+    printf("%-4s %-14s %-44s err %.2e (bound %.0e)%s\n", ok ? "PASS" : "FAIL", op, shape, err, bound,
+           nan ? "  NON-FINITE/unwritten outputs" : "");
+}
+
+static const char *dtn(hmc_dtype t) { return t == HMC_BF16 ? "bf16" : t == HMC_F32 ? "f32" : "fp8"; }
+
+static void check_gemv_v(int N, int K, int rows, int mode, hmc_dtype t, int acc, int variant)
+{
+    int xw = mode == HMC_IN_SWIGLU ? 2 * K : K;
+    float *W = rvec((size_t)N * K, t == HMC_FP8 ? 400.0f : 1.0f / sqrtf((float)K));
+    float *x = rvec((size_t)rows * xw, 2.0f), *scale = rvec(K, 1.0f), *y0 = rvec((size_t)rows * N, 1.0f);
+    float *ws = NULL, *ws_d = NULL;
+    void *Wd = to_dev(W, (size_t)N * K, t);
+    if (t == HMC_FP8) {
+        ws = hm_malloc(sizeof(float) * N);
+        for (int n = 0; n < N; n++) ws[n] = (0.5f + 0.25f * urand()) / (400.0f * sqrtf((float)K));
+        ws_d = dev_f32(ws, N);
+        for (int n = 0; n < N; n++)
+            for (int k = 0; k < K; k++) W[(size_t)n * K + k] *= ws[n];
+    }
+    float *xd = dev_f32(x, (size_t)rows * xw), *sd = dev_f32(scale, K);
+    float *yd = acc ? dev_f32(y0, (size_t)rows * N) : dev_poison((size_t)rows * N);
+    hmc_gemv_args a = {Wd, t, N, K, ws_d, xd, xw, rows, mode, sd, 1e-5f, yd, N, acc, variant};
+    OK(hmc_gemv(&a, 0));
+    float *g = from_dev(yd, (size_t)rows * N);
+    float *in = hm_malloc(sizeof(float) * rows * K), *ref = hm_malloc(sizeof(float) * rows * N);
+    for (int r = 0; r < rows; r++) {
+        if (mode == HMC_IN_RMSNORM) cpu_rmsnorm(x + (size_t)r * xw, scale, in + (size_t)r * K, 1, K, 1e-5f);
+        else if (mode == HMC_IN_SWIGLU) {
+            memcpy(in + (size_t)r * K, x + (size_t)r * xw, sizeof(float) * K);
+            cpu_silu_mul(in + (size_t)r * K, x + (size_t)r * xw + K, K);
+        } else memcpy(in + (size_t)r * K, x + (size_t)r * xw, sizeof(float) * K);
+    }
+    cpu_linear(in, W, NULL, ref, rows, K, N);
+    if (acc)
+        for (size_t i = 0; i < (size_t)rows * N; i++) ref[i] += y0[i];
+    char sh[96];
+    snprintf(sh, sizeof sh, "%s N=%d K=%d rows=%d %s%s v%d", dtn(t), N, K, rows,
+             mode == 1 ? "rmsnorm" : mode == 2 ? "swiglu" : "plain", acc ? " +=" : "", variant);
+    report("gemv", sh, g, ref, (size_t)rows * N, 1e-4);
+    cudaFree(Wd), cudaFree(xd), cudaFree(sd), cudaFree(yd), cudaFree(ws_d);
+    free(W), free(x), free(scale), free(y0), free(g), free(in), free(ref), free(ws);
+}
+
+static void check_gemv(int N, int K, int rows, int mode, hmc_dtype t, int acc)
+{
+    check_gemv_v(N, K, rows, mode, t, acc, 0);
+}
+
+static void check_gemm(int M, int N, int K, hmc_dtype t, int acc)
+{
+    float *W = rvec((size_t)N * K, 1.0f / sqrtf((float)K)), *x = rvec((size_t)M * K, 1.0f);
+    float *y0 = rvec((size_t)M * N, 1.0f);
+    void *Wd = to_dev(W, (size_t)N * K, t), *xd = to_dev(x, (size_t)M * K, t);
+    float *yd = acc ? dev_f32(y0, (size_t)M * N) : dev_poison((size_t)M * N);
+    OK(hmc_gemm(xd, Wd, t, yd, M, N, K, acc, 0));
+    float *g = from_dev(yd, (size_t)M * N), *ref = hm_malloc(sizeof(float) * M * N);
+    cpu_linear(x, W, NULL, ref, M, K, N);
+    if (acc)
+        for (size_t i = 0; i < (size_t)M * N; i++) ref[i] += y0[i];
+    char sh[96];
+    snprintf(sh, sizeof sh, "%s M=%d N=%d K=%d%s", dtn(t), M, N, K, acc ? " +=" : "");
+    report("gemm cublasLt", sh, g, ref, (size_t)M * N, 1e-4);
+    cudaFree(Wd), cudaFree(xd), cudaFree(yd);
+    free(W), free(x), free(y0), free(g), free(ref);
+}
+
+static void check_rmsnorm_silu(int M, int D)
+{
+    float *x = rvec((size_t)M * D, 3.0f), *sc = rvec(D, 1.0f), *ref = hm_malloc(sizeof(float) * M * D);
+    float *xd = dev_f32(x, (size_t)M * D), *sd = dev_f32(sc, D), *yd = dev_poison((size_t)M * D);
+    OK(hmc_rmsnorm(xd, sd, yd, HMC_F32, M, D, 1e-5f, 0));
+    float *g = from_dev(yd, (size_t)M * D);
+    cpu_rmsnorm(x, sc, ref, M, D, 1e-5f);
+    char sh[96];
+    snprintf(sh, sizeof sh, "f32 M=%d D=%d", M, D);
+    report("rmsnorm", sh, g, ref, (size_t)M * D, 1e-5);
+    free(g);
+    /* silu_mul over rows of [gate | up], D/2 wide */
+    int I = D / 2;
+    float *gu = dev_poison((size_t)M * I);
+    OK(hmc_silu_mul(xd, gu, HMC_F32, M, I, 0));
+    g = from_dev(gu, (size_t)M * I);
+    for (int m = 0; m < M; m++) {
+        memcpy(ref + (size_t)m * I, x + (size_t)m * D, sizeof(float) * I);
+        cpu_silu_mul(ref + (size_t)m * I, x + (size_t)m * D + I, I);
+    }
+    snprintf(sh, sizeof sh, "f32 M=%d I=%d", M, I);
+    report("silu_mul", sh, g, ref, (size_t)M * I, 1e-5);
+    cudaFree(xd), cudaFree(sd), cudaFree(yd), cudaFree(gu);
+    free(x), free(sc), free(ref), free(g);
+}
+
+/* cache layout [B][KVH][max_seq][hd]; CPU view of row b as [S][KVH][hd] */
+static void cache_rows(const float *cache, int b, int KVH, int max_seq, int hd, int S, float *out)
+{
+    for (int s = 0; s < S; s++)
+        for (int h = 0; h < KVH; h++)
+            memcpy(out + ((size_t)s * KVH + h) * hd, cache + (((size_t)b * KVH + h) * max_seq + s) * hd,
+                   sizeof(float) * hd);
+}
+
+static void check_rope(int B, int T, int H, int KVH, int hd, int pos0, hmc_dtype ct, int use_pos_dev)
+{
+    const int W = (H + 2 * KVH) * hd, max_seq = pos0 + T + 3;
+    size_t nq = (size_t)B * T * W, nc = (size_t)B * KVH * max_seq * hd;
+    float *qkv = rvec(nq, 1.0f), *freqs = hm_malloc(sizeof(float) * hd / 2);
+    cpu_rope_freqs(freqs, hd, 500000.0f, 32.0f);
+    float *qd = dev_f32(qkv, nq), *fd = dev_f32(freqs, hd / 2);
+    float *kinit = rvec(nc, 1.0f), *vinit = rvec(nc, 1.0f);
+    void *kc = to_dev(kinit, nc, ct), *vc = to_dev(vinit, nc, ct);
+    int *pd = NULL;
+    if (use_pos_dev) {
+        CU(cudaMalloc((void **)&pd, sizeof(int)));
+        int p = pos0 - 5;
+        CU(cudaMemcpy(pd, &p, sizeof p, cudaMemcpyHostToDevice));
+    }
+    hmc_rope_args a = {qd, B, T, H, KVH, hd, pd, use_pos_dev ? 5 : pos0, fd, kc, vc, ct, max_seq};
+    OK(hmc_rope_append(&a, 0));
+    float *g = from_dev(qd, nq);
+    /* CPU: rotate q and k of each row; the GPU k/v land in the cache, compared below */
+    float *ref = hm_malloc(sizeof(float) * nq);
+    memcpy(ref, qkv, sizeof(float) * nq);
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            float *r = ref + ((size_t)b * T + t) * W;
+            cpu_rope_interleaved(r, 1, H + KVH, hd, pos0 + t, freqs);
+            for (int h = 0; h < KVH; h++) {
+                size_t o = (((size_t)b * KVH + h) * max_seq + pos0 + t) * hd;
+                for (int d = 0; d < hd; d++) {
+                    float kv = r[(H + h) * hd + d], vv = r[(H + KVH + h) * hd + d];
+                    if (ct == HMC_BF16) kv = hm_bf16_to_f32(hm_f32_to_bf16(kv)), vv = hm_bf16_to_f32(hm_f32_to_bf16(vv));
+                    kinit[o + d] = kv, vinit[o + d] = vv;
+                }
+            }
+        }
+    /* q part of the rows */
+    float *gq = hm_malloc(sizeof(float) * nq), *rq = hm_malloc(sizeof(float) * nq);
+    size_t n = 0;
+    for (int row = 0; row < B * T; row++)
+        for (int i = 0; i < H * hd; i++, n++) gq[n] = g[(size_t)row * W + i], rq[n] = ref[(size_t)row * W + i];
+    char sh[96];
+    snprintf(sh, sizeof sh, "B=%d T=%d H=%d/%d hd=%d pos=%d%s", B, T, H, KVH, hd, pos0, use_pos_dev ? " (dev)" : "");
+    report("rope q", sh, gq, rq, n, 1e-5);
+    /* whole caches (untouched entries must stay as they were) */
+    float *gk = hm_malloc(nc * 4), *gv = hm_malloc(nc * 4);
+    if (ct == HMC_F32) {
+        CU(cudaMemcpy(gk, kc, nc * 4, cudaMemcpyDeviceToHost));
+        CU(cudaMemcpy(gv, vc, nc * 4, cudaMemcpyDeviceToHost));
+    } else {
+        uint16_t *h = hm_malloc(nc * 2);
+        CU(cudaMemcpy(h, kc, nc * 2, cudaMemcpyDeviceToHost));
+        for (size_t i = 0; i < nc; i++) gk[i] = hm_bf16_to_f32(h[i]);
+        CU(cudaMemcpy(h, vc, nc * 2, cudaMemcpyDeviceToHost));
+        for (size_t i = 0; i < nc; i++) gv[i] = hm_bf16_to_f32(h[i]);
+        free(h);
+    }
+    snprintf(sh, sizeof sh, "%s cache B=%d T=%d KVH=%d hd=%d", dtn(ct), B, T, KVH, hd);
+    report("rope k->cache", sh, gk, kinit, nc, 1e-5);
+    report("v->cache", sh, gv, vinit, nc, 1e-6);
+    cudaFree(qd), cudaFree(fd), cudaFree(kc), cudaFree(vc), cudaFree(pd);
+    free(qkv), free(freqs), free(kinit), free(vinit), free(g), free(ref), free(gq), free(rq), free(gk), free(gv);
+}
+
+static void check_attention(int B, int T, int H, int KVH, int hd, int pos0, hmc_dtype ct)
+{
+    const int W = (H + 2 * KVH) * hd, S = pos0 + T, max_seq = S + 5;
+    size_t nq = (size_t)B * T * W, nc = (size_t)B * KVH * max_seq * hd;
+    float *qkv = rvec(nq, 1.0f), *kc = rvec(nc, 1.0f), *vc = rvec(nc, 1.0f);
+    /* make the scores spread: larger q */
+    for (size_t i = 0; i < nq; i++) qkv[i] *= 3.0f;
+    float *qd = dev_f32(qkv, nq);
+    void *kd = to_dev(kc, nc, ct), *vd = to_dev(vc, nc, ct);
+    float *work;
+    CU(cudaMalloc((void **)&work, hmc_attention_work_bytes(B, T, H, KVH, hd, S)));
+    float *od = dev_poison((size_t)B * T * H * hd);
+    hmc_attn_args a = {qd, B, T, H, KVH, hd, NULL, pos0, kd, vd, ct, max_seq, S, od, work};
+    OK(hmc_attention(&a, 0));
+    float *g = from_dev(od, (size_t)B * T * H * hd), *ref = hm_malloc(sizeof(float) * B * T * H * hd);
+    float *q = hm_malloc(sizeof(float) * T * H * hd), *k = hm_malloc(sizeof(float) * S * KVH * hd),
+          *v = hm_malloc(sizeof(float) * S * KVH * hd);
+    for (int b = 0; b < B; b++) {
+        for (int t = 0; t < T; t++) memcpy(q + (size_t)t * H * hd, qkv + ((size_t)b * T + t) * W, sizeof(float) * H * hd);
+        cache_rows(kc, b, KVH, max_seq, hd, S, k);
+        cache_rows(vc, b, KVH, max_seq, hd, S, v);
+        cpu_attention(q, k, v, ref + (size_t)b * T * H * hd, T, S, H, KVH, hd, 1, pos0);
+    }
+    char sh[96];
+    snprintf(sh, sizeof sh, "%s B=%d T=%d H=%d/%d hd=%d keys=%d", dtn(ct), B, T, H, KVH, hd, S);
+    report("attention", sh, g, ref, (size_t)B * T * H * hd, 1e-4);
+    cudaFree(qd), cudaFree(kd), cudaFree(vd), cudaFree(work), cudaFree(od);
+    free(qkv), free(kc), free(vc), free(g), free(ref), free(q), free(k), free(v);
+}
+
+static void check_embed(int S, int B, int nc, int Va, int Vt, int D, hmc_dtype t)
+{
+    float *audio = rvec((size_t)nc * Va * D, 1.0f), *text = rvec((size_t)Vt * D, 1.0f), *unc = rvec(D, 1.0f);
+    void *ad = to_dev(audio, (size_t)nc * Va * D, t), *td = to_dev(text, (size_t)Vt * D, t), *ud = to_dev(unc, D, t);
+    int32_t *tok = hm_malloc(sizeof(int32_t) * S * (nc + 1));
+    uint8_t *mask = hm_malloc((size_t)S * (nc + 1));
+    for (int s = 0; s < S; s++)
+        for (int k = 0; k <= nc; k++) {
+            tok[s * (nc + 1) + k] = (int)((urand() + 1.0f) * 0.5f * (k < nc ? Va : Vt)) % (k < nc ? Va : Vt);
+            mask[s * (nc + 1) + k] = urand() > 0.0f;
+        }
+    int32_t *tokd;
+    uint8_t *maskd;
+    CU(cudaMalloc((void **)&tokd, sizeof(int32_t) * S * (nc + 1)));
+    CU(cudaMalloc((void **)&maskd, (size_t)S * (nc + 1)));
+    CU(cudaMemcpy(tokd, tok, sizeof(int32_t) * S * (nc + 1), cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(maskd, mask, (size_t)S * (nc + 1), cudaMemcpyHostToDevice));
+    float *xd = dev_poison((size_t)B * S * D);
+    OK(hmc_embed_prompt(tokd, maskd, S, B, nc, Va, ad, td, ud, t, D, xd, 0));
+    float *g = from_dev(xd, (size_t)B * S * D), *ref = hm_calloc((size_t)B * S * D, sizeof(float));
+    for (int b = 0; b < B; b++)
+        for (int s = 0; s < S; s++) {
+            float *o = ref + ((size_t)b * S + s) * D;
+            for (int k = 0; k < nc; k++)
+                if (mask[s * (nc + 1) + k])
+                    for (int d = 0; d < D; d++) o[d] += audio[((size_t)tok[s * (nc + 1) + k] + (size_t)k * Va) * D + d];
+            if (mask[s * (nc + 1) + nc])
+                for (int d = 0; d < D; d++) o[d] += b == 1 ? unc[d] : text[(size_t)tok[s * (nc + 1) + nc] * D + d];
+        }
+    char sh[96];
+    snprintf(sh, sizeof sh, "%s S=%d B=%d Va=%d D=%d", dtn(t), S, B, Va, D);
+    report("embed prompt", sh, g, ref, (size_t)B * S * D, 1e-6);
+    /* a frame: all 8 codebooks, no text, same for every row */
+    float *fd = dev_poison((size_t)B * D);
+    OK(hmc_embed_frame(tokd, B, nc, Va, ad, t, D, fd, 0));
+    free(g);
+    g = from_dev(fd, (size_t)B * D);
+    memset(ref, 0, sizeof(float) * B * D);
+    for (int b = 0; b < B; b++)
+        for (int k = 0; k < nc; k++)
+            for (int d = 0; d < D; d++) ref[(size_t)b * D + d] += audio[((size_t)tok[k] + (size_t)k * Va) * D + d];
+    report("embed frame", sh, g, ref, (size_t)B * D, 1e-6);
+    cudaFree(ad), cudaFree(td), cudaFree(ud), cudaFree(tokd), cudaFree(maskd), cudaFree(xd), cudaFree(fd);
+    free(audio), free(text), free(unc), free(tok), free(mask), free(g), free(ref);
+}
+
+static void check_sample(int V, int B)
+{
+    float *l = rvec((size_t)B * V, 4.0f), *ld = dev_f32(l, (size_t)B * V), *lo = dev_poison(V);
+    hmc_sample_params p;
+    memset(&p, 0, sizeof p);
+    p.temperature = 1.0f, p.cfg_scale = 1.5f, p.topk = 1, p.seed_lo = 1234;
+    for (int i = 0; i < 8; i++) p.forced[i] = -1;
+    hmc_sample_params *pd;
+    uint32_t *cd;
+    int32_t *codes;
+    CU(cudaMalloc((void **)&pd, sizeof p));
+    CU(cudaMalloc((void **)&cd, 4));
+    CU(cudaMalloc((void **)&codes, 32));
+    CU(cudaMemcpy(pd, &p, sizeof p, cudaMemcpyHostToDevice));
+    CU(cudaMemset(cd, 0, 4));
+    OK(hmc_sample(ld, B, V, pd, cd, 3, lo, codes, 0));
+    float *g = from_dev(lo, V), *ref = hm_malloc(sizeof(float) * V);
+    int best = 0;
+    for (int i = 0; i < V; i++) {
+        ref[i] = B == 2 ? l[V + i] + (l[i] - l[V + i]) * 1.5f : l[i];
+        if (ref[i] > ref[best]) best = i;
+    }
+    char sh[96];
+    snprintf(sh, sizeof sh, "V=%d B=%d cfg 1.5", V, B);
+    report("cfg combine", sh, g, ref, V, 1e-7);
+    int32_t got;
+    CU(cudaMemcpy(&got, codes + 3, 4, cudaMemcpyDeviceToHost));
+    float fg = (float)got, fb = (float)best;
+    snprintf(sh, sizeof sh, "V=%d argmax id %d vs %d", V, got, best);
+    report("sample top1", sh, &fg, &fb, 1, 0.0);
+    free(g), free(ref);
+    /* top-k distribution: empirical frequencies of many draws vs the renormalised softmax */
+    const int k = 5, n = 20000;
+    const float temp = 0.7f;
+    p.topk = k, p.temperature = temp;
+    CU(cudaMemcpy(pd, &p, sizeof p, cudaMemcpyHostToDevice));
+    float *comb = hm_malloc(sizeof(float) * V);
+    for (int i = 0; i < V; i++) comb[i] = B == 2 ? l[V + i] + (l[i] - l[V + i]) * 1.5f : l[i];
+    float kth;
+    {
+        float *srt = hm_malloc(sizeof(float) * V);
+        memcpy(srt, comb, sizeof(float) * V);
+        for (int i = 0; i < k; i++)
+            for (int j = i + 1; j < V; j++)
+                if (srt[j] > srt[i]) { float tt = srt[i]; srt[i] = srt[j]; srt[j] = tt; }
+        kth = srt[k - 1];
+        free(srt);
+    }
+    double *pr = hm_calloc(V, sizeof(double)), z = 0;
+    for (int i = 0; i < V; i++)
+        if (comb[i] >= kth) pr[i] = exp((comb[i] - kth) / temp), z += pr[i];
+    double *fr = hm_calloc(V, sizeof(double));
+    int32_t *draws = hm_malloc(sizeof(int32_t) * n);
+    int32_t *dd;
+    CU(cudaMalloc((void **)&dd, sizeof(int32_t) * n));
+    for (int i = 0; i < n; i++) {
+        CU(cudaMemcpyAsync(cd, &i, 4, cudaMemcpyHostToDevice, 0));
+        OK(hmc_sample(ld, B, V, pd, cd, 0, NULL, dd + i, 0));
+    }
+    CU(cudaMemcpy(draws, dd, sizeof(int32_t) * n, cudaMemcpyDeviceToHost));
+    int outside = 0;
+    for (int i = 0; i < n; i++) {
+        if (draws[i] < 0 || draws[i] >= V || pr[draws[i]] == 0) outside++;
+        else fr[draws[i]] += 1.0 / n;
+    }
+    float fe[8] = {0}, fp[8] = {0};
+    int m = 0;
+    for (int i = 0; i < V && m < 8; i++)
+        if (pr[i] > 0) fe[m] = (float)fr[i], fp[m] = (float)(pr[i] / z), m++;
+    snprintf(sh, sizeof sh, "V=%d k=%d T=%.1f %d draws (%d outside)", V, k, temp, n, outside);
+    if (outside) fe[0] = NAN;
+    report("sample top-k", sh, fe, fp, m, 0.03);
+    cudaFree(ld), cudaFree(lo), cudaFree(pd), cudaFree(cd), cudaFree(codes), cudaFree(dd);
+    free(l), free(comb), free(pr), free(fr), free(draws);
+}
+
+int main(int argc, char **argv)
+{
+    uint64_t seed = argc > 1 ? strtoull(argv[1], NULL, 0) : (uint64_t)time(NULL) ^ ((uint64_t)clock() << 20);
+    g_rng = seed * 2654435761ull + 1;
+    printf("gpu_ops seed %llu\n", (unsigned long long)seed);
+    CU(cudaSetDevice(0));
+    /* GEMV at the released sizes (3B backbone, 300M decoder, heads) and the tiny fixture's */
+    check_gemv(5120, 3072, 2, HMC_IN_RMSNORM, HMC_BF16, 0);  /* backbone qkv */
+    check_gemv(3072, 3072, 2, HMC_IN_PLAIN, HMC_BF16, 1);    /* o_proj += */
+    check_gemv(16384, 3072, 2, HMC_IN_RMSNORM, HMC_BF16, 0); /* w1|w3 */
+    check_gemv(3072, 8192, 2, HMC_IN_SWIGLU, HMC_BF16, 1);   /* w2 += */
+    check_gemv(8197, 3072, 2, HMC_IN_PLAIN, HMC_BF16, 0);    /* codebook0 head */
+    check_gemv(8197, 3072, 1, HMC_IN_RMSNORM, HMC_BF16, 0);  /* audio head, B=1 */
+    check_gemv(3072, 8192, 4, HMC_IN_SWIGLU, HMC_BF16, 1);   /* decoder step 1 (2 positions x 2 rows) */
+    check_gemv(3072, 3072, 3, HMC_IN_RMSNORM, HMC_BF16, 0);
+    check_gemv(48, 64, 2, HMC_IN_PLAIN, HMC_BF16, 0);        /* tiny projection */
+    check_gemv(69, 48, 1, HMC_IN_RMSNORM, HMC_BF16, 0);      /* tiny head */
+    for (int v = 1; v <= HMC_GEMV_VARIANTS; v++) {
+        check_gemv_v(3072, 3072, 2, HMC_IN_RMSNORM, HMC_BF16, 1, v);
+        check_gemv_v(69, 48, 3, HMC_IN_PLAIN, HMC_BF16, 0, v);
+        check_gemv_v(3072, 8192, 1, HMC_IN_SWIGLU, HMC_BF16, 0, v);
+        check_gemv_v(1000, 3072, 4, HMC_IN_RMSNORM, HMC_FP8, 0, v);
+    }
+    check_gemv(5120, 3072, 2, HMC_IN_RMSNORM, HMC_F32, 0);
+    check_gemv(64, 128, 4, HMC_IN_SWIGLU, HMC_F32, 1);
+    check_gemv(3072, 8192, 2, HMC_IN_SWIGLU, HMC_FP8, 1);
+    check_gemv(16384, 3072, 2, HMC_IN_RMSNORM, HMC_FP8, 0);
+    check_gemm(256, 5120, 3072, HMC_BF16, 0);
+    check_gemm(256, 3072, 8192, HMC_BF16, 1);
+    check_gemm(42, 128, 64, HMC_F32, 0);
+    check_gemm(42, 64, 128, HMC_F32, 1);
+    check_rmsnorm_silu(4, 3072);
+    check_rmsnorm_silu(3, 96);
+    check_rope(2, 1, 24, 8, 128, 8190, HMC_BF16, 1);
+    check_rope(2, 2, 8, 4, 384, 0, HMC_BF16, 0);
+    check_rope(2, 5, 4, 2, 12, 17, HMC_F32, 0);
+    check_attention(2, 1, 24, 8, 128, 8191, HMC_BF16);  /* decode at 8192 keys */
+    check_attention(1, 1, 24, 8, 128, 700, HMC_BF16);
+    check_attention(2, 2, 8, 4, 384, 0, HMC_BF16);      /* decoder step 1 */
+    check_attention(2, 1, 8, 4, 384, 6, HMC_BF16);      /* decoder last step */
+    check_attention(2, 37, 24, 8, 128, 300, HMC_BF16);  /* prefill chunk, causal */
+    check_attention(2, 21, 4, 2, 16, 0, HMC_F32);       /* tiny backbone prompt */
+    check_attention(2, 1, 4, 2, 12, 7, HMC_F32);        /* tiny decoder */
+    check_embed(40, 2, 8, 8197, 4096, 3072, HMC_BF16);
+    check_embed(21, 2, 8, 69, 1024, 64, HMC_F32);
+    check_sample(8197, 2);
+    check_sample(8197, 1);
+    check_sample(69, 2);
+    printf("gpu_ops: %d passed, %d failed\n", n_pass, n_fail);
+    return n_fail ? 1 : 0;
+}
