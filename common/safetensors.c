@@ -370,11 +370,12 @@ int st_get(st_file *f, const char *name, int ndim, const int64_t *shape, st_tens
     if (!t) return hm_err("tensor '%s' missing from the checkpoint", name);
     if (ndim >= 0) {
         int ok = t->ndim == ndim;
-        for (int i = 0; ok && i < ndim; i++) ok = t->shape[i] == shape[i];
+        for (int i = 0; ok && shape && i < ndim; i++) ok = t->shape[i] == shape[i];
         if (!ok) {
             char a[128], b[128];
             fmt_shape(a, sizeof a, t->ndim, t->shape);
-            fmt_shape(b, sizeof b, ndim, shape);
+            if (shape) fmt_shape(b, sizeof b, ndim, shape);
+            else snprintf(b, sizeof b, "%d dims", ndim);
             return hm_err("tensor '%s': shape %s, expected %s (checkpoint does not match config.json)", name, a, b);
         }
     }

@@ -43,7 +43,7 @@ size_t st_count(const st_file *f);
 st_tensor *st_at(st_file *f, size_t i);
 st_tensor *st_find(st_file *f, const char *name);
 
-/* Look a tensor up and check its shape (ndim < 0: any shape).  Marks it used.  Errors name the
+/* Look a tensor up and check its shape (ndim < 0: any shape; shape NULL: only the rank).  Marks it used.  Errors name the
  * tensor and the expected/actual shape: "tensor 'x.weight': shape [3, 4], expected [4, 4]". */
 int st_get(st_file *f, const char *name, int ndim, const int64_t *shape, st_tensor **out);
 /* Convert any numeric dtype to f32 / i32 (dst has t->numel elements). */

@@ -542,8 +542,8 @@ int stage_run(stage_t *st)
         for (int i = 0; i < st->nsocks; i++)
             items[n++] = (zmq_pollitem_t){st->socks[i].s, 0, st->socks[i].fn || st->socks[i].watched ? ZMQ_POLLIN : 0, 0};
         pool0 = n;
-        for (int i = 0; i < st->npools; i++)
-            items[n++] = (zmq_pollitem_t){pool_release_socket(st->pools[i]), 0,
+        for (int i = 0; i < st->npools; i++) /* a pool without a release socket polls nothing */
+            items[n++] = (zmq_pollitem_t){pool_release_socket(st->pools[i]), st->sigfd,
                                           pool_release_socket(st->pools[i]) ? ZMQ_POLLIN : 0, 0};
         /* poll until the next timer, heartbeat or watchdog deadline (at most 1 s for leases) */
         double now = hm_now(), next = now + 1.0;

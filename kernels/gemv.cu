@@ -56,50 +56,79 @@ __device__ __forceinline__ uint4 ldw(const uint4 *p)
     return v;
 }
 
-/* Stage in(x) rows into shared memory (fp32 [R][K]); 16-byte loads, several in flight. */
+/* Stage the input rows into shared memory (fp32 [R][K]) with one barrier: SwiGLU is applied
+ * elementwise; for RMSNorm the rows are staged times the norm scale and each warp's partial sum
+ * of squares goes to red[r][warp] (rows_rs() turns them into 1/rms after the barrier, and the
+ * GEMV multiplies its result by it, which equals normalising first). */
 template <int R>
 __device__ __forceinline__ void stage_x(float *xs, const float *__restrict__ x, int ldx, int K, int in_mode,
-                                        const float *__restrict__ nscale, float eps, float *red)
+                                        const float *__restrict__ nscale, float (*red)[WARPS])
 {
     const int K4 = K / 4;
     float4 *xs4 = reinterpret_cast<float4 *>(xs);
+    const float4 *s4 = reinterpret_cast<const float4 *>(nscale);
     float ss[R];
 #pragma unroll
-    for (int r = 0; r < R; r++) {
-        ss[r] = 0.0f;
-        const float4 *x4 = reinterpret_cast<const float4 *>(x + (size_t)r * ldx);
-        if (in_mode == HMC_IN_SWIGLU) {
-#pragma unroll 4
-            for (int i = threadIdx.x; i < K4; i += blockDim.x) {
-                float4 g = x4[i], u = x4[K4 + i];
-                g.x = g.x / (1.0f + __expf(-g.x)) * u.x;
-                g.y = g.y / (1.0f + __expf(-g.y)) * u.y;
-                g.z = g.z / (1.0f + __expf(-g.z)) * u.z;
-                g.w = g.w / (1.0f + __expf(-g.w)) * u.w;
-                xs4[r * K4 + i] = g;
+    for (int r = 0; r < R; r++) ss[r] = 0.0f;
+    if (in_mode == HMC_IN_SWIGLU) {
+#pragma unroll 2
+        for (int i = threadIdx.x; i < K4; i += blockDim.x) {
+            float4 g[R], u[R];
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                const float4 *x4 = reinterpret_cast<const float4 *>(x + (size_t)r * ldx);
+                g[r] = x4[i], u[r] = x4[K4 + i];
             }
-        } else {
-#pragma unroll 4
-            for (int i = threadIdx.x; i < K4; i += blockDim.x) {
-                float4 v = x4[i];
-                ss[r] += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                float4 v = g[r];
+                v.x = v.x / (1.0f + __expf(-v.x)) * u[r].x;
+                v.y = v.y / (1.0f + __expf(-v.y)) * u[r].y;
+                v.z = v.z / (1.0f + __expf(-v.z)) * u[r].z;
+                v.w = v.w / (1.0f + __expf(-v.w)) * u[r].w;
                 xs4[r * K4 + i] = v;
             }
         }
-    }
-    if (in_mode == HMC_IN_RMSNORM) {
-        const float4 *s4 = reinterpret_cast<const float4 *>(nscale);
+    } else {
+        const bool norm = in_mode == HMC_IN_RMSNORM;
+#pragma unroll 4
+        for (int i = threadIdx.x; i < K4; i += blockDim.x) {
+            float4 v[R];
 #pragma unroll
-        for (int r = 0; r < R; r++) {
-            float rs = rsqrtf(block_sum(ss[r], red) / (float)K + eps);
-            for (int i = threadIdx.x; i < K4; i += blockDim.x) {
-                float4 v = xs4[r * K4 + i], sc = s4[i];
-                v.x *= rs * sc.x, v.y *= rs * sc.y, v.z *= rs * sc.z, v.w *= rs * sc.w;
-                xs4[r * K4 + i] = v;
+            for (int r = 0; r < R; r++) v[r] = reinterpret_cast<const float4 *>(x + (size_t)r * ldx)[i];
+            float4 sc = norm ? s4[i] : make_float4(1.0f, 1.0f, 1.0f, 1.0f);
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                ss[r] += v[r].x * v[r].x + v[r].y * v[r].y + v[r].z * v[r].z + v[r].w * v[r].w;
+                v[r].x *= sc.x, v[r].y *= sc.y, v[r].z *= sc.z, v[r].w *= sc.w;
+                xs4[r * K4 + i] = v[r];
+            }
+        }
+        if (norm) {
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                float t = warp_sum(ss[r]);
+                if ((threadIdx.x & 31) == 0) red[r][threadIdx.x >> 5] = t;
             }
         }
     }
     __syncthreads();
+}
+
+/* 1/rms of each row from the staged partial sums (all threads, after stage_x's barrier) */
+template <int R>
+__device__ __forceinline__ void rows_rs(float *rs, int in_mode, const float (*red)[WARPS], int K, float eps)
+{
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        rs[r] = 1.0f;
+        if (in_mode == HMC_IN_RMSNORM) {
+            float t = 0.0f;
+#pragma unroll
+            for (int w = 0; w < WARPS; w++) t += red[r][w];
+            rs[r] = rsqrtf(t / (float)K + eps);
+        }
+    }
 }
 
 /* Persistent blocks: a block takes WARPS/KS row pairs at a time (stride: the whole grid); the KS
@@ -118,7 +147,7 @@ gemv_kernel(const WT *__restrict__ W, const float *__restrict__ wscale, int N, i
     constexpr int PPB = WARPS / KS; /* row pairs per block step */
     extern __shared__ float4 xs_raw[]; /* [R][K] floats */
     float *xs = reinterpret_cast<float *>(xs_raw);
-    __shared__ float red[32];
+    __shared__ float red[R][WARPS];
     __shared__ float part[KS > 1 ? WARPS : 1][RPW][R];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int grp = warp / KS, sub = warp % KS;
@@ -145,7 +174,9 @@ gemv_kernel(const WT *__restrict__ W, const float *__restrict__ wscale, int N, i
     /* first loads (weights only) before waiting for the previous op and staging its output */
     load_step(cur, base + grp, s0 + lane);
     pdl_wait();
-    stage_x<R>(xs, x, ldx, K, in_mode, nscale, eps, red);
+    stage_x<R>(xs, x, ldx, K, in_mode, nscale, red);
+    float rs[R];
+    rows_rs<R>(rs, in_mode, red, K, eps);
 
     for (; base < npairs; base += stride) {
         const int p = base + grp;
@@ -224,7 +255,7 @@ gemv_kernel(const WT *__restrict__ W, const float *__restrict__ wscale, int N, i
                 float sc = wscale ? wscale[n] : 1.0f;
 #pragma unroll
                 for (int r = 0; r < R; r++) {
-                    float v = acc[i][r] * sc;
+                    float v = acc[i][r] * sc * rs[r];
                     float *yp = y + (size_t)r * ldy + n;
                     *yp = accumulate ? *yp + v : v;
                 }
@@ -234,7 +265,7 @@ gemv_kernel(const WT *__restrict__ W, const float *__restrict__ wscale, int N, i
 }
 
 int g_sms;
-int g_bps = 1; /* resident GEMV blocks per SM: 1 leaves room for the next kernel's prefetch (PDL) */
+int g_bps = 2; /* resident GEMV blocks per SM (2 measured faster than 1 in a whole frame) */
 
 template <typename WT, int R, int U, int KS, bool DB>
 int launch(const hmc_gemv_args *a, cudaStream_t s)
@@ -273,7 +304,7 @@ int launch_variant(const hmc_gemv_args *a, cudaStream_t s)
     if (v == 0) {
         /* auto: enough warps per row pair that each lane has at most ~2 steps of 8 words */
         const int KW = a->K / E;
-        v = KW <= 256 ? 2 : KW <= 512 ? 4 : 6;
+        v = KW <= 512 ? 1 : 5; /* measured on H200 (docs/PERF.md): K 3072 bf16 -> 1, K 8192 -> 5 */
     }
     switch (v) {
     case 1: return launch<WT, R, 4, 1, true>(a, s);

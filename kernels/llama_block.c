@@ -117,16 +117,6 @@ void llama_scratch_free(llama_scratch *ws)
     memset(ws, 0, sizeof *ws);
 }
 
-void llama_linear(const float *x, const float *W, float *y, int M, int K, int N)
-{
-    if (M > 4) {
-        cpu_linear(x, W, NULL, y, M, K, N);
-        return;
-    }
-    for (int m = 0; m < M; m++)
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, 1.0f, W, K, x + (size_t)m * K, 1, 0.0f,
-                    y + (size_t)m * N, 1);
-}
 
 void llama_forward(const llama_stack *s, float *x, int B, int T, int pos0, float *kcache,
                    float *vcache, int cap, llama_scratch *ws)
@@ -140,9 +130,9 @@ void llama_forward(const llama_stack *s, float *x, int B, int T, int pos0, float
         const llama_layer *y = &s->layers[l];
         float *kc = kcache + (size_t)l * B * row_cache, *vc = vcache + (size_t)l * B * row_cache;
         cpu_rmsnorm(x, y->sa_norm, ws->n, M, D, eps);
-        llama_linear(ws->n, y->wq, ws->q, M, D, qd);
-        llama_linear(ws->n, y->wk, ws->k, M, D, kvd);
-        llama_linear(ws->n, y->wv, ws->v, M, D, kvd);
+        cpu_linear(ws->n, y->wq, NULL, ws->q, M, D, qd);
+        cpu_linear(ws->n, y->wk, NULL, ws->k, M, D, kvd);
+        cpu_linear(ws->n, y->wv, NULL, ws->v, M, D, kvd);
         for (int b = 0; b < B; b++) {
             float *qb = ws->q + (size_t)b * T * qd, *kb = ws->k + (size_t)b * T * kvd;
             cpu_rope_interleaved(qb, T, H, hd, pos0, s->freqs);
@@ -154,13 +144,13 @@ void llama_forward(const llama_stack *s, float *x, int B, int T, int pos0, float
             cpu_attention(qb, kcb, vcb, ws->att + (size_t)b * T * qd, T, pos0 + T, H, KVH, hd, 1,
                           pos0);
         }
-        llama_linear(ws->att, y->wo, ws->x2, M, qd, D);
+        cpu_linear(ws->att, y->wo, NULL, ws->x2, M, qd, D);
         for (size_t i = 0; i < (size_t)M * D; i++) x[i] += ws->x2[i];
         cpu_rmsnorm(x, y->mlp_norm, ws->n, M, D, eps);
-        llama_linear(ws->n, y->w1, ws->g, M, D, F);
-        llama_linear(ws->n, y->w3, ws->u, M, D, F);
+        cpu_linear(ws->n, y->w1, NULL, ws->g, M, D, F);
+        cpu_linear(ws->n, y->w3, NULL, ws->u, M, D, F);
         cpu_silu_mul(ws->g, ws->u, (size_t)M * F);
-        llama_linear(ws->g, y->w2, ws->x2, M, F, D);
+        cpu_linear(ws->g, y->w2, NULL, ws->x2, M, F, D);
         for (size_t i = 0; i < (size_t)M * D; i++) x[i] += ws->x2[i];
     }
 }

@@ -50,10 +50,6 @@ void llama_scratch_free(llama_scratch *ws);
 void llama_forward(const llama_stack *s, float *x, int B, int T, int pos0, float *kcache,
                    float *vcache, int cap, llama_scratch *ws);
 
-/* y[M,N] = x[M,K] W[N,K]^T without bias, tuned for the decode shapes: for M <= 4 one
- * OpenBLAS sgemv per row (measured 2-3x faster than sgemm at M = 2 on this machine, whose
- * sgemm packs the whole weight first); otherwise cpu_linear. */
-void llama_linear(const float *x, const float *W, float *y, int M, int K, int N);
 
 /* Final RMSNorm of `M` rows of x into y (in place allowed). */
 void llama_final_norm(const llama_stack *s, const float *x, float *y, int M);

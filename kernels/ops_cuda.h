@@ -34,8 +34,8 @@ typedef struct {
     int variant;                       /* 0: auto; 1..HMC_GEMV_VARIANTS: a fixed kernel shape (benchmarks) */
 } hmc_gemv_args;
 #define HMC_GEMV_VARIANTS 6
-/* Cap on resident GEMV blocks per SM (default 1: the next op's blocks fit beside them and start
- * streaming their weights early under programmatic dependent launch).  Benchmark knob. */
+/* Cap on resident GEMV blocks per SM (default 2; 1 would leave room for the next op's blocks to
+ * prefetch under programmatic dependent launch, but measured slower).  Benchmark knob. */
 void hmc_gemv_set_blocks_per_sm(int n);
 int hmc_gemv(const hmc_gemv_args *a, cudaStream_t stream);
 

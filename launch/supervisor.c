@@ -40,6 +40,7 @@ typedef struct {
     double started, last_ping, next_start;
     double backoff;
     int restarts;
+    int early_fails;    /* exits before ever reporting READY, in a row */
 } proc_t;
 
 static proc_t g_p[MAX_PROCS];
@@ -191,8 +192,18 @@ int main(int argc, char **argv)
         while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
             proc_t *p = by_pid(pid);
             if (!p) continue;
+            int was_ready = p->ready;
             p->pid = 0;
+            p->ready = 0;
             if (stopping) continue;
+            p->early_fails = was_ready ? 0 : p->early_fails + 1;
+            if (p->early_fails >= 3 && !all_ready_announced) {
+                /* a stage that cannot even start (bad model folder, bad config) will not get
+                 * better by retrying: stop now, its own error line is in the log above */
+                LOG_ERROR("%s[%d] failed to start 3 times in a row; stopping the pipeline", hm_stage_name(p->stage), p->replica);
+                rc = 1;
+                kill(getpid(), SIGTERM);
+            }
             if (now - p->started > 60.0) p->backoff = 1.0;
             p->next_start = now + p->backoff;
             p->backoff = p->backoff * 2 > 30 ? 30 : p->backoff * 2;

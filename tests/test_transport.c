@@ -20,6 +20,7 @@
 #include "desc.h"
 #include "hm.h"
 #include "stage.h"
+#include "pool.h"
 #include "transport.h"
 
 static void sleep_ms(long ms)
@@ -205,6 +206,36 @@ static void test_pending_resend(void **st)
     tp_close(pull);
 }
 
+static void test_send_url(void **st)
+{
+    (void)st;
+    char url[128], unused[128];
+    urls(url, unused, "late", "x");
+    /* the receiver binds only after the first send: the message must wait, not vanish */
+    desc_t d, got;
+    desc_init(&d, DESC_AUDIO_DONE, 77, 1);
+    desc_set_str(&d, "out", "/tmp/x.wav");
+    assert_int_equal(tp_send_url(url, &d), HM_OK);
+    tp_endpoint_t le = {"in", url, TP_BIND, ZMQ_PULL};
+    void *pull;
+    assert_int_equal(tp_open(&le, &pull), HM_OK);
+    zmq_pollitem_t pi = {pull, 0, ZMQ_POLLIN, 0};
+    assert_int_equal(zmq_poll(&pi, 1, 3000), 1);
+    assert_int_equal(tp_recv(pull, NULL, &got, 0), HM_OK);
+    assert_true(desc_equal(&d, &got));
+    desc_free(&got);
+    d.seq = 2; /* cached socket reused */
+    assert_int_equal(tp_send_url(url, &d), HM_OK);
+    assert_int_equal(tp_recv(pull, NULL, &got, 0), HM_OK);
+    assert_int_equal(got.seq, 2);
+    desc_free(&got);
+    assert_int_equal(tp_send_url("bogus://x", &d), HM_ERR);
+    assert_int_equal(tp_send_url("", &d), HM_ERR);
+    desc_free(&d);
+    tp_url_cache_clear();
+    tp_close(pull);
+}
+
 static void test_parse_args(void **st)
 {
     (void)st;
@@ -262,6 +293,32 @@ static int on_data(stage_t *st, int sock, const tp_peer_t *from, desc_t *d, void
     return HM_OK;
 }
 
+/* backbone-style op socket (ROUTER): answer every op with HIDDEN of the same seq; FRAMES with a
+ * "reply" param also get a REPLY pushed to that endpoint */
+static int on_op(stage_t *st, int sock, const tp_peer_t *from, desc_t *d, void *user)
+{
+    (void)user;
+    desc_t r;
+    desc_init(&r, DESC_HIDDEN, d->req_id, d->seq);
+    int rc = stage_reply(st, sock, from, &r);
+    desc_free(&r);
+    return rc;
+}
+
+static int on_data_reply(stage_t *st, int sock, const tp_peer_t *from, desc_t *d, void *user)
+{
+    const char *url;
+    if (desc_get_str(d, "reply", &url) == HM_OK) {
+        desc_t r;
+        desc_init(&r, DESC_REPLY, d->req_id, d->seq);
+        desc_set_i64(&r, "frames", stage_stat_get(st, "frames"));
+        int rc = tp_send_url(url, &r);
+        desc_free(&r);
+        return rc;
+    }
+    return on_data(st, sock, from, d, user);
+}
+
 static void on_peer(stage_t *st, int sock, int alive, void *user)
 {
     (void)sock;
@@ -275,16 +332,18 @@ static void on_drain(stage_t *st, void *user)
     stage_stat_add(st, "drained", 1);
 }
 
-/* stage CTL_URL DATA_URL DEALER_URL */
+/* stage CTL_URL DATA_URL DEALER_URL OPS_URL */
 static int stage_child(int argc, char **argv)
 {
-    if (argc != 5) return 2;
+    if (argc != 6) return 2;
     stage_t *st;
     if (stage_new("tstage", 1, &st) != HM_OK) return 3;
-    tp_endpoint_t data = {"data", argv[3], TP_BIND, ZMQ_PULL}, peer = {"peer", argv[4], TP_CONNECT, ZMQ_DEALER};
-    int ds = stage_add_socket(st, &data, on_data, NULL);
+    tp_endpoint_t data = {"data", argv[3], TP_BIND, ZMQ_PULL}, peer = {"peer", argv[4], TP_CONNECT, ZMQ_DEALER},
+                  ops = {"ops", argv[5], TP_BIND, ZMQ_ROUTER};
+    int ds = stage_add_socket(st, &data, on_data_reply, NULL);
     int ps = stage_add_socket(st, &peer, NULL, NULL);
-    if (ds < 0 || ps < 0 || stage_add_control(st, argv[2]) != HM_OK ||
+    int os = stage_add_socket(st, &ops, on_op, NULL);
+    if (ds < 0 || ps < 0 || os < 0 || stage_add_control(st, argv[2]) != HM_OK ||
         stage_watch(st, ps, 0.05, 3, on_peer, NULL) != HM_OK) {
         LOG_ERROR("%s", hm_errmsg());
         return 4;
@@ -292,27 +351,29 @@ static int stage_child(int argc, char **argv)
     stage_on_drain(st, on_drain, NULL);
     int rc = stage_run(st);
     stage_free(st);
+    tp_url_cache_clear();
     tp_term();
     return rc == HM_OK ? 0 : 5;
 }
 
 typedef struct {
-    char ctl[128], data[128], peer[128];
+    char ctl[128], data[128], peer[128], ops[128], reply[128];
     pid_t pid;
     void *push, *router;
 } child_t;
 
 static void child_up(child_t *c)
 {
-    char unused[128];
     urls(c->ctl, c->data, "ctl", "data");
-    urls(c->peer, unused, "peer", "x");
+    urls(c->peer, c->ops, "peer", "ops");
+    char unused[128];
+    urls(c->reply, unused, "reply", "x");
     tp_endpoint_t re = {"router", c->peer, TP_BIND, ZMQ_ROUTER};
     assert_int_equal(tp_open(&re, &c->router), HM_OK);
     c->pid = fork();
     assert_true(c->pid >= 0);
     if (c->pid == 0) {
-        char *args[] = {"test_transport", "stage", c->ctl, c->data, c->peer, NULL};
+        char *args[] = {"test_transport", "stage", c->ctl, c->data, c->peer, c->ops, NULL};
         execv("/proc/self/exe", args);
         _exit(127);
     }
@@ -432,6 +493,43 @@ static void test_stage_process(void **st)
     assert_int_equal(desc_i64_or(&r, "l.msg.frames.n", 0), 101);
     desc_free(&r);
 
+    /* several ops in flight on the ROUTER socket, answered through stage_reply */
+    tp_endpoint_t de = {"ops", c.ops, TP_CONNECT, ZMQ_DEALER}, re = {"reply", c.reply, TP_BIND, ZMQ_PULL};
+    void *dealer, *reply;
+    assert_int_equal(tp_open(&de, &dealer), HM_OK);
+    assert_int_equal(tp_open(&re, &reply), HM_OK);
+    for (int i = 0; i < 5; i++) {
+        desc_t q;
+        desc_init(&q, DESC_EXTEND, 5, (uint64_t)i);
+        int rc;
+        for (int tries = 0; (rc = tp_send(dealer, NULL, &q, ZMQ_DONTWAIT)) == TP_AGAIN && tries < 500; tries++) sleep_ms(2);
+        assert_int_equal(rc, HM_OK);
+        desc_free(&q);
+    }
+    for (int i = 0; i < 5; i++) {
+        zmq_pollitem_t pi = {dealer, 0, ZMQ_POLLIN, 0};
+        assert_int_equal(zmq_poll(&pi, 1, 3000), 1);
+        desc_t a;
+        assert_int_equal(tp_recv(dealer, NULL, &a, 0), HM_OK);
+        assert_int_equal(a.type, DESC_HIDDEN);
+        assert_int_equal(a.seq, (uint64_t)i);
+        desc_free(&a);
+    }
+    /* a reply endpoint known only from the request (tp_send_url in the stage) */
+    desc_t q;
+    desc_init(&q, DESC_FRAMES, 8, 1);
+    desc_set_str(&q, "reply", c.reply);
+    assert_int_equal(tp_send(c.push, NULL, &q, 0), HM_OK);
+    desc_free(&q);
+    zmq_pollitem_t rpi = {reply, 0, ZMQ_POLLIN, 0};
+    assert_int_equal(zmq_poll(&rpi, 1, 3000), 1);
+    assert_int_equal(tp_recv(reply, NULL, &r, 0), HM_OK);
+    assert_int_equal(r.type, DESC_REPLY);
+    assert_int_equal(desc_i64_or(&r, "frames", -1), 200);
+    desc_free(&r);
+    tp_close(dealer);
+    tp_close(reply);
+
     /* heartbeats: the stage's DEALER beats every 50 ms; unanswered it declares the peer dead
      * after 3 misses, answered it comes back */
     int beats = pump_router(&c, 400, 0);
@@ -492,6 +590,78 @@ static void test_stage_sigterm(void **st)
     desc_free(&q);
 }
 
+/* ---- a stage in this process: pool releases and lease reclaim driven by stage_run ---- */
+
+typedef struct {
+    pool_t *pool;
+    int ticks;
+    uint64_t t_released;
+} inproc_t;
+
+static void inproc_tick(stage_t *st, void *user)
+{
+    inproc_t *x = user;
+    x->ticks++;
+    if (x->ticks == 1) {
+        /* hand out every slot; release three through the release socket, keep one */
+        for (int i = 0; i < 4; i++) {
+            uint32_t slot;
+            if (pool_acquire(x->pool, 0, &slot) != HM_OK) fail_msg("%s", hm_errmsg());
+            desc_t d;
+            desc_init(&d, DESC_LATENTS, 1, (uint64_t)i);
+            uint64_t shape[1] = {16};
+            if (pool_fill_desc(x->pool, slot, 0, DESC_DT_F32, 1, shape, &d) != HM_OK) fail_msg("%s", hm_errmsg());
+            const void *p;
+            if (pool_map(&d, &p) != HM_OK) fail_msg("%s", hm_errmsg());
+            if (i < 3 && pool_release(&d) != HM_OK) fail_msg("%s", hm_errmsg());
+            desc_free(&d);
+        }
+        return;
+    }
+    uint64_t rel, recl;
+    pool_counters(x->pool, NULL, &rel, &recl);
+    if (rel == 3 && !x->t_released) x->t_released = (uint64_t)x->ticks;
+    if (recl == 1 || x->ticks > 200) stage_stop(st);
+}
+
+static void test_stage_inproc_pool(void **st_)
+{
+    (void)st_;
+    stage_t *st;
+    assert_int_equal(stage_new("inproc", 0, &st), HM_OK);
+    char rel[128], unused[128];
+    urls(rel, unused, "inrel", "x");
+    char name[64];
+    snprintf(name, sizeof name, "test-inproc-%d", (int)getpid());
+    inproc_t x = {0};
+    assert_int_equal(pool_create(POOL_SHM, name, 4, 4096, &x.pool), HM_OK);
+    pool_set_lease(x.pool, 0.3);
+    assert_int_equal(pool_listen(x.pool, rel), HM_OK);
+    assert_int_equal(stage_add_pool(st, x.pool), HM_OK);
+    assert_int_equal(stage_add_timer(st, 0.02, inproc_tick, &x), HM_OK);
+    double t0 = hm_now();
+    assert_int_equal(stage_run(st), HM_OK);
+    double dt = hm_now() - t0;
+    uint64_t acq, relc, recl;
+    pool_counters(x.pool, &acq, &relc, &recl);
+    assert_int_equal(acq, 4);
+    assert_int_equal(relc, 3);   /* the loop read the RELEASEs off the pool's socket */
+    assert_int_equal(recl, 1);   /* and reclaimed the unreleased slot after its lease */
+    assert_true(x.t_released > 0 && x.t_released < 20);
+    assert_true(dt >= 0.3 && dt < 3.0);
+    assert_int_equal(pool_free_slots(x.pool), 4);
+    stage_free(st);
+    pool_destroy(x.pool);
+    pool_unmap_all();
+    /* undo stage_new's process-wide signal setup for the rest of this test binary */
+    signal(SIGCHLD, SIG_DFL);
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && strcmp(argv[1], "stage") == 0) return stage_child(argc, argv);
@@ -499,8 +669,9 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pushpull_malformed), cmocka_unit_test(test_dealer_router_inflight),
         cmocka_unit_test(test_liveness),           cmocka_unit_test(test_pending_resend),
+        cmocka_unit_test(test_send_url),
         cmocka_unit_test(test_parse_args),         cmocka_unit_test(test_stage_process),
-        cmocka_unit_test(test_stage_sigterm),
+        cmocka_unit_test(test_stage_sigterm),      cmocka_unit_test(test_stage_inproc_pool),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     tp_term();

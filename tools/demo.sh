@@ -8,9 +8,11 @@ model=out/demo-model
 if [ ! -f "$model/.complete" ]; then
   echo "== making the demo model in $model"
   rm -rf "$model"; mkdir -p "$model"
-  bin/mktokenizer --vocab 1024 --special-base 128000 --out "$model/tokenizer.json" tools/mktokenizer/corpus.txt
+  read -r _ bos _ eos < <(bin/mktokenizer --vocab 1024 --out "$model/tokenizer.json" tools/mktokenizer/corpus.txt)
   bin/mkmodel --preset demo -o "$model" --seed 1
-  bin/mkcodec --preset demo --out "$model/HeartCodec-oss" --seed 2
+  bin/mkcodec --preset demo -o "$model" --seed 2
+  # the text ids of this tokenizer: bos/eos follow its vocabulary (the release uses 128000/128001)
+  printf '{"text_bos_id": %d, "text_eos_id": %d, "audio_eos_id": 8193, "empty_id": 0}\n' "$bos" "$eos" > "$model/gen_config.json"
   touch "$model/.complete"
 fi
 echo "== generating out/demo.wav (10 s song, CPU backend)"

@@ -135,7 +135,7 @@ int dv_frame(dv_model *m, const float *h, int B, const dv_sample_params *p, cons
     const int D = m->D, Dd = m->Dd, Va = m->Va, ncb = m->ncb;
     if (B != 1 && B != 2) return hm_err("draft-verifier: batch rows %d (1, or 2 with guidance)", B);
 
-    llama_linear(h, m->c0_head, m->l, B, D, Va);
+    cpu_linear(h, m->c0_head, NULL, m->l, B, D, Va);
     int32_t c = decide(m, B, p, rng, 0, logits_out);
     codes_out[0] = c;
 
@@ -145,20 +145,20 @@ int dv_frame(dv_model *m, const float *h, int B, const dv_sample_params *p, cons
         memcpy(m->in + (size_t)(2 * b) * D, h + (size_t)b * D, sizeof(float) * D);
         memcpy(m->in + (size_t)(2 * b + 1) * D, m->audio_emb + (size_t)c * D, sizeof(float) * D);
     }
-    llama_linear(m->in, m->proj, m->x, 2 * B, D, Dd);
+    cpu_linear(m->in, m->proj, NULL, m->x, 2 * B, D, Dd);
     llama_forward(&m->st, m->x, B, 2, 0, m->kc, m->vc, ncb, &m->ws);
     for (int i = 1; i < ncb; i++) {
         const int T = i == 1 ? 2 : 1;
         for (int b = 0; b < B; b++)
             llama_final_norm(&m->st, m->x + ((size_t)b * T + T - 1) * Dd, m->dl + (size_t)b * Dd, 1);
-        llama_linear(m->dl, m->heads + (size_t)(i - 1) * Va * Dd, m->l, B, Dd, Va);
+        cpu_linear(m->dl, m->heads + (size_t)(i - 1) * Va * Dd, NULL, m->l, B, Dd, Va);
         c = decide(m, B, p, rng, i, logits_out);
         codes_out[i] = c;
         if (i + 1 == ncb) break;
         /* Position i + 1: projection(emb(c_i of codebook i)). */
         const float *e = m->audio_emb + ((size_t)c + (size_t)i * Va) * D;
         for (int b = 0; b < B; b++) memcpy(m->in + (size_t)b * D, e, sizeof(float) * D);
-        llama_linear(m->in, m->proj, m->x, B, D, Dd);
+        cpu_linear(m->in, m->proj, NULL, m->x, B, D, Dd);
         llama_forward(&m->st, m->x, B, 1, i + 1, m->kc, m->vc, ncb, &m->ws);
     }
     return HM_OK;

@@ -36,7 +36,7 @@ int fm_cond(const fm_model *m, const int32_t *codes, int n, float *cond);
  * Euler over t = 0, 1/steps, ... as the reference accumulates it; guidance > 1 batches an
  * unconditional and a conditional estimator call and mixes v_u + g (v_c - v_u); guidance <= 1
  * makes one conditional call.  HM_ERR for steps < 1, NaN/negative/infinite guidance, or L
- * outside [0, 744]. */
+ * outside [0, 744].  latents_out must not alias noise or ctx (noise is re-read at every step). */
 int fm_solve_window(const fm_model *m, const float *cond, const float *ctx, int L, const float *noise, int steps,
                     float guidance, float *latents_out);
 

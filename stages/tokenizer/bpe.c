@@ -127,7 +127,18 @@ typedef struct { span *v; size_t n, cap; } spanvec;
 typedef struct { int32_t *v; size_t n, cap; } ivec;
 typedef struct { size_t a, b; int32_t id; } seg; /* id < 0: text to pre-tokenize */
 typedef struct { seg *v; size_t n, cap; } segvec;
-typedef struct { uint32_t rank, pos; int32_t new_id; } hitem;
+typedef struct { uint32_t rank, pos; int32_t new_id, l, r; } hitem; /* l, r: the pair pushed */
+
+/* Memo of BPE results for short pieces (HF keeps one too): direct-mapped, a collision
+ * replaces the entry, so it is bounded (CACHE_N x 80 B = 320 KiB) and needs no eviction. */
+#define CACHE_N 4096
+#define CACHE_KEY 32
+#define CACHE_IDS 8
+typedef struct {
+    uint8_t len, nids;  /* len 0: empty */
+    char key[CACHE_KEY];
+    int32_t ids[CACHE_IDS];
+} centry;
 
 struct tok {
     char *label;
@@ -164,6 +175,7 @@ struct tok {
     uint8_t *sym_dead;
     hitem *heap;
     size_t sym_cap;
+    centry *cache;                /* CACHE_N entries, allocated on first encode */
 };
 
 /* ---------------------------------------------------------------- small vectors */
@@ -364,10 +376,15 @@ static void vocab_put_h(tok_t *t, const char *s, size_t n, int32_t id, uint64_t 
     t->vcount++;
 }
 
+static inline size_t mslot_index(const tok_t *t, int32_t a, int32_t b)
+{
+    return (size_t)hash_u64(((uint64_t)(uint32_t)a << 32) | (uint32_t)b) & (t->mcap - 1);
+}
+
 static inline const mslot *merge_get(const tok_t *t, int32_t a, int32_t b)
 {
     uint64_t key = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
-    size_t mask = t->mcap - 1, i = (size_t)hash_u64(key) & mask;
+    size_t mask = t->mcap - 1, i = mslot_index(t, a, b);
     for (;; i = (i + 1) & mask) {
         const mslot *e = &t->mt[i];
         if (e->key == key) return e;
@@ -948,6 +965,7 @@ void tok_free(tok_t *t)
     free(t->sym_next);
     free(t->sym_dead);
     free(t->heap);
+    free(t->cache);
     free(t);
 }
 
@@ -1015,9 +1033,32 @@ static void bl_reserve(tok_t *t, size_t n)
 
 /* BPE of one pre-token (raw bytes), ids appended to out.  HF BPE::tokenize_with_cache /
  * merge_word / Word::merge_all. */
+static int bpe_merge(tok_t *t, const uint8_t *p, size_t n, ivec *out);
+
 static int bpe_piece(tok_t *t, const uint8_t *p, size_t n, ivec *out)
 {
     if (n == 0) return HM_OK;
+    if (n > CACHE_KEY) return bpe_merge(t, p, n, out);
+    if (!t->cache) t->cache = hm_calloc(CACHE_N, sizeof *t->cache);
+    centry *e = &t->cache[hash_bytes(p, n) & (CACHE_N - 1)];
+    if (e->len == n && memcmp(e->key, p, n) == 0) {
+        for (int i = 0; i < e->nids; i++) ivec_push(out, e->ids[i]);
+        return HM_OK;
+    }
+    size_t before = out->n;
+    if (bpe_merge(t, p, n, out) != HM_OK) return HM_ERR;
+    size_t k = out->n - before;
+    if (k <= CACHE_IDS) {
+        e->len = (uint8_t)n;
+        e->nids = (uint8_t)k;
+        memcpy(e->key, p, n);
+        memcpy(e->ids, out->v + before, k * sizeof *out->v);
+    }
+    return HM_OK;
+}
+
+static int bpe_merge(tok_t *t, const uint8_t *p, size_t n, ivec *out)
+{
     if (t->ignore_merges) {
         if (n == 1 && t->byte_id[p[0]] >= 0) {
             ivec_push(out, t->byte_id[p[0]]);
@@ -1086,28 +1127,40 @@ static int bpe_piece(tok_t *t, const uint8_t *p, size_t n, ivec *out)
         next[i] = i + 1 < ns ? (int32_t)i + 1 : -1;
         dead[i] = 0;
     }
+    /* The merge table is larger than the cache, so lookups are prefetched a few pairs ahead
+     * (initial pairs) or both at once (the two new pairs after a merge). */
+    enum { PF = 8 };
+    for (size_t i = 0; i + 1 < ns && i < PF; i++) __builtin_prefetch(&t->mt[mslot_index(t, c[i], c[i + 1])]);
     for (size_t i = 0; i + 1 < ns; i++) {
+        if (i + PF + 1 < ns) __builtin_prefetch(&t->mt[mslot_index(t, c[i + PF], c[i + PF + 1])]);
         const mslot *m = merge_get(t, c[i], c[i + 1]);
-        if (m) heap_push(h, &nh, (hitem){m->rank, (uint32_t)i, m->new_id});
+        if (m) heap_push(h, &nh, (hitem){m->rank, (uint32_t)i, m->new_id, c[i], c[i + 1]});
     }
     while (nh > 0) {
         hitem top = heap_pop(h, &nh);
         uint32_t pos = top.pos;
         if (dead[pos] || next[pos] < 0) continue;
         int32_t r = next[pos];
-        const mslot *m = merge_get(t, c[pos], c[r]);
-        if (!m || m->new_id != top.new_id) continue; /* stale entry */
+        /* Stale entry?  HF re-looks the current pair up and accepts it when it yields the same
+         * id; an unchanged pair trivially does, so only a changed one needs the lookup. */
+        if (c[pos] != top.l || c[r] != top.r) {
+            const mslot *m = merge_get(t, c[pos], c[r]);
+            if (!m || m->new_id != top.new_id) continue;
+        }
         c[pos] = top.new_id;
         dead[r] = 1;
         next[pos] = next[r];
         if (next[r] >= 0) prev[next[r]] = (int32_t)pos;
-        if (prev[pos] >= 0) {
-            const mslot *mp = merge_get(t, c[prev[pos]], c[pos]);
-            if (mp) heap_push(h, &nh, (hitem){mp->rank, (uint32_t)prev[pos], mp->new_id});
+        int32_t pp = prev[pos], nn = next[pos];
+        if (pp >= 0) __builtin_prefetch(&t->mt[mslot_index(t, c[pp], c[pos])]);
+        if (nn >= 0) __builtin_prefetch(&t->mt[mslot_index(t, c[pos], c[nn])]);
+        if (pp >= 0) {
+            const mslot *mp = merge_get(t, c[pp], c[pos]);
+            if (mp) heap_push(h, &nh, (hitem){mp->rank, (uint32_t)pp, mp->new_id, c[pp], c[pos]});
         }
-        if (next[pos] >= 0) {
-            const mslot *mn = merge_get(t, c[pos], c[next[pos]]);
-            if (mn) heap_push(h, &nh, (hitem){mn->rank, pos, mn->new_id});
+        if (nn >= 0) {
+            const mslot *mn = merge_get(t, c[pos], c[nn]);
+            if (mn) heap_push(h, &nh, (hitem){mn->rank, pos, mn->new_id, c[pos], c[nn]});
         }
     }
     for (int32_t i = 0; i >= 0; i = next[i]) ivec_push(out, c[i]);

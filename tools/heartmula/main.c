@@ -246,6 +246,26 @@ static void pipe_stop(pipe_t *p)
     }
 }
 
+/* The first error line a stage logged (what to tell the user when the pipeline fails). */
+static void first_stage_error(const char *log, char *buf, size_t cap)
+{
+    buf[0] = 0;
+    FILE *f = fopen(log, "r");
+    if (!f) return;
+    char line[1200];
+    while (fgets(line, sizeof line, f)) {
+        char *e = strstr(line, " error: ");
+        if (!e || strstr(line, " launch[")) continue;
+        line[strcspn(line, "\n")] = 0;
+        char *name = strchr(line, ' '); /* "HH:MM:SS.mmm stage[pid] error: msg" */
+        char *br = name ? strchr(name + 1, '[') : NULL;
+        if (name && br) snprintf(buf, cap, "%.*s: %s", (int)(br - name - 1), name + 1, e + 8);
+        else snprintf(buf, cap, "%s", e + 8);
+        break;
+    }
+    fclose(f);
+}
+
 static int pipe_open(const opts_t *o, pipe_t *p)
 {
     memset(p, 0, sizeof *p);
@@ -303,6 +323,9 @@ static int pipe_open(const opts_t *o, pipe_t *p)
         int st;
         if (waitpid(pid, &st, WNOHANG) == pid) {
             p->launcher = 0;
+            char why[1100];
+            first_stage_error(p->log_path, why, sizeof why);
+            if (why[0]) return hm_err("the pipeline did not start: %s", why);
             return hm_err("the pipeline did not start (log: %s)", p->log_path);
         }
         if (g_interrupted) return hm_err("interrupted");

@@ -30,7 +30,7 @@ typedef struct {
 
 static const preset presets[] = {
     {"tiny", 32, 64, 8, 8, 16, 2, 2, 1, 4},
-    {"demo", 128, 1024, 16, 8, 32, 4, 4, 2, 8},
+    {"demo", 128, 8192, 16, 8, 32, 4, 4, 2, 8}, /* 8192 codes: what mkmodel --preset demo emits */
     {"full", 512, 8192, 32, 8, 64, 24, 24, 6, 64},
 };
 static const int up_factors[5] = {5, 4, 4, 4, 3};

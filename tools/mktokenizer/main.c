@@ -3,10 +3,10 @@
  * pre-tokenizer + ByteLevel, BPE with ignore_merges, <|begin_of_text|>/<|end_of_text|> added
  * tokens).  Used by `make demo` so the demo model has a real tokenizer of the real format.
  *
- *   mktokenizer --vocab N [--special-base B] [--out tokenizer.json] corpus.txt...
+ *   mktokenizer --vocab N [--out tokenizer.json] corpus.txt...
  * Ids: 0..255 the bytes, then one id per merge (at most N-2 ids in all), then the two special
- * tokens: bos = B, eos = B+1 (B defaults to the first free id; the demo passes 128000 so its ids
- * sit where Llama-3 puts them and gen_config.json is the release's). */
+ * tokens right after them (HF tokenizers gives added tokens the next free ids, so they must be
+ * contiguous with the vocabulary).  Prints "bos B eos E" for the model's gen_config.json. */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <cJSON.h>
 #include <pcre2.h>
@@ -54,17 +54,16 @@ static char *visible(const token *t, const uint32_t cp[256])
 
 int main(int argc, char **argv)
 {
-    int vocab = 1024, special_base = -1;
+    int vocab = 1024;
     const char *out = "tokenizer.json";
     const char *files[64];
     int nf = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--vocab") && i + 1 < argc) vocab = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--out") && i + 1 < argc) out = argv[++i];
-        else if (!strcmp(argv[i], "--special-base") && i + 1 < argc) special_base = atoi(argv[++i]);
         else if (argv[i][0] != '-' && nf < 64) files[nf++] = argv[i];
         else {
-            fprintf(stderr, "usage: mktokenizer --vocab N [--special-base B] [--out tokenizer.json] corpus.txt...\n");
+            fprintf(stderr, "usage: mktokenizer --vocab N [--out tokenizer.json] corpus.txt...\n");
             return 2;
         }
     }
@@ -142,11 +141,7 @@ int main(int argc, char **argv)
         }
         next++;
     }
-    if (special_base < 0) special_base = next;
-    if (special_base < next) {
-        fprintf(stderr, "mktokenizer: --special-base %d collides with the %d BPE ids\n", special_base, next);
-        return 2;
-    }
+    const int special_base = next;
     /* 3. tokenizer.json */
     uint32_t cp[256];
     byte_chars(cp);
@@ -210,6 +205,7 @@ int main(int argc, char **argv)
     char *js = cJSON_Print(root);
     FILE *fo = fopen(out, "w");
     if (!fo || fputs(js, fo) < 0 || fclose(fo) != 0) { fprintf(stderr, "mktokenizer: cannot write '%s'\n", out); return 1; }
-    printf("%s: %d BPE ids (%d merges), bos %d, eos %d\n", out, next, next - 256, special_base, special_base + 1);
+    printf("bos %d eos %d\n", special_base, special_base + 1);
+    fprintf(stderr, "%s: %d BPE ids (%d merges)\n", out, next, next - 256);
     return 0;
 }
