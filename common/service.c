@@ -1,14 +1,71 @@
-/* service.c - helpers every stage service shares: pool names, the client reply sockets. */
+/* service.c - the stage process main and helpers every stage service shares (service.h). */
 #define _GNU_SOURCE
 #include "service.h"
 
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "hm.h"
 #include "transport.h"
+
+int hm_stage_main(int argc, char **argv, const char *name, hm_stage_setup_fn setup, hm_stage_free_fn free_fn)
+{
+    stage_args_t a;
+    int rc = stage_parse_args(argc, argv, name, NULL, &a);
+    if (rc == STAGE_HELP) return 0;
+    if (rc != HM_OK) {
+        fprintf(stderr, "%s: %s\n", name, hm_errmsg());
+        return 2;
+    }
+    if (strcmp(a.stage_name, name)) {
+        fprintf(stderr, "%s: this binary runs the %s stage, not '%s'\n", name, name, a.stage_name);
+        return 2;
+    }
+    stage_t *st;
+    if (stage_new(name, a.replica, &st)) { /* first: before any ZeroMQ call (signal mask) */
+        fprintf(stderr, "%s: %s\n", name, hm_errmsg());
+        return 1;
+    }
+    static hm_pipeline_cfg cfg;
+    int si = hm_stage_index(name);
+    void *state = NULL;
+    rc = 1;
+    if (hm_config_load(a.config ? a.config : "pipeline.yaml", &cfg)) {
+        LOG_ERROR("%s", hm_errmsg());
+        goto out;
+    }
+    if (a.replica < 0 || a.replica >= cfg.stage[si].replicas) {
+        LOG_ERROR("replica %d of %s: pipeline.yaml has %d", a.replica, name, cfg.stage[si].replicas);
+        goto out;
+    }
+#ifndef HM_CUDA
+    if (!strcmp(cfg.stage[si].backend, "cuda")) {
+        LOG_ERROR("backend cuda: this build has no CUDA backend (rebuild with `make CUDA=1`)");
+        goto out;
+    }
+#endif
+    double t0 = hm_now();
+    if (setup(st, &cfg, a.replica, &state)) {
+        LOG_ERROR("%s", hm_errmsg());
+        goto out;
+    }
+    char ctl[600];
+    if (a.replica) snprintf(ctl, sizeof ctl, "%s-%d", cfg.stage[si].control, a.replica);
+    else snprintf(ctl, sizeof ctl, "%s", cfg.stage[si].control);
+    if (stage_add_control(st, ctl)) {
+        LOG_ERROR("%s", hm_errmsg());
+        goto out;
+    }
+    LOG_INFO("ready in %.2f s (control %s)", hm_now() - t0, ctl);
+    rc = stage_run(st) == HM_OK ? 0 : 1;
+    LOG_INFO("stopping");
+out:
+    if (state) free_fn(state);
+    tp_url_cache_clear();
+    stage_free(st);
+    return rc;
+}
 
 void hm_service_pool_name(const hm_pipeline_cfg *cfg, const char *stage, int replica, const char *what, char *buf,
                           size_t cap)
@@ -16,58 +73,6 @@ void hm_service_pool_name(const hm_pipeline_cfg *cfg, const char *stage, int rep
     uint32_t h = 2166136261u; /* FNV-1a of the run dir: two pipelines on one host never collide */
     for (const char *p = cfg->run_dir; *p; p++) h = (h ^ (uint8_t)*p) * 16777619u;
     snprintf(buf, cap, "hm%08x.%s.%d.%s", h, stage, replica, what);
-}
-
-/* A few cached PUSH sockets to client endpoints, least recently used evicted. */
-#define N_CLIENTS 16
-static struct {
-    char url[DESC_MAX_STR + 1];
-    void *sock;
-    double used;
-} g_clients[N_CLIENTS];
-
-static void *client_socket(const char *url)
-{
-    int lru = 0;
-    for (int i = 0; i < N_CLIENTS; i++) {
-        if (g_clients[i].sock && !strcmp(g_clients[i].url, url)) {
-            g_clients[i].used = hm_now();
-            return g_clients[i].sock;
-        }
-        if (!g_clients[i].sock || g_clients[i].used < g_clients[lru].used) lru = i;
-        if (!g_clients[i].sock) break;
-    }
-    if (g_clients[lru].sock) tp_close(g_clients[lru].sock);
-    g_clients[lru].sock = NULL;
-    tp_endpoint_t ep = {"client", url, TP_CONNECT, ZMQ_PUSH};
-    void *s;
-    if (tp_open(&ep, &s)) return NULL;
-    snprintf(g_clients[lru].url, sizeof g_clients[lru].url, "%s", url);
-    g_clients[lru].sock = s;
-    g_clients[lru].used = hm_now();
-    return s;
-}
-
-int hm_service_send_client(const char *reply, const desc_t *d)
-{
-    if (!reply || !*reply) return hm_err("request has no reply endpoint");
-    if (strncmp(reply, "ipc://", 6) && strncmp(reply, "tcp://", 6)) return hm_err("bad reply endpoint '%.80s'", reply);
-    void *s = client_socket(reply);
-    if (!s) return HM_ERR;
-    /* A fresh connection takes a moment (ZMQ_IMMEDIATE queues nothing before it is up); a client
-     * that is gone must not stall the stage, so wait at most a second. */
-    int rc = tp_send(s, NULL, d, ZMQ_DONTWAIT);
-    for (int i = 0; rc == TP_AGAIN && i < 100; i++) {
-        usleep(10000);
-        rc = tp_send(s, NULL, d, ZMQ_DONTWAIT);
-    }
-    if (rc == TP_AGAIN) return hm_err("client at %.80s is not listening", reply);
-    return rc;
-}
-
-void hm_service_client_touch(const char *reply)
-{
-    if (reply && (!strncmp(reply, "ipc://", 6) || !strncmp(reply, "tcp://", 6))) client_socket(reply);
 }
 
 void hm_service_reply_error(const char *reply, uint64_t req, const char *stage, const char *fmt, ...)
@@ -82,17 +87,8 @@ void hm_service_reply_error(const char *reply, uint64_t req, const char *stage, 
     desc_init(&d, DESC_ERROR, req, 0);
     desc_set_str(&d, "error", msg);
     desc_set_str(&d, "stage", stage);
-    if (hm_service_send_client(reply, &d)) LOG_WARN("could not report the error to the client: %s", hm_errmsg());
+    if (tp_send_url(reply, &d)) LOG_WARN("could not report the error to the client: %s", hm_errmsg());
     desc_free(&d);
-}
-
-void hm_service_close_clients(void)
-{
-    for (int i = 0; i < N_CLIENTS; i++)
-        if (g_clients[i].sock) {
-            tp_close(g_clients[i].sock);
-            g_clients[i].sock = NULL;
-        }
 }
 
 int hm_service_copy_params(desc_t *dst, const desc_t *src, const char *const *skip, size_t nskip)

@@ -65,6 +65,7 @@ struct lm_cuda {
     xfm bb, dec;
     void *text_emb, *audio_emb, *uncond, *muq_w, *c0_head, *proj, *audio_head;
     float *muq_b, *uncond_f32;
+    unsigned skip; /* LM_CUDA_SKIP_* (profiling) */
 };
 
 struct lm_cuda_req {
@@ -94,6 +95,7 @@ size_t wsz(hmc_dtype t) { return hmc_dtype_size(t); }
 /* ---- profiling: events around each op when r->prof->on ---- */
 #define OP(r, cat_, wbytes_, call)                                                                         \
     do {                                                                                                 \
+        if (skipped((r)->m->skip, (cat_))) break;                                                        \
         prof_state *ps_ = (r)->prof;                                                                     \
         int pi_ = -1;                                                                                    \
         if (ps_ && ps_->on && ps_->n < 4096) {                                                           \
@@ -105,6 +107,17 @@ size_t wsz(hmc_dtype t) { return hmc_dtype_size(t); }
         CKH(call);                                                                                       \
         if (pi_ >= 0) CK(cudaEventRecord(ps_->ev[2 * pi_ + 1], (r)->st));                                \
     } while (0)
+
+bool skipped(unsigned mask, int cat)
+{
+    switch (cat) {
+    case P_BB_ROPE: case P_BB_ATTN: case P_DEC_ROPE: case P_DEC_ATTN: return mask & LM_CUDA_SKIP_ATTN;
+    case P_SAMPLE: return mask & LM_CUDA_SKIP_SAMPLE;
+    case P_BB_QKV: case P_BB_O: case P_BB_W13: case P_BB_W2: return mask & LM_CUDA_SKIP_BB_GEMV;
+    case P_C0: case P_DEC_QKV: case P_DEC_O: case P_DEC_W13: case P_DEC_W2: case P_HEADS: return mask & LM_CUDA_SKIP_DEC_GEMV;
+    }
+    return false;
+}
 
 int dev_alloc(void **p, size_t n)
 {
@@ -536,6 +549,8 @@ extern "C" void lm_cuda_free(lm_cuda *m)
     cudaFree(m->muq_w), cudaFree(m->muq_b), cudaFree(m->c0_head), cudaFree(m->proj), cudaFree(m->audio_head);
     free(m);
 }
+
+extern "C" void lm_cuda_set_skip(lm_cuda *m, unsigned mask) { m->skip = mask; }
 
 extern "C" const hm_lm_config *lm_cuda_config(const lm_cuda *m) { return &m->cfg; }
 

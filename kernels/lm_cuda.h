@@ -82,6 +82,11 @@ int lm_cuda_frame(lm_cuda_req *r, const lm_cuda_sampling *s, int32_t *codes, flo
 /* Device pointer to the last hidden state [B, D] fp32 (after the final norm). */
 const float *lm_cuda_hidden(const lm_cuda_req *r);
 
+/* Profiling only: leave pieces out of the frame (results are garbage) to measure their cost
+ * inside the graph.  Applies to graphs recorded afterwards (use a fresh request). */
+enum { LM_CUDA_SKIP_ATTN = 1, LM_CUDA_SKIP_SAMPLE = 2, LM_CUDA_SKIP_BB_GEMV = 4, LM_CUDA_SKIP_DEC_GEMV = 8 };
+void lm_cuda_set_skip(lm_cuda *m, unsigned mask);
+
 /* Per-piece GPU time of one frame (extend + frame), run eagerly with an event around each op. */
 #define LM_CUDA_PROF_MAX 24
 typedef struct {

@@ -203,16 +203,25 @@ static double time_gemv(hmc_gemv_args *a, void **w, float **sc, int copies, cuda
         a->W = w[i], a->w_scale = sc ? sc[i] : NULL;
         OK(hmc_gemv(a, st));
     }
-    CU(cudaEventRecord(e0, st));
+    /* the calls recorded in a graph, as in the engine (host launch cost excluded) */
+    cudaGraph_t g;
+    cudaGraphExec_t ge;
+    CU(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
     for (int i = 0; i < reps; i++) {
         a->W = w[i % copies], a->w_scale = sc ? sc[i % copies] : NULL;
         OK(hmc_gemv(a, st));
     }
+    CU(cudaStreamEndCapture(st, &g));
+    CU(cudaGraphInstantiate(&ge, g, 0));
+    CU(cudaGraphLaunch(ge, st));
+    CU(cudaEventRecord(e0, st));
+    CU(cudaGraphLaunch(ge, st));
     CU(cudaEventRecord(e1, st));
     CU(cudaEventSynchronize(e1));
     float ms;
     CU(cudaEventElapsedTime(&ms, e0, e1));
     cudaEventDestroy(e0), cudaEventDestroy(e1);
+    cudaGraphExecDestroy(ge), cudaGraphDestroy(g);
     return ms * 1e3 / reps; /* us per call */
 }
 
@@ -316,7 +325,7 @@ static int bench(void)
         }
         printf("\n");
     }
-    for (int bps = 2; bps >= 1; bps--) {
+    for (int bps = 1; bps <= 2; bps++) {
         hmc_gemv_set_blocks_per_sm(bps);
         printf("gemv blocks/SM %d:\n", bps);
     printf("| GEMV (B=2 rows) | N x K | bf16 us | bf16 GB/s | of copy | fp8 us | fp8 GB/s | fp8 vs bf16 rel L2 |\n"
@@ -344,19 +353,27 @@ static int bench(void)
 
     lm_cuda_req *r;
     OK(lm_cuda_req_new(m, 2, 8192, &r));
-    /* blocks per SM, in a whole frame (graph): a fresh request per setting (graphs are recorded once) */
-    for (int bps = 2; bps <= 2; bps++) {
-        hmc_gemv_set_blocks_per_sm(bps);
+    /* variations of a whole frame (graph): a fresh request per setting (graphs are recorded once):
+     * GEMV blocks per SM 1, then with pieces left out (their in-graph cost is the difference) */
+    struct { int bps; unsigned skip; const char *what; } var[] = {
+        {1, 0, "GEMV 1 block/SM"}, {2, 0, "as shipped"}, {2, LM_CUDA_SKIP_ATTN, "without rope+attention"},
+        {2, LM_CUDA_SKIP_SAMPLE, "without sampling"}, {2, LM_CUDA_SKIP_BB_GEMV, "without backbone GEMVs"},
+        {2, LM_CUDA_SKIP_DEC_GEMV, "without decoder/head GEMVs"},
+        {2, LM_CUDA_SKIP_BB_GEMV | LM_CUDA_SKIP_DEC_GEMV, "without any GEMV"}};
+    for (int vi = 0; vi < (int)(sizeof var / sizeof var[0]); vi++) {
+        hmc_gemv_set_blocks_per_sm(var[vi].bps);
+        lm_cuda_set_skip(m, var[vi].skip);
         lm_cuda_req *rb;
         int32_t t1[9] = {0, 0, 0, 0, 0, 0, 0, 0, 5};
         uint8_t m1[9] = {0, 0, 0, 0, 0, 0, 0, 0, 1};
         OK(lm_cuda_req_new(m, 2, 8192, &rb));
         OK(lm_cuda_prefill(rb, t1, m1, 1, -1, NULL));
         frames_ms(rb, 3, 1.5f);
-        printf("whole frame with %d GEMV blocks/SM: %.3f ms\n", bps, frames_ms(rb, 40, 1.5f));
+        printf("whole frame, %-28s %.3f ms\n", var[vi].what, frames_ms(rb, 40, 1.5f));
         lm_cuda_req_free(rb);
     }
-    hmc_gemv_set_blocks_per_sm(1);
+    hmc_gemv_set_blocks_per_sm(2);
+    lm_cuda_set_skip(m, 0);
     const int nc = 8, S0 = 200, S1 = 3800;
     int32_t *tok = hm_calloc((size_t)S1 * (nc + 1), sizeof(int32_t));
     uint8_t *mask = hm_calloc((size_t)S1 * (nc + 1), 1);

@@ -16,6 +16,7 @@
 #include "hm.h"
 #include "pool.h"
 #include "service.h"
+#include "stage.h"
 #include "transport.h"
 
 #define BB_MAX_REQUESTS 64
@@ -29,15 +30,13 @@ typedef struct {
 } bb_req;
 
 typedef struct {
-    const hm_pipeline_cfg *cfg;
+    stage_t *st;
+    int sock;                  /* the ROUTER draft-verifier talks to */
     bb_model *model;
     int D, ncb, text_col;
-    void *router;
     pool_t *pool;
     bb_req reqs[BB_MAX_REQUESTS];
     float *h;                  /* scratch [BB_MAX_EXTEND, 2, D] */
-    uint64_t n_prefill, n_extend, n_errors, frames;
-    double busy_s;
 } bb_service;
 
 static bb_req *find_req(bb_service *s, uint64_t req)
@@ -60,9 +59,9 @@ static void reply_error(bb_service *s, const tp_peer_t *to, const desc_t *in, co
     desc_set_str(&d, "error", msg);
     desc_set_str(&d, "code", code);
     desc_set_str(&d, "stage", "backbone");
-    if (tp_send(s->router, to, &d, ZMQ_DONTWAIT) != HM_OK) LOG_WARN("cannot answer draft-verifier: %s", hm_errmsg());
+    if (stage_reply(s->st, s->sock, to, &d) != HM_OK) LOG_WARN("cannot answer draft-verifier: %s", hm_errmsg());
     desc_free(&d);
-    s->n_errors++;
+    stage_stat_add(s->st, "errors", 1);
 }
 
 /* Put h [k, B, D] into a pool slot and answer HIDDEN. */
@@ -79,7 +78,7 @@ static void reply_hidden(bb_service *s, const tp_peer_t *to, const desc_t *in, i
     desc_init(&d, DESC_HIDDEN, in->req_id, in->seq);
     uint64_t shape[3] = {(uint64_t)k, (uint64_t)B, (uint64_t)s->D};
     desc_set_i64(&d, "pos", pos);
-    if (pool_fill_desc(s->pool, slot, 0, DESC_DT_F32, 3, shape, &d) || tp_send(s->router, to, &d, ZMQ_DONTWAIT) != HM_OK) {
+    if (pool_fill_desc(s->pool, slot, 0, DESC_DT_F32, 3, shape, &d) || stage_reply(s->st, s->sock, to, &d) != HM_OK) {
         LOG_WARN("cannot send hidden state: %s", hm_errmsg());
         pool_cancel(s->pool, slot);
     }
@@ -129,8 +128,8 @@ static void on_prefill(bb_service *s, const tp_peer_t *to, const desc_t *in)
         drop_req(r);
         return reply_error(s, to, in, "bad", msg);
     }
-    s->busy_s += hm_now() - t0;
-    s->n_prefill++;
+    stage_stat_time(s->st, "prefill", hm_now() - t0);
+    stage_stat_add(s->st, "positions", S);
     reply_hidden(s, to, in, 1, (int)B, bb_seq_pos(r->seq));
 }
 
@@ -148,9 +147,8 @@ static void on_extend(bb_service *s, const tp_peer_t *to, const desc_t *in)
     double t0 = hm_now();
     if (bb_extend(s->model, r->seq, (const int32_t *)b->data, k, s->h)) return reply_error(s, to, in, "bad", hm_errmsg());
     r->last_used = hm_now();
-    s->busy_s += r->last_used - t0;
-    s->n_extend++;
-    s->frames += (uint64_t)k;
+    stage_stat_time(s->st, "extend", r->last_used - t0);
+    stage_stat_add(s->st, "frames", k);
     reply_hidden(s, to, in, k, B, bb_seq_pos(r->seq));
 }
 
@@ -166,15 +164,56 @@ static void on_small(bb_service *s, const tp_peer_t *to, const desc_t *in)
     desc_t d;
     desc_init(&d, DESC_REPLY, in->req_id, in->seq);
     if (r && in->type == DESC_ROLLBACK) desc_set_i64(&d, "pos", bb_seq_pos(r->seq));
-    if (tp_send(s->router, to, &d, ZMQ_DONTWAIT) != HM_OK) LOG_WARN("cannot answer: %s", hm_errmsg());
+    if (stage_reply(s->st, s->sock, to, &d) != HM_OK) LOG_WARN("cannot answer: %s", hm_errmsg());
     desc_free(&d);
 }
 
-static int bb_init(const hm_pipeline_cfg *cfg, int replica, void **state)
+static int bb_on_msg(stage_t *st, int sock, const tp_peer_t *from, desc_t *in, void *user)
+{
+    bb_service *s = user;
+    (void)st;
+    (void)sock;
+    switch (in->type) {
+    case DESC_PREFILL: on_prefill(s, from, in); break;
+    case DESC_EXTEND: on_extend(s, from, in); break;
+    case DESC_ROLLBACK: case DESC_FREE: case DESC_CANCEL: on_small(s, from, in); break;
+    default: reply_error(s, from, in, "bad", "backbone takes PREFILL, EXTEND, ROLLBACK, FREE"); break;
+    }
+    return HM_OK;
+}
+
+static void bb_tick(stage_t *st, void *user)
+{
+    bb_service *s = user;
+    double now = hm_now();
+    int active = 0;
+    for (int i = 0; i < BB_MAX_REQUESTS; i++) {
+        if (s->reqs[i].seq && now - s->reqs[i].last_used > BB_IDLE_FREE_S) {
+            LOG_WARN("request %llx idle for %.0f s: dropping its cache", (unsigned long long)s->reqs[i].req, now - s->reqs[i].last_used);
+            drop_req(&s->reqs[i]);
+        }
+        active += s->reqs[i].seq != NULL;
+    }
+    stage_stat_add(st, "requests_active", active - stage_stat_get(st, "requests_active"));
+}
+
+void bb_service_free(void *state)
+{
+    bb_service *s = state;
+    for (int i = 0; i < BB_MAX_REQUESTS; i++)
+        if (s->reqs[i].seq) drop_req(&s->reqs[i]);
+    if (s->pool) pool_destroy(s->pool);
+    if (s->model) bb_free(s->model);
+    free(s->h);
+    free(s);
+}
+
+int bb_service_setup(stage_t *st, const hm_pipeline_cfg *cfg, int replica, void **state)
 {
     bb_service *s = hm_calloc(1, sizeof *s);
-    s->cfg = cfg;
-    if (bb_load(cfg->model_dir, cfg->lm_version[0] ? cfg->lm_version : NULL, &s->model)) goto err;
+    s->st = st;
+    *state = s;
+    if (bb_load(cfg->model_dir, cfg->lm_version[0] ? cfg->lm_version : NULL, &s->model)) return HM_ERR;
     const hm_lm_config *lc = bb_config(s->model);
     s->D = lc->backbone.embed_dim;
     s->ncb = lc->audio_num_codebooks;
@@ -183,96 +222,11 @@ static int bb_init(const hm_pipeline_cfg *cfg, int replica, void **state)
     char url[600], name[96];
     hm_stage_endpoint(cfg, HM_STAGE_BACKBONE, replica, url, sizeof url);
     tp_endpoint_t ep = {"backbone", url, TP_BIND, ZMQ_ROUTER};
-    if (tp_open(&ep, &s->router)) goto err;
+    if ((s->sock = stage_add_socket(st, &ep, bb_on_msg, s)) < 0) return HM_ERR;
     hm_service_pool_name(cfg, "backbone", replica, "hidden", name, sizeof name);
-    const hm_stage_cfg *sc = &cfg->stage[HM_STAGE_BACKBONE];
     uint64_t slot = (uint64_t)BB_MAX_EXTEND * 2 * s->D * sizeof(float);
-    if (pool_create(POOL_SHM, name, (uint32_t)sc->pool_slots, slot, &s->pool)) goto err;
+    if (pool_create(POOL_SHM, name, (uint32_t)cfg->stage[HM_STAGE_BACKBONE].pool_slots, slot, &s->pool)) return HM_ERR;
     snprintf(url, sizeof url, "ipc://%s/backbone-%d.rel", cfg->run_dir, replica);
-    if (pool_listen(s->pool, url)) goto err;
-    *state = s;
+    if (pool_listen(s->pool, url) || stage_add_pool(st, s->pool) || stage_add_timer(st, 1.0, bb_tick, s)) return HM_ERR;
     return HM_OK;
-err:;
-    char msg[1024];
-    snprintf(msg, sizeof msg, "%s", hm_errmsg());
-    if (s->router) tp_close(s->router);
-    if (s->pool) pool_destroy(s->pool);
-    if (s->model) bb_free(s->model);
-    free(s->h);
-    free(s);
-    return hm_err("%s", msg);
 }
-
-static int bb_sockets(void *st, void **socks, int max)
-{
-    bb_service *s = st;
-    socks[0] = s->router;
-    socks[1] = pool_release_socket(s->pool);
-    return max >= 2 ? 2 : 1;
-}
-
-static void bb_on_readable(void *st, int idx)
-{
-    bb_service *s = st;
-    if (idx == 1) {
-        pool_poll_releases(s->pool);
-        return;
-    }
-    for (;;) {
-        desc_t in;
-        tp_peer_t from;
-        int rc = tp_recv(s->router, &from, &in, ZMQ_DONTWAIT);
-        if (rc == TP_AGAIN) return;
-        if (rc != HM_OK) {
-            LOG_WARN("rejected a message: %s", hm_errmsg());
-            s->n_errors++;
-            continue;
-        }
-        switch (in.type) {
-        case DESC_PREFILL: on_prefill(s, &from, &in); break;
-        case DESC_EXTEND: on_extend(s, &from, &in); break;
-        case DESC_ROLLBACK: case DESC_FREE: case DESC_CANCEL: on_small(s, &from, &in); break;
-        default: reply_error(s, &from, &in, "bad", "backbone takes PREFILL, EXTEND, ROLLBACK, FREE"); break;
-        }
-        desc_free(&in);
-    }
-}
-
-static void bb_tick(void *st, double now)
-{
-    bb_service *s = st;
-    pool_reclaim_expired(s->pool);
-    for (int i = 0; i < BB_MAX_REQUESTS; i++)
-        if (s->reqs[i].seq && now - s->reqs[i].last_used > BB_IDLE_FREE_S) {
-            LOG_WARN("request %llx idle for %.0f s: dropping its cache", (unsigned long long)s->reqs[i].req, now - s->reqs[i].last_used);
-            drop_req(&s->reqs[i]);
-        }
-}
-
-static void bb_stats(void *st, desc_t *d)
-{
-    bb_service *s = st;
-    int active = 0;
-    for (int i = 0; i < BB_MAX_REQUESTS; i++) active += s->reqs[i].seq != NULL;
-    desc_set_i64(d, "requests", active);
-    desc_set_i64(d, "prefills", (int64_t)s->n_prefill);
-    desc_set_i64(d, "extends", (int64_t)s->n_extend);
-    desc_set_i64(d, "frames", (int64_t)s->frames);
-    desc_set_i64(d, "errors", (int64_t)s->n_errors);
-    desc_set_f64(d, "busy_s", s->busy_s);
-    desc_set_i64(d, "free_slots", pool_free_slots(s->pool));
-}
-
-static void bb_svc_free(void *st)
-{
-    bb_service *s = st;
-    for (int i = 0; i < BB_MAX_REQUESTS; i++)
-        if (s->reqs[i].seq) drop_req(&s->reqs[i]);
-    tp_close(s->router);
-    pool_destroy(s->pool);
-    bb_free(s->model);
-    free(s->h);
-    free(s);
-}
-
-const hm_service_ops bb_service_ops = {"backbone", bb_init, bb_sockets, bb_on_readable, bb_tick, bb_stats, bb_svc_free};

@@ -20,6 +20,7 @@
 #include "pool.h"
 #include "safetensors.h"
 #include "service.h"
+#include "stage.h"
 #include "transport.h"
 
 #define DV_MAX_REQUESTS 64
@@ -48,18 +49,20 @@ typedef struct {
 } dv_req;
 
 typedef struct {
-    const hm_pipeline_cfg *cfg;
+    stage_t *st;
+    double timeout_s;       /* request_timeout_ms */
     dv_model *model;
     hm_gen_config gen;
     int ncb, V, D;
-    void *pull;
-    void **bb; int nbb;     /* DEALER per backbone replica */
-    void **fm; int nfm;     /* PUSH per flow-matching replica */
+    int *bb; int nbb;       /* stage socket index of the DEALER to each backbone replica */
+    int *fm; int nfm;       /* ... of the PUSH to each flow-matching replica */
     dv_req reqs[DV_MAX_REQUESTS];
     int32_t codes[64];
-    uint64_t n_songs, n_frames, n_refills, n_err;
-    double busy_s;
 } dv_service;
+
+/* The backbone / flow-matching replica that owns request r (all of a song meets one replica). */
+static void *bb_sock(dv_service *s, uint64_t req) { return stage_socket(s->st, s->bb[req % (uint64_t)s->nbb]); }
+static void *fm_sock(dv_service *s, uint64_t req) { return stage_socket(s->st, s->fm[req % (uint64_t)s->nfm]); }
 
 static dv_req *find_req(dv_service *s, uint64_t req)
 {
@@ -79,11 +82,11 @@ static void drop_req(dv_req *r)
 static void fail_req(dv_service *s, dv_req *r, const char *fmt, const char *msg)
 {
     hm_service_reply_error(r->reply, r->req, "draft-verifier", fmt, msg);
-    s->n_err++;
+    stage_stat_add(s->st, "errors", 1);
     /* the backbone may hold a cache for it */
     desc_t d;
     desc_init(&d, DESC_FREE, r->req, ++r->op_seq);
-    tp_send(s->bb[r->req % (uint64_t)s->nbb], NULL, &d, ZMQ_DONTWAIT);
+    tp_send(bb_sock(s, r->req), NULL, &d, ZMQ_DONTWAIT);
     desc_free(&d);
     drop_req(r);
 }
@@ -105,7 +108,7 @@ static void send_prefill(dv_service *s, dv_req *r)
     desc_set_tensor(&d, DESC_DT_I32, 2, shape);
     desc_set_inline(&d, rows, (uint64_t)S * cols * sizeof *rows);
     free(rows);
-    int rc = tp_send(s->bb[r->req % (uint64_t)s->nbb], NULL, &d, ZMQ_DONTWAIT);
+    int rc = tp_send(bb_sock(s, r->req), NULL, &d, ZMQ_DONTWAIT);
     desc_free(&d);
     r->sent_at = hm_now();
     r->waiting = 1;
@@ -120,7 +123,7 @@ static void send_extend(dv_service *s, dv_req *r)
     desc_set_i64(&d, "pos", r->S + r->nframes - 1);
     desc_set_tensor(&d, DESC_DT_I32, 2, shape);
     desc_set_inline(&d, r->frames + (size_t)(r->nframes - 1) * s->ncb, (uint64_t)s->ncb * 4);
-    int rc = tp_send(s->bb[r->req % (uint64_t)s->nbb], NULL, &d, ZMQ_DONTWAIT);
+    int rc = tp_send(bb_sock(s, r->req), NULL, &d, ZMQ_DONTWAIT);
     desc_free(&d);
     r->sent_at = hm_now();
     r->waiting = 1;
@@ -131,7 +134,7 @@ static void send_extend(dv_service *s, dv_req *r)
 static void flush_down(dv_service *s, dv_req *r)
 {
     if (r->mode != MODE_GENERATE) return;
-    void *sock = s->fm[r->req % (uint64_t)s->nfm];
+    void *sock = fm_sock(s, r->req);
     if (r->nframes > r->sent_down) {
         int n = r->nframes - r->sent_down;
         desc_t d;
@@ -175,7 +178,7 @@ static void write_codes(dv_service *s, dv_req *r)
     desc_init(&d, DESC_AUDIO_DONE, r->req, 0);
     desc_set_str(&d, "out", out);
     desc_set_i64(&d, "frames", T);
-    if (hm_service_send_client(r->reply, &d)) LOG_WARN("%s", hm_errmsg());
+    if (tp_send_url(r->reply, &d)) LOG_WARN("%s", hm_errmsg());
     desc_free(&d);
     drop_req(r);
 }
@@ -184,10 +187,10 @@ static void finish(dv_service *s, dv_req *r)
 {
     r->done = 1;
     r->waiting = 0;
-    s->n_songs++;
+    stage_stat_add(s->st, "songs", 1);
     desc_t d;
     desc_init(&d, DESC_FREE, r->req, ++r->op_seq);
-    tp_send(s->bb[r->req % (uint64_t)s->nbb], NULL, &d, ZMQ_DONTWAIT);
+    tp_send(bb_sock(s, r->req), NULL, &d, ZMQ_DONTWAIT);
     desc_free(&d);
     LOG_INFO("request %llx: %d frames in %.2f s", (unsigned long long)r->req, r->nframes, hm_now() - r->t0);
     if (r->mode == MODE_CODES) write_codes(s, r);
@@ -209,7 +212,7 @@ static void on_prompt(dv_service *s, const desc_t *in)
         pool_map(in, &ptr)) {
         hm_service_reply_error(reply, in->req_id, "draft-verifier", "malformed prompt: %s", in->type == DESC_PROMPT ? hm_errmsg() : "not a PROMPT");
         if (b->kind == DESC_BUF_SHM) pool_release(in);
-        s->n_err++;
+        stage_stat_add(s->st, "errors", 1);
         return;
     }
     dv_req *r = find_req(s, in->req_id);
@@ -225,7 +228,6 @@ static void on_prompt(dv_service *s, const desc_t *in)
     r->req = in->req_id;
     r->t0 = hm_now();
     snprintf(r->reply, sizeof r->reply, "%s", reply);
-    hm_service_client_touch(r->reply);
     desc_init(&r->params, DESC_NONE, in->req_id, 0);
     static const char *const skip[] = {"muq_index"};
     hm_service_copy_params(&r->params, in, skip, 1);
@@ -270,7 +272,7 @@ static void on_hidden(dv_service *s, dv_req *r, const desc_t *in)
     r->rng.frame = (uint64_t)r->nframes;
     int rc = dv_frame(s->model, h, r->B, &r->sp, &r->rng, s->codes, NULL);
     pool_release(in);
-    s->busy_s += hm_now() - t0;
+    stage_stat_time(s->st, "frame", hm_now() - t0);
     if (rc) return fail_req(s, r, "%s", hm_errmsg());
     r->waiting = 0;
     r->retries = 0;
@@ -279,13 +281,13 @@ static void on_hidden(dv_service *s, dv_req *r, const desc_t *in)
     if (eos && r->nframes > 0) return finish(s, r); /* MODEL.md: stop before appending it */
     memcpy(r->frames + (size_t)r->nframes * s->ncb, s->codes, (size_t)s->ncb * sizeof *s->codes);
     r->nframes++;
-    s->n_frames++;
+    stage_stat_add(s->st, "frames", 1);
     if (r->nframes % DV_PROGRESS_EVERY == 0) {
         desc_t d;
         desc_init(&d, DESC_REPLY, r->req, (uint64_t)r->nframes);
         desc_set_i64(&d, "frames", r->nframes);
         desc_set_str(&d, "stage", "draft-verifier");
-        hm_service_send_client(r->reply, &d); /* progress is best effort */
+        tp_send_url(r->reply, &d); /* progress is best effort */
         desc_free(&d);
     }
     if (r->nframes >= r->max_frames) return finish(s, r);
@@ -307,7 +309,7 @@ static void on_backbone(dv_service *s, const desc_t *in)
         desc_get_str(in, "error", &err);
         if (!strcmp(code, "unknown") || !strcmp(code, "stale")) {
             LOG_WARN("request %llx: backbone lost it (%s); refilling %d frames", (unsigned long long)r->req, err, r->nframes);
-            s->n_refills++;
+            stage_stat_add(s->st, "refills", 1);
             return send_prefill(s, r);
         }
         if (!strcmp(code, "busy")) {
@@ -319,92 +321,37 @@ static void on_backbone(dv_service *s, const desc_t *in)
     }
 }
 
-static int dv_init(const hm_pipeline_cfg *cfg, int replica, void **state)
+static int dv_on_prompt_msg(stage_t *st, int sock, const tp_peer_t *from, desc_t *in, void *user)
 {
-    dv_service *s = hm_calloc(1, sizeof *s);
-    s->cfg = cfg;
-    char url[600];
-    if (hm_gen_config_load(cfg->model_dir, &s->gen) || dv_load(cfg->model_dir, cfg->lm_version[0] ? cfg->lm_version : NULL, &s->model))
-        goto err;
-    const hm_lm_config *lc = dv_config(s->model);
-    s->ncb = lc->audio_num_codebooks;
-    s->V = lc->audio_vocab_size;
-    s->D = lc->backbone.embed_dim;
-    if (s->ncb > 64) { hm_err("more than 64 codebooks"); goto err; }
-    hm_stage_endpoint(cfg, HM_STAGE_DRAFT_VERIFIER, replica, url, sizeof url);
-    tp_endpoint_t ep = {"draft-verifier", url, TP_BIND, ZMQ_PULL};
-    if (tp_open(&ep, &s->pull)) goto err;
-    s->nbb = cfg->stage[HM_STAGE_BACKBONE].replicas;
-    s->bb = hm_calloc((size_t)s->nbb, sizeof *s->bb);
-    for (int i = 0; i < s->nbb; i++) {
-        hm_stage_endpoint(cfg, HM_STAGE_BACKBONE, i, url, sizeof url);
-        tp_endpoint_t o = {"backbone", url, TP_CONNECT, ZMQ_DEALER};
-        if (tp_open(&o, &s->bb[i])) goto err;
-    }
-    s->nfm = cfg->stage[HM_STAGE_FLOW_MATCHING].replicas;
-    s->fm = hm_calloc((size_t)s->nfm, sizeof *s->fm);
-    for (int i = 0; i < s->nfm; i++) {
-        hm_stage_endpoint(cfg, HM_STAGE_FLOW_MATCHING, i, url, sizeof url);
-        tp_endpoint_t o = {"flow-matching", url, TP_CONNECT, ZMQ_PUSH};
-        if (tp_open(&o, &s->fm[i])) goto err;
-    }
-    *state = s;
+    (void)st;
+    (void)sock;
+    (void)from;
+    on_prompt(user, in);
     return HM_OK;
-err:;
-    char msg[1024];
-    snprintf(msg, sizeof msg, "%s", hm_errmsg());
-    if (s->pull) tp_close(s->pull);
-    for (int i = 0; s->bb && i < s->nbb; i++)
-        if (s->bb[i]) tp_close(s->bb[i]);
-    for (int i = 0; s->fm && i < s->nfm; i++)
-        if (s->fm[i]) tp_close(s->fm[i]);
-    free(s->bb);
-    free(s->fm);
-    if (s->model) dv_free(s->model);
-    free(s);
-    return hm_err("%s", msg);
 }
 
-static int dv_sockets(void *st, void **socks, int max)
+static int dv_on_backbone_msg(stage_t *st, int sock, const tp_peer_t *from, desc_t *in, void *user)
 {
-    dv_service *s = st;
-    int n = 0;
-    socks[n++] = s->pull;
-    for (int i = 0; i < s->nbb && n < max; i++) socks[n++] = s->bb[i];
-    return n;
+    (void)st;
+    (void)sock;
+    (void)from;
+    on_backbone(user, in);
+    return HM_OK;
 }
 
-static void dv_on_readable(void *st, int idx)
+static void dv_tick(stage_t *st, void *user)
 {
-    dv_service *s = st;
-    void *sock = idx == 0 ? s->pull : s->bb[idx - 1];
-    for (;;) {
-        desc_t in;
-        int rc = tp_recv(sock, NULL, &in, ZMQ_DONTWAIT);
-        if (rc == TP_AGAIN) return;
-        if (rc != HM_OK) {
-            LOG_WARN("rejected a message: %s", hm_errmsg());
-            s->n_err++;
-            continue;
-        }
-        if (idx == 0) on_prompt(s, &in);
-        else on_backbone(s, &in);
-        desc_free(&in);
-    }
-}
-
-static void dv_tick(void *st, double now)
-{
-    dv_service *s = st;
-    double timeout = s->cfg->request_timeout_ms / 1000.0;
+    dv_service *s = user;
+    double now = hm_now();
+    (void)st;
     for (int i = 0; i < DV_MAX_REQUESTS; i++) {
         dv_req *r = &s->reqs[i];
         if (!r->used) continue;
         if (r->done) { flush_down(s, r); continue; }
-        if (r->waiting && now - r->sent_at > (r->sent_at == 0 ? 0.2 : timeout)) {
+        if (r->waiting && now - r->sent_at > (r->sent_at == 0 ? 0.2 : s->timeout_s)) {
             if (r->sent_at != 0) {
                 LOG_WARN("request %llx: no answer from the backbone for %.0f s; refilling", (unsigned long long)r->req, now - r->sent_at);
-                s->n_refills++;
+                stage_stat_add(s->st, "refills", 1);
             }
             if (++r->retries > 1000) { fail_req(s, r, "%s", "the backbone does not answer"); continue; }
             send_prefill(s, r);
@@ -416,33 +363,48 @@ static void dv_tick(void *st, double now)
     }
 }
 
-static void dv_stats(void *st, desc_t *d)
+void dv_service_free(void *state)
 {
-    dv_service *s = st;
-    int active = 0;
-    for (int i = 0; i < DV_MAX_REQUESTS; i++) active += s->reqs[i].used;
-    desc_set_i64(d, "songs_active", active);
-    desc_set_i64(d, "songs_done", (int64_t)s->n_songs);
-    desc_set_i64(d, "frames", (int64_t)s->n_frames);
-    desc_set_i64(d, "refills", (int64_t)s->n_refills);
-    desc_set_i64(d, "errors", (int64_t)s->n_err);
-    desc_set_f64(d, "busy_s", s->busy_s);
-}
-
-static void dv_svc_free(void *st)
-{
-    dv_service *s = st;
+    dv_service *s = state;
     for (int i = 0; i < DV_MAX_REQUESTS; i++)
         if (s->reqs[i].used) drop_req(&s->reqs[i]);
-    tp_close(s->pull);
-    for (int i = 0; i < s->nbb; i++) tp_close(s->bb[i]);
-    for (int i = 0; i < s->nfm; i++) tp_close(s->fm[i]);
     free(s->bb);
     free(s->fm);
-    dv_free(s->model);
-    hm_service_close_clients();
+    if (s->model) dv_free(s->model);
     pool_unmap_all();
     free(s);
 }
 
-const hm_service_ops dv_service_ops = {"draft-verifier", dv_init, dv_sockets, dv_on_readable, dv_tick, dv_stats, dv_svc_free};
+int dv_service_setup(stage_t *st, const hm_pipeline_cfg *cfg, int replica, void **state)
+{
+    dv_service *s = hm_calloc(1, sizeof *s);
+    s->st = st;
+    s->timeout_s = cfg->request_timeout_ms / 1000.0;
+    *state = s;
+    char url[600];
+    if (hm_gen_config_load(cfg->model_dir, &s->gen) || dv_load(cfg->model_dir, cfg->lm_version[0] ? cfg->lm_version : NULL, &s->model))
+        return HM_ERR;
+    const hm_lm_config *lc = dv_config(s->model);
+    s->ncb = lc->audio_num_codebooks;
+    s->V = lc->audio_vocab_size;
+    s->D = lc->backbone.embed_dim;
+    if (s->ncb > 64) return hm_err("more than 64 codebooks");
+    hm_stage_endpoint(cfg, HM_STAGE_DRAFT_VERIFIER, replica, url, sizeof url);
+    tp_endpoint_t ep = {"draft-verifier", url, TP_BIND, ZMQ_PULL};
+    if (stage_add_socket(st, &ep, dv_on_prompt_msg, s) < 0) return HM_ERR;
+    s->nbb = cfg->stage[HM_STAGE_BACKBONE].replicas;
+    s->bb = hm_calloc((size_t)s->nbb, sizeof *s->bb);
+    for (int i = 0; i < s->nbb; i++) {
+        hm_stage_endpoint(cfg, HM_STAGE_BACKBONE, i, url, sizeof url);
+        tp_endpoint_t o = {"backbone", url, TP_CONNECT, ZMQ_DEALER};
+        if ((s->bb[i] = stage_add_socket(st, &o, dv_on_backbone_msg, s)) < 0) return HM_ERR;
+    }
+    s->nfm = cfg->stage[HM_STAGE_FLOW_MATCHING].replicas;
+    s->fm = hm_calloc((size_t)s->nfm, sizeof *s->fm);
+    for (int i = 0; i < s->nfm; i++) {
+        hm_stage_endpoint(cfg, HM_STAGE_FLOW_MATCHING, i, url, sizeof url);
+        tp_endpoint_t o = {"flow-matching", url, TP_CONNECT, ZMQ_PUSH};
+        if ((s->fm[i] = stage_add_socket(st, &o, NULL, NULL)) < 0) return HM_ERR;
+    }
+    return stage_add_timer(st, 0.1, dv_tick, s);
+}

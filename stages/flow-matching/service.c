@@ -19,6 +19,7 @@
 #include "hm.h"
 #include "pool.h"
 #include "service.h"
+#include "stage.h"
 #include "transport.h"
 
 #define FM_MAX_REQUESTS 64
@@ -41,17 +42,14 @@ typedef struct {
 } fm_req;
 
 typedef struct {
-    const hm_pipeline_cfg *cfg;
+    stage_t *st;
     fm_model *model;
     int ncb, C, codebook_size, sample_rate;
-    void *pull;
-    void **voc; int nvoc;
+    int *voc; int nvoc;     /* stage socket index of the PUSH to each vocoder replica */
     pool_t *pool;
     fm_req reqs[FM_MAX_REQUESTS];
     float *lat;             /* [744, C] */
     int32_t *win;           /* [ncb, 372] */
-    uint64_t n_windows, n_err;
-    double busy_s;
 } fm_service;
 
 static fm_req *find_req(fm_service *s, uint64_t req)
@@ -73,13 +71,13 @@ static void drop_req(fm_req *r)
 static void fail_req(fm_service *s, fm_req *r, const char *msg)
 {
     hm_service_reply_error(r->reply, r->req, "flow-matching", "%s", msg);
-    s->n_err++;
+    stage_stat_add(s->st, "errors", 1);
     drop_req(r);
 }
 
 static int send_voc(fm_service *s, fm_req *r, desc_t *d)
 {
-    void *sock = s->voc[r->req % (uint64_t)s->nvoc];
+    void *sock = stage_socket(s->st, s->voc[r->req % (uint64_t)s->nvoc]);
     int rc = tp_send(sock, NULL, d, ZMQ_DONTWAIT);
     for (int i = 0; rc == TP_AGAIN && i < 1500; i++) { /* the vocoder is restarting: wait up to 30 s */
         usleep(20000);
@@ -107,7 +105,7 @@ static void advance(fm_service *s, fm_req *r)
             free(cm);
             return fail_req(s, r, hm_errmsg());
         }
-        s->busy_s += hm_now() - t0;
+        stage_stat_time(s->st, "window", hm_now() - t0);
         memcpy(r->prev, s->lat, (size_t)CODEC_WIN_FRAMES * s->C * sizeof(float));
         uint32_t slot;
         if (pool_acquire(s->pool, 60000, &slot)) {
@@ -129,7 +127,6 @@ static void advance(fm_service *s, fm_req *r)
             return fail_req(s, r, hm_errmsg());
         }
         r->windows_done = k + 1;
-        s->n_windows++;
     }
     free(cm);
     if (r->final) {
@@ -154,7 +151,7 @@ static void on_frames(fm_service *s, const desc_t *in)
     if (r) reply = r->reply;
     else if (desc_get_str(in, "reply", &reply)) {
         LOG_WARN("frames for %llx without a reply endpoint: dropped", (unsigned long long)in->req_id);
-        s->n_err++;
+        stage_stat_add(s->st, "errors", 1);
         return;
     }
     if (in->type != DESC_FRAMES) {
@@ -165,7 +162,7 @@ static void on_frames(fm_service *s, const desc_t *in)
     if (!r) {
         if (first != 0) {
             hm_service_reply_error(reply, in->req_id, "flow-matching", "%s", "frames of an unknown song (flow-matching restarted mid-song)");
-            s->n_err++;
+            stage_stat_add(s->st, "errors", 1);
             return;
         }
         for (int i = 0; i < FM_MAX_REQUESTS && !r; i++)
@@ -177,7 +174,6 @@ static void on_frames(fm_service *s, const desc_t *in)
         r->used = 1;
         r->req = in->req_id;
         snprintf(r->reply, sizeof r->reply, "%s", reply);
-        hm_service_client_touch(r->reply);
         desc_init(&r->params, DESC_NONE, in->req_id, 0);
         static const char *const skip[] = {"first", "final", "total"};
         hm_service_copy_params(&r->params, in, skip, HM_ARRAY_LEN(skip));
@@ -224,12 +220,47 @@ static void on_frames(fm_service *s, const desc_t *in)
     advance(s, r);
 }
 
-static int fmsvc_init(const hm_pipeline_cfg *cfg, int replica, void **state)
+static int fm_on_msg(stage_t *st, int sock, const tp_peer_t *from, desc_t *in, void *user)
+{
+    (void)st;
+    (void)sock;
+    (void)from;
+    on_frames(user, in);
+    return HM_OK;
+}
+
+static void fm_tick(stage_t *st, void *user)
+{
+    fm_service *s = user;
+    double now = hm_now();
+    (void)st;
+    for (int i = 0; i < FM_MAX_REQUESTS; i++)
+        if (s->reqs[i].used && now - s->reqs[i].last_used > FM_IDLE_FREE_S) {
+            LOG_WARN("request %llx idle for %.0f s: dropped", (unsigned long long)s->reqs[i].req, now - s->reqs[i].last_used);
+            drop_req(&s->reqs[i]);
+        }
+}
+
+void fm_service_free(void *state)
+{
+    fm_service *s = state;
+    for (int i = 0; i < FM_MAX_REQUESTS; i++)
+        if (s->reqs[i].used) drop_req(&s->reqs[i]);
+    free(s->voc);
+    if (s->pool) pool_destroy(s->pool);
+    if (s->model) fm_free(s->model);
+    free(s->lat);
+    free(s->win);
+    free(s);
+}
+
+int fm_service_setup(stage_t *st, const hm_pipeline_cfg *cfg, int replica, void **state)
 {
     fm_service *s = hm_calloc(1, sizeof *s);
-    s->cfg = cfg;
+    s->st = st;
+    *state = s;
     char url[600], name[96];
-    if (fm_load(cfg->model_dir, &s->model)) goto err;
+    if (fm_load(cfg->model_dir, &s->model)) return HM_ERR;
     const hm_codec_config *cc = fm_config(s->model);
     s->ncb = cc->num_quantizers;
     s->C = cc->out_channels;
@@ -239,104 +270,20 @@ static int fmsvc_init(const hm_pipeline_cfg *cfg, int replica, void **state)
     s->win = hm_malloc((size_t)CODEC_WIN_CODES * s->ncb * sizeof(int32_t));
     hm_stage_endpoint(cfg, HM_STAGE_FLOW_MATCHING, replica, url, sizeof url);
     tp_endpoint_t ep = {"flow-matching", url, TP_BIND, ZMQ_PULL};
-    if (tp_open(&ep, &s->pull)) goto err;
+    if (stage_add_socket(st, &ep, fm_on_msg, s) < 0) return HM_ERR;
     s->nvoc = cfg->stage[HM_STAGE_VOCODER].replicas;
     s->voc = hm_calloc((size_t)s->nvoc, sizeof *s->voc);
     for (int i = 0; i < s->nvoc; i++) {
         hm_stage_endpoint(cfg, HM_STAGE_VOCODER, i, url, sizeof url);
         tp_endpoint_t o = {"vocoder", url, TP_CONNECT, ZMQ_PUSH};
-        if (tp_open(&o, &s->voc[i])) goto err;
+        if ((s->voc[i] = stage_add_socket(st, &o, NULL, NULL)) < 0) return HM_ERR;
     }
     hm_service_pool_name(cfg, "flow-matching", replica, "latents", name, sizeof name);
     if (pool_create(POOL_SHM, name, (uint32_t)cfg->stage[HM_STAGE_FLOW_MATCHING].pool_slots,
                     (uint64_t)CODEC_WIN_FRAMES * s->C * sizeof(float), &s->pool))
-        goto err;
+        return HM_ERR;
     pool_set_lease(s->pool, 600.0); /* a CPU vocoder may hold a window for minutes */
     snprintf(url, sizeof url, "ipc://%s/flow-matching-%d.rel", cfg->run_dir, replica);
-    if (pool_listen(s->pool, url)) goto err;
-    *state = s;
-    return HM_OK;
-err:;
-    char msg[1024];
-    snprintf(msg, sizeof msg, "%s", hm_errmsg());
-    if (s->pull) tp_close(s->pull);
-    for (int i = 0; s->voc && i < s->nvoc; i++)
-        if (s->voc[i]) tp_close(s->voc[i]);
-    free(s->voc);
-    if (s->pool) pool_destroy(s->pool);
-    if (s->model) fm_free(s->model);
-    free(s->lat);
-    free(s->win);
-    free(s);
-    return hm_err("%s", msg);
+    if (pool_listen(s->pool, url) || stage_add_pool(st, s->pool)) return HM_ERR;
+    return stage_add_timer(st, 10.0, fm_tick, s);
 }
-
-static int fmsvc_sockets(void *st, void **socks, int max)
-{
-    fm_service *s = st;
-    socks[0] = s->pull;
-    socks[1] = pool_release_socket(s->pool);
-    return max >= 2 ? 2 : 1;
-}
-
-static void fmsvc_on_readable(void *st, int idx)
-{
-    fm_service *s = st;
-    if (idx == 1) {
-        pool_poll_releases(s->pool);
-        return;
-    }
-    for (;;) {
-        desc_t in;
-        int rc = tp_recv(s->pull, NULL, &in, ZMQ_DONTWAIT);
-        if (rc == TP_AGAIN) return;
-        if (rc != HM_OK) {
-            LOG_WARN("rejected a message: %s", hm_errmsg());
-            s->n_err++;
-            continue;
-        }
-        on_frames(s, &in);
-        desc_free(&in);
-    }
-}
-
-static void fmsvc_tick(void *st, double now)
-{
-    fm_service *s = st;
-    pool_reclaim_expired(s->pool);
-    for (int i = 0; i < FM_MAX_REQUESTS; i++)
-        if (s->reqs[i].used && now - s->reqs[i].last_used > FM_IDLE_FREE_S) {
-            LOG_WARN("request %llx idle for %.0f s: dropped", (unsigned long long)s->reqs[i].req, now - s->reqs[i].last_used);
-            drop_req(&s->reqs[i]);
-        }
-}
-
-static void fmsvc_stats(void *st, desc_t *d)
-{
-    fm_service *s = st;
-    int active = 0;
-    for (int i = 0; i < FM_MAX_REQUESTS; i++) active += s->reqs[i].used;
-    desc_set_i64(d, "songs_active", active);
-    desc_set_i64(d, "windows", (int64_t)s->n_windows);
-    desc_set_i64(d, "errors", (int64_t)s->n_err);
-    desc_set_f64(d, "busy_s", s->busy_s);
-    desc_set_i64(d, "free_slots", pool_free_slots(s->pool));
-}
-
-static void fmsvc_free(void *st)
-{
-    fm_service *s = st;
-    for (int i = 0; i < FM_MAX_REQUESTS; i++)
-        if (s->reqs[i].used) drop_req(&s->reqs[i]);
-    tp_close(s->pull);
-    for (int i = 0; i < s->nvoc; i++) tp_close(s->voc[i]);
-    free(s->voc);
-    pool_destroy(s->pool);
-    fm_free(s->model);
-    free(s->lat);
-    free(s->win);
-    hm_service_close_clients();
-    free(s);
-}
-
-const hm_service_ops fm_service_ops = {"flow-matching", fmsvc_init, fmsvc_sockets, fmsvc_on_readable, fmsvc_tick, fmsvc_stats, fmsvc_free};

@@ -16,20 +16,18 @@
 #include "pool.h"
 #include "prompt.h"
 #include "service.h"
+#include "stage.h"
 #include "transport.h"
 
 typedef struct {
-    const hm_pipeline_cfg *cfg;
+    stage_t *st;
     tok_t *tok;             /* NULL: no tokenizer.json, ids only */
     char tok_path[1100];
     hm_gen_config gen;
     hm_lm_config lm;
-    void *pull;
-    void **dv;              /* PUSH per draft-verifier replica */
+    int *dv;                /* stage socket index of the PUSH to each draft-verifier replica */
     int ndv;
     pool_t *pool;
-    uint64_t n_req, n_err;
-    double busy_s;
 } tk_service;
 
 static void forward(tk_service *s, const desc_t *in, const prompt_t *p)
@@ -40,13 +38,13 @@ static void forward(tk_service *s, const desc_t *in, const prompt_t *p)
     if (bytes > pool_slot_bytes(s->pool)) {
         hm_service_reply_error(reply, in->req_id, "tokenizer", "prompt of %zu rows does not fit the backbone (max_seq_len %d)",
                                p->len, s->lm.backbone.max_seq_len);
-        s->n_err++;
+        stage_stat_add(s->st, "errors", 1);
         return;
     }
     uint32_t slot;
     if (pool_acquire(s->pool, 30000, &slot)) {
         hm_service_reply_error(reply, in->req_id, "tokenizer", "draft-verifier is not taking prompts: %s", hm_errmsg());
-        s->n_err++;
+        stage_stat_add(s->st, "errors", 1);
         return;
     }
     memcpy(pool_slot_ptr(s->pool, slot), p->rows, bytes);
@@ -56,7 +54,7 @@ static void forward(tk_service *s, const desc_t *in, const prompt_t *p)
     uint64_t shape[2] = {p->len, (uint64_t)p->ncols};
     int rc = hm_service_copy_params(&d, in, skip, HM_ARRAY_LEN(skip)) || desc_set_i64(&d, "muq_index", (int64_t)p->muq_index) ||
              pool_fill_desc(s->pool, slot, 0, DESC_DT_I32, 2, shape, &d);
-    void *sock = s->dv[in->req_id % (uint64_t)s->ndv];
+    void *sock = stage_socket(s->st, s->dv[in->req_id % (uint64_t)s->ndv]);
     if (!rc) {
         rc = tp_send(sock, NULL, &d, ZMQ_DONTWAIT);
         for (int i = 0; rc == TP_AGAIN && i < 500; i++) { /* draft-verifier restarting: wait a little */
@@ -67,7 +65,7 @@ static void forward(tk_service *s, const desc_t *in, const prompt_t *p)
     if (rc) {
         pool_cancel(s->pool, slot);
         hm_service_reply_error(reply, in->req_id, "tokenizer", "cannot reach draft-verifier: %s", rc == TP_AGAIN ? "not connected" : hm_errmsg());
-        s->n_err++;
+        stage_stat_add(s->st, "errors", 1);
     }
     desc_free(&d);
 }
@@ -77,7 +75,7 @@ static void on_request(tk_service *s, const desc_t *in)
     const char *reply = "";
     if (desc_get_str(in, "reply", &reply)) {
         LOG_WARN("request %llx without a reply endpoint: dropped", (unsigned long long)in->req_id);
-        s->n_err++;
+        stage_stat_add(s->st, "errors", 1);
         return;
     }
     if (in->type != DESC_REQUEST) {
@@ -98,7 +96,7 @@ static void on_request(tk_service *s, const desc_t *in)
         desc_get_str(in, "lyrics", &lyr);
         if (!s->tok) {
             hm_service_reply_error(reply, in->req_id, "tokenizer", "text needs a tokenizer, and '%s' could not be loaded (give --tag-ids/--lyric-ids, or put tokenizer.json in the model folder)", s->tok_path);
-            s->n_err++;
+            stage_stat_add(s->st, "errors", 1);
             return;
         }
         rc = prompt_from_text(s->tok, tags, strlen(tags), lyr, strlen(lyr), s->gen.text_bos_id, s->gen.text_eos_id,
@@ -106,7 +104,7 @@ static void on_request(tk_service *s, const desc_t *in)
     }
     if (rc) {
         hm_service_reply_error(reply, in->req_id, "tokenizer", "%s", hm_errmsg());
-        s->n_err++;
+        stage_stat_add(s->st, "errors", 1);
         return;
     }
     /* ids past the LM's text vocabulary would only fail later, inside the backbone */
@@ -115,115 +113,62 @@ static void on_request(tk_service *s, const desc_t *in)
         if (id < 0 || id >= s->lm.text_vocab_size) {
             hm_service_reply_error(reply, in->req_id, "tokenizer", "token id %d is outside the model's text vocabulary (%d)", id, s->lm.text_vocab_size);
             prompt_free(&p);
-            s->n_err++;
+            stage_stat_add(s->st, "errors", 1);
             return;
         }
     }
     forward(s, in, &p);
     prompt_free(&p);
-    s->n_req++;
-    s->busy_s += hm_now() - t0;
+    stage_stat_time(s->st, "request", hm_now() - t0);
 }
 
-static int tk_init(const hm_pipeline_cfg *cfg, int replica, void **state)
+static int tk_on_msg(stage_t *st, int sock, const tp_peer_t *from, desc_t *in, void *user)
+{
+    (void)st;
+    (void)sock;
+    (void)from;
+    on_request(user, in);
+    return HM_OK;
+}
+
+void tk_service_free(void *state)
+{
+    tk_service *s = state;
+    free(s->dv);
+    if (s->pool) pool_destroy(s->pool);
+    if (s->tok) tok_free(s->tok);
+    free(s);
+}
+
+int tk_service_setup(stage_t *st, const hm_pipeline_cfg *cfg, int replica, void **state)
 {
     tk_service *s = hm_calloc(1, sizeof *s);
-    s->cfg = cfg;
+    s->st = st;
+    *state = s;
     char url[600], name[96];
     if (hm_gen_config_load(cfg->model_dir, &s->gen) || hm_lm_config_load(cfg->model_dir, cfg->lm_version[0] ? cfg->lm_version : NULL, &s->lm))
-        goto err;
+        return HM_ERR;
     if (cfg->tokenizer[0]) snprintf(s->tok_path, sizeof s->tok_path, "%s", cfg->tokenizer);
     else snprintf(s->tok_path, sizeof s->tok_path, "%s/tokenizer.json", cfg->model_dir);
     if (access(s->tok_path, R_OK) == 0) {
-        if (tok_load(s->tok_path, &s->tok)) goto err; /* present but broken: say so at start */
+        if (tok_load(s->tok_path, &s->tok)) return HM_ERR; /* present but broken: say so at start */
     } else {
         LOG_WARN("no tokenizer at '%s': only token-id requests will work", s->tok_path);
     }
     hm_stage_endpoint(cfg, HM_STAGE_TOKENIZER, replica, url, sizeof url);
     tp_endpoint_t ep = {"tokenizer", url, TP_BIND, ZMQ_PULL};
-    if (tp_open(&ep, &s->pull)) goto err;
+    if (stage_add_socket(st, &ep, tk_on_msg, s) < 0) return HM_ERR;
     s->ndv = cfg->stage[HM_STAGE_DRAFT_VERIFIER].replicas;
     s->dv = hm_calloc((size_t)s->ndv, sizeof *s->dv);
     for (int r = 0; r < s->ndv; r++) {
         hm_stage_endpoint(cfg, HM_STAGE_DRAFT_VERIFIER, r, url, sizeof url);
         tp_endpoint_t o = {"draft-verifier", url, TP_CONNECT, ZMQ_PUSH};
-        if (tp_open(&o, &s->dv[r])) goto err;
+        if ((s->dv[r] = stage_add_socket(st, &o, NULL, NULL)) < 0) return HM_ERR;
     }
     hm_service_pool_name(cfg, "tokenizer", replica, "prompt", name, sizeof name);
     uint64_t slot = (uint64_t)s->lm.backbone.max_seq_len * (uint64_t)(s->lm.audio_num_codebooks + 1) * 4;
-    if (pool_create(POOL_SHM, name, (uint32_t)cfg->stage[HM_STAGE_TOKENIZER].pool_slots, slot, &s->pool)) goto err;
+    if (pool_create(POOL_SHM, name, (uint32_t)cfg->stage[HM_STAGE_TOKENIZER].pool_slots, slot, &s->pool)) return HM_ERR;
     snprintf(url, sizeof url, "ipc://%s/tokenizer-%d.rel", cfg->run_dir, replica);
-    if (pool_listen(s->pool, url)) goto err;
-    *state = s;
+    if (pool_listen(s->pool, url) || stage_add_pool(st, s->pool)) return HM_ERR;
     return HM_OK;
-err:;
-    char msg[1024];
-    snprintf(msg, sizeof msg, "%s", hm_errmsg());
-    if (s->pull) tp_close(s->pull);
-    for (int r = 0; r < s->ndv; r++)
-        if (s->dv[r]) tp_close(s->dv[r]);
-    free(s->dv);
-    if (s->pool) pool_destroy(s->pool);
-    if (s->tok) tok_free(s->tok);
-    free(s);
-    return hm_err("%s", msg);
 }
-
-static int tk_sockets(void *st, void **socks, int max)
-{
-    tk_service *s = st;
-    socks[0] = s->pull;
-    socks[1] = pool_release_socket(s->pool);
-    return max >= 2 ? 2 : 1;
-}
-
-static void tk_on_readable(void *st, int idx)
-{
-    tk_service *s = st;
-    if (idx == 1) {
-        pool_poll_releases(s->pool);
-        return;
-    }
-    for (;;) {
-        desc_t in;
-        int rc = tp_recv(s->pull, NULL, &in, ZMQ_DONTWAIT);
-        if (rc == TP_AGAIN) return;
-        if (rc != HM_OK) {
-            LOG_WARN("rejected a message: %s", hm_errmsg());
-            s->n_err++;
-            continue;
-        }
-        on_request(s, &in);
-        desc_free(&in);
-    }
-}
-
-static void tk_tick(void *st, double now)
-{
-    tk_service *s = st;
-    (void)now;
-    pool_reclaim_expired(s->pool);
-}
-
-static void tk_stats(void *st, desc_t *d)
-{
-    tk_service *s = st;
-    desc_set_i64(d, "requests", (int64_t)s->n_req);
-    desc_set_i64(d, "errors", (int64_t)s->n_err);
-    desc_set_f64(d, "busy_s", s->busy_s);
-    desc_set_i64(d, "free_slots", pool_free_slots(s->pool));
-}
-
-static void tk_free(void *st)
-{
-    tk_service *s = st;
-    tp_close(s->pull);
-    for (int r = 0; r < s->ndv; r++) tp_close(s->dv[r]);
-    free(s->dv);
-    pool_destroy(s->pool);
-    if (s->tok) tok_free(s->tok);
-    hm_service_close_clients();
-    free(s);
-}
-
-const hm_service_ops tk_service_ops = {"tokenizer", tk_init, tk_sockets, tk_on_readable, tk_tick, tk_stats, tk_free};

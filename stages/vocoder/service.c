@@ -16,6 +16,7 @@
 #include "hm.h"
 #include "pool.h"
 #include "service.h"
+#include "stage.h"
 #include "transport.h"
 #include "vocoder.h"
 
@@ -34,15 +35,12 @@ typedef struct {
 } voc_req;
 
 typedef struct {
-    const hm_pipeline_cfg *cfg;
+    stage_t *st;
     voc_model *model;
     int C, sr;
     size_t seg, ovl;
-    void *pull;
     voc_req reqs[VOC_MAX_REQUESTS];
     float *pcm;            /* [2, seg] */
-    uint64_t n_windows, n_songs, n_err;
-    double busy_s, audio_s;
 } voc_service;
 
 static voc_req *find_req(voc_service *s, uint64_t req)
@@ -62,7 +60,7 @@ static void drop_req(voc_req *r)
 static void fail_req(voc_service *s, voc_req *r, const char *msg)
 {
     hm_service_reply_error(r->reply, r->req, "vocoder", "%s", msg);
-    s->n_err++;
+    stage_stat_add(s->st, "errors", 1);
     drop_req(r);
 }
 
@@ -75,7 +73,7 @@ static void on_latents(voc_service *s, const desc_t *in)
     else if (desc_get_str(in, "reply", &reply)) {
         LOG_WARN("latents for %llx without a reply endpoint: dropped", (unsigned long long)in->req_id);
         if (b->kind == DESC_BUF_SHM) pool_release(in);
-        s->n_err++;
+        stage_stat_add(s->st, "errors", 1);
         return;
     }
     if (in->type != DESC_LATENTS) {
@@ -88,7 +86,7 @@ static void on_latents(voc_service *s, const desc_t *in)
         if (b->kind == DESC_BUF_NONE || k != 0) {
             if (b->kind == DESC_BUF_SHM) pool_release(in);
             hm_service_reply_error(reply, in->req_id, "vocoder", "%s", "latents of an unknown song (vocoder restarted mid-song)");
-            s->n_err++;
+            stage_stat_add(s->st, "errors", 1);
             return;
         }
         for (int i = 0; i < VOC_MAX_REQUESTS && !r; i++)
@@ -101,7 +99,6 @@ static void on_latents(voc_service *s, const desc_t *in)
         r->used = 1;
         r->req = in->req_id;
         snprintf(r->reply, sizeof r->reply, "%s", reply);
-        hm_service_client_touch(r->reply);
         const char *out = "", *fmt = NULL;
         desc_get_str(in, "out", &out);
         snprintf(r->out, sizeof r->out, "%s", out);
@@ -135,9 +132,8 @@ static void on_latents(voc_service *s, const desc_t *in)
         int rc = voc_decode_window(s->model, ptr, CODEC_WIN_FRAMES, s->seg, s->pcm);
         pool_release(in);
         if (rc || xfade_push(&r->xf, s->pcm, s->seg, audio_writer_sink, r->w)) return fail_req(s, r, hm_errmsg());
-        s->busy_s += hm_now() - t0;
+        stage_stat_time(s->st, "window", hm_now() - t0);
         r->windows_done++;
-        s->n_windows++;
     }
     if (desc_i64_or(in, "final", 0)) {
         int64_t windows = desc_i64_or(in, "windows", -1);
@@ -152,78 +148,34 @@ static void on_latents(voc_service *s, const desc_t *in)
         rc = audio_writer_close(r->w, &frames);
         r->w = NULL;
         if (rc) return fail_req(s, r, hm_errmsg());
-        s->n_songs++;
-        s->audio_s += (double)frames / s->sr;
+        stage_stat_add(s->st, "songs", 1);
+        stage_stat_add(s->st, "audio_ms", (int64_t)(frames * 1000 / (size_t)s->sr));
         desc_t d;
         desc_init(&d, DESC_AUDIO_DONE, r->req, 0);
         desc_set_str(&d, "out", r->out);
         desc_set_i64(&d, "frames", desc_i64_or(in, "frames", 0));
         desc_set_i64(&d, "samples", (int64_t)frames);
-        if (hm_service_send_client(r->reply, &d)) LOG_WARN("%s", hm_errmsg());
+        if (tp_send_url(r->reply, &d)) LOG_WARN("%s", hm_errmsg());
         desc_free(&d);
         LOG_INFO("request %llx: wrote %s (%.2f s)", (unsigned long long)r->req, r->out, (double)frames / s->sr);
         drop_req(r);
     }
 }
 
-static int vs_init(const hm_pipeline_cfg *cfg, int replica, void **state)
+static int voc_on_msg(stage_t *st, int sock, const tp_peer_t *from, desc_t *in, void *user)
 {
-    voc_service *s = hm_calloc(1, sizeof *s);
-    s->cfg = cfg;
-    char url[600];
-    if (voc_load(cfg->model_dir, &s->model)) goto err;
-    const hm_codec_config *cc = voc_config(s->model);
-    s->C = cc->out_channels;
-    s->sr = cc->sample_rate;
-    codec_plan p;
-    if (codec_plan_make(1, s->sr, &p)) goto err;
-    s->seg = p.seg_samples;
-    s->ovl = p.ovl_samples;
-    s->pcm = hm_malloc(2 * s->seg * sizeof(float));
-    hm_stage_endpoint(cfg, HM_STAGE_VOCODER, replica, url, sizeof url);
-    tp_endpoint_t ep = {"vocoder", url, TP_BIND, ZMQ_PULL};
-    if (tp_open(&ep, &s->pull)) goto err;
-    *state = s;
+    (void)st;
+    (void)sock;
+    (void)from;
+    on_latents(user, in);
     return HM_OK;
-err:;
-    char msg[1024];
-    snprintf(msg, sizeof msg, "%s", hm_errmsg());
-    if (s->pull) tp_close(s->pull);
-    if (s->model) voc_free(s->model);
-    free(s->pcm);
-    free(s);
-    return hm_err("%s", msg);
 }
 
-static int vs_sockets(void *st, void **socks, int max)
+static void voc_tick(stage_t *st, void *user)
 {
-    voc_service *s = st;
-    (void)max;
-    socks[0] = s->pull;
-    return 1;
-}
-
-static void vs_on_readable(void *st, int idx)
-{
-    voc_service *s = st;
-    (void)idx;
-    for (;;) {
-        desc_t in;
-        int rc = tp_recv(s->pull, NULL, &in, ZMQ_DONTWAIT);
-        if (rc == TP_AGAIN) return;
-        if (rc != HM_OK) {
-            LOG_WARN("rejected a message: %s", hm_errmsg());
-            s->n_err++;
-            continue;
-        }
-        on_latents(s, &in);
-        desc_free(&in);
-    }
-}
-
-static void vs_tick(void *st, double now)
-{
-    voc_service *s = st;
+    voc_service *s = user;
+    double now = hm_now();
+    (void)st;
     for (int i = 0; i < VOC_MAX_REQUESTS; i++)
         if (s->reqs[i].used && now - s->reqs[i].last_used > VOC_IDLE_FREE_S) {
             LOG_WARN("request %llx idle for %.0f s: dropped", (unsigned long long)s->reqs[i].req, now - s->reqs[i].last_used);
@@ -231,30 +183,34 @@ static void vs_tick(void *st, double now)
         }
 }
 
-static void vs_stats(void *st, desc_t *d)
+void voc_service_free(void *state)
 {
-    voc_service *s = st;
-    int active = 0;
-    for (int i = 0; i < VOC_MAX_REQUESTS; i++) active += s->reqs[i].used;
-    desc_set_i64(d, "songs_active", active);
-    desc_set_i64(d, "songs_done", (int64_t)s->n_songs);
-    desc_set_i64(d, "windows", (int64_t)s->n_windows);
-    desc_set_i64(d, "errors", (int64_t)s->n_err);
-    desc_set_f64(d, "busy_s", s->busy_s);
-    desc_set_f64(d, "audio_s", s->audio_s);
-}
-
-static void vs_free(void *st)
-{
-    voc_service *s = st;
+    voc_service *s = state;
     for (int i = 0; i < VOC_MAX_REQUESTS; i++)
         if (s->reqs[i].used) drop_req(&s->reqs[i]);
-    tp_close(s->pull);
-    voc_free(s->model);
+    if (s->model) voc_free(s->model);
     free(s->pcm);
-    hm_service_close_clients();
     pool_unmap_all();
     free(s);
 }
 
-const hm_service_ops voc_service_ops = {"vocoder", vs_init, vs_sockets, vs_on_readable, vs_tick, vs_stats, vs_free};
+int voc_service_setup(stage_t *st, const hm_pipeline_cfg *cfg, int replica, void **state)
+{
+    voc_service *s = hm_calloc(1, sizeof *s);
+    s->st = st;
+    *state = s;
+    char url[600];
+    if (voc_load(cfg->model_dir, &s->model)) return HM_ERR;
+    const hm_codec_config *cc = voc_config(s->model);
+    s->C = cc->out_channels;
+    s->sr = cc->sample_rate;
+    codec_plan p;
+    if (codec_plan_make(1, s->sr, &p)) return HM_ERR;
+    s->seg = p.seg_samples;
+    s->ovl = p.ovl_samples;
+    s->pcm = hm_malloc(2 * s->seg * sizeof(float));
+    hm_stage_endpoint(cfg, HM_STAGE_VOCODER, replica, url, sizeof url);
+    tp_endpoint_t ep = {"vocoder", url, TP_BIND, ZMQ_PULL};
+    if (stage_add_socket(st, &ep, voc_on_msg, s) < 0) return HM_ERR;
+    return stage_add_timer(st, 10.0, voc_tick, s);
+}

@@ -530,33 +530,7 @@ static int cmd_song(const opts_t *o)
 static int cmd_tokenize(const opts_t *o)
 {
     if (!o->tokenizer) return hm_err("tokenize needs --tokenizer tokenizer.json");
-    tok_t *tok;
-    if (tok_load(o->tokenizer, &tok)) return HM_ERR;
-    size_t cap = 1 << 16, n = 0;
-    char *buf = hm_malloc(cap);
-    size_t r;
-    while ((r = fread(buf + n, 1, cap - n, stdin)) > 0) {
-        n += r;
-        if (n == cap) {
-            if (cap >= (64u << 20)) { free(buf); tok_free(tok); return hm_err("input longer than 64 MiB"); }
-            buf = hm_realloc(buf, cap *= 2);
-        }
-    }
-    char *text = buf;
-    size_t len = n;
-    if (o->lower && tok_lower(buf, n, &text, &len)) { free(buf); tok_free(tok); return HM_ERR; }
-    int32_t *ids;
-    size_t k;
-    int rc = tok_encode(tok, text, len, &ids, &k);
-    if (!rc) {
-        for (size_t i = 0; i < k; i++) printf(i ? " %d" : "%d", ids[i]);
-        printf("\n");
-        free(ids);
-    }
-    if (text != buf) free(text);
-    free(buf);
-    tok_free(tok);
-    return rc;
+    return tok_cli_tokenize(o->tokenizer, o->lower, stdin, stdout);
 }
 
 static int cmd_stats(const opts_t *o)
