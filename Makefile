@@ -114,5 +114,6 @@ endif
 
 # nvcc objects have no generated header dependencies: rebuild them when a kernel or common header changes
 ifeq ($(CUDA),1)
-$(CU_OBJ): $(wildcard kernels/*.h common/*.h)
+$(CU_OBJ): kernels/common_cuda.h kernels/ops_cuda.h kernels/lm_cuda.h kernels/ops_cpu.h common/hm.h \
+           common/modelcfg.h common/safetensors.h
 endif

@@ -45,7 +45,7 @@ void hm_config_defaults(hm_pipeline_cfg *c)
         snprintf(s->endpoint, sizeof s->endpoint, "ipc://{run_dir}/%s.sock", k_stage_names[i]);
         snprintf(s->control, sizeof s->control, "ipc://{run_dir}/%s.ctl", k_stage_names[i]);
         s->pool_slots = 8;
-        s->watchdog_ms = 30000;
+        s->watchdog_ms = 120000; /* CPU stages compute whole codec windows between loop turns */
     }
 }
 

@@ -148,7 +148,7 @@ int desc_set_f64(desc_t *d, const char *key, double v)
 int desc_set_str(desc_t *d, const char *key, const char *s)
 {
     size_t n = strlen(s);
-    if (n > DESC_MAX_STR) return hm_err("param '%s': string of %zu bytes (max %d)", key, n, DESC_MAX_STR);
+    if (n > DESC_MAX_STR) return hm_err("param '%s': string of %zu bytes (max %u)", key, n, DESC_MAX_STR);
     desc_param_t *p = param_slot(d, key);
     if (!p) return HM_ERR;
     p->type = DESC_P_STR;
@@ -627,7 +627,7 @@ static int decode_params(const msgpack_object *m, desc_t *d)
             if (desc_set_f64(d, key, v->via.f64)) return HM_ERR;
             break;
         case MSGPACK_OBJECT_STR: {
-            if (v->via.str.size > DESC_MAX_STR) return hm_err("param '%s': string longer than %d bytes", key, DESC_MAX_STR);
+            if (v->via.str.size > DESC_MAX_STR) return hm_err("param '%s': string longer than %u bytes", key, DESC_MAX_STR);
             if (v->via.str.size && memchr(v->via.str.ptr, 0, v->via.str.size)) return hm_err("param '%s' contains NUL", key);
             desc_param_t *p = param_slot(d, key);
             if (!p) return HM_ERR;

@@ -61,7 +61,7 @@
 #define DESC_MAX_NDIM 8
 #define DESC_MAX_PARAMS 128
 #define DESC_MAX_KEY 31                    /* bytes, without the NUL */
-#define DESC_MAX_STR 4096                  /* bytes of a string parameter */
+#define DESC_MAX_STR ((1u << 20) + 4096)  /* bytes of a string parameter: 1 MiB of lyrics and change */
 #define DESC_MAX_I32S 65536                /* elements of an int32 array parameter */
 #define DESC_MAX_POOL_NAME 63
 #define DESC_MAX_ENDPOINT 255

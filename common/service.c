@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "service.h"
 
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -27,6 +28,8 @@ int hm_stage_main(int argc, char **argv, const char *name, hm_stage_setup_fn set
         fprintf(stderr, "%s: %s\n", name, hm_errmsg());
         return 1;
     }
+    /* a full disk or a file-size limit must fail the write, not kill the stage */
+    signal(SIGXFSZ, SIG_IGN);
     static hm_pipeline_cfg cfg;
     int si = hm_stage_index(name);
     void *state = NULL;

@@ -523,7 +523,7 @@ int stage_run(stage_t *st)
     uint64_t wd_usec = 0;
     double wd_period = 0, wd_next = 0;
     if (sd_watchdog_enabled(0, &wd_usec) > 0 && wd_usec > 0) {
-        wd_period = (double)wd_usec / 2e6;
+        wd_period = (double)wd_usec / 3e6; /* a third: one long handler must not eat the margin */
         wd_next = hm_now();
     }
     sd_notify(0, "READY=1");
@@ -574,6 +574,7 @@ int stage_run(stage_t *st)
             t->fn(st, t->user);
         }
         run_watches(st, now);
+        now = hm_now(); /* the timers above may have run for seconds */
         if (wd_period > 0 && now >= wd_next) {
             sd_notify(0, "WATCHDOG=1");
             wd_next = now + wd_period;

@@ -123,7 +123,7 @@ int stage_watch(stage_t *st, int sock, double interval_s, int max_missed, stage_
 void stage_on_drain(stage_t *st, stage_timer_fn fn, void *user);
 
 /* Run until stage_stop, SHUTDOWN, SIGTERM or SIGINT: sd_notify READY=1 on entry, STOPPING=1
- * on exit, WATCHDOG=1 at half the systemd watchdog interval when enabled.  HM_OK on a graceful
+ * on exit, WATCHDOG=1 at a third of the systemd watchdog interval when enabled.  HM_OK on a graceful
  * stop, HM_ERR if polling itself failed. */
 int stage_run(stage_t *st);
 void stage_stop(stage_t *st);

@@ -14,6 +14,7 @@
 namespace {
 
 constexpr int WARPS = 8;          /* warps per block */
+int g_sms;                        /* multiprocessors of the current device */
 constexpr int RPW = 2;            /* weight rows per warp */
 
 template <typename WT> struct wtraits;
@@ -141,7 +142,7 @@ template <typename WT, int R, int U, int KS, bool DB>
 __global__ void __launch_bounds__(WARPS * 32)
 gemv_kernel(const WT *__restrict__ W, const float *__restrict__ wscale, int N, int K,
             const float *__restrict__ x, int ldx, int in_mode, const float *__restrict__ nscale,
-            float eps, float *__restrict__ y, int ldy, int accumulate)
+            float eps, float *__restrict__ y, int ldy, int accumulate, int out_swiglu)
 {
     constexpr int E = wtraits<WT>::E;
     constexpr int PPB = WARPS / KS; /* row pairs per block step */
@@ -247,7 +248,15 @@ gemv_kernel(const WT *__restrict__ W, const float *__restrict__ wscale, int N, i
                     }
             __syncthreads();
         }
-        if (sub == 0 && lane == 0 && p < npairs) {
+        if (out_swiglu && sub == 0 && lane == 0 && p < npairs) {
+            /* rows 2p (gate) and 2p+1 (up) of interleaved w1|w3: the SwiGLU product directly */
+            const float s0 = wscale ? wscale[2 * p] : 1.0f, s1 = wscale ? wscale[2 * p + 1] : 1.0f;
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                float g = acc[0][r] * s0 * rs[r], u = acc[RPW - 1][r] * s1 * rs[r];
+                y[(size_t)r * ldy + p] = g / (1.0f + __expf(-g)) * u;
+            }
+        } else if (sub == 0 && lane == 0 && p < npairs) {
 #pragma unroll
             for (int i = 0; i < RPW; i++) {
                 const int n = p * RPW + i;
@@ -264,7 +273,7 @@ gemv_kernel(const WT *__restrict__ W, const float *__restrict__ wscale, int N, i
     }
 }
 
-int g_sms;
+int g_force_variant; /* benchmark knob: replaces the auto choice when non-zero */
 int g_bps = 2; /* resident GEMV blocks per SM (2 measured faster than 1 in a whole frame) */
 
 template <typename WT, int R, int U, int KS, bool DB>
@@ -292,7 +301,180 @@ int launch(const hmc_gemv_args *a, cudaStream_t s)
     const int pairs = (a->N + RPW - 1) / RPW, ppb = WARPS / KS;
     const int blocks = HM_MIN((pairs + ppb - 1) / ppb, g_sms * HM_MIN(occ, g_bps));
     return launch_pdl(kern, dim3(blocks), dim3(WARPS * 32), smem, s, (const WT *)a->W, a->w_scale, a->N, a->K, a->x,
-                      a->ldx, a->in_mode, a->norm_scale, a->eps, a->y, a->ldy, a->accumulate);
+                      a->ldx, a->in_mode, a->norm_scale, a->eps, a->y, a->ldy, a->accumulate, a->out_swiglu);
+}
+
+/* ---- variant 7: weights streamed into shared memory by the bulk-copy engine (sm_90) ----------
+ * One block per SM; its 8 warps own 8 consecutive rows (warp w: row 8g + w) of a row group g;
+ * a tile is the group's rows restricted to a chunk of KC columns, one 1-D bulk copy per row,
+ * all completing on the stage's mbarrier.  NS stages in flight; thread 0 refills a stage after
+ * the block's barrier at the end of the tile.  The first NS tiles are requested before waiting
+ * for the previous op (they are weights only).  No registers hold loads in flight, so the
+ * whole ~NS*48 KB per SM stays requested continuously. */
+constexpr int BULK_STAGE_BYTES = 6144; /* per row per stage: 8 rows -> 48 KB */
+
+__device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+__device__ __forceinline__ void mbar_init(uint64_t *bar, int count)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(bar)), "r"(count));
+#endif
+}
+__device__ __forceinline__ void mbar_expect(uint64_t *bar, uint32_t bytes)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)), "r"(bytes) : "memory");
+#endif
+}
+__device__ __forceinline__ void bulk_load(void *dst, const void *src, uint32_t bytes, uint64_t *bar)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                     smem_u32(dst)),
+                 "l"(src), "r"(bytes), "r"(smem_u32(bar))
+                 : "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_wait(uint64_t *bar, uint32_t parity)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("{\n"
+                 ".reg .pred p;\n"
+                 "WAIT_%=:\n"
+                 "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+                 "@!p bra WAIT_%=;\n"
+                 "}\n" ::"r"(smem_u32(bar)),
+                 "r"(parity)
+                 : "memory");
+#endif
+}
+
+template <typename WT, int R>
+__global__ void __launch_bounds__(WARPS * 32, 1)
+gemv_bulk_kernel(const WT *__restrict__ W, const float *__restrict__ wscale, int N, int K,
+                 const float *__restrict__ x, int ldx, int in_mode, const float *__restrict__ nscale,
+                 float eps, float *__restrict__ y, int ldy, int accumulate, int out_swiglu, int KC, int NS)
+{
+    constexpr int E = wtraits<WT>::E;
+    extern __shared__ float4 bulk_raw[]; /* [NS][WARPS][KC] weights, then [R][K] fp32 inputs */
+    __shared__ uint64_t bars[4];
+    __shared__ float red[R][WARPS];
+    __shared__ float res[WARPS][R];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int ngroups = (N + WARPS - 1) / WARPS, nchunks = (K + KC - 1) / KC;
+    const size_t stage_elems = (size_t)WARPS * KC;
+    WT *wsm = reinterpret_cast<WT *>(bulk_raw);
+    float *xs = reinterpret_cast<float *>(reinterpret_cast<char *>(bulk_raw) + NS * stage_elems * sizeof(WT));
+    /* this block's tiles: groups blockIdx.x, +gridDim.x, ..., each with nchunks column chunks */
+    const int my_groups = blockIdx.x < ngroups ? (ngroups - 1 - blockIdx.x) / gridDim.x + 1 : 0;
+    const int ntiles = my_groups * nchunks;
+
+    auto issue = [&](int t) { /* thread 0 only */
+        const int g = blockIdx.x + (t / nchunks) * gridDim.x, c = t % nchunks, st = t % NS;
+        const int k0 = c * KC, kc = min(KC, K - k0);
+        const int rows = min(WARPS, N - g * WARPS);
+        mbar_expect(&bars[st], (uint32_t)(rows * kc * sizeof(WT)));
+        for (int w = 0; w < rows; w++)
+            bulk_load(wsm + st * stage_elems + (size_t)w * KC, W + (size_t)(g * WARPS + w) * K + k0,
+                      (uint32_t)(kc * sizeof(WT)), &bars[st]);
+    };
+    pdl_trigger();
+    if (threadIdx.x == 0) {
+        for (int i = 0; i < NS; i++) mbar_init(&bars[i], 1);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+#endif
+        for (int t = 0; t < NS && t < ntiles; t++) issue(t);
+    }
+    pdl_wait();
+    stage_x<R>(xs, x, ldx, K, in_mode, nscale, red); /* ends with __syncthreads: barriers visible */
+    float rs[R];
+    rows_rs<R>(rs, in_mode, red, K, eps);
+
+    float acc[R];
+    for (int t = 0; t < ntiles; t++) {
+        const int g = blockIdx.x + (t / nchunks) * gridDim.x, c = t % nchunks, st = t % NS;
+        const int k0 = c * KC, kw = min(KC, K - k0) / E;
+        const int n = g * WARPS + warp;
+        if (c == 0)
+#pragma unroll
+            for (int r = 0; r < R; r++) acc[r] = 0.0f;
+        mbar_wait(&bars[st], (uint32_t)((t / NS) & 1));
+        if (n < N) {
+            const uint4 *row = reinterpret_cast<const uint4 *>(wsm + st * stage_elems + (size_t)warp * KC);
+#pragma unroll 4
+            for (int w = lane; w < kw; w += 32) {
+                float wf[E];
+                wdec(row[w], wf, (const WT *)nullptr);
+#pragma unroll
+                for (int r = 0; r < R; r++) {
+                    const float4 *xp = reinterpret_cast<const float4 *>(xs + r * K + k0 + w * E);
+                    float s = 0.0f;
+#pragma unroll
+                    for (int q = 0; q < E / 4; q++) {
+                        float4 a = xp[q];
+                        s += wf[4 * q] * a.x + wf[4 * q + 1] * a.y + wf[4 * q + 2] * a.z + wf[4 * q + 3] * a.w;
+                    }
+                    acc[r] += s;
+                }
+            }
+        }
+        const bool last = c == nchunks - 1;
+        if (last) {
+#pragma unroll
+            for (int r = 0; r < R; r++) acc[r] = warp_sum(acc[r]);
+            if (lane == 0 && n < N) {
+                float sc = wscale ? wscale[n] : 1.0f;
+#pragma unroll
+                for (int r = 0; r < R; r++) {
+                    float v = acc[r] * sc * rs[r];
+                    if (out_swiglu) res[warp][r] = v;
+                    else {
+                        float *yp = y + (size_t)r * ldy + n;
+                        *yp = accumulate ? *yp + v : v;
+                    }
+                }
+            }
+        }
+        __syncthreads(); /* stage st consumed (and res written) */
+        if (threadIdx.x == 0 && t + NS < ntiles) issue(t + NS);
+        if (last && out_swiglu && lane == 0 && (warp & 1) == 0 && n + 1 < N + 1 && n < N) {
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                float gte = res[warp][r], up = res[warp + 1][r];
+                y[(size_t)r * ldy + n / 2] = gte / (1.0f + __expf(-gte)) * up;
+            }
+        }
+    }
+}
+
+template <typename WT, int R>
+int launch_bulk(const hmc_gemv_args *a, cudaStream_t s)
+{
+    auto kern = gemv_bulk_kernel<WT, R>;
+    const size_t es = sizeof(WT);
+    int KC = (int)(BULK_STAGE_BYTES / es);
+    if (KC > a->K) KC = a->K;
+    const size_t xbytes = (size_t)R * a->K * sizeof(float);
+    int NS = 4;
+    while (NS > 1 && NS * (size_t)WARPS * KC * es + xbytes > 220 * 1024) NS--;
+    const size_t smem = NS * (size_t)WARPS * KC * es + xbytes;
+    if (smem > 220 * 1024) return hm_err("%s:%d: gemv bulk: K %d too large", __FILE__, __LINE__, a->K);
+    static int attr_set;
+    if (!attr_set) {
+        CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, 220 * 1024));
+        attr_set = 1;
+    }
+    if (!g_sms) {
+        int dev;
+        CK(cudaGetDevice(&dev));
+        CK(cudaDeviceGetAttribute(&g_sms, cudaDevAttrMultiProcessorCount, dev));
+    }
+    const int groups = (a->N + WARPS - 1) / WARPS;
+    const int blocks = HM_MIN(groups, g_sms);
+    return launch_pdl(kern, dim3(blocks), dim3(WARPS * 32), smem, s, (const WT *)a->W, a->w_scale, a->N, a->K, a->x,
+                      a->ldx, a->in_mode, a->norm_scale, a->eps, a->y, a->ldy, a->accumulate, a->out_swiglu, KC, NS);
 }
 
 /* Variants (U, KS, DB) timed by gpu_lm bench; 0 = auto choice by shape. */
@@ -300,11 +482,12 @@ template <typename WT, int R>
 int launch_variant(const hmc_gemv_args *a, cudaStream_t s)
 {
     constexpr int E = wtraits<WT>::E;
-    int v = a->variant;
+    int v = a->variant ? a->variant : g_force_variant;
     if (v == 0) {
         /* auto: enough warps per row pair that each lane has at most ~2 steps of 8 words */
         const int KW = a->K / E;
-        v = KW <= 512 ? 1 : 5; /* measured on H200 (docs/PERF.md): K 3072 bf16 -> 1, K 8192 -> 5 */
+        /* measured on H200 (docs/PERF.md): K 3072 bf16: N <= 6144 -> 4, wider -> 1; K 8192 -> 5 */
+        v = KW > 512 ? 5 : a->N <= 6144 ? 4 : 1;
     }
     switch (v) {
     case 1: return launch<WT, R, 4, 1, true>(a, s);
@@ -313,6 +496,7 @@ int launch_variant(const hmc_gemv_args *a, cudaStream_t s)
     case 4: return launch<WT, R, 8, 2, false>(a, s);
     case 5: return launch<WT, R, 4, 4, true>(a, s);
     case 6: return launch<WT, R, 8, 4, false>(a, s);
+    case 7: return launch_bulk<WT, R>(a, s);
     default: return hm_err("%s:%d: gemv: unknown variant %d", __FILE__, __LINE__, v);
     }
 }
@@ -353,6 +537,7 @@ extern "C" int hmc_quantize_fp8(const void *W, int N, int K, void *W8, float *sc
 }
 
 extern "C" void hmc_gemv_set_blocks_per_sm(int n) { g_bps = n > 0 ? n : 1; }
+extern "C" void hmc_gemv_force_variant(int v) { g_force_variant = v; }
 
 extern "C" size_t hmc_dtype_size(hmc_dtype t)
 {
@@ -368,6 +553,8 @@ extern "C" int hmc_gemv(const hmc_gemv_args *a, cudaStream_t s)
         return hm_err("%s:%d: gemv: x and norm_scale must be 16-byte aligned, ldx a multiple of 4", __FILE__, __LINE__);
     if ((size_t)a->rows * a->K * 4 > 200 * 1024)
         return hm_err("%s:%d: gemv: rows*K %d*%d too large for shared memory", __FILE__, __LINE__, a->rows, a->K);
+    if (a->out_swiglu && (a->N % 2 || a->accumulate))
+        return hm_err("%s:%d: gemv: swiglu output needs an even N and no accumulate", __FILE__, __LINE__);
     if (a->wdt == HMC_FP8 && !a->w_scale) return hm_err("%s:%d: gemv: fp8 needs w_scale", __FILE__, __LINE__);
     switch (a->wdt) {
     case HMC_BF16: return dispatch_rows<__nv_bfloat16>(a, s);

@@ -1,6 +1,7 @@
 /* lm_cuda.cu - the HeartMuLa language model engine on CUDA (see lm_cuda.h, MODEL.md §2).
- * Weights: q/k/v and w1/w3 are concatenated at load so a layer's decode step is 4 GEMVs
- * (qkv, o, w13, w2) with RMSNorm and SwiGLU fused into the GEMV input; audio_head is stored
+ * Weights: q/k/v are concatenated and w1/w3 interleaved row by row at load, so a layer's decode
+ * step is 4 GEMVs (qkv, o, w1|w3, w2) with RMSNorm fused into the GEMV input and SwiGLU into the
+ * w1|w3 output (gate and up rows land in the same warp); audio_head is stored
  * transposed ([nc-1][Va][Dd]) so every head is a plain [out, in] GEMV.  The residual stream is
  * fp32; decode uses the GEMV kernel, prefill cuBLASLt. */
 #include "common_cuda.h"
@@ -161,7 +162,7 @@ void xfm_free(xfm *X)
 /* Fetch tensors `names` (each [rows_i, cols]) and upload them stacked as one [Σ rows, cols]
  * matrix of type t.  transpose3: the tensor is [n, cols_in, rows] and is stored as [n][rows][cols_in]. */
 int upload_stacked(st_file *f, const char *const *names, const int64_t *rows, int n, int64_t cols, hmc_dtype t,
-                   void **out)
+                   void **out, int interleave = 0)
 {
     int64_t total = 0;
     for (int i = 0; i < n; i++) total += rows[i];
@@ -177,6 +178,16 @@ int upload_stacked(st_file *f, const char *const *names, const int64_t *rows, in
         off += rows[i];
     }
     size_t ne = (size_t)(total * cols);
+    if (interleave) { /* two equal blocks of rows A, B -> A0 B0 A1 B1 ... */
+        float *il = (float *)hm_malloc(sizeof(float) * ne);
+        const int64_t half = total / 2;
+        for (int64_t i = 0; i < half; i++) {
+            memcpy(il + (2 * i) * cols, h + i * cols, sizeof(float) * cols);
+            memcpy(il + (2 * i + 1) * cols, h + (half + i) * cols, sizeof(float) * cols);
+        }
+        free(h);
+        h = il;
+    }
     void *hb = h;
     uint16_t *b16 = nullptr;
     if (t == HMC_BF16) {
@@ -226,7 +237,7 @@ int load_xfm(st_file *f, const char *pfx, xfm *X, hmc_dtype t)
         snprintf(n[1], sizeof n[1], "%s.layers.%d.mlp.w3.weight", pfx, l);
         const char *w13[2] = {n[0], n[1]};
         int64_t r13[2] = {X->I, X->I};
-        CKH(upload_stacked(f, w13, r13, 2, X->D, t, &L->w13));
+        CKH(upload_stacked(f, w13, r13, 2, X->D, t, &L->w13, 1)); /* gate/up rows interleaved */
         snprintf(n[0], sizeof n[0], "%s.layers.%d.mlp.w2.weight", pfx, l);
         CKH(upload1(f, n[0], X->D, X->I, t, &L->w2));
         snprintf(n[0], sizeof n[0], "%s.layers.%d.sa_norm.scale", pfx, l);
@@ -357,16 +368,16 @@ int layer_fwd(lm_cuda_req *r, const xfm *X, int l, scratch *s, int B, int T, con
         hmc_gemv_args g = {L->wo, t, D, HD, nullptr, s->att, HD, R, HMC_IN_PLAIN, nullptr, 0.0f, s->x, D, 1};
         OP(r, P_BB_O + c0, (double)D * HD * ws, hmc_gemv(&g, st));
         hmc_gemv_args g13 = {L->w13, t, 2 * I, D, nullptr, s->x, D, R, HMC_IN_RMSNORM, L->mlp_norm, eps,
-                             s->gu, 2 * I, 0};
+                             s->gu, I, 0, 0, 1};
         OP(r, P_BB_W13 + c0, (double)2 * I * D * ws, hmc_gemv(&g13, st));
-        hmc_gemv_args g2 = {L->w2, t, D, I, nullptr, s->gu, 2 * I, R, HMC_IN_SWIGLU, nullptr, 0.0f, s->x, D, 1};
+        hmc_gemv_args g2 = {L->w2, t, D, I, nullptr, s->gu, I, R, HMC_IN_PLAIN, nullptr, 0.0f, s->x, D, 1};
         OP(r, P_BB_W2 + c0, (double)D * I * ws, hmc_gemv(&g2, st));
     } else {
         CKH(hmc_convert(s->att, s->xn, t, (size_t)R * HD, st));
         CKH(hmc_gemm(s->xn, L->wo, t, s->x, R, D, HD, 1, st));
         CKH(hmc_rmsnorm(s->x, L->mlp_norm, s->xn, t, R, D, eps, st));
         CKH(hmc_gemm(s->xn, L->w13, t, s->gu, R, 2 * I, D, 0, st));
-        CKH(hmc_silu_mul(s->gu, s->xn, t, R, I, st));
+        CKH(hmc_silu_mul(s->gu, s->xn, t, R, I, 1, st));
         CKH(hmc_gemm(s->xn, L->w2, t, s->x, R, D, I, 1, st));
     }
     return HM_OK;

@@ -25,12 +25,12 @@ __global__ void rmsnorm_kernel(const float *__restrict__ x, const float *__restr
 }
 
 template <typename YT>
-__global__ void silu_mul_kernel(const float *__restrict__ gu, YT *__restrict__ y, int I)
+__global__ void silu_mul_kernel(const float *__restrict__ gu, YT *__restrict__ y, int I, int il)
 {
     const float *g = gu + (size_t)blockIdx.y * 2 * I;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < I; i += gridDim.x * blockDim.x) {
-        float a = g[i];
-        hmc_st(y + (size_t)blockIdx.y * I + i, a / (1.0f + __expf(-a)) * g[I + i]);
+        float a = il ? g[2 * i] : g[i], u = il ? g[2 * i + 1] : g[I + i];
+        hmc_st(y + (size_t)blockIdx.y * I + i, a / (1.0f + __expf(-a)) * u);
     }
 }
 
@@ -89,12 +89,12 @@ extern "C" int hmc_rmsnorm(const float *x, const float *scale, void *y, hmc_dtyp
     return hm_err("%s:%d: rmsnorm: bad output dtype", __FILE__, __LINE__);
 }
 
-extern "C" int hmc_silu_mul(const float *gu, void *y, hmc_dtype yt, int M, int I, cudaStream_t s)
+extern "C" int hmc_silu_mul(const float *gu, void *y, hmc_dtype yt, int M, int I, int il, cudaStream_t s)
 {
     if (M <= 0) return HM_OK;
     dim3 grid((I + 255) / 256, M);
-    if (yt == HMC_BF16) silu_mul_kernel<<<grid, 256, 0, s>>>(gu, (__nv_bfloat16 *)y, I);
-    else if (yt == HMC_F32) silu_mul_kernel<<<grid, 256, 0, s>>>(gu, (float *)y, I);
+    if (yt == HMC_BF16) silu_mul_kernel<<<grid, 256, 0, s>>>(gu, (__nv_bfloat16 *)y, I, il);
+    else if (yt == HMC_F32) silu_mul_kernel<<<grid, 256, 0, s>>>(gu, (float *)y, I, il);
     else return hm_err("%s:%d: silu_mul: bad output dtype", __FILE__, __LINE__);
     CK_LAUNCH();
     return HM_OK;

@@ -4,7 +4,9 @@
  * activations handed between ops are fp32 unless a field says otherwise; all accumulation, norms,
  * rotary angles and softmax are fp32.  Every entry only enqueues work on `stream` (no host sync,
  * graph-capturable) and returns HM_OK, or HM_ERR with "file:line: ..." for a bad argument or a
- * failed launch.  Pointers are device pointers unless named host_*. */
+ * failed launch.  Pointers are device pointers unless named host_*.  The launchers keep small
+ * per-kernel caches (shared-memory attribute, occupancy, cuBLASLt plans): call them from one
+ * thread at a time. */
 #ifndef HM_OPS_CUDA_H
 #define HM_OPS_CUDA_H
 
@@ -32,11 +34,15 @@ typedef struct {
     int in_mode; const float *norm_scale; float eps;
     float *y; int ldy; int accumulate; /* 1: y += result (residual add) */
     int variant;                       /* 0: auto; 1..HMC_GEMV_VARIANTS: a fixed kernel shape (benchmarks) */
+    int out_swiglu;                    /* 1: W rows interleave gate/up (w1 row i = 2i, w3 row i = 2i+1);
+                                          y[r, i] = silu(gate_i) · up_i, N/2 outputs (no accumulate) */
 } hmc_gemv_args;
-#define HMC_GEMV_VARIANTS 6
+#define HMC_GEMV_VARIANTS 7
 /* Cap on resident GEMV blocks per SM (default 2; 1 would leave room for the next op's blocks to
  * prefetch under programmatic dependent launch, but measured slower).  Benchmark knob. */
 void hmc_gemv_set_blocks_per_sm(int n);
+/* Use kernel variant v for every auto call (0: back to the auto choice).  Benchmark knob. */
+void hmc_gemv_force_variant(int v);
 int hmc_gemv(const hmc_gemv_args *a, cudaStream_t stream);
 
 /* Quantize a bf16 weight [N, K] to fp8 e4m3 with one fp32 scale per output row
@@ -54,8 +60,9 @@ void hmc_gemm_shutdown(void);
 /* y[M, D] (type yt) = RMSNorm(x[M, D]) · scale (scale fp32 [D]). */
 int hmc_rmsnorm(const float *x, const float *scale, void *y, hmc_dtype yt, int M, int D, float eps,
                 cudaStream_t stream);
-/* y[M, I] (type yt) = silu(gu[m, i]) · gu[m, I + i]  (gu rows 2I wide: gate then up). */
-int hmc_silu_mul(const float *gu, void *y, hmc_dtype yt, int M, int I, cudaStream_t stream);
+/* y[M, I] (type yt) = silu(gate_i) · up_i of gu rows 2I wide: gate then up (interleaved 0), or
+ * gate_i, up_i at columns 2i, 2i+1 (interleaved 1, the engine's w1|w3 layout). */
+int hmc_silu_mul(const float *gu, void *y, hmc_dtype yt, int M, int I, int interleaved, cudaStream_t stream);
 /* y[n] (type yt) = x[n] (fp32) converted. */
 int hmc_convert(const float *x, void *y, hmc_dtype yt, size_t n, cudaStream_t stream);
 /* Fill n values of type t with a seeded uniform(-scale, scale) draw (random benchmark weights,

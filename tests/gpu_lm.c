@@ -225,7 +225,7 @@ static double time_gemv(hmc_gemv_args *a, void **w, float **sc, int copies, cuda
     return ms * 1e3 / reps; /* us per call */
 }
 
-static void gemv_bench(const char *name, int N, int K, int mode, double copy_bw)
+static void gemv_bench(const char *name, int N, int K, int mode, int oswi, double copy_bw)
 {
     const int copies = (int)HM_MAX(2, (200u << 20) / ((size_t)N * K * 2) + 1), rows = 2;
     void **wb = hm_malloc(sizeof(void *) * copies), **w8 = hm_malloc(sizeof(void *) * copies);
@@ -251,13 +251,13 @@ static void gemv_bench(const char *name, int N, int K, int mode, double copy_bw)
     const double mb = (double)N * K * 2;
     printf("gemv %-10s N=%5d K=%5d bf16 by variant (GB/s):", name, N, K);
     for (int v = 1; v <= HMC_GEMV_VARIANTS; v++) {
-        hmc_gemv_args a = {NULL, HMC_BF16, N, K, NULL, x, xw, rows, mode, ns, 1e-5f, y, N, 0, v};
+        hmc_gemv_args a = {NULL, HMC_BF16, N, K, NULL, x, xw, rows, mode, ns, 1e-5f, y, oswi ? N / 2 : N, 0, v, oswi};
         printf(" %d:%.0f", v, mb / time_gemv(&a, wb, NULL, copies, st) / 1e3);
     }
     printf("\n");
-    hmc_gemv_args a = {NULL, HMC_BF16, N, K, NULL, x, xw, rows, mode, ns, 1e-5f, y, N, 0, 0};
+    hmc_gemv_args a = {NULL, HMC_BF16, N, K, NULL, x, xw, rows, mode, ns, 1e-5f, y, oswi ? N / 2 : N, 0, 0, oswi};
     double ub = time_gemv(&a, wb, NULL, copies, st);
-    hmc_gemv_args a8 = {NULL, HMC_FP8, N, K, NULL, x, xw, rows, mode, ns, 1e-5f, y8, N, 0, 0};
+    hmc_gemv_args a8 = {NULL, HMC_FP8, N, K, NULL, x, xw, rows, mode, ns, 1e-5f, y8, oswi ? N / 2 : N, 0, 0, oswi};
     double u8 = time_gemv(&a8, w8, sc, copies, st);
     a.W = wb[0], a8.W = w8[0], a8.w_scale = sc[0];
     OK(hmc_gemv(&a, st));
@@ -266,8 +266,9 @@ static void gemv_bench(const char *name, int N, int K, int mode, double copy_bw)
     float *hy = hm_malloc(sizeof(float) * rows * N), *hy8 = hm_malloc(sizeof(float) * rows * N);
     CU(cudaMemcpy(hy, y, sizeof(float) * rows * N, cudaMemcpyDeviceToHost));
     CU(cudaMemcpy(hy8, y8, sizeof(float) * rows * N, cudaMemcpyDeviceToHost));
+    const int nout = oswi ? N / 2 : N; /* outputs compared */
     printf("| gemv %s | %d x %d | %.1f | %.0f | %.0f%% | %.1f | %.0f | %.2e |\n", name, N, K, ub, mb / ub / 1e3,
-           100.0 * mb / ub / 1e3 * 1e9 / copy_bw, u8, mb / 2 / u8 / 1e3, rel_l2(hy8, hy, rows * N));
+           100.0 * mb / ub / 1e3 * 1e9 / copy_bw, u8, mb / 2 / u8 / 1e3, rel_l2(hy8, hy, rows * nout));
     for (int i = 0; i < copies; i++) cudaFree(wb[i]), cudaFree(w8[i]), cudaFree(sc[i]);
     cudaFree(x), cudaFree(ns), cudaFree(y), cudaFree(y8);
     cudaStreamDestroy(st);
@@ -330,11 +331,11 @@ static int bench(void)
         printf("gemv blocks/SM %d:\n", bps);
     printf("| GEMV (B=2 rows) | N x K | bf16 us | bf16 GB/s | of copy | fp8 us | fp8 GB/s | fp8 vs bf16 rel L2 |\n"
            "|---|---|---|---|---|---|---|---|\n");
-    gemv_bench("qkv", 5120, 3072, HMC_IN_RMSNORM, bw);
-    gemv_bench("o", 3072, 3072, HMC_IN_PLAIN, bw);
-    gemv_bench("w1|w3", 16384, 3072, HMC_IN_RMSNORM, bw);
-    gemv_bench("w2", 3072, 8192, HMC_IN_SWIGLU, bw);
-    gemv_bench("audio head", 8197, 3072, HMC_IN_RMSNORM, bw);
+    gemv_bench("qkv", 5120, 3072, HMC_IN_RMSNORM, 0, bw);
+    gemv_bench("o", 3072, 3072, HMC_IN_PLAIN, 0, bw);
+    gemv_bench("w1|w3", 16384, 3072, HMC_IN_RMSNORM, 1, bw);
+    gemv_bench("w2", 3072, 8192, HMC_IN_PLAIN, 0, bw);
+    gemv_bench("audio head", 8197, 3072, HMC_IN_RMSNORM, 0, bw);
     }
 
     hm_lm_config cfg;
@@ -355,13 +356,15 @@ static int bench(void)
     OK(lm_cuda_req_new(m, 2, 8192, &r));
     /* variations of a whole frame (graph): a fresh request per setting (graphs are recorded once):
      * GEMV blocks per SM 1, then with pieces left out (their in-graph cost is the difference) */
-    struct { int bps; unsigned skip; const char *what; } var[] = {
-        {1, 0, "GEMV 1 block/SM"}, {2, 0, "as shipped"}, {2, LM_CUDA_SKIP_ATTN, "without rope+attention"},
+    struct { int bps; unsigned skip; const char *what; int variant; } var[] = {
+        {1, 0, "GEMV 1 block/SM"}, {2, 0, "as shipped"}, {2, 0, "all GEMVs variant 7 (bulk)", 7},
+        {2, 0, "all GEMVs variant 1", 1}, {2, 0, "all GEMVs variant 4", 4}, {2, LM_CUDA_SKIP_ATTN, "without rope+attention"},
         {2, LM_CUDA_SKIP_SAMPLE, "without sampling"}, {2, LM_CUDA_SKIP_BB_GEMV, "without backbone GEMVs"},
         {2, LM_CUDA_SKIP_DEC_GEMV, "without decoder/head GEMVs"},
         {2, LM_CUDA_SKIP_BB_GEMV | LM_CUDA_SKIP_DEC_GEMV, "without any GEMV"}};
     for (int vi = 0; vi < (int)(sizeof var / sizeof var[0]); vi++) {
         hmc_gemv_set_blocks_per_sm(var[vi].bps);
+        hmc_gemv_force_variant(var[vi].variant);
         lm_cuda_set_skip(m, var[vi].skip);
         lm_cuda_req *rb;
         int32_t t1[9] = {0, 0, 0, 0, 0, 0, 0, 0, 5};
@@ -373,6 +376,7 @@ static int bench(void)
         lm_cuda_req_free(rb);
     }
     hmc_gemv_set_blocks_per_sm(2);
+    hmc_gemv_force_variant(0);
     lm_cuda_set_skip(m, 0);
     const int nc = 8, S0 = 200, S1 = 3800;
     int32_t *tok = hm_calloc((size_t)S1 * (nc + 1), sizeof(int32_t));
@@ -440,6 +444,26 @@ int main(int argc, char **argv)
     CU(cudaSetDevice(0));
     if (argc >= 5 && !strcmp(argv[1], "fixture")) return fixture(argv[2], argv[3], argv[4]);
     if (argc >= 2 && !strcmp(argv[1], "bench")) return bench();
+    if (argc >= 5 && !strcmp(argv[1], "gemv")) { /* one shape, 20 plain launches (for ncu) */
+        int N = atoi(argv[2]), K = atoi(argv[3]), v = atoi(argv[4]);
+        void *w[4];
+        float *x, *ns, *y;
+        for (int c = 0; c < 4; c++) {
+            CU(cudaMalloc(&w[c], (size_t)N * K * 2));
+            OK(hmc_fill_random(w[c], HMC_BF16, (size_t)N * K, 9 + c, 0.02f, 0));
+        }
+        CU(cudaMalloc((void **)&x, sizeof(float) * 2 * K));
+        CU(cudaMalloc((void **)&ns, sizeof(float) * K));
+        CU(cudaMalloc((void **)&y, sizeof(float) * 2 * N));
+        OK(hmc_fill_random(x, HMC_F32, 2 * K, 5, 2.0f, 0));
+        OK(hmc_fill_random(ns, HMC_F32, K, 6, 1.0f, 0));
+        for (int i = 0; i < 20; i++) {
+            hmc_gemv_args a = {w[i % 4], HMC_BF16, N, K, NULL, x, K, 2, HMC_IN_RMSNORM, ns, 1e-5f, y, N, 0, v, 0};
+            OK(hmc_gemv(&a, 0));
+        }
+        CU(cudaDeviceSynchronize());
+        return 0;
+    }
     fprintf(stderr, "usage: gpu_lm fixture MODEL_DIR CASE bf16|f32 | gpu_lm bench\n");
     return 2;
 }

@@ -170,6 +170,38 @@ static void check_gemv(int N, int K, int rows, int mode, hmc_dtype t, int acc)
     check_gemv_v(N, K, rows, mode, t, acc, 0);
 }
 
+/* w1|w3 rows interleaved, SwiGLU product written directly: y[r, i] = silu(row 2i) · row 2i+1 */
+static void check_gemv_swiglu_out(int N, int K, int rows, hmc_dtype t, int variant)
+{
+    float *W = rvec((size_t)N * K, t == HMC_FP8 ? 400.0f : 1.0f / sqrtf((float)K));
+    float *x = rvec((size_t)rows * K, 2.0f), *scale = rvec(K, 1.0f), *ws = NULL, *ws_d = NULL;
+    void *Wd = to_dev(W, (size_t)N * K, t);
+    if (t == HMC_FP8) {
+        ws = hm_malloc(sizeof(float) * N);
+        for (int n = 0; n < N; n++) ws[n] = (0.5f + 0.25f * urand()) / (400.0f * sqrtf((float)K));
+        ws_d = dev_f32(ws, N);
+        for (int n = 0; n < N; n++)
+            for (int k = 0; k < K; k++) W[(size_t)n * K + k] *= ws[n];
+    }
+    float *xd = dev_f32(x, (size_t)rows * K), *sd = dev_f32(scale, K), *yd = dev_poison((size_t)rows * N / 2);
+    hmc_gemv_args a = {Wd, t, N, K, ws_d, xd, K, rows, HMC_IN_RMSNORM, sd, 1e-5f, yd, N / 2, 0, variant, 1};
+    OK(hmc_gemv(&a, 0));
+    float *g = from_dev(yd, (size_t)rows * N / 2);
+    float *in = hm_malloc(sizeof(float) * rows * K), *full = hm_malloc(sizeof(float) * rows * N);
+    float *ref = hm_malloc(sizeof(float) * rows * N / 2), *up = hm_malloc(sizeof(float) * N / 2);
+    cpu_rmsnorm(x, scale, in, rows, K, 1e-5f);
+    cpu_linear(in, W, NULL, full, rows, K, N);
+    for (int r = 0; r < rows; r++) {
+        for (int i = 0; i < N / 2; i++) ref[r * N / 2 + i] = full[(size_t)r * N + 2 * i], up[i] = full[(size_t)r * N + 2 * i + 1];
+        cpu_silu_mul(ref + (size_t)r * N / 2, up, N / 2);
+    }
+    char sh[96];
+    snprintf(sh, sizeof sh, "%s N=%d K=%d rows=%d rmsnorm->swiglu v%d", dtn(t), N, K, rows, variant);
+    report("gemv", sh, g, ref, (size_t)rows * N / 2, 1e-4);
+    cudaFree(Wd), cudaFree(xd), cudaFree(sd), cudaFree(yd), cudaFree(ws_d);
+    free(W), free(x), free(scale), free(ws), free(g), free(in), free(full), free(ref), free(up);
+}
+
 static void check_gemm(int M, int N, int K, hmc_dtype t, int acc)
 {
     float *W = rvec((size_t)N * K, 1.0f / sqrtf((float)K)), *x = rvec((size_t)M * K, 1.0f);
@@ -202,13 +234,25 @@ static void check_rmsnorm_silu(int M, int D)
     /* silu_mul over rows of [gate | up], D/2 wide */
     int I = D / 2;
     float *gu = dev_poison((size_t)M * I);
-    OK(hmc_silu_mul(xd, gu, HMC_F32, M, I, 0));
+    OK(hmc_silu_mul(xd, gu, HMC_F32, M, I, 0, 0));
     g = from_dev(gu, (size_t)M * I);
     for (int m = 0; m < M; m++) {
         memcpy(ref + (size_t)m * I, x + (size_t)m * D, sizeof(float) * I);
         cpu_silu_mul(ref + (size_t)m * I, x + (size_t)m * D + I, I);
     }
     snprintf(sh, sizeof sh, "f32 M=%d I=%d", M, I);
+    report("silu_mul", sh, g, ref, (size_t)M * I, 1e-5);
+    /* interleaved gate/up columns */
+    free(g);
+    OK(hmc_silu_mul(xd, gu, HMC_F32, M, I, 1, 0));
+    g = from_dev(gu, (size_t)M * I);
+    float *up = hm_malloc(sizeof(float) * I);
+    for (int m = 0; m < M; m++) {
+        for (int i = 0; i < I; i++) ref[(size_t)m * I + i] = x[(size_t)m * D + 2 * i], up[i] = x[(size_t)m * D + 2 * i + 1];
+        cpu_silu_mul(ref + (size_t)m * I, up, I);
+    }
+    free(up);
+    snprintf(sh, sizeof sh, "f32 M=%d I=%d interleaved", M, I);
     report("silu_mul", sh, g, ref, (size_t)M * I, 1e-5);
     cudaFree(xd), cudaFree(sd), cudaFree(yd), cudaFree(gu);
     free(x), free(sc), free(ref), free(g);
@@ -460,6 +504,11 @@ int main(int argc, char **argv)
         check_gemv_v(3072, 8192, 1, HMC_IN_SWIGLU, HMC_BF16, 0, v);
         check_gemv_v(1000, 3072, 4, HMC_IN_RMSNORM, HMC_FP8, 0, v);
     }
+    check_gemv_swiglu_out(16384, 3072, 2, HMC_BF16, 0);
+    check_gemv_swiglu_out(16384, 3072, 4, HMC_BF16, 0);
+    check_gemv_swiglu_out(192, 64, 1, HMC_F32, 0);
+    check_gemv_swiglu_out(4096, 3072, 2, HMC_FP8, 0);
+    for (int v = 1; v <= HMC_GEMV_VARIANTS; v++) check_gemv_swiglu_out(1000, 128, 3, HMC_BF16, v);
     check_gemv(5120, 3072, 2, HMC_IN_RMSNORM, HMC_F32, 0);
     check_gemv(64, 128, 4, HMC_IN_SWIGLU, HMC_F32, 1);
     check_gemv(3072, 8192, 2, HMC_IN_SWIGLU, HMC_FP8, 1);

@@ -324,7 +324,9 @@ static void test_reject_params(void **st)
     msgpack_pack_map(&m.pk, 1);
     mp_str(&m, "lyrics");
     mp_str(&m, big);
-    expect_reject(&m, "longer than 4096");
+    char want[64];
+    snprintf(want, sizeof want, "longer than %u", DESC_MAX_STR);
+    expect_reject(&m, want);
     free(big);
 
     mp_header(&m, 1, DESC_REQUEST, 1);

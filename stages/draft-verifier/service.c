@@ -32,7 +32,7 @@ typedef struct {
     int used;
     uint64_t req;
     desc_t params;          /* the request's parameters (type DESC_NONE: a parameter bag) */
-    char reply[DESC_MAX_STR + 1];
+    char reply[DESC_MAX_ENDPOINT + 1];
     int mode;
     int32_t *rows;          /* prompt [S, ncb+1] */
     int S, muq_index;

@@ -30,7 +30,7 @@ typedef struct {
     int used;
     uint64_t req;
     desc_t params;
-    char reply[DESC_MAX_STR + 1];
+    char reply[DESC_MAX_ENDPOINT + 1];
     int32_t *frames;        /* [cap, ncb] frame-major, as they arrive */
     int n, cap, final;
     int windows_done;
@@ -50,6 +50,7 @@ typedef struct {
     fm_req reqs[FM_MAX_REQUESTS];
     float *lat;             /* [744, C] */
     int32_t *win;           /* [ncb, 372] */
+    int turn;               /* the request slot whose turn it is for a window */
 } fm_service;
 
 static fm_req *find_req(fm_service *s, uint64_t req)
@@ -86,50 +87,59 @@ static int send_voc(fm_service *s, fm_req *r, desc_t *d)
     return rc == HM_OK ? HM_OK : hm_err("cannot reach the vocoder");
 }
 
-/* Run every window that is ready; on the final FRAMES also send the end marker. */
+/* Run the next window that is ready, if the vocoder has a free slot for it (never wait for one
+ * here: the loop must stay responsive); on the final FRAMES, once every window went out, send the
+ * end marker.  The stage's timer calls this again for every song with work left. */
 static void advance(fm_service *s, fm_req *r)
 {
     int ready = codec_plan_windows_ready(r->n, r->final);
-    if (ready <= r->windows_done && !r->final) return;
-    codec_plan plan;
-    if (codec_plan_make(r->n, s->sample_rate, &plan)) return fail_req(s, r, hm_errmsg());
-    /* codes [ncb, n] as the plan wants them; windows wholly inside the known codes do not
-     * depend on the final length, so this plan serves them before the song ends */
-    int32_t *cm = hm_malloc((size_t)r->n * s->ncb * sizeof *cm);
-    for (int f = 0; f < r->n; f++)
-        for (int q = 0; q < s->ncb; q++) cm[(size_t)q * r->n + f] = r->frames[(size_t)f * s->ncb + q];
-    for (int k = r->windows_done; k < ready; k++) {
+    if (r->windows_done < ready && pool_free_slots(s->pool) > 0) {
+        codec_plan plan;
+        if (codec_plan_make(r->n, s->sample_rate, &plan)) return fail_req(s, r, hm_errmsg());
+        /* codes [ncb, n] as the plan wants them; a window wholly inside the known codes does not
+         * depend on the final length, so this plan serves it before the song ends */
+        int32_t *cm = hm_malloc((size_t)r->n * s->ncb * sizeof *cm);
+        for (int f = 0; f < r->n; f++)
+            for (int q = 0; q < s->ncb; q++) cm[(size_t)q * r->n + f] = r->frames[(size_t)f * s->ncb + q];
+        int k = r->windows_done;
         codec_plan_window_codes(&plan, cm, s->ncb, k, s->win);
+        free(cm);
+        uint32_t slot;
+        if (pool_acquire(s->pool, 0, &slot)) return;
+        float *lat = pool_slot_ptr(s->pool, slot);
         double t0 = hm_now();
-        if (fm_window(s->model, s->win, k ? r->prev : NULL, r->noise, k, r->steps, r->guidance, s->lat)) {
-            free(cm);
+        HM_NVTX_PUSH("fm_window");
+        int rc = fm_window(s->model, s->win, k ? r->prev : NULL, r->noise, k, r->steps, r->guidance, lat);
+        HM_NVTX_POP();
+        if (rc) {
+            pool_cancel(s->pool, slot);
             return fail_req(s, r, hm_errmsg());
         }
         stage_stat_time(s->st, "window", hm_now() - t0);
-        memcpy(r->prev, s->lat, (size_t)CODEC_WIN_FRAMES * s->C * sizeof(float));
-        uint32_t slot;
-        if (pool_acquire(s->pool, 60000, &slot)) {
-            free(cm);
-            return fail_req(s, r, "the vocoder is not taking latents");
-        }
-        memcpy(pool_slot_ptr(s->pool, slot), s->lat, (size_t)CODEC_WIN_FRAMES * s->C * sizeof(float));
+        memcpy(r->prev, lat, (size_t)CODEC_WIN_FRAMES * s->C * sizeof(float));
         desc_t d;
         desc_init(&d, DESC_LATENTS, r->req, (uint64_t)k);
         uint64_t shape[2] = {CODEC_WIN_FRAMES, (uint64_t)s->C};
         hm_service_copy_params(&d, &r->params, NULL, 0);
         desc_set_i64(&d, "window", k);
         if (r->final) desc_set_i64(&d, "out_len", (int64_t)plan.out_len);
-        int rc = pool_fill_desc(s->pool, slot, 0, DESC_DT_F32, 2, shape, &d) || send_voc(s, r, &d);
+        rc = pool_fill_desc(s->pool, slot, 0, DESC_DT_F32, 2, shape, &d) || send_voc(s, r, &d);
         desc_free(&d);
         if (rc) {
             pool_cancel(s->pool, slot);
-            free(cm);
             return fail_req(s, r, hm_errmsg());
         }
         r->windows_done = k + 1;
+        desc_t pr;
+        desc_init(&pr, DESC_REPLY, r->req, (uint64_t)k);
+        desc_set_str(&pr, "stage", "flow-matching");
+        desc_set_i64(&pr, "window", k);
+        tp_send_url(r->reply, &pr); /* progress is best effort */
+        desc_free(&pr);
     }
-    free(cm);
-    if (r->final) {
+    if (r->final && r->windows_done >= ready) {
+        codec_plan plan;
+        if (codec_plan_make(r->n, s->sample_rate, &plan)) return fail_req(s, r, hm_errmsg());
         desc_t d;
         desc_init(&d, DESC_LATENTS, r->req, (uint64_t)plan.n_windows);
         hm_service_copy_params(&d, &r->params, NULL, 0);
@@ -148,6 +158,11 @@ static void on_frames(fm_service *s, const desc_t *in)
 {
     const char *reply = "";
     fm_req *r = find_req(s, in->req_id);
+    if (r && desc_i64_or(in, "first", -1) == 0 && in->buf.kind != DESC_BUF_NONE) {
+        LOG_WARN("request %llx started again: dropping its %d codes", (unsigned long long)r->req, r->n);
+        drop_req(r); /* the song was restarted upstream (a retried request) */
+        r = NULL;
+    }
     if (r) reply = r->reply;
     else if (desc_get_str(in, "reply", &reply)) {
         LOG_WARN("frames for %llx without a reply endpoint: dropped", (unsigned long long)in->req_id);
@@ -217,7 +232,6 @@ static void on_frames(fm_service *s, const desc_t *in)
         r->final = 1;
         if (r->n < 1) return fail_req(s, r, "the song has no codes");
     }
-    advance(s, r);
 }
 
 static int fm_on_msg(stage_t *st, int sock, const tp_peer_t *from, desc_t *in, void *user)
@@ -229,16 +243,28 @@ static int fm_on_msg(stage_t *st, int sock, const tp_peer_t *from, desc_t *in, v
     return HM_OK;
 }
 
+/* Songs take turns, one window per timer turn, so the loop answers control messages and takes
+ * new frames between windows. */
 static void fm_tick(stage_t *st, void *user)
 {
     fm_service *s = user;
     double now = hm_now();
     (void)st;
-    for (int i = 0; i < FM_MAX_REQUESTS; i++)
-        if (s->reqs[i].used && now - s->reqs[i].last_used > FM_IDLE_FREE_S) {
-            LOG_WARN("request %llx idle for %.0f s: dropped", (unsigned long long)s->reqs[i].req, now - s->reqs[i].last_used);
-            drop_req(&s->reqs[i]);
+    for (int j = 0; j < FM_MAX_REQUESTS; j++) {
+        fm_req *r = &s->reqs[(s->turn + j) % FM_MAX_REQUESTS];
+        if (!r->used) continue;
+        if (now - r->last_used > FM_IDLE_FREE_S) {
+            LOG_WARN("request %llx idle for %.0f s: dropped", (unsigned long long)r->req, now - r->last_used);
+            drop_req(r);
+            continue;
         }
+        int before = r->windows_done;
+        advance(s, r);
+        if (r->used && r->windows_done != before) {
+            s->turn = (s->turn + j + 1) % FM_MAX_REQUESTS;
+            return;
+        }
+    }
 }
 
 void fm_service_free(void *state)
@@ -285,5 +311,5 @@ int fm_service_setup(stage_t *st, const hm_pipeline_cfg *cfg, int replica, void 
     pool_set_lease(s->pool, 600.0); /* a CPU vocoder may hold a window for minutes */
     snprintf(url, sizeof url, "ipc://%s/flow-matching-%d.rel", cfg->run_dir, replica);
     if (pool_listen(s->pool, url) || stage_add_pool(st, s->pool)) return HM_ERR;
-    return stage_add_timer(st, 10.0, fm_tick, s);
+    return stage_add_timer(st, 0.05, fm_tick, s);
 }

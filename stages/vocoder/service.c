@@ -26,8 +26,8 @@
 typedef struct {
     int used;
     uint64_t req;
-    char reply[DESC_MAX_STR + 1];
-    char out[DESC_MAX_STR + 1];
+    char reply[DESC_MAX_ENDPOINT + 1];
+    char out[4096];
     audio_writer *w;
     xfade xf;
     int windows_done;
@@ -82,6 +82,11 @@ static void on_latents(voc_service *s, const desc_t *in)
         return;
     }
     int64_t k = desc_i64_or(in, "window", -1);
+    if (r && k == 0 && b->kind != DESC_BUF_NONE) {
+        LOG_WARN("request %llx started again: dropping its partial file", (unsigned long long)r->req);
+        drop_req(r); /* the song was restarted upstream (a retried request) */
+        r = NULL;
+    }
     if (!r) {
         if (b->kind == DESC_BUF_NONE || k != 0) {
             if (b->kind == DESC_BUF_SHM) pool_release(in);
@@ -134,6 +139,12 @@ static void on_latents(voc_service *s, const desc_t *in)
         if (rc || xfade_push(&r->xf, s->pcm, s->seg, audio_writer_sink, r->w)) return fail_req(s, r, hm_errmsg());
         stage_stat_time(s->st, "window", hm_now() - t0);
         r->windows_done++;
+        desc_t pr;
+        desc_init(&pr, DESC_REPLY, r->req, (uint64_t)k);
+        desc_set_str(&pr, "stage", "vocoder");
+        desc_set_i64(&pr, "window", k);
+        tp_send_url(r->reply, &pr); /* progress is best effort */
+        desc_free(&pr);
     }
     if (desc_i64_or(in, "final", 0)) {
         int64_t windows = desc_i64_or(in, "windows", -1);

@@ -203,14 +203,19 @@ static int health(const char *url, int timeout_ms)
     return rc;
 }
 
+/* A pipeline runs when its supervisor announced it ready and is alive, and its tokenizer (the
+ * entry, never busy for long) answers.  Other stages may be deep in a computation. */
 static int running(const hm_pipeline_cfg *c)
 {
     char ready[600];
     snprintf(ready, sizeof ready, "%s/ready", c->run_dir);
-    if (access(ready, F_OK) != 0) return 0;
-    for (int s = 0; s < HM_STAGE_COUNT; s++)
-        if (health(c->stage[s].control, 1000) != HM_OK) return 0;
-    return 1;
+    FILE *f = fopen(ready, "r");
+    if (!f) return 0;
+    int pid = 0;
+    int got = fscanf(f, "%d", &pid);
+    fclose(f);
+    if (got != 1 || pid <= 0 || kill(pid, 0) != 0) return 0;
+    return health(c->stage[HM_STAGE_TOKENIZER].control, 2000) == HM_OK;
 }
 
 static void bin_dir(char *buf, size_t cap)
@@ -354,10 +359,54 @@ static void progress(int tty, double t0, int64_t frames, int64_t max_frames, con
     fprintf(stderr, "\r\033[K%s: %lld frames | %.1f s audio | RTF %.2f | ETA <= %.0f s", what, (long long)frames, audio, rtf, eta);
 }
 
-static int wait_done(void *pull, const pipe_t *p, uint64_t req, int64_t max_frames, double timeout_s, const char *out)
+static int send_to(const char *url, const desc_t *d)
 {
-    int tty = isatty(2);
-    double t0 = hm_now(), last = t0;
+    tp_endpoint_t ep = {"request", url, TP_CONNECT, ZMQ_PUSH};
+    void *s;
+    if (tp_open(&ep, &s)) return HM_ERR;
+    int rc = TP_AGAIN;
+    for (int i = 0; i < 100 && rc == TP_AGAIN; i++) { /* ZMQ_IMMEDIATE: wait for the connection */
+        rc = tp_send(s, NULL, d, ZMQ_DONTWAIT);
+        if (rc == TP_AGAIN) usleep(20000);
+    }
+    tp_close(s);
+    if (rc == TP_AGAIN) return hm_err("cannot reach %s (is the pipeline running?)", url);
+    return rc;
+}
+
+/* The pid of every stage process serving request req (0 where the stage does not answer within
+ * timeout_ms, e.g. busy in a long computation). */
+static void stage_pids(const hm_pipeline_cfg *c, uint64_t req, int timeout_ms, int64_t pids[HM_STAGE_COUNT])
+{
+    for (int s = 0; s < HM_STAGE_COUNT; s++) {
+        int r = (int)(req % (uint64_t)c->stage[s].replicas);
+        char url[600];
+        if (r) snprintf(url, sizeof url, "%s-%d", c->stage[s].control, r);
+        else snprintf(url, sizeof url, "%s", c->stage[s].control);
+        desc_t q, a;
+        desc_init(&q, DESC_HEALTH, 0, 0);
+        pids[s] = 0;
+        if (tp_request(url, &q, &a, timeout_ms) == HM_OK) {
+            pids[s] = desc_i64_or(&a, "pid", 0);
+            desc_free(&a);
+        }
+        desc_free(&q);
+    }
+}
+
+/* Wait for the song.  When a stage serving it was restarted (its pid changed: whatever it held
+ * of this song is gone) the request is sent again with the same id: every stage treats a
+ * repeated request as a restart of that song, the output file is renamed into place only once,
+ * and the counter-based sampler makes the retried song identical.  A busy stage (no answer) is
+ * never taken for a dead one. */
+static int wait_done(void *pull, const pipe_t *p, const desc_t *req_desc, const char *url, int64_t max_frames, double timeout_s,
+                     const char *out)
+{
+    int tty = isatty(2), retries = 0;
+    uint64_t req = req_desc->req_id;
+    double t0 = hm_now(), last = t0, last_check = t0;
+    int64_t pids[HM_STAGE_COUNT], now_pids[HM_STAGE_COUNT];
+    stage_pids(&p->cfg, req, 1000, pids);
     for (;;) {
         if (g_interrupted) return hm_err("interrupted");
         zmq_pollitem_t it = {pull, 0, ZMQ_POLLIN, 0};
@@ -366,6 +415,21 @@ static int wait_done(void *pull, const pipe_t *p, uint64_t req, int64_t max_fram
         if (p->launcher > 0 && waitpid(p->launcher, NULL, WNOHANG) == p->launcher)
             return hm_err("the private pipeline stopped unexpectedly (log: %s)", p->log_path);
         if (hm_now() - last > timeout_s) return hm_err("no progress for %.0f s; is the pipeline stuck? (heartmula stats)", timeout_s);
+        if (hm_now() - last > 2.0 && hm_now() - last_check > 2.0) {
+            last_check = hm_now();
+            stage_pids(&p->cfg, req, 300, now_pids);
+            int restarted = -1;
+            for (int s = 0; s < HM_STAGE_COUNT; s++) {
+                if (now_pids[s] && pids[s] && now_pids[s] != pids[s]) restarted = s;
+                if (now_pids[s]) pids[s] = now_pids[s];
+            }
+            if (restarted >= 0) {
+                if (++retries > 5) return hm_err("stages restarted 5 times during this request; giving up (heartmula stats)");
+                LOG_WARN("%s was restarted: sending the request again", hm_stage_name(restarted));
+                if (send_to(url, req_desc)) LOG_WARN("%s", hm_errmsg());
+                last = hm_now();
+            }
+        }
         if (n <= 0) continue;
         desc_t d;
         int rc = tp_recv(pull, NULL, &d, ZMQ_DONTWAIT);
@@ -382,7 +446,7 @@ static int wait_done(void *pull, const pipe_t *p, uint64_t req, int64_t max_fram
             desc_free(&d);
             return HM_ERR;
         }
-        if (d.type == DESC_REPLY) progress(tty, t0, desc_i64_or(&d, "frames", 0), max_frames, "generating");
+        if (d.type == DESC_REPLY && desc_param(&d, "frames")) progress(tty, t0, desc_i64_or(&d, "frames", 0), max_frames, "generating");
         if (d.type == DESC_AUDIO_DONE) {
             if (tty) fprintf(stderr, "\r\033[K");
             int64_t frames = desc_i64_or(&d, "frames", 0), samples = desc_i64_or(&d, "samples", 0);
@@ -413,21 +477,6 @@ static void common_params(desc_t *d, const opts_t *o, const hm_pipeline_cfg *c, 
     const char *sf = o->sample_format ? o->sample_format : c->gen.sample_format;
     if (sf && *sf) desc_set_str(d, "sample_format", sf);
     desc_set_str(d, "reply", reply);
-}
-
-static int send_to(const char *url, const desc_t *d)
-{
-    tp_endpoint_t ep = {"request", url, TP_CONNECT, ZMQ_PUSH};
-    void *s;
-    if (tp_open(&ep, &s)) return HM_ERR;
-    int rc = TP_AGAIN;
-    for (int i = 0; i < 100 && rc == TP_AGAIN; i++) { /* ZMQ_IMMEDIATE: wait for the connection */
-        rc = tp_send(s, NULL, d, ZMQ_DONTWAIT);
-        if (rc == TP_AGAIN) usleep(20000);
-    }
-    tp_close(s);
-    if (rc == TP_AGAIN) return hm_err("cannot reach %s (is the pipeline running?)", url);
-    return rc;
 }
 
 static int cmd_song(const opts_t *o)
@@ -507,15 +556,15 @@ static int cmd_song(const opts_t *o)
     if (!rc) {
         common_params(&d, o, &p.cfg, out, reply);
         if (noise[0]) desc_set_str(&d, "noise_from", noise);
-        int stage = mode_detok ? HM_STAGE_FLOW_MATCHING : HM_STAGE_TOKENIZER;
-        char url[600];
-        hm_stage_endpoint(&p.cfg, stage, (int)(req % (uint64_t)p.cfg.stage[stage].replicas), url, sizeof url);
-        rc = send_to(url, &d);
     }
+    int stage = mode_detok ? HM_STAGE_FLOW_MATCHING : HM_STAGE_TOKENIZER;
+    char url[600];
+    hm_stage_endpoint(&p.cfg, stage, (int)(req % (uint64_t)p.cfg.stage[stage].replicas), url, sizeof url);
+    if (!rc) rc = send_to(url, &d);
     int64_t mf = desc_i64_or(&d, "max_frames", 0);
-    desc_free(&d);
     free(codes);
-    if (!rc) rc = wait_done(pull, &p, req, mode_detok ? T : mf, o->timeout_s, o->out);
+    if (!rc) rc = wait_done(pull, &p, &d, url, mode_detok ? T : mf, o->timeout_s, o->out);
+    desc_free(&d);
     if (pull) tp_close(pull);
     char sockpath[600];
     snprintf(sockpath, sizeof sockpath, "%s", reply + 6);
@@ -567,6 +616,17 @@ int main(int argc, char **argv)
     if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help"))) {
         usage(stdout);
         return 0;
+    }
+    /* options may come before the command (heartmula --config p.yaml generate ...): find the
+     * first word that is not an option or an option's value and move it to argv[1] */
+    for (int i = 1; i < argc; i++) {
+        if (argv[i][0] != '-') {
+            char *cmd = argv[i];
+            memmove(&argv[2], &argv[1], sizeof(char *) * (size_t)(i - 1));
+            argv[1] = cmd;
+            break;
+        }
+        if (strcmp(argv[i], "--lower")) i++; /* every other option takes a value */
     }
     opts_t o;
     if (parse_args(argc, argv, &o)) {
