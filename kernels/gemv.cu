@@ -1,11 +1,15 @@
-/* gemv.cu - weight-streaming matrix-vector product for the decode path (1-4 activation rows).
- * CPU twin: cpu_linear (+ cpu_rmsnorm / cpu_silu_mul for the fused input transforms).
+/* gemv.cu - weight-streaming matrix-vector product for the decode path (1-4 activation rows),
+ * bf16 / fp32 / fp8-e4m3 (per-row scale) weights, and the fp8 quantiser.
+ * CPU twin: cpu_linear (+ cpu_rmsnorm / cpu_silu_mul for the fused transforms).
  *
- * Decode is bound by reading the weights once, so each warp streams two weight rows with 16-byte
- * loads, U loads per row in flight plus the next U prefetched while the current ones are used.
- * The (transformed) activations are staged once per block in shared memory as fp32, which is
- * where the preceding RMSNorm or SwiGLU is fused: no separate kernel, no intermediate in DRAM.
- * The first weight loads are issued before the staging so their latency overlaps it. */
+ * Decode is bound by reading the weights once, so warps stream weight rows with 16-byte loads,
+ * several per row in flight, the next step's loads issued before the current ones are used.
+ * The activations are staged once per block in shared memory as fp32; RMSNorm is fused there
+ * (x·scale staged, 1/rms applied to the dot products), SwiGLU either there (gate|up input) or in
+ * the epilogue (interleaved w1/w3 rows -> silu(gate)·up output).  The first weight loads are
+ * issued before waiting for the previous kernel (programmatic dependent launch) and staging.
+ * Kernel shapes (loads per step, warps per row pair, double buffering, or the bulk-copy engine)
+ * are variants; the auto choice per shape is the fastest measured on an H200 (docs/PERF.md). */
 #include "common_cuda.h"
 #include "ops_cuda.h"
 

@@ -120,6 +120,8 @@ one_line "exceeds the backbone" "${H[@]}" generate --tags pop --lyrics la --max-
 printf 'model_dir: %s\nbogus_key: 1\n' "$M" > "$T/bad.yaml"
 one_line "unknown key 'bogus_key'" bin/heartmula --config "$T/bad.yaml" generate --tags a --lyrics b -o "$T/x.wav"
 one_line "does not exist" bin/heartmula generate --model-dir "$T/nope" --tags a --lyrics b -o "$T/x.wav"
+cp -r "$M" "$T/nofile" && rm "$T"/nofile/HeartCodec-oss/config.json
+one_line "HeartCodec-oss/config.json" bin/heartmula generate --model-dir "$T/nofile" --tags a --lyrics b -o "$T/x.wav"
 cp -r "$M" "$T/trunc" && truncate -s 100000 "$T"/trunc/HeartMuLa-oss-demo/model.safetensors
 one_line "model.safetensors" bin/heartmula generate --model-dir "$T/trunc" --tags a --lyrics b -o "$T/x.wav"
 cp -r "$M" "$T/shape" && sed -i 's/"intermediate_dim": 768/"intermediate_dim": 512/' "$T"/shape/HeartMuLa-oss-demo/config.json

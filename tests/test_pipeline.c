@@ -78,7 +78,7 @@ static void check_codes(const char *case_name, const char *cfg)
     ids_of(js, "lyrics", lyr, sizeof lyr);
     char codes[400];
     snprintf(codes, sizeof codes, "%s/%s.codes.safetensors", g_tmp, case_name);
-    int rc = run(out, sizeof out, "bin/heartmula codes --model-dir %s --tag-ids %s --lyric-ids %s --topk 1 --cfg %s --max-seconds 1.84 -o %s",
+    int rc = run(out, sizeof out, "bin/heartmula codes --model-dir %s --tag-ids %s --lyric-ids %s --topk 1 --cfg %s --max-seconds 1.84 --with-logits -o %s",
                  g_model, tags, lyr, cfg, codes);
     if (rc) fail_msg("heartmula codes failed (%d): %s", rc, out);
     int64_t n1, n2;
@@ -89,6 +89,35 @@ static void check_codes(const char *case_name, const char *cfg)
     assert_memory_equal(got, want, (size_t)n1 * 4);
     free(got);
     free(want);
+    /* every sampler logits vector, computed in the draft-verifier process from hidden states the
+     * backbone process sent through its shm pool, within 1e-4 relative L2 of the reference */
+    st_file *fg, *fw;
+    st_tensor *lg, *lw;
+    if (st_open(codes, &fg) || st_get(fg, "sampler_logits", -1, NULL, &lg) || st_open(st, &fw) ||
+        st_get(fw, "sampler_logits", -1, NULL, &lw))
+        fail_msg("%s", hm_errmsg());
+    assert_int_equal(lg->numel, lw->numel); /* [24*8, 69] vs [24*8, 1, 69] */
+    int V = (int)lg->shape[1], rows = (int)lg->shape[0];
+    float *a = hm_malloc((size_t)lg->numel * 4), *b = hm_malloc((size_t)lw->numel * 4);
+    st_to_f32(lg, a);
+    st_to_f32(lw, b);
+    double worst = 0;
+    for (int r = 0; r < rows; r++) {
+        double num = 0, den = 0;
+        for (int v = 0; v < V; v++) {
+            double d = (double)a[r * V + v] - b[r * V + v];
+            num += d * d;
+            den += (double)b[r * V + v] * b[r * V + v];
+        }
+        double rel = sqrt(num / (den > 0 ? den : 1));
+        if (rel > worst) worst = rel;
+    }
+    print_message("%s: worst sampler-logits relative L2 %.3g over %d vectors\n", case_name, worst, rows);
+    assert_true(worst < 1e-4);
+    free(a);
+    free(b);
+    st_close(fg);
+    st_close(fw);
 }
 
 static void test_codes_cfg15(void **state) { check_codes("mula_cfg15", "1.5"); (void)state; }
@@ -197,6 +226,9 @@ static void test_bad_requests(void **state)
     expect_fail("output folder", "bin/heartmula generate --model-dir %s --tags a --lyrics b -o /nonexistent-dir/x.wav", g_model);
     expect_fail("unknown option", "bin/heartmula generate --bogus");
     expect_fail("outside the codec's codebook", "bin/heartmula detokenize %s/bad.codes.safetensors --model-dir %s -o %s/x.wav", g_tmp, g_model, g_tmp);
+    expect_fail("empty", "bin/heartmula detokenize %s/empty.codes.safetensors --model-dir %s -o %s/x.wav", g_tmp, g_model, g_tmp);
+    expect_fail("--codec-guidance", "bin/heartmula detokenize tests/fixtures/codec/codec_detokenize_100.safetensors --codec-guidance nan --model-dir %s -o %s/x.wav", g_model, g_tmp);
+    expect_fail("--codec-guidance", "bin/heartmula detokenize tests/fixtures/codec/codec_detokenize_100.safetensors --codec-guidance -1 --model-dir %s -o %s/x.wav", g_model, g_tmp);
     expect_fail("--codec-steps", "bin/heartmula detokenize tests/fixtures/codec/codec_detokenize_100.safetensors --codec-steps 0 --model-dir %s -o %s/x.wav", g_model, g_tmp);
     (void)state;
 }
@@ -221,6 +253,9 @@ static int setup(void **state)
     snprintf(p, sizeof p, "%s/bad.codes.safetensors", g_tmp);
     st_wtensor t = {"codes", ST_I32, 2, {8, 2}, bad};
     if (st_write(p, &t, 1, NULL, 0)) return 1;
+    snprintf(p, sizeof p, "%s/empty.codes.safetensors", g_tmp);
+    st_wtensor e = {"codes", ST_I32, 2, {8, 0}, bad};
+    if (st_write(p, &e, 1, NULL, 0)) return 1;
     (void)state;
     return 0;
 }

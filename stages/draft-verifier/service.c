@@ -37,6 +37,8 @@ typedef struct {
     int32_t *rows;          /* prompt [S, ncb+1] */
     int S, muq_index;
     int32_t *frames;        /* [max_frames, ncb] */
+    float *logits;          /* [max_frames * ncb, V] sampler logits, only when the request asks
+                             * ("with_logits": codes mode, for parity checks against the reference) */
     int nframes, max_frames;
     int B;
     dv_sample_params sp;
@@ -76,6 +78,7 @@ static void drop_req(dv_req *r)
     desc_free(&r->params);
     free(r->rows);
     free(r->frames);
+    free(r->logits);
     memset(r, 0, sizeof *r);
 }
 
@@ -170,8 +173,9 @@ static void write_codes(dv_service *s, dv_req *r)
     int32_t *cm = hm_malloc((size_t)T * s->ncb * sizeof *cm); /* [ncb, T] as DESIGN.md's codes file */
     for (int f = 0; f < T; f++)
         for (int k = 0; k < s->ncb; k++) cm[(size_t)k * T + f] = r->frames[(size_t)f * s->ncb + k];
-    st_wtensor t = {"codes", ST_I32, 2, {s->ncb, T}, cm};
-    int rc = st_write(out, &t, 1, NULL, 0);
+    st_wtensor t[2] = {{"codes", ST_I32, 2, {s->ncb, T}, cm},
+                       {"sampler_logits", ST_F32, 2, {(int64_t)T * s->ncb, s->V}, r->logits}};
+    int rc = st_write(out, t, r->logits ? 2 : 1, NULL, 0);
     free(cm);
     if (rc) return fail_req(s, r, "%s", hm_errmsg());
     desc_t d;
@@ -255,6 +259,11 @@ static void on_prompt(dv_service *s, const desc_t *in)
         return fail_req(s, r, "%s", msg);
     }
     r->frames = hm_malloc((size_t)r->max_frames * s->ncb * sizeof *r->frames);
+    if (r->mode == MODE_CODES && desc_i64_or(in, "with_logits", 0)) {
+        if ((int64_t)r->max_frames * s->ncb * s->V > ((int64_t)1 << 28))
+            return fail_req(s, r, "%s", "with_logits: too many frames to keep every logits vector");
+        r->logits = hm_malloc((size_t)r->max_frames * s->ncb * s->V * sizeof(float));
+    }
     send_prefill(s, r);
 }
 
@@ -270,7 +279,8 @@ static void on_hidden(dv_service *s, dv_req *r, const desc_t *in)
     const float *h = (const float *)ptr + (b->shape[0] - 1) * (uint64_t)r->B * s->D;
     double t0 = hm_now();
     r->rng.frame = (uint64_t)r->nframes;
-    int rc = dv_frame(s->model, h, r->B, &r->sp, &r->rng, s->codes, NULL);
+    float *lg = r->logits ? r->logits + (size_t)r->nframes * s->ncb * s->V : NULL;
+    int rc = dv_frame(s->model, h, r->B, &r->sp, &r->rng, s->codes, lg);
     pool_release(in);
     stage_stat_time(s->st, "frame", hm_now() - t0);
     if (rc) return fail_req(s, r, "%s", hm_errmsg());

@@ -35,7 +35,7 @@ typedef struct {
     const char *model_dir, *backend, *lm_version, *tokenizer;
     const char *tags, *tags_file, *lyrics, *lyrics_file, *tag_ids, *lyric_ids;
     const char *out, *noise_from, *sample_format, *input;
-    int lower;
+    int lower, with_logits;
     int have_seed, have_temp, have_topk, have_cfg, have_maxs, have_steps, have_guid;
     long long seed;
     double temperature, cfg, max_seconds, guidance;
@@ -58,7 +58,8 @@ static void usage(FILE *f)
             "  --codec-steps N  --codec-guidance G                        (codec; defaults 10, 1.25)\n"
             "  --tag-ids 1,2,3 --lyric-ids 4,5,6   token ids instead of text\n"
             "  --noise-from F.safetensors   replay the codec's normal draws\n"
-            "  --sample-format pcm16|pcm24|f32   --timeout S (give up after S s without progress)\n");
+            "  --sample-format pcm16|pcm24|f32   --timeout S (give up after S s without progress)\n"
+            "  --with-logits   (codes) also store every sampler logits vector, tensor \"sampler_logits\"\n");
 }
 
 static int parse_num(const char *opt, const char *v, double lo, double hi, double *out)
@@ -113,6 +114,7 @@ static int parse_args(int argc, char **argv, opts_t *o)
             continue;
         }
         if (!strcmp(a, "--lower")) { o->lower = 1; continue; }
+        if (!strcmp(a, "--with-logits")) { o->with_logits = 1; continue; }
         if (a[0] != '-' && !o->input) { o->input = a; continue; }
         return hm_err("unknown option '%s' (see heartmula --help)", a);
 #undef STR
@@ -526,6 +528,7 @@ static int cmd_song(const opts_t *o)
     } else {
         desc_init(&d, DESC_REQUEST, req, 0);
         desc_set_str(&d, "mode", mode_codes ? "codes" : "generate");
+        if (mode_codes && o->with_logits) desc_set_i64(&d, "with_logits", 1);
         if (o->tag_ids || o->lyric_ids) {
             if (o->tags || o->tags_file || o->lyrics || o->lyrics_file) { desc_free(&d); return hm_err("give token ids or text, not both"); }
             int32_t *v;
@@ -626,7 +629,7 @@ int main(int argc, char **argv)
             argv[1] = cmd;
             break;
         }
-        if (strcmp(argv[i], "--lower")) i++; /* every other option takes a value */
+        if (strcmp(argv[i], "--lower") && strcmp(argv[i], "--with-logits")) i++; /* the others take a value */
     }
     opts_t o;
     if (parse_args(argc, argv, &o)) {
