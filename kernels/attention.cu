@@ -4,11 +4,13 @@
  * The keys of a query are split into nch chunks (nch fixed at launch, so a graph can replay it;
  * the chunk length follows the current number of keys, read on the device, so short and long
  * contexts both spread over the machine).
- * Pass 1: one block per (key chunk, query position t, kv head, batch row); its
+ * One block per (key chunk, query position t, kv head, batch row); its
  * 4 warps stride over the chunk's keys, KU keys at a time (K and V rows loaded together so
  * several loads are in flight), keeping an online softmax (max m, sum l, weighted V sum) for each
  * of the G query heads sharing the kv head; the warps then merge in shared memory and write
- * (m, l, acc[hd]) per head to `work`.  Pass 2 merges the chunks of each (row, head).
+ * (m, l, acc[hd]) per head to `work`.  The last chunk block of a (row, kv head) to finish (a
+ * counter in `work`, back to 0 afterwards) merges the chunks and writes the output, so decode
+ * attention is one launch; a single chunk writes its output directly.
  * Lane mapping: lane owns dims lane*4 + 128*j (j < J), so hd must be a multiple of 4 and ≤ 128*J. */
 #include "common_cuda.h"
 #include "ops_cuda.h"
@@ -53,7 +55,7 @@ template <typename CT, int J>
 __global__ void __launch_bounds__(NW * 32)
 attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, const int *pos_dev, int pos_add,
                   const CT *__restrict__ kc, const CT *__restrict__ vc, int max_seq, int nch,
-                  float *__restrict__ work)
+                  float *__restrict__ work, int *__restrict__ counters, float *__restrict__ out)
 {
     pdl_trigger();
     pdl_wait();
@@ -61,6 +63,7 @@ attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, 
     const int pos0 = (pos_dev ? *pos_dev : 0) + pos_add;
     const int nkeys = pos0 + t + 1;
     const int CH = chunk_len(nkeys, nch);
+    const int nchunks = (nkeys + CH - 1) / CH;
     const int k0 = c * CH, k1 = min(nkeys, k0 + CH);
     if (k0 >= k1) return;
     const int G = H / KVH, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -176,31 +179,41 @@ attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, 
             A += sacc[((size_t)w * GMAX + g) * hd + d] * f;
         }
         int h = kvh * G + g;
-        float *wp = work + ((((size_t)b * H + h) * T + t) * nch + c) * (hd + 2);
-        if (d == 0) wp[0] = M, wp[1] = L;
-        wp[2 + d] = A;
+        if (nchunks == 1) {
+            out[((size_t)b * T + t) * H * hd + (size_t)h * hd + d] = A / L;
+        } else {
+            float *wp = work + ((((size_t)b * H + h) * T + t) * nch + c) * (hd + 2);
+            if (d == 0) wp[0] = M, wp[1] = L;
+            wp[2 + d] = A;
+        }
     }
-}
+    if (nchunks == 1) return;
 
-__global__ void attn_combine_kernel(int T, int H, int hd, const int *pos_dev, int pos_add, int nch,
-                                    const float *__restrict__ work, float *__restrict__ out)
-{
-    pdl_trigger();
-    pdl_wait();
-    const int h = blockIdx.x % H, row = blockIdx.x / H; /* row = b*T + t */
-    const int t = row % T, b = row / T;
-    const int nkeys = (pos_dev ? *pos_dev : 0) + pos_add + t + 1;
-    const int CH = chunk_len(nkeys, nch);
-    const int n = (nkeys + CH - 1) / CH;
-    const float *wp = work + (((size_t)b * H + h) * T + t) * nch * (hd + 2);
-    float M = -INFINITY;
-    for (int c = 0; c < n; c++) M = fmaxf(M, wp[(size_t)c * (hd + 2)]);
-    float L = 0.0f;
-    for (int c = 0; c < n; c++) L += wp[(size_t)c * (hd + 2) + 1] * __expf(wp[(size_t)c * (hd + 2)] - M);
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-        float A = 0.0f;
-        for (int c = 0; c < n; c++) A += wp[(size_t)c * (hd + 2) + 2 + d] * __expf(wp[(size_t)c * (hd + 2)] - M);
-        out[(size_t)row * H * hd + (size_t)h * hd + d] = A / L;
+    /* the last block of this (b, kvh, t) to arrive merges the chunks */
+    __shared__ int last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int *cnt = counters + ((size_t)b * KVH + kvh) * T + t;
+        last = atomicAdd(cnt, 1) == nchunks - 1;
+        if (last) *cnt = 0; /* every chunk has arrived: ready for the next launch */
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    for (int i = threadIdx.x; i < G * hd; i += blockDim.x) {
+        const int g = i / hd, d = i % hd, h = kvh * G + g;
+        const float *wp = work + (((size_t)b * H + h) * T + t) * nch * (hd + 2);
+        float M = -INFINITY;
+        for (int cc = 0; cc < nchunks; cc++) M = fmaxf(M, __ldcg(wp + (size_t)cc * (hd + 2)));
+        float L = 0.0f, A = 0.0f;
+        for (int cc = 0; cc < nchunks; cc++) {
+            const float *p = wp + (size_t)cc * (hd + 2);
+            float f = __expf(__ldcg(p) - M);
+            L += __ldcg(p + 1) * f;
+            A += __ldcg(p + 2 + d) * f;
+        }
+        out[((size_t)b * T + t) * H * hd + (size_t)h * hd + d] = A / L;
     }
 }
 
@@ -214,8 +227,10 @@ int launch(const hmc_attn_args *a, int nch, cudaStream_t s)
         CK(cudaFuncSetAttribute(attn_chunk_kernel<CT, J>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         smem_set = smem;
     }
+    int *counters = reinterpret_cast<int *>(a->work + (size_t)a->B * a->T * a->H * nch * (a->hd + 2));
     return launch_pdl(attn_chunk_kernel<CT, J>, grid, dim3(NW * 32), smem, s, a->qkv, a->T, a->H, a->KVH, a->hd,
-                      a->pos_dev, a->pos_add, (const CT *)a->k_cache, (const CT *)a->v_cache, a->max_seq, nch, a->work);
+                      a->pos_dev, a->pos_add, (const CT *)a->k_cache, (const CT *)a->v_cache, a->max_seq, nch, a->work,
+                      counters, a->out);
 }
 
 template <typename CT>
@@ -231,7 +246,7 @@ int launch_j(const hmc_attn_args *a, int nch, cudaStream_t s)
 extern "C" size_t hmc_attention_work_bytes(int B, int T, int H, int KVH, int hd, int max_keys)
 {
     size_t nch = (size_t)chunks_for(B, T, KVH, max_keys);
-    return (size_t)B * T * H * nch * (hd + 2) * sizeof(float);
+    return (size_t)B * T * H * nch * (hd + 2) * sizeof(float) + (size_t)B * T * KVH * sizeof(int);
 }
 
 extern "C" int hmc_attention(const hmc_attn_args *a, cudaStream_t s)
@@ -247,6 +262,5 @@ extern "C" int hmc_attention(const hmc_attn_args *a, cudaStream_t s)
     if (a->ct == HMC_BF16) CKH(launch_j<__nv_bfloat16>(a, nch, s));
     else if (a->ct == HMC_F32) CKH(launch_j<float>(a, nch, s));
     else return hm_err("%s:%d: attention: bad cache dtype", __FILE__, __LINE__);
-    return launch_pdl(attn_combine_kernel, dim3(a->B * a->T * a->H), dim3(128), 0, s, a->T, a->H, a->hd, a->pos_dev,
-                      a->pos_add, nch, (const float *)a->work, a->out);
+    return HM_OK;
 }

@@ -402,6 +402,7 @@ int scratch_alloc(scratch *s, const xfm *X, int B, int T, int max_keys, hmc_dtyp
     CKH(dev_alloc(&s->xn, R * xw * wsz(t)));
     s->work_bytes = hmc_attention_work_bytes(B, T, X->H, X->KVH, X->hd, max_keys);
     CKH(dev_alloc((void **)&s->work, s->work_bytes));
+    CK(cudaMemset(s->work, 0, s->work_bytes)); /* attention merge counters start at 0 */
     return HM_OK;
 }
 

@@ -86,9 +86,10 @@ int hmc_rope_append(const hmc_rope_args *a, cudaStream_t stream);
  * GQA attention of T query positions (pos0 + t, pos0 as above) against the cache, causal:
  * query t sees keys 0 .. pos0 + t.  q read from qkv rows (ld = (H + 2 KVH) hd), out [B*T, H*hd]
  * fp32.  Flash-decoding: each query's keys are split in up to 64 chunks whose length follows
- * the current key count (read on the device), partial results in `work`
- * (hmc_attention_work_bytes), merged by a second kernel.  The grid is fixed by max_keys (so a
- * graph can replay it); chunks past the current keys exit. */
+ * the current key count (read on the device), partial results and merge counters in `work`
+ * (hmc_attention_work_bytes; zero it once after allocating, the kernel leaves the counters at
+ * zero), merged by the last chunk to finish.  The grid is fixed by max_keys (so a graph can
+ * replay it); chunks past the current keys exit. */
 typedef struct {
     const float *qkv; int B, T, H, KVH, hd;
     const int *pos_dev; int pos_add;

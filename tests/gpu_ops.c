@@ -340,8 +340,12 @@ static void check_attention(int B, int T, int H, int KVH, int hd, int pos0, hmc_
     void *kd = to_dev(kc, nc, ct), *vd = to_dev(vc, nc, ct);
     float *work;
     CU(cudaMalloc((void **)&work, hmc_attention_work_bytes(B, T, H, KVH, hd, S)));
+    CU(cudaMemset(work, 0, hmc_attention_work_bytes(B, T, H, KVH, hd, S)));
     float *od = dev_poison((size_t)B * T * H * hd);
     hmc_attn_args a = {qd, B, T, H, KVH, hd, NULL, pos0, kd, vd, ct, max_seq, S, od, work};
+    OK(hmc_attention(&a, 0));
+    /* again into a re-poisoned output: the merge counters must be back at zero */
+    CU(cudaMemsetAsync(od, 0xff, sizeof(float) * B * T * H * hd, 0));
     OK(hmc_attention(&a, 0));
     float *g = from_dev(od, (size_t)B * T * H * hd), *ref = hm_malloc(sizeof(float) * B * T * H * hd);
     float *q = hm_malloc(sizeof(float) * T * H * hd), *k = hm_malloc(sizeof(float) * S * KVH * hd),
