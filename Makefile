@@ -18,7 +18,7 @@ CFLAGS  += -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-f
 LDLIBS  := -lzmq -lmsgpackc -lsndfile -lyaml -lpcre2-8 -lsystemd -lcjson -lutf8proc -lopenblas -lm -lpthread
 CUDA_HOME ?= /usr/local/cuda
 CUDA_ARCH ?= -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_90,code=compute_90
-NVCCFLAGS ?= -O3 -std=c++17 $(CUDA_ARCH) -Xcompiler -Wall,-Werror -Icommon -Ikernels -lineinfo \
+NVCCFLAGS ?= -O3 -std=c++17 -MMD -MP $(CUDA_ARCH) -Xcompiler -Wall,-Werror -Icommon -Ikernels -lineinfo \
              --expt-relaxed-constexpr -Werror all-warnings
 
 ifeq ($(CUDA),1)
@@ -112,8 +112,3 @@ $(BUILD)/gpu/%: $(BUILD)/tests/%.o $(BUILD)/libhmcuda.a $(BUILD)/libhm.a
 	  -Wl,--as-needed $(LDLIBS)
 endif
 
-# nvcc objects have no generated header dependencies: rebuild them when a kernel or common header changes
-ifeq ($(CUDA),1)
-$(CU_OBJ): kernels/common_cuda.h kernels/ops_cuda.h kernels/lm_cuda.h kernels/ops_cpu.h common/hm.h \
-           common/modelcfg.h common/safetensors.h
-endif

@@ -12,6 +12,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define CODEC_WIN_CODES 372   /* int(29.76 * 12.5) */
 #define CODEC_HOP_CODES 320   /* 372 // 93 * 80 */
 #define CODEC_OVL_CODES 52    /* 372 - 320 */
@@ -71,5 +75,9 @@ int codec_noise_draw_at(codec_noise *n, int index, float *dst, int rows, int col
 /* The next draw in call order (index = number of draws made so far). */
 int codec_noise_draw(codec_noise *n, float *dst, int rows, int cols);
 void codec_noise_free(codec_noise *n);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

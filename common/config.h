@@ -9,6 +9,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 enum { HM_STAGE_TOKENIZER, HM_STAGE_BACKBONE, HM_STAGE_DRAFT_VERIFIER, HM_STAGE_FLOW_MATCHING,
        HM_STAGE_VOCODER, HM_STAGE_COUNT };
 
@@ -59,5 +63,9 @@ int hm_stage_endpoint(const hm_pipeline_cfg *cfg, int stage, int replica, char *
 /* Write *cfg as a complete pipeline.yaml (atomically) that hm_config_load reads back to the
  * same values; endpoints are written expanded.  Used for private pipelines with overrides. */
 int hm_config_write(const hm_pipeline_cfg *cfg, const char *path);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -56,6 +56,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define HM_DESC_VERSION 1
 
 #define DESC_MAX_NDIM 8
@@ -208,5 +212,9 @@ const char *desc_dtype_name(desc_dtype_t dt);
 const char *desc_type_name(desc_type_t t); /* "?" for unknown */
 /* Deep equality (used by tests and the fuzzer's round-trip check). */
 int desc_equal(const desc_t *a, const desc_t *b);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

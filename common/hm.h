@@ -12,6 +12,10 @@
 #include <stdint.h>
 #include <stdarg.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define HM_OK 0
 #define HM_ERR (-1)
 
@@ -56,5 +60,9 @@ float hm_bf16_to_f32(uint16_t h);
 uint16_t hm_f32_to_bf16(float f);
 float hm_f16_to_f32(uint16_t h);
 uint16_t hm_f32_to_f16(float f);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

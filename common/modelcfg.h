@@ -5,6 +5,10 @@
 
 #include <stddef.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct {
     char name[64];
     int num_layers, num_heads, num_kv_heads, embed_dim, intermediate_dim, max_seq_len;
@@ -43,5 +47,9 @@ int hm_lm_config_load(const char *model_dir, const char *version, hm_lm_config *
 int hm_codec_config_load(const char *model_dir, hm_codec_config *out);
 /* Load MODEL_DIR/gen_config.json. */
 int hm_gen_config_load(const char *model_dir, hm_gen_config *out);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -42,6 +42,10 @@
 
 #include "desc.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef enum { POOL_SHM = 1, POOL_CUDA = 2 } pool_kind_t;
 typedef struct pool pool_t;
 
@@ -112,5 +116,9 @@ int pool_release(const desc_t *d);
 /* Unmap every cached pool and close the cached release sockets (tp_url_cache_clear: every
  * tp_send_url socket) - consumer shutdown, tests. */
 void pool_unmap_all(void);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -11,6 +11,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define ST_MAX_DIMS 8
 
 typedef enum {
@@ -73,5 +77,9 @@ typedef struct {
     const void *data;
 } st_wtensor;
 int st_write(const char *path, const st_wtensor *t, size_t n, const char *const *meta_kv, size_t n_meta);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -6,6 +6,10 @@
 
 #include <stddef.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* y[M,N] = x[M,K] · W[N,K]ᵀ (+ bias[N] when non-NULL).  OpenBLAS sgemm. */
 void cpu_linear(const float *x, const float *W, const float *bias, float *y, int M, int K, int N);
 /* y = x * rsqrt(mean(x²) + eps) * scale  (scale NULL: no affine).  In-place allowed. */
@@ -29,5 +33,9 @@ void cpu_rope_interleaved(float *x, int T, int H, int hd, int pos0, const float 
  * causal: query t (absolute position q_pos0 + t) sees keys 0 .. q_pos0 + t; else all S keys. */
 void cpu_attention(const float *q, const float *k, const float *v, float *out, int T, int S, int H,
                    int KVH, int hd, int causal, int q_pos0);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif
