@@ -510,7 +510,7 @@ extern "C" int lm_cuda_load(const char *model_dir, const lm_cuda_opts *opts, lm_
 {
     *out = nullptr;
     hm_lm_config cfg;
-    CKH(hm_lm_config_load(model_dir, nullptr, &cfg));
+    CKH(hm_lm_config_load(model_dir, opts ? opts->version : nullptr, &cfg));
     lm_cuda *m = (lm_cuda *)hm_calloc(1, sizeof *m);
     st_file *f = nullptr;
     if (model_init(m, &cfg, opts) != HM_OK || st_open(cfg.dir, &f) != HM_OK || load_weights(m, f) != HM_OK) {
@@ -742,6 +742,30 @@ extern "C" int lm_cuda_frame(lm_cuda_req *r, const lm_cuda_sampling *s, int32_t 
 {
     const hm_lm_config *c = &r->m->cfg;
     if (r->pos == 0) return hm_err("lm_cuda_frame: no hidden state (prefill first)");
+    CKH(set_params(r, s));
+    CKH(run_graph(r, &r->uses_frame, &r->g_frame, frame_body));
+    CK(cudaMemcpyAsync(codes, r->codes_dev, sizeof(int32_t) * c->audio_num_codebooks, cudaMemcpyDeviceToHost, r->st));
+    if (logits)
+        CK(cudaMemcpyAsync(logits, r->logits_out, sizeof(float) * c->audio_num_codebooks * c->audio_vocab_size,
+                           cudaMemcpyDeviceToHost, r->st));
+    CK(cudaStreamSynchronize(r->st));
+    return HM_OK;
+}
+
+extern "C" void *lm_cuda_stream(const lm_cuda_req *r) { return (void *)r->st; }
+
+extern "C" int lm_cuda_copy_hidden(lm_cuda_req *r, float *dst)
+{
+    CK(cudaMemcpyAsync(dst, r->h_last, sizeof(float) * r->B * r->m->bb.D, cudaMemcpyDeviceToDevice, r->st));
+    return HM_OK;
+}
+
+extern "C" int lm_cuda_depth_frame(lm_cuda_req *r, const float *h, const lm_cuda_sampling *s, int32_t *codes,
+                                   float *logits)
+{
+    const hm_lm_config *c = &r->m->cfg;
+    /* into h_last, the address the recorded frame graph reads */
+    CK(cudaMemcpyAsync(r->h_last, h, sizeof(float) * r->B * r->m->bb.D, cudaMemcpyDeviceToDevice, r->st));
     CKH(set_params(r, s));
     CKH(run_graph(r, &r->uses_frame, &r->g_frame, frame_body));
     CK(cudaMemcpyAsync(codes, r->codes_dev, sizeof(int32_t) * c->audio_num_codebooks, cudaMemcpyDeviceToHost, r->st));

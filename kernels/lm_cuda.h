@@ -38,11 +38,12 @@ typedef struct lm_cuda lm_cuda;
 typedef struct lm_cuda_req lm_cuda_req;
 
 typedef struct {
-    hmc_dtype wdt;     /* HMC_BF16 (default, 0) or HMC_F32 (holds the reference's fp32 numerics) */
+    hmc_dtype wdt;       /* HMC_BF16 (default, 0) or HMC_F32 (holds the reference's fp32 numerics) */
+    const char *version; /* lm_cuda_load: HeartMuLa-oss-<version> (NULL: the only one) */
 } lm_cuda_opts;
 
-/* Load the one MODEL_DIR/HeartMuLa-oss-<version> folder (config + safetensors) onto the current device.  opts may be
- * NULL.  *out owned by the caller (lm_cuda_free). */
+/* Load MODEL_DIR/HeartMuLa-oss-<opts->version> (NULL opts or version: the only such folder; config +
+ * safetensors) onto the current device.  opts may be NULL.  *out owned by the caller (lm_cuda_free). */
 int lm_cuda_load(const char *model_dir, const lm_cuda_opts *opts, lm_cuda **out);
 /* A model of cfg's shapes with seeded random weights generated on the device (benchmarks). */
 int lm_cuda_random(const hm_lm_config *cfg, uint64_t seed, const lm_cuda_opts *opts, lm_cuda **out);
@@ -81,6 +82,26 @@ typedef struct {
 int lm_cuda_frame(lm_cuda_req *r, const lm_cuda_sampling *s, int32_t *codes, float *logits);
 /* Device pointer to the last hidden state [B, D] fp32 (after the final norm). */
 const float *lm_cuda_hidden(const lm_cuda_req *r);
+
+/* ---- the engine split along the process boundary (stages/backbone | stages/draft-verifier) ----
+ * The backbone process drives a request with lm_cuda_prefill / lm_cuda_extend(codes != NULL) /
+ * lm_cuda_rollback and never calls lm_cuda_frame; after each step it enqueues
+ * lm_cuda_copy_hidden into its output buffer.  The draft-verifier process keeps a request (any
+ * max_seq: its backbone cache is unused) per row count B and runs lm_cuda_depth_frame on the
+ * hidden state it received.  Both processes load the whole model (lm_cuda_load); each uses only
+ * its half on the hot path. */
+
+/* The request's CUDA stream (a cudaStream_t), for pool_record / pool_wait. */
+void *lm_cuda_stream(const lm_cuda_req *r);
+/* Enqueue on the request's stream a device-to-device copy of the last hidden state [B, D] fp32
+ * into dst (device memory).  Asynchronous: record an event after it before another process reads. */
+int lm_cuda_copy_hidden(lm_cuda_req *r, float *dst);
+/* One frame from a hidden state produced elsewhere: h [B, D] fp32 device memory (B = the
+ * request's rows) replaces the request's last hidden state, then as lm_cuda_frame (codes [nc] and
+ * optional logits [nc][audio_vocab], host).  Work on h is ordered on lm_cuda_stream(r): make that
+ * stream wait for h's producer first.  Synchronous: h may be reused when it returns.  Does not
+ * need (or touch) the request's backbone cache or position. */
+int lm_cuda_depth_frame(lm_cuda_req *r, const float *h, const lm_cuda_sampling *s, int32_t *codes, float *logits);
 
 /* Profiling only: leave pieces out of the frame (results are garbage) to measure their cost
  * inside the graph.  Applies to graphs recorded afterwards (use a fresh request). */
