@@ -752,6 +752,14 @@ extern "C" int lm_cuda_frame(lm_cuda_req *r, const lm_cuda_sampling *s, int32_t 
     return HM_OK;
 }
 
+extern "C" int lm_cuda_precision(const char *precision, hmc_dtype *out)
+{
+    if (!precision || !precision[0] || !strcmp(precision, "bf16")) *out = HMC_BF16;
+    else if (!strcmp(precision, "fp32")) *out = HMC_F32;
+    else return hm_err("precision '%s': the cuda language model supports bf16 and fp32", precision);
+    return HM_OK;
+}
+
 extern "C" void *lm_cuda_stream(const lm_cuda_req *r) { return (void *)r->st; }
 
 extern "C" int lm_cuda_copy_hidden(lm_cuda_req *r, float *dst)

@@ -91,6 +91,9 @@ const float *lm_cuda_hidden(const lm_cuda_req *r);
  * hidden state it received.  Both processes load the whole model (lm_cuda_load); each uses only
  * its half on the hot path. */
 
+/* Weight dtype of a pipeline.yaml `precision`: "" or "bf16" -> HMC_BF16, "fp32" -> HMC_F32; any
+ * other (fp8, nvfp4) is an error naming it. */
+int lm_cuda_precision(const char *precision, hmc_dtype *out);
 /* The request's CUDA stream (a cudaStream_t), for pool_record / pool_wait. */
 void *lm_cuda_stream(const lm_cuda_req *r);
 /* Enqueue on the request's stream a device-to-device copy of the last hidden state [B, D] fp32

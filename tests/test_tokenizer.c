@@ -16,6 +16,7 @@
 #include "../stages/tokenizer/bpe.h"
 #include "../stages/tokenizer/prompt.h"
 #include "hm.h"
+#include "utf8.h"
 #include "safetensors.h"
 
 #define FIX "tests/fixtures/tokenizer/"
@@ -176,19 +177,6 @@ static int in_ranges(const cJSON *ranges, uint32_t cp)
     return 0;
 }
 
-static int put_utf8(uint32_t cp, char *o)
-{
-    if (cp < 0x80) { o[0] = (char)cp; return 1; }
-    if (cp < 0x800) { o[0] = (char)(0xC0 | (cp >> 6)); o[1] = (char)(0x80 | (cp & 0x3F)); return 2; }
-    if (cp < 0x10000) {
-        o[0] = (char)(0xE0 | (cp >> 12)); o[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        o[2] = (char)(0x80 | (cp & 0x3F));
-        return 3;
-    }
-    o[0] = (char)(0xF0 | (cp >> 18)); o[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-    o[2] = (char)(0x80 | ((cp >> 6) & 0x3F)); o[3] = (char)(0x80 | (cp & 0x3F));
-    return 4;
-}
 
 static int ends_final_sigma(const char *s, size_t n)
 {
@@ -209,7 +197,7 @@ static void test_lower_python(void **state)
     int nmap = 0;
     cJSON_ArrayForEach(e, cJSON_GetObjectItem(doc, "map")) {
         char in[8], *low;
-        size_t nin = (size_t)put_utf8((uint32_t)e->child->valuedouble, in), nl;
+        size_t nin = (size_t)hm_utf8_encode((uint32_t)e->child->valuedouble, in), nl;
         const char *want = e->child->next->valuestring;
         assert_int_equal(tok_lower(in, nin, &low, &nl), HM_OK);
         if (nl != strlen(want) || memcmp(low, want, nl) != 0)
@@ -234,7 +222,7 @@ static void test_lower_python(void **state)
         char s[16];
         size_t n = 0;
         s[n++] = 'A';
-        n += (size_t)put_utf8(cp, s + n);
+        n += (size_t)hm_utf8_encode(cp, s + n);
         s[n++] = (char)0xCE; s[n++] = (char)0xA3; /* Σ */
         if (ends_final_sigma(s, n) != (is_ign || is_cased))
             fail_msg("Final_Sigma: U+%04X after a cased letter", cp);

@@ -5,7 +5,13 @@
  * slot of its shm pool (never inline), or ERROR.  Every answer echoes the request's sequence
  * number so draft-verifier can drop answers to operations it has given up on.  A backbone that
  * was restarted knows no request: it answers EXTEND with ERROR "unknown request", and
- * draft-verifier re-fills it with PREFILL (prompt + frames so far). */
+ * draft-verifier re-fills it with PREFILL (prompt + frames so far).
+ *
+ * Backend cuda (HM_CUDA builds, stages.backbone.backend: cuda): the same protocol over the
+ * lm_cuda engine (kernels/lm_cuda.h), one lm_cuda_req per request; the output pool is a cuda
+ * pool and the hidden states are copied device to device into the slot on the request's stream,
+ * then the slot's event is recorded: the activations never visit the host.  This process loads
+ * the whole model (lm_cuda_load) though it runs only the backbone half. */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +24,9 @@
 #include "service.h"
 #include "stage.h"
 #include "transport.h"
+#ifdef HM_CUDA
+#include "lm_cuda.h"
+#endif
 
 #define BB_MAX_REQUESTS 64
 #define BB_MAX_EXTEND 16     /* frames per EXTEND (speculative drafts) */
@@ -27,6 +36,9 @@ typedef struct {
     uint64_t req;
     bb_seq *seq;
     double last_used;
+#ifdef HM_CUDA
+    lm_cuda_req *gr;           /* backend cuda: the request's caches (seq stays NULL) */
+#endif
 } bb_req;
 
 typedef struct {
@@ -37,18 +49,33 @@ typedef struct {
     pool_t *pool;
     bb_req reqs[BB_MAX_REQUESTS];
     float *h;                  /* scratch [BB_MAX_EXTEND, 2, D] */
+#ifdef HM_CUDA
+    lm_cuda *gm;               /* backend cuda: the engine (model stays NULL) */
+#endif
 } bb_service;
+
+/* A slot that holds a request (either backend). */
+static int req_live(const bb_req *r)
+{
+#ifdef HM_CUDA
+    if (r->gr) return 1;
+#endif
+    return r->seq != NULL;
+}
 
 static bb_req *find_req(bb_service *s, uint64_t req)
 {
     for (int i = 0; i < BB_MAX_REQUESTS; i++)
-        if (s->reqs[i].seq && s->reqs[i].req == req) return &s->reqs[i];
+        if (req_live(&s->reqs[i]) && s->reqs[i].req == req) return &s->reqs[i];
     return NULL;
 }
 
 static void drop_req(bb_req *r)
 {
     bb_seq_free(r->seq);
+#ifdef HM_CUDA
+    lm_cuda_req_free(r->gr);
+#endif
     memset(r, 0, sizeof *r);
 }
 

@@ -23,6 +23,7 @@
 #include <utf8proc.h>
 
 #include "hm.h"
+#include "utf8.h"
 
 #define MAX_STEPS 16      /* pre-tokenizer steps after flattening Sequences */
 #define MAX_NEST 8        /* Sequence nesting depth accepted in the JSON */
@@ -253,20 +254,6 @@ int tok_utf8_check(const char *s, size_t len, const char *what)
     return HM_OK;
 }
 
-/* Decode one code point of valid UTF-8 at s (n > 0 bytes available); *adv = its length. */
-static uint32_t utf8_at(const uint8_t *s, size_t *adv)
-{
-    uint8_t c = s[0];
-    if (c < 0x80) { *adv = 1; return c; }
-    if (c < 0xE0) { *adv = 2; return ((uint32_t)(c & 0x1F) << 6) | (s[1] & 0x3F); }
-    if (c < 0xF0) {
-        *adv = 3;
-        return ((uint32_t)(c & 0x0F) << 12) | ((uint32_t)(s[1] & 0x3F) << 6) | (s[2] & 0x3F);
-    }
-    *adv = 4;
-    return ((uint32_t)(c & 0x07) << 18) | ((uint32_t)(s[1] & 0x3F) << 12) |
-           ((uint32_t)(s[2] & 0x3F) << 6) | (s[3] & 0x3F);
-}
 
 /* Start of the code point that ends at `end` (end > 0). */
 static size_t utf8_prev(const uint8_t *s, size_t end)
@@ -276,19 +263,6 @@ static size_t utf8_prev(const uint8_t *s, size_t end)
     return i;
 }
 
-static int utf8_put(uint32_t cp, char *o)
-{
-    if (cp < 0x80) { o[0] = (char)cp; return 1; }
-    if (cp < 0x800) { o[0] = (char)(0xC0 | (cp >> 6)); o[1] = (char)(0x80 | (cp & 0x3F)); return 2; }
-    if (cp < 0x10000) {
-        o[0] = (char)(0xE0 | (cp >> 12)); o[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        o[2] = (char)(0x80 | (cp & 0x3F));
-        return 3;
-    }
-    o[0] = (char)(0xF0 | (cp >> 18)); o[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-    o[2] = (char)(0x80 | ((cp >> 6) & 0x3F)); o[3] = (char)(0x80 | (cp & 0x3F));
-    return 4;
-}
 
 /* Unicode White_Space (what Rust's char::is_whitespace and regex `\s` test). */
 static int is_white_space(uint32_t c)
@@ -414,7 +388,7 @@ static void byte_level_table(tok_t *t)
         int keep = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
         uint32_t cp = keep ? (uint32_t)b : next++;
         char o[4];
-        int n = utf8_put(cp, o);
+        int n = hm_utf8_encode(cp, o);
         memcpy(t->byte_char[b], o, (size_t)n);
         t->byte_char_len[b] = (uint8_t)n;
     }
@@ -1195,7 +1169,7 @@ static int regex_spans(tok_t *t, step_t *st, const char *s, size_t n, spanvec *o
         } else {
             if (b >= n) break;
             size_t adv;
-            utf8_at((const uint8_t *)s + b, &adv);
+            hm_utf8_decode((const uint8_t *)s + b, &adv);
             off = b + adv;
         }
     }
@@ -1321,11 +1295,11 @@ static void find_added(const tok_t *t, const trie_t *tr, const char *s, size_t n
             int start_space = 1, stop_space = 1;
             if (st > 0) {
                 size_t adv, p = utf8_prev(u, st);
-                start_space = !is_word_char(utf8_at(u + p, &adv));
+                start_space = !is_word_char(hm_utf8_decode(u + p, &adv));
             }
             if (en < n) {
                 size_t adv;
-                stop_space = !is_word_char(utf8_at(u + en, &adv));
+                stop_space = !is_word_char(hm_utf8_decode(u + en, &adv));
             }
             if (!start_space || !stop_space) continue;
         }
@@ -1333,14 +1307,14 @@ static void find_added(const tok_t *t, const trie_t *tr, const char *s, size_t n
             size_t ns = st, adv;
             while (ns > 0) {
                 size_t p = utf8_prev(u, ns);
-                if (!is_white_space(utf8_at(u + p, &adv))) break;
+                if (!is_white_space(hm_utf8_decode(u + p, &adv))) break;
                 ns = p;
             }
             st = HM_MAX(ns, start_off);
         }
         if (a->rstrip) {
             size_t adv;
-            while (en < n && is_white_space(utf8_at(u + en, &adv))) en += adv;
+            while (en < n && is_white_space(hm_utf8_decode(u + en, &adv))) en += adv;
         }
         if (start_off < st) seg_push(out, base + start_off, base + st, -1);
         seg_push(out, base + st, base + en, a->id);

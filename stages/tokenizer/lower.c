@@ -16,6 +16,7 @@
 
 #include "bpe.h"
 #include "hm.h"
+#include "utf8.h"
 
 typedef struct { uint32_t lo, hi; } cprange;
 
@@ -65,20 +66,6 @@ static int is_case_ignorable(uint32_t c)
     return 0;
 }
 
-/* Valid UTF-8 assumed (checked by the caller). */
-static uint32_t dec(const uint8_t *s, size_t *adv)
-{
-    uint8_t c = s[0];
-    if (c < 0x80) { *adv = 1; return c; }
-    if (c < 0xE0) { *adv = 2; return ((uint32_t)(c & 0x1F) << 6) | (s[1] & 0x3F); }
-    if (c < 0xF0) {
-        *adv = 3;
-        return ((uint32_t)(c & 0x0F) << 12) | ((uint32_t)(s[1] & 0x3F) << 6) | (s[2] & 0x3F);
-    }
-    *adv = 4;
-    return ((uint32_t)(c & 0x07) << 18) | ((uint32_t)(s[1] & 0x3F) << 12) |
-           ((uint32_t)(s[2] & 0x3F) << 6) | (s[3] & 0x3F);
-}
 
 /* Final_Sigma for the Σ at bytes [pos, pos+2) of s[0..n). */
 static int final_sigma(const uint8_t *s, size_t n, size_t pos)
@@ -89,13 +76,13 @@ static int final_sigma(const uint8_t *s, size_t n, size_t pos)
     while (i > 0) {
         size_t p = i - 1;
         while (p > 0 && (s[p] & 0xC0) == 0x80) p--;
-        c = dec(s + p, &adv);
+        c = hm_utf8_decode(s + p, &adv);
         i = p;
         if (!is_case_ignorable(c)) { found = 1; break; }
     }
     if (!found || !is_cased(c)) return 0;
     for (i = pos + 2; i < n; i += adv) {
-        c = dec(s + i, &adv);
+        c = hm_utf8_decode(s + i, &adv);
         if (!is_case_ignorable(c)) return !is_cased(c);
     }
     return 1;
@@ -120,7 +107,7 @@ int tok_lower(const char *in, size_t len, char **out, size_t *outlen)
             adv = 1;
             continue;
         }
-        uint32_t c = dec(s + i, &adv), l;
+        uint32_t c = hm_utf8_decode(s + i, &adv), l;
         if (c == 0x0130) {
             o[k++] = 'i';
             l = 0x0307;

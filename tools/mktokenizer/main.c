@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "hm.h"
+#include "utf8.h"
 
 /* The Llama-3 pre-tokenizer pattern (a fact of that tokenizer's format). */
 static const char *k_pattern =
@@ -35,19 +36,12 @@ static void byte_chars(uint32_t cp[256])
     }
 }
 
-static int put_utf8(char *o, uint32_t c)
-{
-    if (c < 0x80) { o[0] = (char)c; return 1; }
-    if (c < 0x800) { o[0] = (char)(0xc0 | (c >> 6)); o[1] = (char)(0x80 | (c & 0x3f)); return 2; }
-    o[0] = (char)(0xe0 | (c >> 12)); o[1] = (char)(0x80 | ((c >> 6) & 0x3f)); o[2] = (char)(0x80 | (c & 0x3f));
-    return 3;
-}
 
 static char *visible(const token *t, const uint32_t cp[256])
 {
     char *s = hm_malloc((size_t)t->len * 3 + 1);
     int o = 0;
-    for (int i = 0; i < t->len; i++) o += put_utf8(s + o, cp[(uint8_t)t->bytes[i]]);
+    for (int i = 0; i < t->len; i++) o += hm_utf8_encode(cp[(uint8_t)t->bytes[i]], s + o);
     s[o] = 0;
     return s;
 }
