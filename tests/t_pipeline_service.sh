@@ -24,15 +24,24 @@ mkdir -p "$M"
 read -r _ bos _ eos < <(bin/mktokenizer --vocab 1024 --out "$M/tokenizer.json" tools/mktokenizer/corpus.txt 2>/dev/null)
 bin/mkmodel --preset demo -o "$M" --seed 1 >/dev/null 2>&1 && bin/mkcodec --preset demo -o "$M" --seed 2 >/dev/null 2>&1 || { bad "model generation"; exit 1; }
 printf '{"text_bos_id": %d, "text_eos_id": %d, "audio_eos_id": 8193, "empty_id": 0}\n' "$bos" "$eos" > "$M/gen_config.json"
+# two replicas of every stage but the tokenizer: requests are spread by id, and every message of
+# one song meets the same replica
 cat > "$T/p.yaml" <<EOY
 model_dir: $M
 run_dir: $T/run
 request_timeout_ms: 3000
+stages:
+  backbone: {replicas: 2}
+  draft-verifier: {replicas: 2}
+  flow-matching: {replicas: 2}
+  vocoder: {replicas: 2}
 EOY
 bin/hm-launch --config "$T/p.yaml" > "$T/launch.log" 2>&1 &
 LPID=$!
 for _ in $(seq 600); do [ -f "$T/run/ready" ] && break; sleep 0.1; done
 [ -f "$T/run/ready" ] && ok "pipeline ready" || { bad "pipeline did not start"; cat "$T/launch.log"; exit 1; }
+n=$(grep -c "ready (" "$T/launch.log")
+[ "$n" = 9 ] && ok "9 stage processes ready (replicas)" || bad "$n stage processes ready, expected 9"
 
 H=(bin/heartmula --config "$T/p.yaml" --timeout 180)
 gen() { "${H[@]}" generate --tags-file tools/demo/tags.txt --lyrics-file tools/demo/lyrics.txt "$@"; }
@@ -43,7 +52,7 @@ check_wav() { # file cli-output
   info=$(bin/wavinfo "$1" 2>&1) || { bad "$1 unreadable: $info"; return; }
   [ -n "$n" ] && [ "$info" = "48000 2 $((n * 3840)) wav-pcm16" ] && ok "$1: $info ($n frames)" || bad "$1: '$info' for '$n' frames"
 }
-frames_done() { "${H[@]}" stats 2>/dev/null | awk '/^draft-verifier/ { for (i = 1; i <= NF; i++) if ($i ~ /^c\.frames=/) { sub("c.frames=", "", $i); print $i } }'; }
+frames_done() { "${H[@]}" stats 2>/dev/null | awk '/^draft-verifier/ { for (i = 1; i <= NF; i++) if ($i ~ /^c\.frames=/) { sub("c.frames=", "", $i); n += $i } } END { print n + 0 }'; }
 
 step "baseline song"
 gen --seed 7 --max-seconds 12 -o "$T/base.wav" > "$T/base.out" 2>&1 || bad "baseline: $(cat "$T/base.out")"
@@ -96,14 +105,15 @@ for s in tokenizer backbone draft-verifier flow-matching vocoder; do
   gen --seed 7 --max-seconds 12 -o "$T/kill-$s.wav" > "$T/kill-$s.out" 2>&1 &
   gpid=$!
   sleep $delay
-  victim=$(pgrep -f "hm-$s --config $T/p.yaml" | head -1)
-  [ -n "$victim" ] && kill -9 "$victim"
+  victim=$(pgrep -d, -f "hm-$s --config $T/p.yaml")   # every replica of the stage
+  [ -n "$victim" ] && kill -9 ${victim//,/ }
   if wait $gpid && cmp -s "$T/base.wav" "$T/kill-$s.wav"; then ok "$s killed (pid ${victim:-none}): song identical to the baseline"
   else bad "$s killed: $(tail -3 "$T/kill-$s.out")"; fi
-  for _ in $(seq 100); do [ -f "$T/run/ready" ] && pgrep -f "hm-$s --config $T/p.yaml" >/dev/null && break; sleep 0.1; done
+  for _ in $(seq 100); do [ "$(pgrep -c -f "hm-$s --config $T/p.yaml")" -ge 1 ] && break; sleep 0.1; done
+  sleep 1
 done
 n=$(grep -c "killed by signal 9" "$T/launch.log" || true)
-[ "$n" -ge 4 ] && ok "the launcher restarted $n killed stages" || bad "launcher saw $n kills"
+[ "$n" -ge 8 ] && ok "the launcher restarted $n killed stages" || bad "launcher saw $n kills"
 
 step "bad inputs: one-line errors"
 one_line() { # needle, command...

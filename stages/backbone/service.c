@@ -38,6 +38,7 @@ typedef struct {
     double last_used;
 #ifdef HM_CUDA
     lm_cuda_req *gr;           /* backend cuda: the request's caches (seq stays NULL) */
+    int rows;                  /* ... and its B */
 #endif
 } bb_req;
 
@@ -113,6 +114,103 @@ static void reply_hidden(bb_service *s, const tp_peer_t *to, const desc_t *in, i
     desc_free(&d);
 }
 
+#ifdef HM_CUDA
+/* ---- backend cuda: the same operations on the GPU; answers come from a cuda pool slot ---- */
+
+/* The k hidden states of the slot were enqueued on gr's stream: record the slot's event and
+ * answer HIDDEN (the consumer's stream waits for that event, no host sync here). */
+static void cuda_send_hidden(bb_service *s, const tp_peer_t *to, const desc_t *in, uint32_t slot, int k, bb_req *r)
+{
+    desc_t d;
+    desc_init(&d, DESC_HIDDEN, in->req_id, in->seq);
+    uint64_t shape[3] = {(uint64_t)k, (uint64_t)r->rows, (uint64_t)s->D};
+    desc_set_i64(&d, "pos", lm_cuda_pos(r->gr));
+    if (pool_record(s->pool, slot, lm_cuda_stream(r->gr)) || pool_fill_desc(s->pool, slot, 0, DESC_DT_F32, 3, shape, &d) ||
+        stage_reply(s->st, s->sock, to, &d) != HM_OK) {
+        LOG_WARN("cannot send hidden state: %s", hm_errmsg());
+        pool_cancel(s->pool, slot);
+    }
+    desc_free(&d);
+}
+
+/* Extend by k frames (row stride `stride` int32s, the first ncb are the codes), copying each new
+ * hidden state into dst[j].  On an error the cache is rolled back to where it was. */
+static int cuda_extend_frames(bb_service *s, bb_req *r, const int32_t *frames, int k, size_t stride, float *dst)
+{
+    const hm_lm_config *c = lm_cuda_config(s->gm);
+    for (int j = 0; j < k; j++) /* check every code first: a bad frame leaves the cache as it was */
+        for (int i = 0; i < s->ncb; i++) {
+            int32_t v = frames[(size_t)j * stride + i];
+            if (v < 0 || v >= c->audio_vocab_size)
+                return hm_err("frame %d: code %d of codebook %d outside 0..%d", j, v, i, c->audio_vocab_size - 1);
+        }
+    for (int j = 0; j < k; j++)
+        if (lm_cuda_extend(r->gr, frames + (size_t)j * stride) ||
+            lm_cuda_copy_hidden(r->gr, dst + (size_t)j * r->rows * s->D)) {
+            char msg[1024];
+            snprintf(msg, sizeof msg, "%s", hm_errmsg());
+            lm_cuda_rollback(r->gr, j);
+            return hm_err("%s", msg);
+        }
+    return HM_OK;
+}
+
+static void cuda_prefill(bb_service *s, const tp_peer_t *to, const desc_t *in, bb_req *r, int B, int plen, int muq_index)
+{
+    const desc_buf_t *b = &in->buf;
+    const int S = (int)b->shape[0], cols = s->ncb + 1;
+    const int32_t *rows = (const int32_t *)b->data;
+    double t0 = hm_now();
+    uint32_t slot;
+    if (pool_acquire(s->pool, 5000, &slot)) return reply_error(s, to, in, "busy", hm_errmsg());
+    float *dst = pool_slot_ptr(s->pool, slot);
+    r->req = in->req_id;
+    r->rows = B;
+    r->last_used = t0;
+    /* a request holds its caches for the backbone's whole context (draft-verifier bounds the song) */
+    int rc = lm_cuda_req_new(s->gm, B, lm_cuda_config(s->gm)->backbone.max_seq_len, &r->gr);
+    if (!rc) {
+        uint8_t *mask = hm_calloc((size_t)plen * cols, 1); /* prompt rows: text column only */
+        for (int i = 0; i < plen; i++) mask[(size_t)i * cols + s->text_col] = 1;
+        rc = lm_cuda_prefill(r->gr, rows, mask, plen, muq_index, NULL);
+        free(mask);
+    }
+    if (!rc && S > plen) rc = cuda_extend_frames(s, r, rows + (size_t)plen * cols, S - plen, (size_t)cols, dst);
+    else if (!rc) rc = lm_cuda_copy_hidden(r->gr, dst);
+    if (rc) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", hm_errmsg());
+        pool_cancel(s->pool, slot);
+        drop_req(r);
+        return reply_error(s, to, in, "bad", msg);
+    }
+    stage_stat_time(s->st, "prefill", hm_now() - t0);
+    stage_stat_add(s->st, "positions", S);
+    cuda_send_hidden(s, to, in, slot, 1, r);
+}
+
+/* EXTEND: k hidden states [k, B, D] into one slot.  The slot only holds the last when prefill
+ * re-ran frames (k = 1 there), as in the cpu path. */
+static void cuda_extend(bb_service *s, const tp_peer_t *to, const desc_t *in, bb_req *r)
+{
+    const desc_buf_t *b = &in->buf;
+    int k = (int)b->shape[0];
+    if (desc_i64_or(in, "pos", -1) != lm_cuda_pos(r->gr))
+        return reply_error(s, to, in, "stale", "EXTEND at a position the cache does not hold");
+    double t0 = hm_now();
+    uint32_t slot;
+    if (pool_acquire(s->pool, 5000, &slot)) return reply_error(s, to, in, "busy", hm_errmsg());
+    if (cuda_extend_frames(s, r, (const int32_t *)b->data, k, (size_t)s->ncb, pool_slot_ptr(s->pool, slot))) {
+        pool_cancel(s->pool, slot);
+        return reply_error(s, to, in, "bad", hm_errmsg());
+    }
+    r->last_used = hm_now();
+    stage_stat_time(s->st, "extend", r->last_used - t0);
+    stage_stat_add(s->st, "frames", k);
+    cuda_send_hidden(s, to, in, slot, k, r);
+}
+#endif
+
 static void on_prefill(bb_service *s, const tp_peer_t *to, const desc_t *in)
 {
     int64_t B = desc_i64_or(in, "B", 0), muq_index = desc_i64_or(in, "muq_index", -1);
@@ -128,8 +226,11 @@ static void on_prefill(bb_service *s, const tp_peer_t *to, const desc_t *in)
     bb_req *r = find_req(s, in->req_id);
     if (r) drop_req(r); /* a re-prefill (draft-verifier restarted the song on us) */
     for (int i = 0; i < BB_MAX_REQUESTS && !r; i++)
-        if (!s->reqs[i].seq) r = &s->reqs[i];
+        if (!req_live(&s->reqs[i])) r = &s->reqs[i];
     if (!r) return reply_error(s, to, in, "busy", "backbone holds its maximum of requests; retry later");
+#ifdef HM_CUDA
+    if (s->gm) return cuda_prefill(s, to, in, r, (int)B, (int)plen, (int)muq_index);
+#endif
     double t0 = hm_now();
     if (bb_seq_new(s->model, (int)B, &r->seq)) return reply_error(s, to, in, "bad", hm_errmsg());
     r->req = in->req_id;
@@ -169,6 +270,9 @@ static void on_extend(bb_service *s, const tp_peer_t *to, const desc_t *in)
     if (b->kind != DESC_BUF_INLINE || b->dtype != DESC_DT_I32 || b->ndim != 2 || b->shape[1] != (uint64_t)s->ncb ||
         b->shape[0] < 1 || b->shape[0] > BB_MAX_EXTEND)
         return reply_error(s, to, in, "bad", "EXTEND: needs inline int32 frames [k <= 16, codebooks]");
+#ifdef HM_CUDA
+    if (s->gm) return cuda_extend(s, to, in, r);
+#endif
     int64_t pos = desc_i64_or(in, "pos", -1);
     if (pos != bb_seq_pos(r->seq)) return reply_error(s, to, in, "stale", "EXTEND at a position the cache does not hold");
     int k = (int)b->shape[0], B = bb_seq_rows(r->seq);
@@ -185,13 +289,26 @@ static void on_small(bb_service *s, const tp_peer_t *to, const desc_t *in)
     bb_req *r = find_req(s, in->req_id);
     if (in->type == DESC_ROLLBACK) {
         if (!r) return reply_error(s, to, in, "unknown", "unknown request (backbone restarted?)");
+#ifdef HM_CUDA
+        if (s->gm) {
+            int64_t npos = desc_i64_or(in, "pos", -1), pos = lm_cuda_pos(r->gr);
+            if (npos < 0 || npos > pos) return reply_error(s, to, in, "bad", "ROLLBACK: pos outside the cache");
+            if (lm_cuda_rollback(r->gr, (int)(pos - npos))) return reply_error(s, to, in, "bad", hm_errmsg());
+        } else
+#endif
         if (bb_rollback(r->seq, (int)desc_i64_or(in, "pos", -1))) return reply_error(s, to, in, "bad", hm_errmsg());
     } else if (r) {
         drop_req(r);
     }
     desc_t d;
     desc_init(&d, DESC_REPLY, in->req_id, in->seq);
-    if (r && in->type == DESC_ROLLBACK) desc_set_i64(&d, "pos", bb_seq_pos(r->seq));
+    if (r && in->type == DESC_ROLLBACK) {
+#ifdef HM_CUDA
+        if (s->gm) desc_set_i64(&d, "pos", lm_cuda_pos(r->gr));
+        else
+#endif
+        desc_set_i64(&d, "pos", bb_seq_pos(r->seq));
+    }
     if (stage_reply(s->st, s->sock, to, &d) != HM_OK) LOG_WARN("cannot answer: %s", hm_errmsg());
     desc_free(&d);
 }
@@ -216,11 +333,11 @@ static void bb_tick(stage_t *st, void *user)
     double now = hm_now();
     int active = 0;
     for (int i = 0; i < BB_MAX_REQUESTS; i++) {
-        if (s->reqs[i].seq && now - s->reqs[i].last_used > BB_IDLE_FREE_S) {
+        if (req_live(&s->reqs[i]) && now - s->reqs[i].last_used > BB_IDLE_FREE_S) {
             LOG_WARN("request %llx idle for %.0f s: dropping its cache", (unsigned long long)s->reqs[i].req, now - s->reqs[i].last_used);
             drop_req(&s->reqs[i]);
         }
-        active += s->reqs[i].seq != NULL;
+        active += req_live(&s->reqs[i]);
     }
     stage_stat_add(st, "requests_active", active - stage_stat_get(st, "requests_active"));
 }
@@ -229,9 +346,12 @@ void bb_service_free(void *state)
 {
     bb_service *s = state;
     for (int i = 0; i < BB_MAX_REQUESTS; i++)
-        if (s->reqs[i].seq) drop_req(&s->reqs[i]);
+        if (req_live(&s->reqs[i])) drop_req(&s->reqs[i]);
     if (s->pool) pool_destroy(s->pool);
     if (s->model) bb_free(s->model);
+#ifdef HM_CUDA
+    if (s->gm) lm_cuda_free(s->gm);
+#endif
     free(s->h);
     free(s);
 }
@@ -241,8 +361,23 @@ int bb_service_setup(stage_t *st, const hm_pipeline_cfg *cfg, int replica, void 
     bb_service *s = hm_calloc(1, sizeof *s);
     s->st = st;
     *state = s;
-    if (bb_load(cfg->model_dir, cfg->lm_version[0] ? cfg->lm_version : NULL, &s->model)) return HM_ERR;
-    const hm_lm_config *lc = bb_config(s->model);
+    const hm_stage_cfg *sc = &cfg->stage[HM_STAGE_BACKBONE];
+    const char *version = cfg->lm_version[0] ? cfg->lm_version : NULL;
+    pool_kind_t kind = POOL_SHM;
+    const hm_lm_config *lc;
+#ifdef HM_CUDA
+    if (!strcmp(sc->backend, "cuda")) {
+        lm_cuda_opts o = {HMC_BF16, version};
+        if (lm_cuda_precision(sc->precision, &o.wdt) || lm_cuda_load(cfg->model_dir, &o, &s->gm)) return HM_ERR;
+        lc = lm_cuda_config(s->gm);
+        kind = POOL_CUDA;
+        LOG_INFO("backend cuda, %s weights", o.wdt == HMC_F32 ? "fp32" : "bf16");
+    } else
+#endif
+    {
+        if (bb_load(cfg->model_dir, version, &s->model)) return HM_ERR;
+        lc = bb_config(s->model);
+    }
     s->D = lc->backbone.embed_dim;
     s->ncb = lc->audio_num_codebooks;
     s->text_col = s->ncb;
@@ -253,7 +388,7 @@ int bb_service_setup(stage_t *st, const hm_pipeline_cfg *cfg, int replica, void 
     if ((s->sock = stage_add_socket(st, &ep, bb_on_msg, s)) < 0) return HM_ERR;
     hm_service_pool_name(cfg, "backbone", replica, "hidden", name, sizeof name);
     uint64_t slot = (uint64_t)BB_MAX_EXTEND * 2 * s->D * sizeof(float);
-    if (pool_create(POOL_SHM, name, (uint32_t)cfg->stage[HM_STAGE_BACKBONE].pool_slots, slot, &s->pool)) return HM_ERR;
+    if (pool_create(kind, name, (uint32_t)sc->pool_slots, slot, &s->pool)) return HM_ERR;
     snprintf(url, sizeof url, "ipc://%s/backbone-%d.rel", cfg->run_dir, replica);
     if (pool_listen(s->pool, url) || stage_add_pool(st, s->pool) || stage_add_timer(st, 1.0, bb_tick, s)) return HM_ERR;
     return HM_OK;

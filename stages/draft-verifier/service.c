@@ -7,7 +7,15 @@
  * The frames generated so far are the durable state of a song: when the backbone does not
  * answer within request_timeout_ms, or answers "unknown request" (it was restarted), the song is
  * re-sent as one PREFILL of prompt + frames so far.  Draws come from a counter-based RNG keyed by
- * (seed, frame), so the song continues exactly as it would have. */
+ * (seed, frame), so the song continues exactly as it would have.
+ *
+ * Backend cuda (HM_CUDA builds, stages.draft-verifier.backend: cuda): the frame runs on the GPU
+ * (lm_cuda_depth_frame) from the hidden state in the backbone's cuda pool slot, read in place
+ * after our stream waits on the slot's event.  Sampling there is keyed by (seed, frame) too, but
+ * with the engine's own counter hash and Gumbel-max draw (kernels/sample.cu), not dv_rng's
+ * Philox + inverse CDF: top-k 1 (argmax, lowest index on ties) gives the same frames as the cpu
+ * backend, top-k > 1 draws a different (equally distributed) song for the same seed.  This
+ * process loads the whole model (lm_cuda_load) though it runs only the depth half. */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +30,9 @@
 #include "service.h"
 #include "stage.h"
 #include "transport.h"
+#ifdef HM_CUDA
+#include "lm_cuda.h"
+#endif
 
 #define DV_MAX_REQUESTS 64
 #define DV_PROGRESS_EVERY 6 /* frames between progress messages to the client */
@@ -60,6 +71,11 @@ typedef struct {
     int *fm; int nfm;       /* ... of the PUSH to each flow-matching replica */
     dv_req reqs[DV_MAX_REQUESTS];
     int32_t codes[64];
+    int max_seq;            /* the backbone's positions */
+#ifdef HM_CUDA
+    lm_cuda *gm;            /* backend cuda: the engine (model stays NULL) */
+    lm_cuda_req *gr[3];     /* ... one depth request per row count B (1, 2), reused by every song */
+#endif
 } dv_service;
 
 /* The backbone / flow-matching replica that owns request r (all of a song meets one replica). */
@@ -248,7 +264,7 @@ static void on_prompt(dv_service *s, const desc_t *in)
     r->sp.cfg_scale = (float)desc_f64_or(in, "cfg", 1.5);
     r->B = r->sp.cfg_scale > 1.0f ? 2 : 1;
     r->rng.seed = (uint64_t)desc_i64_or(in, "seed", 0);
-    int max_seq = dv_config(s->model)->backbone.max_seq_len;
+    int max_seq = s->max_seq;
     char msg[300];
     if (r->max_frames < 1) return fail_req(s, r, "%s", "a song needs at least one frame (--max-seconds > 0)");
     if (!(r->sp.temperature > 0) || r->sp.topk < 1) return fail_req(s, r, "%s", "temperature must be > 0 and topk >= 1");
@@ -280,7 +296,18 @@ static void on_hidden(dv_service *s, dv_req *r, const desc_t *in)
     double t0 = hm_now();
     r->rng.frame = (uint64_t)r->nframes;
     float *lg = r->logits ? r->logits + (size_t)r->nframes * s->ncb * s->V : NULL;
-    int rc = dv_frame(s->model, h, r->B, &r->sp, &r->rng, s->codes, lg);
+    int rc;
+#ifdef HM_CUDA
+    if (s->gm) {
+        /* h is a device pointer into the backbone's slot: our stream waits for its writes, and
+         * lm_cuda_depth_frame is synchronous, so the slot is free to go back when it returns */
+        lm_cuda_req *gr = s->gr[r->B];
+        lm_cuda_sampling smp = {r->sp.temperature, r->sp.topk, r->sp.cfg_scale, r->rng.seed, (uint32_t)r->nframes, NULL};
+        rc = pool_wait(in, lm_cuda_stream(gr));
+        if (!rc) rc = lm_cuda_depth_frame(gr, h, &smp, s->codes, lg);
+    } else
+#endif
+    rc = dv_frame(s->model, h, r->B, &r->sp, &r->rng, s->codes, lg);
     pool_release(in);
     stage_stat_time(s->st, "frame", hm_now() - t0);
     if (rc) return fail_req(s, r, "%s", hm_errmsg());
@@ -382,6 +409,10 @@ void dv_service_free(void *state)
     free(s->fm);
     if (s->model) dv_free(s->model);
     pool_unmap_all();
+#ifdef HM_CUDA
+    for (int b = 1; b <= 2; b++) lm_cuda_req_free(s->gr[b]);
+    if (s->gm) lm_cuda_free(s->gm);
+#endif
     free(s);
 }
 
@@ -392,9 +423,26 @@ int dv_service_setup(stage_t *st, const hm_pipeline_cfg *cfg, int replica, void 
     s->timeout_s = cfg->request_timeout_ms / 1000.0;
     *state = s;
     char url[600];
-    if (hm_gen_config_load(cfg->model_dir, &s->gen) || dv_load(cfg->model_dir, cfg->lm_version[0] ? cfg->lm_version : NULL, &s->model))
-        return HM_ERR;
-    const hm_lm_config *lc = dv_config(s->model);
+    const char *version = cfg->lm_version[0] ? cfg->lm_version : NULL;
+    const hm_lm_config *lc;
+    if (hm_gen_config_load(cfg->model_dir, &s->gen)) return HM_ERR;
+#ifdef HM_CUDA
+    const hm_stage_cfg *sc = &cfg->stage[HM_STAGE_DRAFT_VERIFIER];
+    if (!strcmp(sc->backend, "cuda")) {
+        lm_cuda_opts o = {HMC_BF16, version};
+        if (lm_cuda_precision(sc->precision, &o.wdt) || lm_cuda_load(cfg->model_dir, &o, &s->gm)) return HM_ERR;
+        /* max_seq 1: the depth requests never use their backbone cache */
+        for (int b = 1; b <= 2; b++)
+            if (lm_cuda_req_new(s->gm, b, 1, &s->gr[b])) return HM_ERR;
+        lc = lm_cuda_config(s->gm);
+        LOG_INFO("backend cuda, %s weights", o.wdt == HMC_F32 ? "fp32" : "bf16");
+    } else
+#endif
+    {
+        if (dv_load(cfg->model_dir, version, &s->model)) return HM_ERR;
+        lc = dv_config(s->model);
+    }
+    s->max_seq = lc->backbone.max_seq_len;
     s->ncb = lc->audio_num_codebooks;
     s->V = lc->audio_vocab_size;
     s->D = lc->backbone.embed_dim;

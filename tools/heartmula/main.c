@@ -590,26 +590,34 @@ static int cmd_stats(const opts_t *o)
     hm_pipeline_cfg c;
     const char *cfgpath = o->config ? o->config : "pipeline.yaml";
     if (hm_config_load(cfgpath, &c)) return HM_ERR;
-    printf("%-15s %-8s %s\n", "stage", "state", "counters");
+    printf("%-17s %-6s %s\n", "stage", "state", "counters (c.*) and latencies (l.*: count, p50/p99/max ms)");
     int ok = 0;
-    for (int s = 0; s < HM_STAGE_COUNT; s++) {
-        desc_t q, r;
-        desc_init(&q, DESC_STATS, 0, 0);
-        int rc = tp_request(c.stage[s].control, &q, &r, 2000);
-        desc_free(&q);
-        if (rc) { printf("%-15s %-8s %s\n", hm_stage_name(s), "down", hm_errmsg()); continue; }
-        ok++;
-        printf("%-15s %-8s", hm_stage_name(s), "up");
-        for (uint32_t i = 0; i < r.nparams; i++) {
-            const desc_param_t *pp = &r.params[i];
-            if (pp->type == DESC_P_I64) printf(" %s=%lld", pp->key, (long long)pp->i);
-            else if (pp->type == DESC_P_F64) printf(" %s=%.4g", pp->key, pp->f);
-            else if (pp->type == DESC_P_STR) printf(" %s=%s", pp->key, pp->s);
+    for (int s = 0; s < HM_STAGE_COUNT; s++)
+        for (int r = 0; r < c.stage[s].replicas; r++) {
+            char url[600], name[40];
+            if (r) snprintf(url, sizeof url, "%s-%d", c.stage[s].control, r);
+            else snprintf(url, sizeof url, "%s", c.stage[s].control);
+            snprintf(name, sizeof name, r ? "%s.%d" : "%s", hm_stage_name(s), r);
+            desc_t q, a;
+            desc_init(&q, DESC_STATS, 0, 0);
+            int rc = tp_request(url, &q, &a, 2000);
+            desc_free(&q);
+            if (rc) {
+                printf("%-17s %-6s %s\n", name, "down", hm_errmsg());
+                continue;
+            }
+            ok++;
+            printf("%-17s %-6s", name, "up");
+            for (uint32_t i = 0; i < a.nparams; i++) {
+                const desc_param_t *pp = &a.params[i];
+                if (pp->type == DESC_P_I64) printf(" %s=%lld", pp->key, (long long)pp->i);
+                else if (pp->type == DESC_P_F64) printf(" %s=%.4g", pp->key, pp->f);
+                else if (pp->type == DESC_P_STR) printf(" %s=%s", pp->key, pp->s);
+            }
+            printf("\n");
+            desc_free(&a);
         }
-        printf("\n");
-        desc_free(&r);
-    }
-    return ok ? HM_OK : hm_err("no stage answered: is the pipeline running? (launch/heartmula-launch)");
+    return ok ? HM_OK : hm_err("no stage answered: is the pipeline running? (bin/hm-launch --config %s)", cfgpath);
 }
 
 int main(int argc, char **argv)
