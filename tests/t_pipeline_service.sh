@@ -112,6 +112,7 @@ for s in tokenizer backbone draft-verifier flow-matching vocoder; do
   for _ in $(seq 100); do [ "$(pgrep -c -f "hm-$s --config $T/p.yaml")" -ge 1 ] && break; sleep 0.1; done
   sleep 1
 done
+ls "$T"/*.tmp.* >/dev/null 2>&1 && bad "partial files left: $(ls "$T"/*.tmp.*)" || ok "no partial file left by the killed vocoder"
 n=$(grep -c "killed by signal 9" "$T/launch.log" || true)
 [ "$n" -ge 8 ] && ok "the launcher restarted $n killed stages" || bad "launcher saw $n kills"
 

@@ -1,6 +1,8 @@
 /* audio_out.c - segment cross-fade and the progressive, atomic WAV/FLAC writer (see audio_out.h). */
 #include "audio_out.h"
 
+#include <signal.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <sndfile.h>
@@ -101,6 +103,34 @@ int audio_sample_fmt_parse(const char *s, audio_sample_fmt *out)
     return HM_OK;
 }
 
+/* A writer killed mid-song (kill -9 of the vocoder) leaves "<path>.tmp.<pid>" behind; the retried
+ * song would add its own.  Remove such files whose writer process no longer exists. */
+static void remove_stale_parts(const char *path)
+{
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    const char *base = slash ? path + (slash - dir) + 1 : path;
+    if (slash) *slash = 0;
+    else snprintf(dir, sizeof dir, ".");
+    if (slash == dir) snprintf(dir, sizeof dir, "/");
+    size_t bl = strlen(base);
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (strncmp(e->d_name, base, bl) || strncmp(e->d_name + bl, ".tmp.", 5)) continue;
+        char *end;
+        long pid = strtol(e->d_name + bl + 5, &end, 10);
+        if (*end || pid <= 0 || pid == (long)getpid()) continue;
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;
+        char full[8300];
+        snprintf(full, sizeof full, "%s/%s", dir, e->d_name);
+        if (unlink(full) == 0) LOG_WARN("removed '%s', left by a writer that died", full);
+    }
+    closedir(d);
+}
+
 int audio_writer_open(const char *path, int sample_rate, int channels, audio_sample_fmt fmt, audio_writer **out)
 {
     *out = NULL;
@@ -118,6 +148,7 @@ int audio_writer_open(const char *path, int sample_rate, int channels, audio_sam
     info.format = (flac ? SF_FORMAT_FLAC : SF_FORMAT_WAV) |
                   (fmt == AUDIO_PCM16 ? SF_FORMAT_PCM_16 : fmt == AUDIO_PCM24 ? SF_FORMAT_PCM_24 : SF_FORMAT_FLOAT);
     if (!sf_format_check(&info)) return hm_err("output '%s': libsndfile cannot write this format", path);
+    remove_stale_parts(path);
     audio_writer *w = hm_calloc(1, sizeof *w);
     w->path = hm_strdup(path);
     size_t tl = strlen(path) + 32;

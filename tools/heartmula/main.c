@@ -590,6 +590,7 @@ static int cmd_stats(const opts_t *o)
     hm_pipeline_cfg c;
     const char *cfgpath = o->config ? o->config : "pipeline.yaml";
     if (hm_config_load(cfgpath, &c)) return HM_ERR;
+    if (!running(&c)) return hm_err("no pipeline runs in '%s' (start one: bin/hm-launch --config %s)", c.run_dir, cfgpath);
     printf("%-17s %-6s %s\n", "stage", "state", "counters (c.*) and latencies (l.*: count, p50/p99/max ms)");
     int ok = 0;
     for (int s = 0; s < HM_STAGE_COUNT; s++)
