@@ -361,21 +361,6 @@ static void progress(int tty, double t0, int64_t frames, int64_t max_frames, con
     fprintf(stderr, "\r\033[K%s: %lld frames | %.1f s audio | RTF %.2f | ETA <= %.0f s", what, (long long)frames, audio, rtf, eta);
 }
 
-static int send_to(const char *url, const desc_t *d)
-{
-    tp_endpoint_t ep = {"request", url, TP_CONNECT, ZMQ_PUSH};
-    void *s;
-    if (tp_open(&ep, &s)) return HM_ERR;
-    int rc = TP_AGAIN;
-    for (int i = 0; i < 100 && rc == TP_AGAIN; i++) { /* ZMQ_IMMEDIATE: wait for the connection */
-        rc = tp_send(s, NULL, d, ZMQ_DONTWAIT);
-        if (rc == TP_AGAIN) usleep(20000);
-    }
-    tp_close(s);
-    if (rc == TP_AGAIN) return hm_err("cannot reach %s (is the pipeline running?)", url);
-    return rc;
-}
-
 /* The pid of every stage process serving request req (0 where the stage does not answer within
  * timeout_ms, e.g. busy in a long computation). */
 static void stage_pids(const hm_pipeline_cfg *c, uint64_t req, int timeout_ms, int64_t pids[HM_STAGE_COUNT])
@@ -428,7 +413,7 @@ static int wait_done(void *pull, const pipe_t *p, const desc_t *req_desc, const 
             if (restarted >= 0) {
                 if (++retries > 5) return hm_err("stages restarted 5 times during this request; giving up (heartmula stats)");
                 LOG_WARN("%s was restarted: sending the request again", hm_stage_name(restarted));
-                if (send_to(url, req_desc)) LOG_WARN("%s", hm_errmsg());
+                if (tp_send_url(url, req_desc)) LOG_WARN("%s", hm_errmsg());
                 last = hm_now();
             }
         }
@@ -563,12 +548,13 @@ static int cmd_song(const opts_t *o)
     int stage = mode_detok ? HM_STAGE_FLOW_MATCHING : HM_STAGE_TOKENIZER;
     char url[600];
     hm_stage_endpoint(&p.cfg, stage, (int)(req % (uint64_t)p.cfg.stage[stage].replicas), url, sizeof url);
-    if (!rc) rc = send_to(url, &d);
+    if (!rc) rc = tp_send_url(url, &d);
     int64_t mf = desc_i64_or(&d, "max_frames", 0);
     free(codes);
     if (!rc) rc = wait_done(pull, &p, &d, url, mode_detok ? T : mf, o->timeout_s, o->out);
     desc_free(&d);
     if (pull) tp_close(pull);
+    tp_url_cache_clear();
     char sockpath[600];
     snprintf(sockpath, sizeof sockpath, "%s", reply + 6);
     unlink(sockpath);
