@@ -134,8 +134,11 @@ static void cuda_send_hidden(bb_service *s, const tp_peer_t *to, const desc_t *i
 }
 
 /* Extend by k frames (row stride `stride` int32s, the first ncb are the codes), copying each new
- * hidden state into dst[j].  On an error the cache is rolled back to where it was. */
-static int cuda_extend_frames(bb_service *s, bb_req *r, const int32_t *frames, int k, size_t stride, float *dst)
+ * hidden state into dst[j], or only the last one into dst[0] with last_only (a refill's frames
+ * may outnumber the slot's BB_MAX_EXTEND states).  On an error the cache is rolled back to where
+ * it was. */
+static int cuda_extend_frames(bb_service *s, bb_req *r, const int32_t *frames, int k, size_t stride, float *dst,
+                              int last_only)
 {
     const hm_lm_config *c = lm_cuda_config(s->gm);
     for (int j = 0; j < k; j++) /* check every code first: a bad frame leaves the cache as it was */
@@ -144,14 +147,18 @@ static int cuda_extend_frames(bb_service *s, bb_req *r, const int32_t *frames, i
             if (v < 0 || v >= c->audio_vocab_size)
                 return hm_err("frame %d: code %d of codebook %d outside 0..%d", j, v, i, c->audio_vocab_size - 1);
         }
-    for (int j = 0; j < k; j++)
-        if (lm_cuda_extend(r->gr, frames + (size_t)j * stride) ||
-            lm_cuda_copy_hidden(r->gr, dst + (size_t)j * r->rows * s->D)) {
+    for (int j = 0; j < k; j++) {
+        int done = j, rc = lm_cuda_extend(r->gr, frames + (size_t)j * stride);
+        if (!rc) done++;
+        if (!rc && (!last_only || j == k - 1))
+            rc = lm_cuda_copy_hidden(r->gr, dst + (size_t)(last_only ? 0 : j) * r->rows * s->D);
+        if (rc) {
             char msg[1024];
             snprintf(msg, sizeof msg, "%s", hm_errmsg());
-            lm_cuda_rollback(r->gr, j);
+            lm_cuda_rollback(r->gr, done);
             return hm_err("%s", msg);
         }
+    }
     return HM_OK;
 }
 
@@ -175,7 +182,7 @@ static void cuda_prefill(bb_service *s, const tp_peer_t *to, const desc_t *in, b
         rc = lm_cuda_prefill(r->gr, rows, mask, plen, muq_index, NULL);
         free(mask);
     }
-    if (!rc && S > plen) rc = cuda_extend_frames(s, r, rows + (size_t)plen * cols, S - plen, (size_t)cols, dst);
+    if (!rc && S > plen) rc = cuda_extend_frames(s, r, rows + (size_t)plen * cols, S - plen, (size_t)cols, dst, 1);
     else if (!rc) rc = lm_cuda_copy_hidden(r->gr, dst);
     if (rc) {
         char msg[1024];
@@ -200,7 +207,7 @@ static void cuda_extend(bb_service *s, const tp_peer_t *to, const desc_t *in, bb
     double t0 = hm_now();
     uint32_t slot;
     if (pool_acquire(s->pool, 5000, &slot)) return reply_error(s, to, in, "busy", hm_errmsg());
-    if (cuda_extend_frames(s, r, (const int32_t *)b->data, k, (size_t)s->ncb, pool_slot_ptr(s->pool, slot))) {
+    if (cuda_extend_frames(s, r, (const int32_t *)b->data, k, (size_t)s->ncb, pool_slot_ptr(s->pool, slot), 0)) {
         pool_cancel(s->pool, slot);
         return reply_error(s, to, in, "bad", hm_errmsg());
     }

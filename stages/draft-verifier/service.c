@@ -428,6 +428,12 @@ int dv_service_setup(stage_t *st, const hm_pipeline_cfg *cfg, int replica, void 
     if (hm_gen_config_load(cfg->model_dir, &s->gen)) return HM_ERR;
 #ifdef HM_CUDA
     const hm_stage_cfg *sc = &cfg->stage[HM_STAGE_DRAFT_VERIFIER];
+    /* the hidden state is read where the backbone's pool keeps it: host shm or device memory */
+    if (strcmp(sc->backend, cfg->stage[HM_STAGE_BACKBONE].backend))
+        return hm_err("draft-verifier backend %s with backbone backend %s: the two must match (the hidden state "
+                      "stays in the backbone's %s memory)",
+                      sc->backend, cfg->stage[HM_STAGE_BACKBONE].backend,
+                      strcmp(cfg->stage[HM_STAGE_BACKBONE].backend, "cuda") ? "host" : "device");
     if (!strcmp(sc->backend, "cuda")) {
         lm_cuda_opts o = {HMC_BF16, version};
         if (lm_cuda_precision(sc->precision, &o.wdt) || lm_cuda_load(cfg->model_dir, &o, &s->gm)) return HM_ERR;

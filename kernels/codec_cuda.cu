@@ -1,0 +1,1067 @@
+/* codec_cuda.cu - HeartCodec flow matching on the GPU: weight upload, the DiT estimator's kernels
+ * (im2col conv, bias/act, modulated norms, gated residual, RoPE, tiled attention, timestep
+ * features), the estimator and the Euler + CFG solver (see codec_cuda.h; CPU twin fm.c).
+ * GEMMs go through hmc_gemm (kernels/gemm.cu, cuBLASLt). */
+#include "codec_cuda.h"
+#include "common_cuda.h"
+
+#include <cublasLt.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern "C" {
+#include "codec_plan.h"
+#include "ops_cpu.h"
+#include "safetensors.h"
+}
+
+#define FMC_EPS 1e-6f
+#define FMC_ROPE_BASE 10000.0f
+#define FMC_TIME_FEATURES 512 /* PixArt flow_t_size */
+#define FMC_PROJ_K 3
+
+namespace {
+
+/* ---- kernels -------------------------------------------------------------------------------- */
+
+int grid_for(size_t n, int threads = 256)
+{
+    size_t g = (n + threads - 1) / threads;
+    return (int)(g < 8192 ? (g ? g : 1) : 8192);
+}
+
+template <typename CT>
+__global__ void im2col3_kernel(const float *__restrict__ a, int ca, const float *__restrict__ b, int cb, int T,
+                               CT *__restrict__ col)
+{
+    const int row = blockIdx.x, bt = row / T, t = row % T, C = ca + cb;
+    CT *out = col + (size_t)row * 3 * C;
+    for (int i = threadIdx.x; i < 3 * C; i += blockDim.x) {
+        int j = i / C, c = i - j * C, ts = t + j - 1;
+        float v = 0.0f;
+        if (ts >= 0 && ts < T) {
+            size_t r = (size_t)bt * T + ts;
+            v = c < ca ? a[r * ca + c] : b[r * cb + (c - ca)];
+        }
+        hmc_st(out + i, v);
+    }
+}
+
+__device__ __forceinline__ float silu_f(float v) { return v / (1.0f + expf(-v)); }
+
+template <typename CT>
+__global__ void bias_act_kernel(float *__restrict__ y, const float *__restrict__ bias, size_t n, int N, float scale,
+                                int store_y, int act, CT *__restrict__ conv)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        float v = y[i];
+        if (bias) v = v + bias[i % N];
+        v = v * scale;
+        if (store_y) y[i] = v;
+        if (conv) hmc_st(conv + i, act ? silu_f(v) : v);
+    }
+}
+
+/* One block per row: statistics in fp32 over the row, then the modulated output. */
+template <typename YT>
+__global__ void norm_mod_kernel(const float *x, const float *__restrict__ w, float eps, const float *__restrict__ tsh,
+                                const float *__restrict__ tsc, const float *__restrict__ csh,
+                                const float *__restrict__ csc, int cs, int T, int D, YT *y)
+{
+    __shared__ float red[32];
+    const int row = blockIdx.x, b = row / T;
+    const float *xr = x + (size_t)row * D;
+    YT *yr = y + (size_t)row * D;
+    float r, mean = 0.0f;
+    if (w) {
+        float ss = 0.0f;
+        for (int i = threadIdx.x; i < D; i += blockDim.x) ss += xr[i] * xr[i];
+        r = rsqrtf(block_sum(ss, red) / (float)D + eps);
+    } else {
+        float s = 0.0f;
+        for (int i = threadIdx.x; i < D; i += blockDim.x) s += xr[i];
+        mean = block_sum(s, red) / (float)D;
+        float v = 0.0f;
+        for (int i = threadIdx.x; i < D; i += blockDim.x) v += (xr[i] - mean) * (xr[i] - mean);
+        r = rsqrtf(block_sum(v, red) / (float)D + eps);
+    }
+    const float *bsh = csh + (size_t)b * cs, *bsc = csc + (size_t)b * cs;
+    for (int i = threadIdx.x; i < D; i += blockDim.x) {
+        float n = w ? xr[i] * r * w[i] : (xr[i] - mean) * r;
+        float sc = tsc[i] + bsc[i], sh = tsh[i] + bsh[i];
+        hmc_st(yr + i, n * (1.0f + sc) + sh);
+    }
+}
+
+__global__ void gated_add_kernel(float *__restrict__ x, const float *__restrict__ h, const float *__restrict__ tg,
+                                 const float *__restrict__ cg, int cs, int T, int D, size_t n)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        int c = (int)(i % D);
+        int b = (int)(i / ((size_t)T * D));
+        float g = tg[c] + cg[(size_t)b * cs + c];
+        x[i] = x[i] + g * h[i];
+    }
+}
+
+__global__ void rope_qk_kernel(float *qkv, int T, int H, int hd, const float *__restrict__ freqs)
+{
+    const int row = blockIdx.x, t = row % T, half = hd / 2, np = H * half;
+    float *q = qkv + (size_t)row * 3 * H * hd;
+    for (int p = threadIdx.x; p < 2 * np; p += blockDim.x) {
+        int which = p / np, pp = p - which * np, h = pp / half, i = pp - h * half;
+        float ang = (float)t * freqs[i];
+        float c = cosf(ang), s = sinf(ang);
+        float *e = q + (size_t)which * H * hd + h * hd + 2 * i;
+        float a = e[0], bb = e[1];
+        e[0] = a * c - bb * s;
+        e[1] = bb * c + a * s;
+    }
+}
+
+/* Tiled full attention.  Block = (query tile of ATT_BQ rows, head, batch), 256 threads: thread
+ * (qi = tid / 8, g = tid % 8) scores keys g, g+8, g+16, g+24 of each ATT_BK-key tile against query
+ * qi, the 8 threads of a row keep its running max / sum (online softmax, fp32), and the same
+ * thread owns output columns g, g+8, ... of row qi.  K, V tiles are staged in shared memory
+ * (rows padded by one float against bank conflicts). */
+constexpr int ATT_BQ = 32, ATT_BK = 32, ATT_THREADS = 256;
+
+template <int HD>
+constexpr size_t att_smem() { return sizeof(float) * ((size_t)ATT_BQ * (HD + 1) + (size_t)ATT_BK * (HD + 1) + (size_t)ATT_BK * HD + (size_t)ATT_BQ * (ATT_BK + 1)); }
+
+template <int HD, typename OT>
+__global__ void __launch_bounds__(ATT_THREADS) attention_kernel(const float *__restrict__ qkv, int T, int H, float scale,
+                                                                OT *__restrict__ out)
+{
+    extern __shared__ float sm[];
+    float *Qs = sm, *Ks = Qs + ATT_BQ * (HD + 1), *Vs = Ks + ATT_BK * (HD + 1), *Ps = Vs + ATT_BK * HD;
+    const int q0 = blockIdx.x * ATT_BQ, h = blockIdx.y, b = blockIdx.z, tid = threadIdx.x;
+    const int qi = tid >> 3, g = tid & 7;
+    const size_t ld = (size_t)3 * H * HD;
+    const float *base = qkv + (size_t)b * T * ld + (size_t)h * HD;
+    for (int i = tid; i < ATT_BQ * HD; i += ATT_THREADS) {
+        int r = i / HD, d = i - r * HD;
+        Qs[r * (HD + 1) + d] = q0 + r < T ? base[(size_t)(q0 + r) * ld + d] : 0.0f;
+    }
+    float acc[HD / 8];
+#pragma unroll
+    for (int c = 0; c < HD / 8; c++) acc[c] = 0.0f;
+    float m = -INFINITY, l = 0.0f;
+    for (int k0 = 0; k0 < T; k0 += ATT_BK) {
+        __syncthreads(); /* previous tile's readers are done (and Qs is written, first time) */
+        for (int i = tid; i < ATT_BK * HD; i += ATT_THREADS) {
+            int r = i / HD, d = i - r * HD;
+            bool ok = k0 + r < T;
+            const float *src = base + (size_t)(k0 + r) * ld + d;
+            Ks[r * (HD + 1) + d] = ok ? src[(size_t)H * HD] : 0.0f;
+            Vs[r * HD + d] = ok ? src[(size_t)2 * H * HD] : 0.0f;
+        }
+        __syncthreads();
+        float s[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) s[j] = 0.0f;
+        const float *qr = Qs + qi * (HD + 1);
+#pragma unroll 8
+        for (int d = 0; d < HD; d++) {
+            float qv = qr[d];
+#pragma unroll
+            for (int j = 0; j < 4; j++) s[j] += qv * Ks[(g + 8 * j) * (HD + 1) + d];
+        }
+        float tmax = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            s[j] = k0 + g + 8 * j < T ? s[j] * scale : -INFINITY;
+            tmax = fmaxf(tmax, s[j]);
+        }
+        for (int o = 4; o > 0; o >>= 1) tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, o));
+        float mn = fmaxf(m, tmax); /* finite: every tile holds at least one valid key */
+        float corr = expf(m - mn), ps = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            float p = expf(s[j] - mn);
+            ps += p;
+            Ps[qi * (ATT_BK + 1) + g + 8 * j] = p;
+        }
+        for (int o = 4; o > 0; o >>= 1) ps += __shfl_xor_sync(0xffffffffu, ps, o);
+        l = l * corr + ps;
+        m = mn;
+        __syncwarp(); /* the row's 8 threads share a warp: their Ps writes are what they read next */
+#pragma unroll
+        for (int c = 0; c < HD / 8; c++) acc[c] *= corr;
+        const float *pr = Ps + qi * (ATT_BK + 1);
+        for (int kj = 0; kj < ATT_BK; kj++) {
+            float p = pr[kj];
+            const float *vr = Vs + kj * HD + g;
+#pragma unroll
+            for (int c = 0; c < HD / 8; c++) acc[c] += p * vr[8 * c];
+        }
+    }
+    if (q0 + qi < T) {
+        OT *o = out + ((size_t)b * T + q0 + qi) * H * HD + (size_t)h * HD + g;
+        float inv = 1.0f / l;
+#pragma unroll
+        for (int c = 0; c < HD / 8; c++) hmc_st(o + 8 * c, acc[c] * inv);
+    }
+}
+
+__global__ void timestep_kernel(const float *__restrict__ t, int n, float nl, float *__restrict__ out)
+{
+    const int b = blockIdx.x, half = n / 2;
+    const float tb = t[b];
+    for (int j = threadIdx.x; j < half; j += blockDim.x) {
+        float f = expf(((float)j * nl) / (float)half);
+        float a = (tb * f) * 1000.0f;
+        out[(size_t)b * n + j] = cosf(a);
+        out[(size_t)b * n + half + j] = sinf(a);
+    }
+}
+
+/* Solver pieces.  __fmul_rn / __fadd_rn keep the CPU's rounding (no contraction into FMAs). */
+__global__ void euler_input_kernel(float *__restrict__ x, const float *__restrict__ noise,
+                                   const float *__restrict__ ctx, const float *__restrict__ cond, int L, float a, float t,
+                                   int B, int T, int C, int D, int cfg, float *__restrict__ inp)
+{
+    const int r = blockIdx.x, cin = 2 * C + D;
+    if (r < L)
+        for (int i = threadIdx.x; i < C; i += blockDim.x) {
+            size_t k = (size_t)r * C + i;
+            x[k] = __fadd_rn(__fmul_rn(a, noise[k]), __fmul_rn(t, ctx[k]));
+        }
+    __syncthreads();
+    for (int b = 0; b < B; b++) {
+        float *row = inp + ((size_t)b * T + r) * cin;
+        for (int i = threadIdx.x; i < cin; i += blockDim.x) {
+            float v;
+            if (i < C) v = x[(size_t)r * C + i];
+            else if (i < 2 * C) v = r < L ? ctx[(size_t)r * C + i - C] : 0.0f;
+            else v = cfg && b == 0 ? 0.0f : cond[(size_t)r * D + i - 2 * C];
+            row[i] = v;
+        }
+    }
+}
+
+__global__ void euler_update_kernel(float *__restrict__ x, const float *__restrict__ v, size_t n, float dt, float gs,
+                                    int cfg)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        float vv = cfg ? __fadd_rn(v[i], __fmul_rn(gs, __fsub_rn(v[n + i], v[i]))) : v[i];
+        x[i] = __fadd_rn(x[i], __fmul_rn(dt, vv));
+    }
+}
+
+/* ---- model ---------------------------------------------------------------------------------- */
+
+struct proj { /* ProjectLayer: conv k3 as one GEMM over im2col [cout, 3*cin], then Linear */
+    int cin, cout;
+    void *w1, *w2;
+    float *b1, *b2;
+};
+struct block {
+    float *attn_norm, *mlp_norm, *sst; /* sst [6, d] */
+    void *wqkv, *wo, *wgu, *wdown;     /* [3d, d], [d, d], [2 hidden, d] (gate rows then up), [d, hidden] */
+};
+struct stack {
+    int d, heads, hd, hidden, n;
+    block *blk;
+    void *l1w, *l2w, *lw;
+    float *l1b, *l2b, *lb, *sst, *rope;
+};
+
+} // namespace
+
+struct FmcAttPlan {
+    long long key[14];
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t a, b, c;
+    cublasLtMatmulAlgo_t algo;
+};
+
+struct fmc_model {
+    hm_codec_config cfg;
+    hmc_dtype dt;
+    int in_ch, out_ch, dim;
+    proj pin, conn, pout;
+    stack s1, s2;
+    void **allocs;
+    int nalloc, capalloc;
+    /* workspace, sized for ws_M rows / ws_B batch rows / ws_steps solver steps */
+    int ws_M, ws_B, ws_T, ws_steps;
+    void *ws[18];
+    float *x1, *x2, *qkv, *h, *gu, *tmp, *emb1, *mod1, *emb2, *mod2, *feat, *etmp, *inp, *v, *tarr;
+    void *gin, *col;
+    /* CUDA graph of a whole fmc_solve (graphs on): captured at the second call with the same key,
+     * replayed after; dropped when the workspace moves. */
+    int use_graph;
+    struct {
+        int T, L, steps, cfg, seen;
+        float guidance;
+        const float *cond, *ctx, *noise, *x;
+        cudaStream_t s;
+    } gkey;
+    cudaGraphExec_t gexec;
+    /* attention through strided-batched cuBLASLt GEMMs (fmc_set_attention_gemm): scores S and
+     * probabilities P [B*H, T, T], own handle, workspace and plans */
+    int att_gemm;
+    float *attS;
+    void *attP;
+    cublasLtHandle_t lt;
+    void *lt_ws;
+    FmcAttPlan att[16];
+    int natt;
+};
+
+namespace {
+
+int dalloc(fmc_model *m, void **p, size_t bytes)
+{
+    if (m->nalloc == m->capalloc) {
+        m->capalloc = m->capalloc ? 2 * m->capalloc : 256;
+        m->allocs = (void **)realloc(m->allocs, sizeof(void *) * (size_t)m->capalloc);
+        if (!m->allocs) abort();
+    }
+    CK(cudaMalloc(p, bytes ? bytes : 16));
+    m->allocs[m->nalloc++] = *p;
+    return HM_OK;
+}
+
+/* Weight source: a safetensors file, or (f == NULL) seeded random values on the device. */
+struct src {
+    st_file *f;
+    uint64_t seed;
+};
+
+/* Upload n host floats as type t into a new device buffer (host == NULL: random fill of `rscale`). */
+int upload(fmc_model *m, const src *S, void **dst, const float *host, size_t n, hmc_dtype t, float rscale)
+{
+    CKH(dalloc(m, dst, n * hmc_dtype_size(t)));
+    if (!host) {
+        CKH(hmc_fill_random(*dst, t, n, S->seed * 1000003u + (uint64_t)m->nalloc, rscale, 0));
+        return HM_OK;
+    }
+    if (t == HMC_F32) {
+        CK(cudaMemcpy(*dst, host, n * sizeof(float), cudaMemcpyHostToDevice));
+        return HM_OK;
+    }
+    uint16_t *b = (uint16_t *)hm_malloc(2 * n + 2);
+    for (size_t i = 0; i < n; i++) b[i] = hm_f32_to_bf16(host[i]);
+    cudaError_t e = cudaMemcpy(*dst, b, 2 * n, cudaMemcpyHostToDevice);
+    free(b);
+    CK(e);
+    return HM_OK;
+}
+
+/* Load `name` of the given shape as fp32 host data (NULL data with HM_OK in random mode). */
+struct shp {
+    int64_t v[3];
+};
+shp SHAPE(int64_t a, int64_t b = 0, int64_t c = 0) { return shp{{a, b, c}}; }
+
+int fetch(const src *S, float **out, int ndim, shp shape, const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+int fetch(const src *S, float **out, int ndim, shp shape, const char *fmt, ...)
+{
+    *out = NULL;
+    if (!S->f) return HM_OK;
+    char name[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    *out = st_load_f32(S->f, name, ndim, shape.v);
+    return *out ? HM_OK : HM_ERR;
+}
+
+/* A vector/table kept in fp32: tensor `name` of numel n (random mode: uniform in [-rs, rs]). */
+int load_f32(fmc_model *m, const src *S, float **dst, int ndim, shp shape, size_t n, float rs,
+             const char *name)
+{
+    float *h;
+    if (fetch(S, &h, ndim, shape, "%s", name)) return HM_ERR;
+    int rc = upload(m, S, (void **)dst, h, n, HMC_F32, rs);
+    free(h);
+    return rc;
+}
+
+int load_mat(fmc_model *m, const src *S, void **dst, int rows, int cols, const char *name)
+{
+    float *h;
+    if (fetch(S, &h, 2, SHAPE(rows, cols), "%s", name)) return HM_ERR;
+    int rc = upload(m, S, dst, h, (size_t)rows * cols, m->dt, 1.0f / sqrtf((float)cols));
+    free(h);
+    return rc;
+}
+
+/* Several [rows_i, cols] matrices stacked row-wise into one weight (qkv, gate|up). */
+int load_cat(fmc_model *m, const src *S, void **dst, int nparts, const int *rows, int cols, const char *const *names)
+{
+    size_t total = 0;
+    for (int i = 0; i < nparts; i++) total += (size_t)rows[i] * cols;
+    if (!S->f) return upload(m, S, dst, NULL, total, m->dt, 1.0f / sqrtf((float)cols));
+    float *all = (float *)hm_malloc(sizeof(float) * total);
+    size_t off = 0;
+    for (int i = 0; i < nparts; i++) {
+        float *h;
+        if (fetch(S, &h, 2, SHAPE(rows[i], cols), "%s", names[i])) {
+            free(all);
+            return HM_ERR;
+        }
+        memcpy(all + off, h, sizeof(float) * (size_t)rows[i] * cols);
+        off += (size_t)rows[i] * cols;
+        free(h);
+    }
+    int rc = upload(m, S, dst, all, total, m->dt, 0.0f);
+    free(all);
+    return rc;
+}
+
+int load_proj(fmc_model *m, const src *S, proj *p, const char *name, int cin, int cout)
+{
+    p->cin = cin, p->cout = cout;
+    char nm[256];
+    float *w;
+    snprintf(nm, sizeof nm, "flow_matching.estimator.%s.ffn_1.weight", name);
+    if (fetch(S, &w, 3, SHAPE(cout, cin, FMC_PROJ_K), "%s", nm)) return HM_ERR;
+    float *wt = NULL;
+    if (w) { /* [cout, cin, k] -> [cout, k*cin]: the im2col column order */
+        wt = (float *)hm_malloc(sizeof(float) * (size_t)cout * cin * FMC_PROJ_K);
+        for (int o = 0; o < cout; o++)
+            for (int i = 0; i < cin; i++)
+                for (int j = 0; j < FMC_PROJ_K; j++)
+                    wt[((size_t)o * FMC_PROJ_K + j) * cin + i] = w[((size_t)o * cin + i) * FMC_PROJ_K + j];
+        free(w);
+    }
+    int rc = upload(m, S, &p->w1, wt, (size_t)cout * cin * FMC_PROJ_K, m->dt, 1.0f / sqrtf(3.0f * cin));
+    free(wt);
+    if (rc) return HM_ERR;
+    snprintf(nm, sizeof nm, "flow_matching.estimator.%s.ffn_1.bias", name);
+    if (load_f32(m, S, &p->b1, 1, SHAPE(cout), cout, 0.1f, nm)) return HM_ERR;
+    snprintf(nm, sizeof nm, "flow_matching.estimator.%s.ffn_2.weight", name);
+    if (load_mat(m, S, &p->w2, cout, cout, nm)) return HM_ERR;
+    snprintf(nm, sizeof nm, "flow_matching.estimator.%s.ffn_2.bias", name);
+    return load_f32(m, S, &p->b2, 1, SHAPE(cout), cout, 0.1f, nm);
+}
+
+int mlp_hidden(int d)
+{
+    int h = (int)(2.0 * (4.0 * d) / 3.0);
+    return 256 * ((h + 255) / 256);
+}
+
+int load_stack(fmc_model *m, const src *S, stack *s, int d, int heads, int hd, int n, const char *blocks,
+               const char *adaln, const char *table)
+{
+    s->d = d, s->heads = heads, s->hd = hd, s->n = n, s->hidden = mlp_hidden(d);
+    s->blk = (block *)hm_calloc((size_t)(n ? n : 1), sizeof(block));
+    const char *E = "flow_matching.estimator";
+    char nm[4][256];
+    for (int i = 0; i < n; i++) {
+        block *b = &s->blk[i];
+        snprintf(nm[0], 256, "%s.%s.%d.attn_norm.weight", E, blocks, i);
+        if (load_f32(m, S, &b->attn_norm, 1, SHAPE(d), d, 1.0f, nm[0])) return HM_ERR;
+        snprintf(nm[0], 256, "%s.%s.%d.mlp_norm.weight", E, blocks, i);
+        if (load_f32(m, S, &b->mlp_norm, 1, SHAPE(d), d, 1.0f, nm[0])) return HM_ERR;
+        snprintf(nm[0], 256, "%s.%s.%d.scale_shift_table", E, blocks, i);
+        if (load_f32(m, S, &b->sst, 2, SHAPE(6, d), 6 * (size_t)d, 0.1f, nm[0])) return HM_ERR;
+        snprintf(nm[0], 256, "%s.%s.%d.attn.q_proj.weight", E, blocks, i);
+        snprintf(nm[1], 256, "%s.%s.%d.attn.k_proj.weight", E, blocks, i);
+        snprintf(nm[2], 256, "%s.%s.%d.attn.v_proj.weight", E, blocks, i);
+        const char *qkvn[3] = {nm[0], nm[1], nm[2]};
+        const int r3[3] = {d, d, d};
+        if (load_cat(m, S, &b->wqkv, 3, r3, d, qkvn)) return HM_ERR;
+        snprintf(nm[0], 256, "%s.%s.%d.attn.o_proj.weight", E, blocks, i);
+        if (load_mat(m, S, &b->wo, d, d, nm[0])) return HM_ERR;
+        snprintf(nm[0], 256, "%s.%s.%d.mlp.gate.weight", E, blocks, i);
+        snprintf(nm[1], 256, "%s.%s.%d.mlp.up.weight", E, blocks, i);
+        const char *gun[2] = {nm[0], nm[1]};
+        const int r2[2] = {s->hidden, s->hidden};
+        if (load_cat(m, S, &b->wgu, 2, r2, d, gun)) return HM_ERR;
+        snprintf(nm[0], 256, "%s.%s.%d.mlp.down.weight", E, blocks, i);
+        if (load_mat(m, S, &b->wdown, d, s->hidden, nm[0])) return HM_ERR;
+    }
+    snprintf(nm[0], 256, "%s.%s.emb.timestep_embedder.linear_1.weight", E, adaln);
+    if (load_mat(m, S, &s->l1w, d, FMC_TIME_FEATURES, nm[0])) return HM_ERR;
+    snprintf(nm[0], 256, "%s.%s.emb.timestep_embedder.linear_1.bias", E, adaln);
+    if (load_f32(m, S, &s->l1b, 1, SHAPE(d), d, 0.1f, nm[0])) return HM_ERR;
+    snprintf(nm[0], 256, "%s.%s.emb.timestep_embedder.linear_2.weight", E, adaln);
+    if (load_mat(m, S, &s->l2w, d, d, nm[0])) return HM_ERR;
+    snprintf(nm[0], 256, "%s.%s.emb.timestep_embedder.linear_2.bias", E, adaln);
+    if (load_f32(m, S, &s->l2b, 1, SHAPE(d), d, 0.1f, nm[0])) return HM_ERR;
+    snprintf(nm[0], 256, "%s.%s.linear.weight", E, adaln);
+    if (load_mat(m, S, &s->lw, 6 * d, d, nm[0])) return HM_ERR;
+    snprintf(nm[0], 256, "%s.%s.linear.bias", E, adaln);
+    if (load_f32(m, S, &s->lb, 1, SHAPE(6 * (int64_t)d), 6 * (size_t)d, 0.1f, nm[0])) return HM_ERR;
+    snprintf(nm[0], 256, "%s.%s", E, table);
+    if (load_f32(m, S, &s->sst, 2, SHAPE(2, d), 2 * (size_t)d, 0.1f, nm[0])) return HM_ERR;
+    float fr[256];
+    if (hd / 2 > 256) return hm_err("head dim %d too large", hd);
+    cpu_rope_freqs(fr, hd, FMC_ROPE_BASE, 0.0f); /* computed, never loaded or random */
+    CKH(dalloc(m, (void **)&s->rope, sizeof(float) * (size_t)(hd / 2)));
+    CK(cudaMemcpy(s->rope, fr, sizeof(float) * (size_t)(hd / 2), cudaMemcpyHostToDevice));
+    return HM_OK;
+}
+
+int build(fmc_model *m, const src *S)
+{
+    const hm_codec_config *c = &m->cfg;
+    m->in_ch = c->in_channels, m->out_ch = c->out_channels, m->dim = c->dim;
+    int d1 = c->num_attention_heads * c->attention_head_dim, d2 = 2 * d1;
+    if (m->in_ch != 2 * m->out_ch + m->dim)
+        return hm_err("%s/config.json: in_channels %d must be 2*out_channels + dim = %d", c->dir, m->in_ch,
+                      2 * m->out_ch + m->dim);
+    int hd = c->attention_head_dim;
+    if (hd != 16 && hd != 32 && hd != 64)
+        return hm_err("%s/config.json: attention_head_dim %d: the CUDA attention handles 16, 32 or 64 (x2 in stack 2)",
+                      c->dir, hd);
+    if (load_proj(m, S, &m->pin, "proj_in", m->in_ch, d1) ||
+        load_proj(m, S, &m->conn, "connection_proj", m->in_ch + d1, d2) ||
+        load_proj(m, S, &m->pout, "proj_out", d2, m->out_ch) ||
+        load_stack(m, S, &m->s1, d1, c->num_attention_heads, hd, c->num_layers, "transformer_blocks", "adaln_single",
+                   "scale_shift_table") ||
+        load_stack(m, S, &m->s2, d2, c->num_attention_heads, 2 * hd, c->num_layers_2, "transformer_blocks_2",
+                   "adaln_single_2", "scale_shift_table_2"))
+        return HM_ERR;
+    CK(cudaDeviceSynchronize());
+    return HM_OK;
+}
+
+int ensure_ws(fmc_model *m, int B, int T, int steps)
+{
+    const int M = B * T;
+    if (M <= m->ws_M && B <= m->ws_B && T <= m->ws_T && steps <= m->ws_steps) return HM_OK;
+    CK(cudaDeviceSynchronize());
+    if (m->gexec) CK(cudaGraphExecDestroy(m->gexec));
+    m->gexec = NULL;
+    m->gkey.seen = 0;
+    for (int i = 0; i < 18; i++) {
+        if (m->ws[i]) CK(cudaFree(m->ws[i]));
+        m->ws[i] = NULL;
+    }
+    m->ws_M = HM_MAX(m->ws_M, M);
+    m->ws_B = HM_MAX(m->ws_B, B);
+    m->ws_steps = HM_MAX(m->ws_steps, steps);
+    m->ws_T = HM_MAX(m->ws_T, T);
+    const size_t Mx = (size_t)m->ws_M, Bx = (size_t)m->ws_B;
+    const int d1 = m->s1.d, d2 = m->s2.d, hid = HM_MAX(m->s1.hidden, m->s2.hidden), cin = m->in_ch;
+    const size_t es = hmc_dtype_size(m->dt);
+    size_t wmax = (size_t)HM_MAX(HM_MAX(d2, hid), HM_MAX(m->out_ch, FMC_TIME_FEATURES));
+    size_t colw = (size_t)3 * HM_MAX(cin + d1, d2);
+    const size_t H = (size_t)HM_MAX(m->s1.heads, m->s2.heads);
+    size_t sizes[18] = {
+        Mx * d1 * 4, Mx * d2 * 4, Mx * 3 * d2 * 4, Mx * d2 * 4, Mx * 2 * hid * 4,
+        Mx * HM_MAX(d2, m->out_ch) * 4, Bx * d1 * 4, Bx * 6 * d1 * 4, Bx * d2 * 4, Bx * 6 * d2 * 4,
+        Bx * FMC_TIME_FEATURES * 4, Bx * d2 * 4, Mx * cin * 4, Mx * m->out_ch * 4,
+        (size_t)(m->ws_steps + 1) * Bx * 4 + Mx * wmax * es, Mx * colw * es,
+        m->att_gemm ? Mx * H * (size_t)m->ws_T * 4 : 0, m->att_gemm ? Mx * H * (size_t)m->ws_T * es : 0};
+    for (int i = 0; i < 18; i++) CK(cudaMalloc(&m->ws[i], sizes[i] + 256));
+    m->attS = (float *)m->ws[16];
+    m->attP = m->ws[17];
+    float **f[14] = {&m->x1, &m->x2, &m->qkv, &m->h, &m->gu, &m->tmp, &m->emb1, &m->mod1,
+                     &m->emb2, &m->mod2, &m->feat, &m->etmp, &m->inp, &m->v};
+    for (int i = 0; i < 14; i++) *f[i] = (float *)m->ws[i];
+    /* the t table and the GEMM-input buffer share one allocation (gin first, 256-byte aligned) */
+    m->gin = m->ws[14];
+    m->tarr = (float *)((char *)m->ws[14] + ((Mx * wmax * es + 255) & ~(size_t)255));
+    m->col = m->ws[15];
+    return HM_OK;
+}
+
+/* ---- estimator pieces ----------------------------------------------------------------------- */
+
+int gemm(fmc_model *m, const void *x, const void *W, float *y, int M, int N, int K, cudaStream_t s)
+{
+    return hmc_gemm(x, W, m->dt, y, M, N, K, 0, s);
+}
+
+/* ProjectLayer over rows of [a | b] -> y [B*T, cout]: im2col, conv GEMM, (+b1)·3^-1/2, Linear. */
+int proj_forward(fmc_model *m, const proj *p, const float *a, int ca, const float *b, int cb, int B, int T, float *y,
+                 cudaStream_t s)
+{
+    const int M = B * T;
+    const float sc = (float)(1.0 / sqrt((double)FMC_PROJ_K));
+    CKH(fmc_im2col3(a, ca, b, cb, B, T, m->col, m->dt, s));
+    CKH(gemm(m, m->col, p->w1, m->tmp, M, p->cout, FMC_PROJ_K * p->cin, s));
+    CKH(fmc_bias_act(m->tmp, p->b1, M, p->cout, sc, 0, 0, m->gin, m->dt, s));
+    CKH(gemm(m, m->gin, p->w2, y, M, p->cout, p->cout, s));
+    CKH(fmc_bias_act(y, p->b2, M, p->cout, 1.0f, 1, 0, NULL, m->dt, s));
+    return HM_OK;
+}
+
+/* adaLN-single: feat [B, 512] (fp32, in m->feat) -> emb [B, d], mod [B, 6d]. */
+int adaln_forward(fmc_model *m, const stack *st, int B, float *emb, float *mod, cudaStream_t s)
+{
+    const int d = st->d;
+    CKH(hmc_convert(m->feat, m->gin, m->dt, (size_t)B * FMC_TIME_FEATURES, s));
+    CKH(gemm(m, m->gin, st->l1w, m->etmp, B, d, FMC_TIME_FEATURES, s));
+    CKH(fmc_bias_act(m->etmp, st->l1b, B, d, 1.0f, 0, 1, m->gin, m->dt, s));
+    CKH(gemm(m, m->gin, st->l2w, emb, B, d, d, s));
+    CKH(fmc_bias_act(emb, st->l2b, B, d, 1.0f, 1, 1, m->gin, m->dt, s));
+    CKH(gemm(m, m->gin, st->lw, mod, B, 6 * d, d, s));
+    CKH(fmc_bias_act(mod, st->lb, B, 6 * d, 1.0f, 1, 0, NULL, m->dt, s));
+    return HM_OK;
+}
+
+/* softmax over rows of n fp32 scores (already scaled) -> P of type PT */
+template <typename PT>
+__global__ void softmax_rows_kernel(const float *__restrict__ S, int n, PT *__restrict__ P)
+{
+    __shared__ float red[32];
+    const float *r = S + (size_t)blockIdx.x * n;
+    PT *p = P + (size_t)blockIdx.x * n;
+    float mx = -INFINITY;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) mx = fmaxf(mx, r[i]);
+    mx = block_max(mx, red);
+    float sum = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) sum += expf(r[i] - mx);
+    sum = block_sum(sum, red);
+    const float inv = 1.0f / sum;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) hmc_st(p + i, expf(r[i] - mx) * inv);
+}
+
+/* C = alpha op(A) op(B), column-major views, `batch` strided matrices; A, B of type m->dt (or
+ * fp32), C fp32.  Plans cached in the model; 16-byte pointer alignment asked of the heuristic
+ * (head offsets are not 256-byte aligned). */
+int att_gemm(fmc_model *m, cudaDataType_t ab, cublasOperation_t ta, cublasOperation_t tb, int M, int N, int K,
+             const void *A, int lda, long long sa, const void *Bm, int ldb, long long sb, float *C, int ldc, long long sc,
+             int batch, float alpha, cudaStream_t s)
+{
+    if (!m->lt) {
+        CKLT(cublasLtCreate(&m->lt));
+        CK(cudaMalloc(&m->lt_ws, 32u << 20));
+    }
+    long long key[14] = {(long long)ab, ta, tb, M, N, K, lda, sa, ldb, sb, ldc, sc, batch, 1};
+    FmcAttPlan *p = nullptr;
+    for (int i = 0; i < m->natt && !p; i++)
+        if (!memcmp(m->att[i].key, key, sizeof key)) p = &m->att[i];
+    if (!p) {
+        if (m->natt == 16) return hm_err("%s:%d: attention GEMM plan cache full", __FILE__, __LINE__);
+        p = &m->att[m->natt];
+        memset(p, 0, sizeof *p);
+        memcpy(p->key, key, sizeof key);
+        CKLT(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+        CKLT(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+        CKLT(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+        /* stored shapes: A is [M, K] (or [K, M] when transposed), B [K, N] (or [N, K]) */
+        CKLT(cublasLtMatrixLayoutCreate(&p->a, ab, ta == CUBLAS_OP_N ? M : K, ta == CUBLAS_OP_N ? K : M, lda));
+        CKLT(cublasLtMatrixLayoutCreate(&p->b, ab, tb == CUBLAS_OP_N ? K : N, tb == CUBLAS_OP_N ? N : K, ldb));
+        CKLT(cublasLtMatrixLayoutCreate(&p->c, CUDA_R_32F, M, N, ldc));
+        cublasLtMatrixLayout_t ls[3] = {p->a, p->b, p->c};
+        long long st[3] = {sa, sb, sc};
+        for (int i = 0; i < 3; i++) {
+            CKLT(cublasLtMatrixLayoutSetAttribute(ls[i], CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &batch, sizeof batch));
+            CKLT(cublasLtMatrixLayoutSetAttribute(ls[i], CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &st[i], sizeof st[i]));
+        }
+        cublasLtMatmulPreference_t pref;
+        CKLT(cublasLtMatmulPreferenceCreate(&pref));
+        size_t ws = 32u << 20;
+        uint32_t al = 16;
+        cublasStatus_t e1 = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+        cublasLtMatmulPreferenceAttributes_t aa[4] = {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                                                      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                                                      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                                                      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+        for (int i = 0; i < 4 && e1 == CUBLAS_STATUS_SUCCESS; i++)
+            e1 = cublasLtMatmulPreferenceSetAttribute(pref, aa[i], &al, sizeof al);
+        cublasLtMatmulHeuristicResult_t res;
+        int n = 0;
+        cublasStatus_t e2 = e1 == CUBLAS_STATUS_SUCCESS
+                                ? cublasLtMatmulAlgoGetHeuristic(m->lt, p->op, p->a, p->b, p->c, p->c, pref, 1, &res, &n)
+                                : e1;
+        cublasLtMatmulPreferenceDestroy(pref);
+        if (e2 != CUBLAS_STATUS_SUCCESS || n == 0) {
+            cublasLtMatrixLayoutDestroy(p->a);
+            cublasLtMatrixLayoutDestroy(p->b);
+            cublasLtMatrixLayoutDestroy(p->c);
+            cublasLtMatmulDescDestroy(p->op);
+            return hm_err("%s:%d: cuBLASLt has no batched algorithm for M=%d N=%d K=%d x%d (status %d)", __FILE__,
+                          __LINE__, M, N, K, batch, (int)e2);
+        }
+        p->algo = res.algo;
+        m->natt++;
+    }
+    float beta = 0.0f;
+    CKLT(cublasLtMatmul(m->lt, p->op, &alpha, A, p->a, Bm, p->b, &beta, C, p->c, C, p->c, &p->algo, m->lt_ws, 32u << 20, s));
+    return HM_OK;
+}
+
+/* Attention of qkv rows [B*T, 3d] (RoPE applied) through GEMMs, as fm.c's attention_full:
+ * per batch row, S_h = Q_h K_hᵀ / sqrt(hd) for all heads in one batched GEMM (row-major S_h
+ * [Tq, Tk] is the column-major [Tk, Tq] = K_h · Q_hᵀ), row softmax in fp32 -> P (weight dtype),
+ * O_h = P V_h (column-major Oᵀ [hd, Tq] = V_hᵀ-view · Pᵀ-view) written into out rows [B*T, d]
+ * (fp32) at column h*hd.  Then out -> gin (weight dtype). */
+int attention_gemm(fmc_model *m, const stack *st, int B, int T, cudaStream_t s)
+{
+    const int d = st->d, H = st->heads, hd = st->hd;
+    const size_t es = hmc_dtype_size(m->dt);
+    const cudaDataType_t ab = m->dt == HMC_BF16 ? CUDA_R_16BF : CUDA_R_32F;
+    const void *src = m->qkv;
+    if (m->dt == HMC_BF16) { /* a bf16 copy of q|k|v (the im2col buffer is free here) */
+        CKH(hmc_convert(m->qkv, m->col, HMC_BF16, (size_t)B * T * 3 * d, s));
+        src = m->col;
+    }
+    float *o = m->dt == HMC_F32 ? (float *)m->gin : m->h;
+    const long long TT = (long long)T * T;
+    for (int b = 0; b < B; b++) {
+        const char *base = (const char *)src + (size_t)b * T * 3 * d * es;
+        float *S = m->attS + (size_t)b * H * TT;
+        CKH(att_gemm(m, ab, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hd, base + (size_t)d * es, 3 * d, hd, base, 3 * d, hd, S, T, TT,
+                     H, 1.0f / sqrtf((float)hd), s));
+    }
+    if (m->dt == HMC_BF16) softmax_rows_kernel<<<B * H * T, 256, 0, s>>>(m->attS, T, (__nv_bfloat16 *)m->attP);
+    else softmax_rows_kernel<<<B * H * T, 256, 0, s>>>(m->attS, T, (float *)m->attP);
+    CK_LAUNCH();
+    for (int b = 0; b < B; b++) {
+        const char *base = (const char *)src + (size_t)b * T * 3 * d * es;
+        const char *P = (const char *)m->attP + (size_t)b * H * TT * es;
+        CKH(att_gemm(m, ab, CUBLAS_OP_N, CUBLAS_OP_N, hd, T, T, base + (size_t)2 * d * es, 3 * d, hd, P, T, TT,
+                     o + (size_t)b * T * d, d, hd, H, 1.0f, s));
+    }
+    if (m->dt == HMC_BF16) CKH(hmc_convert(m->h, m->gin, HMC_BF16, (size_t)B * T * d, s));
+    return HM_OK;
+}
+
+int stack_forward(fmc_model *m, const stack *st, float *x, int B, int T, const float *mod, const float *emb,
+                  cudaStream_t s)
+{
+    const int d = st->d, M = B * T, cs = 6 * d, hid = st->hidden;
+    for (int l = 0; l < st->n; l++) {
+        const block *b = &st->blk[l];
+        const float *t = b->sst;
+        CKH(fmc_norm_modulate(x, b->attn_norm, FMC_EPS, t, t + d, mod, mod + d, cs, B, T, d, m->gin, m->dt, s));
+        CKH(gemm(m, m->gin, b->wqkv, m->qkv, M, 3 * d, d, s));
+        CKH(fmc_rope_qk(m->qkv, B, T, st->heads, st->hd, st->rope, s));
+        if (m->att_gemm) CKH(attention_gemm(m, st, B, T, s));
+        else CKH(fmc_attention(m->qkv, B, T, st->heads, st->hd, m->gin, m->dt, s));
+        CKH(gemm(m, m->gin, b->wo, m->h, M, d, d, s));
+        CKH(fmc_gated_add(x, m->h, t + 2 * d, mod + 2 * d, cs, B, T, d, s));
+        CKH(fmc_norm_modulate(x, b->mlp_norm, FMC_EPS, t + 3 * d, t + 4 * d, mod + 3 * d, mod + 4 * d, cs, B, T, d,
+                              m->gin, m->dt, s));
+        CKH(gemm(m, m->gin, b->wgu, m->gu, M, 2 * hid, d, s));
+        CKH(hmc_silu_mul(m->gu, m->gin, m->dt, M, hid, 0, s));
+        CKH(gemm(m, m->gin, b->wdown, m->h, M, d, hid, s));
+        CKH(fmc_gated_add(x, m->h, t + 5 * d, mod + 5 * d, cs, B, T, d, s));
+    }
+    /* final LayerNorm (no affine) modulated by shift = table[0] + emb, scale = table[1] + emb */
+    CKH(fmc_norm_modulate(x, NULL, FMC_EPS, st->sst, st->sst + d, emb, emb, d, B, T, d, x, HMC_F32, s));
+    return HM_OK;
+}
+
+int estimator(fmc_model *m, const float *x, const float *t, int B, int T, float *out, cudaStream_t s)
+{
+    const int cin = m->in_ch, d1 = m->s1.d, d2 = m->s2.d;
+    CKH(fmc_timestep_features(t, B, FMC_TIME_FEATURES, m->feat, s));
+    CKH(adaln_forward(m, &m->s1, B, m->emb1, m->mod1, s));
+    CKH(adaln_forward(m, &m->s2, B, m->emb2, m->mod2, s));
+    CKH(proj_forward(m, &m->pin, x, cin, NULL, 0, B, T, m->x1, s));
+    CKH(stack_forward(m, &m->s1, m->x1, B, T, m->mod1, m->emb1, s));
+    CKH(proj_forward(m, &m->conn, x, cin, m->x1, d1, B, T, m->x2, s)); /* [estimator input | stack 1] */
+    CKH(stack_forward(m, &m->s2, m->x2, B, T, m->mod2, m->emb2, s));
+    CKH(proj_forward(m, &m->pout, m->x2, d2, NULL, 0, B, T, out, s));
+    return HM_OK;
+}
+
+/* torch.linspace(0, 1, n) in fp32, as fm.c computes it */
+float linspace01(int i, int n)
+{
+    if (n == 1) return 0.0f;
+    float step = 1.0f / (float)(n - 1);
+    int halfway = n / 2;
+    return i < halfway ? step * (float)i : 1.0f - step * (float)(n - 1 - i);
+}
+
+} // namespace
+
+/* ---- public entries ------------------------------------------------------------------------- */
+
+extern "C" int fmc_im2col3(const float *a, int ca, const float *b, int cb, int B, int T, void *col, hmc_dtype ct,
+                           cudaStream_t s)
+{
+    if (B < 1 || T < 1 || ca < 1 || cb < 0 || (cb && !b)) return hm_err("%s:%d: im2col3: bad arguments", __FILE__, __LINE__);
+    if (ct == HMC_BF16) im2col3_kernel<<<B * T, 256, 0, s>>>(a, ca, b, cb, T, (__nv_bfloat16 *)col);
+    else if (ct == HMC_F32) im2col3_kernel<<<B * T, 256, 0, s>>>(a, ca, b, cb, T, (float *)col);
+    else return hm_err("%s:%d: im2col3: bad dtype", __FILE__, __LINE__);
+    CK_LAUNCH();
+    return HM_OK;
+}
+
+extern "C" int fmc_bias_act(float *y, const float *bias, int M, int N, float scale, int store_y, int act, void *conv,
+                            hmc_dtype ct, cudaStream_t s)
+{
+    size_t n = (size_t)M * N;
+    if (n == 0) return HM_OK;
+    if (ct == HMC_BF16) bias_act_kernel<<<grid_for(n), 256, 0, s>>>(y, bias, n, N, scale, store_y, act, (__nv_bfloat16 *)conv);
+    else if (ct == HMC_F32) bias_act_kernel<<<grid_for(n), 256, 0, s>>>(y, bias, n, N, scale, store_y, act, (float *)conv);
+    else return hm_err("%s:%d: bias_act: bad dtype", __FILE__, __LINE__);
+    CK_LAUNCH();
+    return HM_OK;
+}
+
+extern "C" int fmc_norm_modulate(const float *x, const float *w, float eps, const float *tsh, const float *tsc,
+                                 const float *csh, const float *csc, int cs, int B, int T, int D, void *y,
+                                 hmc_dtype yt, cudaStream_t s)
+{
+    if (B < 1 || T < 1 || D < 1) return hm_err("%s:%d: norm_modulate: bad sizes", __FILE__, __LINE__);
+    if (yt == HMC_BF16)
+        norm_mod_kernel<<<B * T, 256, 0, s>>>(x, w, eps, tsh, tsc, csh, csc, cs, T, D, (__nv_bfloat16 *)y);
+    else if (yt == HMC_F32) norm_mod_kernel<<<B * T, 256, 0, s>>>(x, w, eps, tsh, tsc, csh, csc, cs, T, D, (float *)y);
+    else return hm_err("%s:%d: norm_modulate: bad dtype", __FILE__, __LINE__);
+    CK_LAUNCH();
+    return HM_OK;
+}
+
+extern "C" int fmc_gated_add(float *x, const float *h, const float *tg, const float *cg, int cs, int B, int T, int D,
+                             cudaStream_t s)
+{
+    size_t n = (size_t)B * T * D;
+    if (n == 0) return HM_OK;
+    gated_add_kernel<<<grid_for(n), 256, 0, s>>>(x, h, tg, cg, cs, T, D, n);
+    CK_LAUNCH();
+    return HM_OK;
+}
+
+extern "C" int fmc_rope_qk(float *qkv, int B, int T, int H, int hd, const float *freqs, cudaStream_t s)
+{
+    if (B < 1 || T < 1 || hd % 2) return hm_err("%s:%d: rope_qk: bad sizes", __FILE__, __LINE__);
+    rope_qk_kernel<<<B * T, 256, 0, s>>>(qkv, T, H, hd, freqs);
+    CK_LAUNCH();
+    return HM_OK;
+}
+
+namespace {
+template <int HD, typename OT>
+int attention_launch(const float *qkv, int B, int T, int H, OT *out, cudaStream_t s)
+{
+    static bool attr_set = false;
+    constexpr size_t smem = att_smem<HD>();
+    if (!attr_set) {
+        CK(cudaFuncSetAttribute(attention_kernel<HD, OT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        attr_set = true;
+    }
+    dim3 grid((T + ATT_BQ - 1) / ATT_BQ, H, B);
+    attention_kernel<HD, OT><<<grid, ATT_THREADS, smem, s>>>(qkv, T, H, 1.0f / sqrtf((float)HD), out);
+    CK_LAUNCH();
+    return HM_OK;
+}
+template <typename OT>
+int attention_hd(const float *qkv, int B, int T, int H, int hd, OT *out, cudaStream_t s)
+{
+    switch (hd) {
+    case 16: return attention_launch<16>(qkv, B, T, H, out, s);
+    case 32: return attention_launch<32>(qkv, B, T, H, out, s);
+    case 64: return attention_launch<64>(qkv, B, T, H, out, s);
+    case 128: return attention_launch<128>(qkv, B, T, H, out, s);
+    default: return hm_err("%s:%d: attention: head dim %d not in {16, 32, 64, 128}", __FILE__, __LINE__, hd);
+    }
+}
+} // namespace
+
+extern "C" int fmc_attention(const float *qkv, int B, int T, int H, int hd, void *out, hmc_dtype ot, cudaStream_t s)
+{
+    if (B < 1 || T < 1 || H < 1 || B > 65535 || H > 65535) return hm_err("%s:%d: attention: bad sizes", __FILE__, __LINE__);
+    if (ot == HMC_BF16) return attention_hd(qkv, B, T, H, hd, (__nv_bfloat16 *)out, s);
+    if (ot == HMC_F32) return attention_hd(qkv, B, T, H, hd, (float *)out, s);
+    return hm_err("%s:%d: attention: bad dtype", __FILE__, __LINE__);
+}
+
+extern "C" int fmc_timestep_features(const float *t, int B, int n, float *out, cudaStream_t s)
+{
+    if (B < 1 || n < 2 || n % 2) return hm_err("%s:%d: timestep_features: bad sizes", __FILE__, __LINE__);
+    timestep_kernel<<<B, 256, 0, s>>>(t, n, (float)-log(10000.0), out);
+    CK_LAUNCH();
+    return HM_OK;
+}
+
+static int fmc_new(const hm_codec_config *cfg, int dt, const src *S, fmc_model **out)
+{
+    *out = NULL;
+    if (dt != HMC_BF16 && dt != HMC_F32) return hm_err("fmc: weights dtype must be bf16 or f32");
+    fmc_model *m = (fmc_model *)hm_calloc(1, sizeof *m);
+    m->cfg = *cfg;
+    m->dt = (hmc_dtype)dt;
+    if (build(m, S)) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", hm_errmsg());
+        fmc_free(m);
+        return hm_err("flow matching (cuda, %s): %s", cfg->dir[0] ? cfg->dir : "random", msg);
+    }
+    *out = m;
+    return HM_OK;
+}
+
+extern "C" int fmc_load(const char *model_dir, int dt, fmc_model **out)
+{
+    *out = NULL;
+    hm_codec_config c;
+    if (hm_codec_config_load(model_dir, &c)) return HM_ERR;
+    src S = {NULL, 0};
+    if (st_open(c.dir, &S.f)) return hm_err_ctx("flow matching (cuda)");
+    int rc = fmc_new(&c, dt, &S, out);
+    st_close(S.f);
+    return rc;
+}
+
+extern "C" int fmc_init_random(const hm_codec_config *cfg, int dt, uint64_t seed, fmc_model **out)
+{
+    src S = {NULL, seed};
+    return fmc_new(cfg, dt, &S, out);
+}
+
+extern "C" void fmc_free(fmc_model *m)
+{
+    if (!m) return;
+    cudaDeviceSynchronize();
+    for (int i = 0; i < m->nalloc; i++) cudaFree(m->allocs[i]);
+    for (int i = 0; i < 18; i++)
+        if (m->ws[i]) cudaFree(m->ws[i]);
+    for (int i = 0; i < m->natt; i++) {
+        cublasLtMatrixLayoutDestroy(m->att[i].a);
+        cublasLtMatrixLayoutDestroy(m->att[i].b);
+        cublasLtMatrixLayoutDestroy(m->att[i].c);
+        cublasLtMatmulDescDestroy(m->att[i].op);
+    }
+    if (m->lt_ws) cudaFree(m->lt_ws);
+    if (m->lt) cublasLtDestroy(m->lt);
+    if (m->gexec) cudaGraphExecDestroy(m->gexec);
+    free(m->allocs);
+    free(m->s1.blk);
+    free(m->s2.blk);
+    free(m);
+}
+
+extern "C" const hm_codec_config *fmc_config(const fmc_model *m) { return &m->cfg; }
+
+extern "C" int fmc_estimator(fmc_model *m, const float *x, const float *t, int B, int T, float *out, cudaStream_t s)
+{
+    if (B < 1 || T < 1 || T > (1 << 20)) return hm_err("fmc_estimator: bad batch %d x %d frames", B, T);
+    if (out == x) return hm_err("fmc_estimator: out must not alias x");
+    CKH(ensure_ws(m, B, T, 1));
+    return estimator(m, x, t, B, T, out, s);
+}
+
+namespace {
+/* Enqueue the whole solve (t table already on the device in m->tarr). */
+int solve_enqueue(fmc_model *m, int T, const float *cond, const float *ctx, int L, const float *noise, int steps,
+                  float guidance, float *x, const float *ah, const float *th, const float *dth, cudaStream_t s)
+{
+    const int C = m->out_ch, D = m->dim, cfg = guidance > 1.0f, B = cfg ? 2 : 1;
+    const size_t tc = (size_t)T * C;
+    CK(cudaMemcpyAsync(x, noise, sizeof(float) * tc, cudaMemcpyDeviceToDevice, s));
+    for (int step = 0; step < steps; step++) {
+        euler_input_kernel<<<T, 256, 0, s>>>(x, noise, ctx, cond, L, ah[step], th[(size_t)step * B], B, T, C, D, cfg,
+                                             m->inp);
+        CK_LAUNCH();
+        if (estimator(m, m->inp, m->tarr + (size_t)step * B, B, T, m->v, s))
+            return hm_err_ctx("%s:%d: step %d", __FILE__, __LINE__, step + 1);
+        euler_update_kernel<<<grid_for(tc), 256, 0, s>>>(x, m->v, tc, dth[step], guidance, cfg);
+        CK_LAUNCH();
+    }
+    if (L > 0) CK(cudaMemcpyAsync(x, ctx, sizeof(float) * (size_t)L * C, cudaMemcpyDeviceToDevice, s));
+    return HM_OK;
+}
+
+/* Capture solve_enqueue into m->gexec (relaxed mode: cuBLASLt may still set things up). */
+int solve_capture(fmc_model *m, int T, const float *cond, const float *ctx, int L, const float *noise, int steps,
+                  float guidance, float *x, const float *ah, const float *th, const float *dth, cudaStream_t s)
+{
+    CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
+    int rc = solve_enqueue(m, T, cond, ctx, L, noise, steps, guidance, x, ah, th, dth, s);
+    cudaGraph_t g = NULL;
+    cudaError_t e = cudaStreamEndCapture(s, &g); /* always: leaves the stream out of capture mode */
+    if (rc) {
+        if (g) cudaGraphDestroy(g);
+        return HM_ERR;
+    }
+    if (e != cudaSuccess) return hm_err("%s:%d: cudaStreamEndCapture: %s", __FILE__, __LINE__, cudaGetErrorString(e));
+    e = cudaGraphInstantiate(&m->gexec, g, 0);
+    cudaGraphDestroy(g);
+    if (e != cudaSuccess) {
+        m->gexec = NULL;
+        return hm_err("%s:%d: cudaGraphInstantiate: %s", __FILE__, __LINE__, cudaGetErrorString(e));
+    }
+    return HM_OK;
+}
+} // namespace
+
+extern "C" void fmc_set_graphs(fmc_model *m, int on) { m->use_graph = on; }
+
+extern "C" int fmc_set_attention_gemm(fmc_model *m, int on)
+{
+    if (!!on == m->att_gemm) return HM_OK;
+    CK(cudaDeviceSynchronize());
+    m->att_gemm = !!on;
+    m->ws_M = 0; /* the next call reallocates the workspace (with or without S and P) */
+    return HM_OK;
+}
+
+extern "C" int fmc_solve(fmc_model *m, int T, const float *cond, const float *ctx, int L, const float *noise,
+                         int steps, float guidance, float *x, cudaStream_t s)
+{
+    if (steps < 1) return hm_err("codec: %d flow-matching steps (need at least 1)", steps);
+    if (!isfinite(guidance) || guidance < 0.0f) return hm_err("codec: guidance %g must be a finite number >= 0", (double)guidance);
+    if (T < 1 || L < 0 || L > T) return hm_err("codec: in-context length %d outside [0, %d]", L, T);
+    if (x == noise || x == ctx) return hm_err("fmc_solve: latents must not alias noise or ctx");
+    const int cfg = guidance > 1.0f, B = cfg ? 2 : 1;
+    CKH(ensure_ws(m, B, T, steps));
+    /* the time grid, computed on the host exactly as fm.c does: t per step (and batch row), the
+     * in-context blend factor a = 1 - (1 - 1e-6) t, and dt */
+    float *th = (float *)hm_malloc(sizeof(float) * (size_t)steps * B), *ah = (float *)hm_malloc(sizeof(float) * steps),
+          *dth = (float *)hm_malloc(sizeof(float) * steps);
+    float t = linspace01(0, steps + 1), dt = linspace01(1, steps + 1) - t;
+    const float keep = 0.999999f;
+    for (int step = 1; step <= steps; step++) {
+        ah[step - 1] = 1.0f - keep * t;
+        dth[step - 1] = dt;
+        for (int b = 0; b < B; b++) th[(size_t)(step - 1) * B + b] = t;
+        t = t + dt;
+        if (step < steps) dt = linspace01(step + 1, steps + 1) - t;
+    }
+    int rc = HM_OK;
+    cudaError_t e = cudaMemcpyAsync(m->tarr, th, sizeof(float) * (size_t)steps * B, cudaMemcpyHostToDevice, s);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(s); /* th is pageable and freed below */
+    if (e != cudaSuccess) rc = hm_err("%s:%d: t table upload: %s", __FILE__, __LINE__, cudaGetErrorString(e));
+    if (!rc && m->use_graph && s != 0) { /* (the legacy default stream cannot be captured) */
+        int same = m->gkey.seen && m->gkey.T == T && m->gkey.L == L && m->gkey.steps == steps && m->gkey.cfg == cfg &&
+                   m->gkey.guidance == guidance && m->gkey.cond == cond && m->gkey.ctx == ctx &&
+                   m->gkey.noise == noise && m->gkey.x == x && m->gkey.s == s;
+        if (same && !m->gexec) rc = solve_capture(m, T, cond, ctx, L, noise, steps, guidance, x, ah, th, dth, s);
+        if (same && !rc) {
+            e = cudaGraphLaunch(m->gexec, s);
+            if (e != cudaSuccess) rc = hm_err("%s:%d: cudaGraphLaunch: %s", __FILE__, __LINE__, cudaGetErrorString(e));
+            free(th); free(ah); free(dth);
+            return rc;
+        }
+        if (!same) { /* a new key: run eagerly this time, capture at its next call */
+            if (m->gexec) cudaGraphExecDestroy(m->gexec);
+            m->gexec = NULL;
+            m->gkey.seen = 1, m->gkey.T = T, m->gkey.L = L, m->gkey.steps = steps, m->gkey.cfg = cfg;
+            m->gkey.guidance = guidance, m->gkey.cond = cond, m->gkey.ctx = ctx, m->gkey.noise = noise;
+            m->gkey.x = x, m->gkey.s = s;
+        }
+    }
+    if (!rc) rc = solve_enqueue(m, T, cond, ctx, L, noise, steps, guidance, x, ah, th, dth, s);
+    free(th);
+    free(ah);
+    free(dth);
+    return rc;
+}
+
+extern "C" int fmc_solve_window(fmc_model *m, const float *cond, const float *ctx, int L, const float *noise, int steps,
+                                float guidance, float *x, cudaStream_t s)
+{
+    return fmc_solve(m, CODEC_WIN_FRAMES, cond, ctx, L, noise, steps, guidance, x, s);
+}
+
+extern "C" double fmc_estimator_flops(const hm_codec_config *c, int B, int T)
+{
+    const double M = (double)B * T, cin = c->in_channels, out = c->out_channels;
+    const double d1 = (double)c->num_attention_heads * c->attention_head_dim, d2 = 2 * d1;
+    const double h1 = mlp_hidden((int)d1), h2 = mlp_hidden((int)d2);
+    double f = 2 * M * (3 * cin * d1 + d1 * d1);                                /* proj_in */
+    f += 2 * M * (3 * (cin + d1) * d2 + d2 * d2);                              /* connection_proj */
+    f += 2 * M * (3 * d2 * out + out * out);                                   /* proj_out */
+    f += c->num_layers * (2 * M * (4 * d1 * d1 + 3 * d1 * h1) + 4.0 * B * T * (double)T * d1);
+    f += c->num_layers_2 * (2 * M * (4 * d2 * d2 + 3 * d2 * h2) + 4.0 * B * T * (double)T * d2);
+    f += 2.0 * B * (FMC_TIME_FEATURES * d1 + 7 * d1 * d1 + FMC_TIME_FEATURES * d2 + 7 * d2 * d2); /* adaLN */
+    return f;
+}

@@ -1,0 +1,100 @@
+/* codec_cuda.h - HeartCodec flow matching on the GPU (MODEL.md §3): the DiT velocity estimator
+ * and the per-window Euler + CFG solver.  CPU twin: stages/flow-matching/fm.{h,c} (fm_estimator,
+ * fm_solve_window), checked against it by tests/gpu_codec.c.
+ *
+ * Precision: weights bf16 (HMC_BF16) or fp32 (HMC_F32, the exactness mode); norms, tables, biases
+ * and RoPE frequencies always fp32.  The residual streams and every op's output are fp32; only
+ * the inputs of the GEMMs (and the attention output that feeds o_proj) are stored in the weight
+ * dtype, so in bf16 mode each GEMM reads bf16 x bf16 with fp32 accumulation (cuBLASLt).
+ * Attention (scores, online softmax, P·V), RoPE angles, norms and the Euler update are fp32.
+ *
+ * A model owns its device weights and one scratch workspace (grown on demand): calls on one
+ * model must come from one thread and, when they use different streams, must not overlap.
+ * Every entry only enqueues work on `stream` (except where noted) and returns HM_OK, or HM_ERR
+ * with "file:line: ..." via hm_errmsg().  Pointers named *_dev are device pointers. */
+#ifndef HM_CODEC_CUDA_H
+#define HM_CODEC_CUDA_H
+
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "modelcfg.h"
+#include "ops_cuda.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct fmc_model fmc_model;
+
+/* Load MODEL_DIR/HeartCodec-oss's estimator (config sizes from hm_codec_config_load; any float
+ * dtype in the file) into device buffers of `weights_dtype` (HMC_BF16 or HMC_F32).  Synchronous.
+ * A missing tensor or a wrong shape is an error naming it.  *out owned by the caller (fmc_free). */
+int fmc_load(const char *model_dir, int weights_dtype, fmc_model **out);
+/* A model of cfg's sizes with seeded random weights generated on the device (benchmarks). */
+int fmc_init_random(const hm_codec_config *cfg, int weights_dtype, uint64_t seed, fmc_model **out);
+/* Synchronises the device, then frees everything. */
+void fmc_free(fmc_model *m);
+const hm_codec_config *fmc_config(const fmc_model *m);
+
+/* One estimator call: x_dev [B, T, in_channels], t_dev [B] flow times -> out_dev [B, T, out_channels].
+ * out_dev must not alias x_dev (the input is re-read for connection_proj). */
+int fmc_estimator(fmc_model *m, const float *x_dev, const float *t_dev, int B, int T, float *out_dev,
+                  cudaStream_t stream);
+
+/* fm_solve on the device: cond_dev [T, dim], ctx_dev [T, C] (rows < L read), noise_dev [T, C]
+ * -> latents_dev [T, C] (C = out_channels).  Same time grid, in-context blend, CFG batch
+ * (row 0 unconditional, row 1 conditional, guidance > 1) and final in-context copy as fm.c.
+ * latents_dev must not alias noise_dev or ctx_dev. */
+int fmc_solve(fmc_model *m, int T, const float *cond_dev, const float *ctx_dev, int L, const float *noise_dev,
+              int steps, float guidance, float *latents_dev, cudaStream_t stream);
+/* Graphs on (default off): fmc_solve runs eagerly at the first call of a given (T, L, steps,
+ * guidance, pointers, stream), captures the whole solve as one CUDA graph at the second such call
+ * and replays it from then on; on the legacy default stream (0) it always runs eagerly.  Every
+ * fmc_solve waits (host) for its small time-table upload before enqueueing. */
+void fmc_set_graphs(fmc_model *m, int on);
+/* Attention path (default 0): 0 = the tiled fp32 kernel (fmc_attention); 1 = strided-batched
+ * cuBLASLt GEMMs on tensor cores (S = QKᵀ, fp32 row softmax, P·V with P in the weight dtype; needs
+ * B*H*T*T scores of scratch: 106 MB fp32 + P at the release's sizes).  Synchronises the device. */
+int fmc_set_attention_gemm(fmc_model *m, int on);
+/* fmc_solve over one window of CODEC_WIN_FRAMES (744) frames. */
+int fmc_solve_window(fmc_model *m, const float *cond_dev, const float *ctx_dev, int L, const float *noise_dev,
+                     int steps, float guidance, float *latents_dev, cudaStream_t stream);
+
+/* Multiply-add FLOPs of one estimator call (GEMMs + attention, 2 per MAC; the small adaLN
+ * GEMMs included), for the tensor-core floor. */
+double fmc_estimator_flops(const hm_codec_config *cfg, int B, int T);
+
+/* ---- the estimator's own kernels (exposed for tests/gpu_codec.c's op checks) ----------------- */
+
+/* k=3, pad 1 time-major im2col over the concatenation [a | b] of two row sources:
+ * col[(bt*T + t), j*(ca+cb) + c] = [a|b](bt, t + j - 1, c), zero outside [0, T).  b may be NULL
+ * (cb 0).  col of type ct.  A conv1d k3 is then one GEMM with weight [cout, 3*(ca+cb)]. */
+int fmc_im2col3(const float *a, int ca, const float *b, int cb, int B, int T, void *col, hmc_dtype ct,
+                cudaStream_t stream);
+/* v = (y[m, n] + bias[n]) * scale (bias may be NULL); y = v if store_y; conv[m, n] (type ct) =
+ * silu(v) if act_silu else v, when conv is non-NULL. */
+int fmc_bias_act(float *y, const float *bias, int M, int N, float scale, int store_y, int act_silu, void *conv,
+                 hmc_dtype ct, cudaStream_t stream);
+/* y[b*T + t, :] = N(x row) * (1 + (tab_scale + cond_scale[b*cs])) + (tab_shift + cond_shift[b*cs]),
+ * N = RMSNorm(·)·norm_w when norm_w is non-NULL, else LayerNorm without affine; eps given.
+ * y of type yt; y may be x (fp32). */
+int fmc_norm_modulate(const float *x, const float *norm_w, float eps, const float *tab_shift, const float *tab_scale,
+                      const float *cond_shift, const float *cond_scale, int cs, int B, int T, int D, void *y,
+                      hmc_dtype yt, cudaStream_t stream);
+/* x[b*T + t, :] += (tab_gate + cond_gate[b*cs]) * h[b*T + t, :]. */
+int fmc_gated_add(float *x, const float *h, const float *tab_gate, const float *cond_gate, int cs, int B, int T, int D,
+                  cudaStream_t stream);
+/* Interleaved RoPE in place on the q and k parts of qkv rows [B*T, 3*H*hd] (q | k | v); frame t of
+ * each batch row is position t; angles t * freqs[i] and cos/sin in fp32. */
+int fmc_rope_qk(float *qkv, int B, int T, int H, int hd, const float *freqs, cudaStream_t stream);
+/* Full bidirectional attention of qkv rows [B*T, 3*H*hd] (q | k | v) -> out [B*T, H*hd] of type
+ * ot; softmax(q k^T / sqrt(hd)) v with fp32 scores and online softmax.  hd in {16, 32, 64, 128}. */
+int fmc_attention(const float *qkv, int B, int T, int H, int hd, void *out, hmc_dtype ot, cudaStream_t stream);
+/* out[b, :] = cpu_timestep_features(t_dev[b], n) for b < B (n even). */
+int fmc_timestep_features(const float *t_dev, int B, int n, float *out, cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
