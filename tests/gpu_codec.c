@@ -23,34 +23,8 @@
 
 #define FIX "tests/fixtures/codec"
 
-#define CU(x)                                                                                      \
-    do {                                                                                           \
-        cudaError_t e_ = (x);                                                                      \
-        if (e_ != cudaSuccess) {                                                                   \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));    \
-            exit(2);                                                                               \
-        }                                                                                          \
-    } while (0)
-#define OK(x)                                                                                      \
-    do {                                                                                           \
-        if ((x) != HM_OK) {                                                                        \
-            fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, hm_errmsg());                       \
-            exit(2);                                                                               \
-        }                                                                                          \
-    } while (0)
+#include "gpu_check.h"
 
-static uint64_t g_rng;
-static float urand(void) /* uniform(-1, 1) */
-{
-    g_rng ^= g_rng << 13, g_rng ^= g_rng >> 7, g_rng ^= g_rng << 17;
-    return (float)((g_rng >> 40) * (1.0 / 8388608.0)) - 1.0f;
-}
-static float *rnd(size_t n, float scale)
-{
-    float *v = hm_malloc(sizeof(float) * (n ? n : 1));
-    for (size_t i = 0; i < n; i++) v[i] = urand() * scale;
-    return v;
-}
 /* Device copy of v as type t; for bf16, v itself is rounded to what the device holds. */
 static void *up(float *v, size_t n, hmc_dtype t)
 {
@@ -131,8 +105,8 @@ static void gemm_reset(void)
 static void check_conv(int B, int T, int ca, int cb, int cout, hmc_dtype t)
 {
     const int C = ca + cb;
-    float *a = rnd((size_t)B * T * ca, 1.0f), *b = cb ? rnd((size_t)B * T * cb, 1.0f) : NULL;
-    float *w = rnd((size_t)cout * 3 * C, 1.0f / sqrtf(3.0f * C)); /* device layout [cout, 3*C] */
+    float *a = rvec((size_t)B * T * ca, 1.0f), *b = cb ? rvec((size_t)B * T * cb, 1.0f) : NULL;
+    float *w = rvec((size_t)cout * 3 * C, 1.0f / sqrtf(3.0f * C)); /* device layout [cout, 3*C] */
     /* the GEMM reads bf16 copies of the activations: round them as the im2col does */
     float *ad = up(a, (size_t)B * T * ca, HMC_F32), *bd = cb ? up(b, (size_t)B * T * cb, HMC_F32) : NULL;
     if (t == HMC_BF16) {
@@ -166,7 +140,7 @@ static void check_conv(int B, int T, int ca, int cb, int cout, hmc_dtype t)
 
 static void check_bias_act(int M, int N, int act, hmc_dtype t)
 {
-    float *y = rnd((size_t)M * N, 3.0f), *b = rnd(N, 1.0f);
+    float *y = rvec((size_t)M * N, 3.0f), *b = rvec(N, 1.0f);
     const float s = 0.577f;
     float *yd = up(y, (size_t)M * N, HMC_F32), *bd = up(b, N, HMC_F32);
     void *cd = poison((size_t)M * N, t);
@@ -190,7 +164,7 @@ static void check_norm_mod(int B, int T, int D, int rms, hmc_dtype t)
 {
     const size_t n = (size_t)B * T * D;
     const int cs = 6 * D;
-    float *x = rnd(n, 2.0f), *w = rnd(D, 1.0f), *tab = rnd(2 * (size_t)D, 0.5f), *cond = rnd((size_t)B * cs, 0.5f);
+    float *x = rvec(n, 2.0f), *w = rvec(D, 1.0f), *tab = rvec(2 * (size_t)D, 0.5f), *cond = rvec((size_t)B * cs, 0.5f);
     float *xd = up(x, n, HMC_F32), *wd = up(w, D, HMC_F32), *td = up(tab, 2 * (size_t)D, HMC_F32),
           *cd = up(cond, (size_t)B * cs, HMC_F32);
     void *yd = poison(n, t);
@@ -217,7 +191,7 @@ static void check_gated_add(int B, int T, int D)
 {
     const size_t n = (size_t)B * T * D;
     const int cs = 6 * D;
-    float *x = rnd(n, 1.0f), *h = rnd(n, 1.0f), *tab = rnd(D, 0.5f), *cond = rnd((size_t)B * cs, 0.5f);
+    float *x = rvec(n, 1.0f), *h = rvec(n, 1.0f), *tab = rvec(D, 0.5f), *cond = rvec((size_t)B * cs, 0.5f);
     float *xd = up(x, n, HMC_F32), *hd = up(h, n, HMC_F32), *td = up(tab, D, HMC_F32), *cd = up(cond, (size_t)B * cs, HMC_F32);
     OK(fmc_gated_add(xd, hd, td, cd + 2 * D, cs, B, T, D, 0));
     float *g = down(xd, n, HMC_F32), *gate = hm_malloc(sizeof(float) * D);
@@ -244,7 +218,7 @@ static float *part(const float *qkv, int b, int T, int H, int hd, int p)
 static void check_rope(int B, int T, int H, int hd)
 {
     const size_t n = (size_t)B * T * 3 * H * hd;
-    float *qkv = rnd(n, 1.0f), *fr = hm_malloc(sizeof(float) * hd / 2);
+    float *qkv = rvec(n, 1.0f), *fr = hm_malloc(sizeof(float) * hd / 2);
     cpu_rope_freqs(fr, hd, 10000.0f, 0.0f);
     float *qd = up(qkv, n, HMC_F32), *fd = up(fr, hd / 2, HMC_F32);
     OK(fmc_rope_qk(qd, B, T, H, hd, fd, 0));
@@ -271,7 +245,7 @@ static void check_rope(int B, int T, int H, int hd)
 static void check_attention(int B, int T, int H, int hd, hmc_dtype ot)
 {
     const size_t n = (size_t)B * T * 3 * H * hd, no = (size_t)B * T * H * hd;
-    float *qkv = rnd(n, 2.0f);
+    float *qkv = rvec(n, 2.0f);
     float *qd = up(qkv, n, HMC_F32);
     void *od = poison(no, ot);
     OK(fmc_attention(qd, B, T, H, hd, od, ot, 0));
@@ -290,7 +264,7 @@ static void check_attention(int B, int T, int H, int hd, hmc_dtype ot)
 
 static void check_timestep(int B, int n)
 {
-    float *t = rnd(B, 1.0f);
+    float *t = rvec(B, 1.0f);
     for (int b = 0; b < B; b++) t[b] = fabsf(t[b]);
     t[0] = 0.0f;
     float *td = up(t, B, HMC_F32), *od = poison((size_t)B * n, HMC_F32);
@@ -358,7 +332,7 @@ static void check_fixture(hmc_dtype t, int attg)
 static void check_solve(const fm_model *cpu, hmc_dtype t, int L, int steps, float guidance, int graphs, int attg)
 {
     const int W = CODEC_WIN_FRAMES, C = fm_config(cpu)->out_channels, D = fm_config(cpu)->dim;
-    float *cond = rnd((size_t)W * D, 1.0f), *ctx = rnd((size_t)W * C, 1.0f), *noise = rnd((size_t)W * C, 1.0f);
+    float *cond = rvec((size_t)W * D, 1.0f), *ctx = rvec((size_t)W * C, 1.0f), *noise = rvec((size_t)W * C, 1.0f);
     float *ref = hm_malloc(sizeof(float) * (size_t)W * C);
     double t0 = hm_now();
     OK(fm_solve_window(cpu, cond, ctx, L, noise, steps, guidance, ref));

@@ -23,21 +23,7 @@
 #include "ops_cuda.h"
 #include "safetensors.h"
 
-#define CU(x)                                                                                      \
-    do {                                                                                           \
-        cudaError_t e_ = (x);                                                                      \
-        if (e_ != cudaSuccess) {                                                                   \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));    \
-            exit(2);                                                                               \
-        }                                                                                          \
-    } while (0)
-#define OK(x)                                                                                      \
-    do {                                                                                           \
-        if ((x) != HM_OK) {                                                                        \
-            fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, hm_errmsg());                       \
-            exit(2);                                                                               \
-        }                                                                                          \
-    } while (0)
+#include "gpu_check.h"
 
 static int cmp_double(const void *a, const void *b)
 {

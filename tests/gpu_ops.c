@@ -16,34 +16,8 @@
 #include "ops_cpu.h"
 #include "ops_cuda.h"
 
-#define CU(x)                                                                                      \
-    do {                                                                                           \
-        cudaError_t e_ = (x);                                                                      \
-        if (e_ != cudaSuccess) {                                                                   \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));    \
-            exit(2);                                                                               \
-        }                                                                                          \
-    } while (0)
-#define OK(x)                                                                                      \
-    do {                                                                                           \
-        if ((x) != HM_OK) {                                                                        \
-            fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, hm_errmsg());                       \
-            exit(2);                                                                               \
-        }                                                                                          \
-    } while (0)
+#include "gpu_check.h"
 
-static uint64_t g_rng;
-static float urand(void) /* uniform(-1, 1) */
-{
-    g_rng ^= g_rng << 13, g_rng ^= g_rng >> 7, g_rng ^= g_rng << 17;
-    return (float)((g_rng >> 40) * (1.0 / 8388608.0)) - 1.0f;
-}
-static float *rvec(size_t n, float scale)
-{
-    float *v = hm_malloc(sizeof(float) * (n ? n : 1));
-    for (size_t i = 0; i < n; i++) v[i] = urand() * scale;
-    return v;
-}
 static float fp8_e4m3_to_f32(uint8_t b)
 {
     int s = b >> 7, e = (b >> 3) & 15, m = b & 7;
