@@ -390,6 +390,15 @@ void pool_cancel(pool_t *p, uint32_t slot)
     if (slot < p->nslots && p->state[slot] != SLOT_FREE) p->state[slot] = SLOT_FREE;
 }
 
+int pool_take_back(pool_t *p, uint32_t slot, uint32_t gen)
+{
+    if (slot >= p->nslots || p->state[slot] != SLOT_OUT || p->gen[slot] != gen) return 0;
+    p->state[slot] = SLOT_FREE;
+    p->gen[slot]++; /* a late RELEASE of this hand-out is stale from now on */
+    p->n_released++;
+    return 1;
+}
+
 /* ---- consumer ---- */
 
 #define MAP_CACHE 32

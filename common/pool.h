@@ -78,6 +78,11 @@ int pool_fill_desc(pool_t *p, uint32_t slot, uint64_t offset, desc_dtype_t dt, u
                    desc_t *d);
 /* Give back an acquired slot that was never sent (e.g. the send failed). */
 void pool_cancel(pool_t *p, uint32_t slot);
+/* Take back a sent slot without a RELEASE, when the protocol itself proves the consumer is done
+ * with it (e.g. draft-verifier's EXTEND codes: the backbone's next answer was computed from them).
+ * gen is the d->buf.gen the slot went out with; a slot that was reclaimed and handed out again
+ * since (another generation) is left alone.  Returns 1 if the slot came back, else 0. */
+int pool_take_back(pool_t *p, uint32_t slot, uint32_t gen);
 /* A RELEASE descriptor for this pool arrived: free its slot.  HM_ERR (log and carry on) for a
  * release of another pool/incarnation, a slot that is not out, or a stale generation. */
 int pool_on_release(pool_t *p, const desc_t *rel);

@@ -123,7 +123,7 @@ typedef struct {
 typedef struct {
     char name[STAT_NAME];
     uint64_t n;
-    double max;
+    double max, sum;
     uint64_t b[HIST_BUCKETS];
 } hist_t;
 
@@ -332,6 +332,7 @@ void stage_stat_time(stage_t *st, const char *name, double seconds)
     if (b >= HIST_BUCKETS) b = HIST_BUCKETS - 1;
     h->b[b]++;
     h->n++;
+    h->sum += seconds;
     if (seconds > h->max) h->max = seconds;
 }
 
@@ -372,6 +373,8 @@ static void reply_stats(stage_t *st, desc_t *r)
         desc_set_f64(r, key, stage_stat_percentile(st, h->name, 0.99) * 1e3);
         snprintf(key, sizeof key, "l.%s.max_ms", h->name);
         desc_set_f64(r, key, h->max * 1e3);
+        snprintf(key, sizeof key, "l.%s.sum_ms", h->name); /* busy time: per-stage RTF = sum / audio seconds */
+        desc_set_f64(r, key, h->sum * 1e3);
     }
 }
 

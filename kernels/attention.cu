@@ -8,10 +8,16 @@
  * 4 warps stride over the chunk's keys, KU keys at a time (K and V rows loaded together so
  * several loads are in flight), keeping an online softmax (max m, sum l, weighted V sum) for each
  * of the G query heads sharing the kv head; the warps then merge in shared memory and write
- * (m, l, acc[hd]) per head to `work`.  The last chunk block of a (row, kv head) to finish (a
+ * acc[hd] and (m, l) per head to `work` (two regions: all chunk sums, then all (m, l)).  The last chunk block of a (row, kv head) to finish (a
  * counter in `work`, back to 0 afterwards) merges the chunks and writes the output, so decode
  * attention is one launch; a single chunk writes its output directly.
- * Lane mapping: lane owns dims lane*4 + 128*j (j < J), so hd must be a multiple of 4 and ≤ 128*J. */
+ * Lane mapping: lane owns dims lane*4 + 128*j (j < J), so hd must be a multiple of 4 and ≤ 128*J.
+ * A warp's next KU keys are loaded before the current ones are scored (hd <= 128: two steps in
+ * flight), q is loaded while the position is still on its way, and the final merge first turns
+ * each chunk's (m, l) into a weight in shared memory, then reads the chunk sums as float4 with
+ * many loads in flight (they used to be a chain of dependent loads: the long-context tail).
+ * Optionally blocks first ask L2 for a share of the next op's weights (pf; measured slower in a
+ * whole frame on an H100, so the engine leaves it off). */
 #include "common_cuda.h"
 #include "ops_cuda.h"
 
@@ -28,14 +34,25 @@ __host__ __device__ __forceinline__ int chunk_len(int nkeys, int nch)
     return (c + CH_MIN - 1) / CH_MIN * CH_MIN;
 }
 
-/* chunks per query: up to 64, fewer when many queries (prefill) already fill the machine */
-int chunks_for(int B, int T, int KVH, int max_keys)
+constexpr int NCH_MAX = 64; /* chunks per query at most (the work buffer is sized for this) */
+int g_max_chunks = NCH_MAX; /* tuning knob (hmc_attention_set_max_chunks) */
+
+/* chunks per query: up to max_ch, fewer when many queries (prefill) already fill the machine */
+int chunks_for(int B, int T, int KVH, int max_keys, int max_ch)
 {
     int n = (max_keys + CH_MIN - 1) / CH_MIN;
-    n = n < 64 ? n : 64;
+    n = n < max_ch ? n : max_ch;
     int cap = 8192 / (B * T * KVH);
     cap = cap < 1 ? 1 : cap;
     return n < cap ? n : cap;
+}
+
+/* L2 prefetch of [p, p + bytes) (bytes a multiple of 16) by the bulk-copy engine */
+__device__ __forceinline__ void l2_prefetch(const void *p, uint32_t bytes)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+#endif
 }
 
 __device__ __forceinline__ void load4(const float *p, float *o)
@@ -55,21 +72,26 @@ template <typename CT, int J>
 __global__ void __launch_bounds__(NW * 32)
 attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, const int *pos_dev, int pos_add,
                   const CT *__restrict__ kc, const CT *__restrict__ vc, int max_seq, int nch,
-                  float *__restrict__ work, int *__restrict__ counters, float *__restrict__ out)
+                  float *__restrict__ work, int *__restrict__ counters, float *__restrict__ out,
+                  const char *pf, size_t pf_bytes)
 {
     pdl_trigger();
+    if (pf_bytes) { /* this block's share of the next op's weights, 4 KB pieces over all threads */
+        const size_t nblk = (size_t)gridDim.x * gridDim.y * gridDim.z,
+                     blk = blockIdx.x + (size_t)gridDim.x * (blockIdx.y + (size_t)gridDim.y * blockIdx.z);
+        const size_t n = (pf_bytes + 4095) / 4096;
+        for (size_t c = blk + (size_t)threadIdx.x * nblk; c < n; c += nblk * blockDim.x) {
+            const size_t len = (pf_bytes - c * 4096 < 4096 ? pf_bytes - c * 4096 : 4096) & ~(size_t)15;
+            if (len) l2_prefetch(pf + c * 4096, (uint32_t)len);
+        }
+    }
     pdl_wait();
-    const int c = blockIdx.x % nch, t = blockIdx.x / nch, kvh = blockIdx.y, b = blockIdx.z;
-    const int pos0 = (pos_dev ? *pos_dev : 0) + pos_add;
-    const int nkeys = pos0 + t + 1;
-    const int CH = chunk_len(nkeys, nch);
-    const int nchunks = (nkeys + CH - 1) / CH;
-    const int k0 = c * CH, k1 = min(nkeys, k0 + CH);
-    if (k0 >= k1) return;
+    const int c = blockIdx.x % nch, t = blockIdx.x / nch, kvh = blockIdx.y, b = blockIdx.z, B = gridDim.z;
     const int G = H / KVH, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const float scale = rsqrtf((float)hd);
+    const int pos0 = (pos_dev ? *pos_dev : 0) + pos_add;
 
-    /* this lane's slice of each query head, pre-scaled */
+    /* this lane's slice of each query head (loads issued before the position arrives) */
     float q[GMAX][J][4];
     const float *qrow = qkv + ((size_t)b * T + t) * (size_t)(H + 2 * KVH) * hd;
 #pragma unroll
@@ -79,13 +101,23 @@ attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, 
             int d = lane * 4 + 128 * j;
             if (g < G && d < hd) {
                 load4(qrow + (kvh * G + g) * hd + d, q[g][j]);
-#pragma unroll
-                for (int e = 0; e < 4; e++) q[g][j][e] *= scale;
             } else {
 #pragma unroll
                 for (int e = 0; e < 4; e++) q[g][j][e] = 0.0f;
             }
         }
+
+    const int nkeys = pos0 + t + 1;
+    const int CH = chunk_len(nkeys, nch);
+    const int nchunks = (nkeys + CH - 1) / CH;
+    const int k0 = c * CH, k1 = min(nkeys, k0 + CH);
+    if (k0 >= k1) return;
+#pragma unroll
+    for (int g = 0; g < GMAX; g++)
+#pragma unroll
+        for (int j = 0; j < J; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) q[g][j][e] *= scale; /* pre-scaled */
 
     float m[GMAX], l[GMAX], acc[GMAX][J][4];
 #pragma unroll
@@ -98,21 +130,24 @@ attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, 
     }
 
     const size_t head_off = ((size_t)b * KVH + kvh) * max_seq;
-    for (int kb = k0 + warp * KU; kb < k1; kb += NW * KU) {
-        float kv[KU][J][4], vv[KU][J][4];
+    float kv[KU][J][4], vv[KU][J][4];
+    auto load_keys = [&](int kb, float (&kd)[KU][J][4], float (&vd)[KU][J][4]) {
 #pragma unroll
         for (int u = 0; u < KU; u++)
 #pragma unroll
             for (int j = 0; j < J; j++) {
                 int d = lane * 4 + 128 * j, key = kb + u;
                 if (key < k1 && d < hd) {
-                    load4(kc + (head_off + key) * hd + d, kv[u][j]);
-                    load4(vc + (head_off + key) * hd + d, vv[u][j]);
+                    load4(kc + (head_off + key) * hd + d, kd[u][j]);
+                    load4(vc + (head_off + key) * hd + d, vd[u][j]);
                 } else {
 #pragma unroll
-                    for (int e = 0; e < 4; e++) kv[u][j][e] = 0.0f, vv[u][j][e] = 0.0f;
+                    for (int e = 0; e < 4; e++) kd[u][j][e] = 0.0f, vd[u][j][e] = 0.0f;
                 }
             }
+    };
+    /* fold the KU keys in kv, vv starting at kb into the running softmax of each query head */
+    auto consume = [&](int kb) {
 #pragma unroll
         for (int g = 0; g < GMAX; g++) {
             if (g >= G) break;
@@ -149,6 +184,23 @@ attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, 
             }
             m[g] = mn;
         }
+    };
+    load_keys(k0 + warp * KU, kv, vv);
+    if constexpr (J == 1) { /* registers allow the next step's keys in flight (hd <= 128) */
+        for (int kb = k0 + warp * KU; kb < k1; kb += NW * KU) {
+            float kn[KU][J][4], vn[KU][J][4];
+            load_keys(kb + NW * KU, kn, vn); /* zeros past k1 */
+            consume(kb);
+#pragma unroll
+            for (int u = 0; u < KU; u++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) kv[u][0][e] = kn[u][0][e], vv[u][0][e] = vn[u][0][e];
+        }
+    } else {
+        for (int kb = k0 + warp * KU; kb < k1; kb += NW * KU) {
+            consume(kb);
+            if (kb + NW * KU < k1) load_keys(kb + NW * KU, kv, vv);
+        }
     }
 
     /* merge the warps: shared [NW][G] (m, l) and [NW][G][hd] acc */
@@ -181,10 +233,13 @@ attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, 
         int h = kvh * G + g;
         if (nchunks == 1) {
             out[((size_t)b * T + t) * H * hd + (size_t)h * hd + d] = A / L;
-        } else {
-            float *wp = work + ((((size_t)b * H + h) * T + t) * nch + c) * (hd + 2);
-            if (d == 0) wp[0] = M, wp[1] = L;
-            wp[2 + d] = A;
+        } else { /* work: chunk sums [B][H][T][nch][hd], then (m, l) [B][H][T][nch][2] */
+            const size_t row = (((size_t)b * H + h) * T + t) * nch + c;
+            work[row * hd + d] = A;
+            if (d == 0) {
+                float *ml = work + (size_t)B * H * T * nch * hd + row * 2;
+                ml[0] = M, ml[1] = L;
+            }
         }
     }
     if (nchunks == 1) return;
@@ -201,19 +256,40 @@ attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, 
     __syncthreads();
     if (!last) return;
     __threadfence();
-    for (int i = threadIdx.x; i < G * hd; i += blockDim.x) {
-        const int g = i / hd, d = i % hd, h = kvh * G + g;
-        const float *wp = work + (((size_t)b * H + h) * T + t) * nch * (hd + 2);
+    /* chunk weights: warp g (one per query head; G <= GMAX = NW) takes the max over the chunks'
+     * m, then f_c = exp(m_c - M) and L = Σ l_c f_c */
+    __shared__ float fw[GMAX][64], Ls[GMAX];
+    const size_t row0 = (((size_t)b * H + kvh * G) * T + t) * nch; /* chunk 0 of head kvh*G */
+    if (warp < G) {
+        const float *ml = work + (size_t)B * H * T * nch * hd + (row0 + (size_t)warp * T * nch) * 2;
         float M = -INFINITY;
-        for (int cc = 0; cc < nchunks; cc++) M = fmaxf(M, __ldcg(wp + (size_t)cc * (hd + 2)));
-        float L = 0.0f, A = 0.0f;
-        for (int cc = 0; cc < nchunks; cc++) {
-            const float *p = wp + (size_t)cc * (hd + 2);
-            float f = __expf(__ldcg(p) - M);
-            L += __ldcg(p + 1) * f;
-            A += __ldcg(p + 2 + d) * f;
+        for (int cc = lane; cc < nchunks; cc += 32) M = fmaxf(M, __ldcg(ml + 2 * cc));
+        M = warp_max(M);
+        float L = 0.0f;
+        for (int cc = lane; cc < nchunks; cc += 32) {
+            const float f = __expf(__ldcg(ml + 2 * cc) - M);
+            L += __ldcg(ml + 2 * cc + 1) * f;
+            fw[warp][cc] = f;
         }
-        out[((size_t)b * T + t) * H * hd + (size_t)h * hd + d] = A / L;
+        L = warp_sum(L);
+        if (lane == 0) Ls[warp] = L;
+    }
+    __syncthreads();
+    /* 4 dims a thread (hd % 4 == 0): float4 loads of the chunk sums, 16 chunks in flight */
+    const int hd4 = hd / 4;
+    for (int i = threadIdx.x; i < G * hd4; i += blockDim.x) {
+        const int g = i / hd4, d = (i % hd4) * 4, h = kvh * G + g;
+        const float *wp = work + (row0 + (size_t)g * T * nch) * hd + d;
+        float4 A = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 16
+        for (int cc = 0; cc < nchunks; cc++) {
+            const float4 v = __ldcg(reinterpret_cast<const float4 *>(wp + (size_t)cc * hd));
+            const float f = fw[g][cc];
+            A.x += v.x * f, A.y += v.y * f, A.z += v.z * f, A.w += v.w * f;
+        }
+        const float inv = 1.0f / Ls[g];
+        float *o = out + ((size_t)b * T + t) * H * hd + (size_t)h * hd + d;
+        o[0] = A.x * inv, o[1] = A.y * inv, o[2] = A.z * inv, o[3] = A.w * inv;
     }
 }
 
@@ -227,10 +303,17 @@ int launch(const hmc_attn_args *a, int nch, cudaStream_t s)
         CK(cudaFuncSetAttribute(attn_chunk_kernel<CT, J>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         smem_set = smem;
     }
-    int *counters = reinterpret_cast<int *>(a->work + (size_t)a->B * a->T * a->H * nch * (a->hd + 2));
+    /* the counters sit after room for NCH_MAX chunks: the same place whatever the chunk knob */
+    const int nmax = chunks_for(a->B, a->T, a->KVH, a->max_keys, NCH_MAX);
+    int *counters = reinterpret_cast<int *>(a->work + (size_t)a->B * a->T * a->H * nmax * (a->hd + 2));
+    uintptr_t pf = 0, pf_bytes = 0; /* the prefetch hint in whole 16-byte units */
+    if (a->pf && a->pf_bytes > 16) {
+        const uintptr_t p0 = ((uintptr_t)a->pf + 15) & ~(uintptr_t)15, p1 = ((uintptr_t)a->pf + a->pf_bytes) & ~(uintptr_t)15;
+        if (p1 > p0) pf = p0, pf_bytes = p1 - p0;
+    }
     return launch_pdl(attn_chunk_kernel<CT, J>, grid, dim3(NW * 32), smem, s, a->qkv, a->T, a->H, a->KVH, a->hd,
                       a->pos_dev, a->pos_add, (const CT *)a->k_cache, (const CT *)a->v_cache, a->max_seq, nch, a->work,
-                      counters, a->out);
+                      counters, a->out, (const char *)pf, pf_bytes);
 }
 
 template <typename CT>
@@ -245,9 +328,11 @@ int launch_j(const hmc_attn_args *a, int nch, cudaStream_t s)
 
 extern "C" size_t hmc_attention_work_bytes(int B, int T, int H, int KVH, int hd, int max_keys)
 {
-    size_t nch = (size_t)chunks_for(B, T, KVH, max_keys);
+    size_t nch = (size_t)chunks_for(B, T, KVH, max_keys, NCH_MAX);
     return (size_t)B * T * H * nch * (hd + 2) * sizeof(float) + (size_t)B * T * KVH * sizeof(int);
 }
+
+extern "C" void hmc_attention_set_max_chunks(int n) { g_max_chunks = n < 1 ? 1 : n > NCH_MAX ? NCH_MAX : n; }
 
 extern "C" int hmc_attention(const hmc_attn_args *a, cudaStream_t s)
 {
@@ -258,7 +343,7 @@ extern "C" int hmc_attention(const hmc_attn_args *a, cudaStream_t s)
                       a->H, a->KVH, GMAX);
     if (a->max_keys > a->max_seq) return hm_err("%s:%d: attention: max_keys > max_seq", __FILE__, __LINE__);
     if (a->B * a->T <= 0) return HM_OK;
-    int nch = chunks_for(a->B, a->T, a->KVH, a->max_keys);
+    int nch = chunks_for(a->B, a->T, a->KVH, a->max_keys, g_max_chunks);
     if (a->ct == HMC_BF16) CKH(launch_j<__nv_bfloat16>(a, nch, s));
     else if (a->ct == HMC_F32) CKH(launch_j<float>(a, nch, s));
     else return hm_err("%s:%d: attention: bad cache dtype", __FILE__, __LINE__);

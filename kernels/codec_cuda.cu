@@ -22,6 +22,7 @@ extern "C" {
 #define FMC_ROPE_BASE 10000.0f
 #define FMC_TIME_FEATURES 512 /* PixArt flow_t_size */
 #define FMC_PROJ_K 3
+#define FMC_GRAPHS 4
 
 namespace {
 
@@ -91,6 +92,46 @@ __global__ void norm_mod_kernel(const float *x, const float *__restrict__ w, flo
     const float *bsh = csh + (size_t)b * cs, *bsc = csc + (size_t)b * cs;
     for (int i = threadIdx.x; i < D; i += blockDim.x) {
         float n = w ? xr[i] * r * w[i] : (xr[i] - mean) * r;
+        float sc = tsc[i] + bsc[i], sh = tsh[i] + bsh[i];
+        hmc_st(yr + i, n * (1.0f + sc) + sh);
+    }
+}
+
+/* The gated residual add of one block's branch fused with the norm that follows it (the next
+ * branch's, or the stack's final LayerNorm): one block per row, x += (tg + cg[b]) * h written
+ * back, then the statistics of the new row, then the modulated output y (which may be x: each
+ * thread rewrites only the elements it read). */
+template <typename YT>
+__global__ void add_norm_mod_kernel(float *x, const float *__restrict__ h, const float *__restrict__ tg,
+                                    const float *__restrict__ cg, int gcs, const float *__restrict__ w, float eps,
+                                    const float *__restrict__ tsh, const float *__restrict__ tsc,
+                                    const float *__restrict__ csh, const float *__restrict__ csc, int cs, int T, int D,
+                                    YT *y)
+{
+    __shared__ float red[32];
+    const int row = blockIdx.x, b = row / T;
+    float *xr = x + (size_t)row * D;
+    const float *hr = h + (size_t)row * D, *bg = cg + (size_t)b * gcs;
+    YT *yr = y + (size_t)row * D;
+    float acc = 0.0f;
+    for (int i = threadIdx.x; i < D; i += blockDim.x) {
+        float v = xr[i] + (tg[i] + bg[i]) * hr[i];
+        xr[i] = v;
+        acc += w ? v * v : v;
+    }
+    float r, mean = 0.0f;
+    if (w) {
+        r = rsqrtf(block_sum(acc, red) / (float)D + eps);
+    } else {
+        mean = block_sum(acc, red) / (float)D;
+        float v = 0.0f;
+        for (int i = threadIdx.x; i < D; i += blockDim.x) v += (xr[i] - mean) * (xr[i] - mean);
+        r = rsqrtf(block_sum(v, red) / (float)D + eps);
+    }
+    const float *bsh = csh + (size_t)b * cs, *bsc = csc + (size_t)b * cs;
+    for (int i = threadIdx.x; i < D; i += blockDim.x) {
+        float xv = xr[i];
+        float n = w ? xv * r * w[i] : (xv - mean) * r;
         float sc = tsc[i] + bsc[i], sh = tsh[i] + bsh[i];
         hmc_st(yr + i, n * (1.0f + sc) + sh);
     }
@@ -207,6 +248,206 @@ __global__ void __launch_bounds__(ATT_THREADS) attention_kernel(const float *__r
     }
 }
 
+/* RoPE on q and k of fp32 qkv rows [B*T, 3*H*hd] as rope_qk_kernel computes it, written with v as
+ * a bf16 copy (the flash kernel's input): one pass instead of rope in place + a conversion. */
+__global__ void rope_bf16_kernel(const float *__restrict__ qkv, int T, int H, int hd, const float *__restrict__ freqs,
+                                 __nv_bfloat16 *__restrict__ out)
+{
+    const int row = blockIdx.x, t = row % T, half = hd / 2, nrot = 2 * H * half, np = 3 * H * half;
+    const float2 *in = (const float2 *)(qkv + (size_t)row * 3 * H * hd);
+    __nv_bfloat162 *o = (__nv_bfloat162 *)(out + (size_t)row * 3 * H * hd);
+    for (int p = threadIdx.x; p < np; p += blockDim.x) {
+        float2 v = in[p];
+        if (p < nrot) {
+            float ang = (float)t * freqs[p % half];
+            float c = cosf(ang), sn = sinf(ang);
+            v = make_float2(v.x * c - v.y * sn, v.y * c + v.x * sn);
+        }
+        o[p] = __floats2bfloat162_rn(v.x, v.y);
+    }
+}
+
+/* Flash attention on tensor cores (FlashAttention-2 layout).  Block = (64-query tile, head,
+ * batch row), 4 warps of 16 query rows each; K/V tiles of 64 keys go global -> shared with
+ * cp.async, double buffered (rows past T zero-filled).  S = Q Kᵀ and O += P V are
+ * mma.sync.m16n8k16 bf16 x bf16 -> fp32; the row max / sum and the rescaling of O are fp32
+ * (online softmax, exp2 with the 1/sqrt(hd) scale folded in); P is rounded to bf16 for P V, as
+ * the GEMM path rounds it.  Shared rows are padded by 16 bytes so ldmatrix's 8 row addresses
+ * fall in different banks. */
+constexpr int FA_BQ = 64, FA_BK = 64, FA_THREADS = 128;
+
+template <int HD>
+constexpr size_t fa_smem() { return sizeof(__nv_bfloat16) * (size_t)(HD + 8) * (FA_BQ + 4 * FA_BK); }
+
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, bool valid)
+{
+    unsigned sa = (unsigned)__cvta_generic_to_shared(smem);
+    int n = valid ? 16 : 0; /* 0 source bytes: the 16 destination bytes are zero-filled */
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(sa), "l"(gmem), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+__device__ __forceinline__ void ldsm_x4(unsigned r[4], const void *p)
+{
+    unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+__device__ __forceinline__ void ldsm_x4_t(unsigned r[4], const void *p)
+{
+    unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+__device__ __forceinline__ void mma16816(float c[4], const unsigned a[4], unsigned b0, unsigned b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ unsigned pack_bf16(float lo, float hi)
+{
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *(unsigned *)&v;
+}
+
+template <int HD, typename OT>
+__global__ void __launch_bounds__(FA_THREADS) flash_kernel(const __nv_bfloat16 *__restrict__ qkv, int T, int H,
+                                                           float sl2, OT *__restrict__ out)
+{
+    extern __shared__ __align__(16) unsigned char fa_sm[];
+    constexpr int LD = HD + 8, CH = HD / 8, NJ = FA_BK / 8, ND = HD / 8;
+    __nv_bfloat16 *Qs = (__nv_bfloat16 *)fa_sm, *Ks = Qs + FA_BQ * LD, *Vs = Ks + 2 * FA_BK * LD;
+    const int q0 = blockIdx.x * FA_BQ, h = blockIdx.y, b = blockIdx.z;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+    const int mi = lane >> 3, mr = lane & 7; /* ldmatrix: which 8x8 matrix this lane addresses, and its row */
+    const size_t ld = (size_t)3 * H * HD;
+    const __nv_bfloat16 *base = qkv + (size_t)b * T * ld + (size_t)h * HD;
+    for (int i = tid; i < FA_BQ * CH; i += FA_THREADS) {
+        int r = i / CH, c = i - r * CH;
+        bool ok = q0 + r < T;
+        cp_async16(Qs + r * LD + c * 8, base + (size_t)(ok ? q0 + r : 0) * ld + c * 8, ok);
+    }
+    auto load_kv = [&](int kt, int buf) {
+        const int k0 = kt * FA_BK;
+        for (int i = tid; i < FA_BK * CH; i += FA_THREADS) {
+            int r = i / CH, c = i - r * CH;
+            bool ok = k0 + r < T;
+            const __nv_bfloat16 *src = base + (size_t)(ok ? k0 + r : 0) * ld + c * 8;
+            cp_async16(Ks + (buf * FA_BK + r) * LD + c * 8, src + (size_t)H * HD, ok);
+            cp_async16(Vs + (buf * FA_BK + r) * LD + c * 8, src + (size_t)2 * H * HD, ok);
+        }
+    };
+    load_kv(0, 0);
+    cp_async_commit();
+    const int nkt = (T + FA_BK - 1) / FA_BK;
+    float o[ND][4];
+#pragma unroll
+    for (int d = 0; d < ND; d++) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
+    float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f};
+    unsigned qf[HD / 16][4];
+    for (int kt = 0; kt < nkt; kt++) {
+        if (kt + 1 < nkt) load_kv(kt + 1, (kt + 1) & 1);
+        cp_async_commit();
+        cp_async_wait<1>(); /* everything but the tile just requested has landed */
+        __syncthreads();
+        if (kt == 0) {
+#pragma unroll
+            for (int kk = 0; kk < HD / 16; kk++)
+                ldsm_x4(qf[kk], Qs + (warp * 16 + (mi & 1) * 8 + mr) * LD + kk * 16 + (mi >> 1) * 8);
+        }
+        const __nv_bfloat16 *Kb = Ks + (kt & 1) * FA_BK * LD, *Vb = Vs + (kt & 1) * FA_BK * LD;
+        float sc[NJ][4];
+#pragma unroll
+        for (int j = 0; j < NJ; j++) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; kk++)
+#pragma unroll
+            for (int j = 0; j < NJ; j += 2) {
+                unsigned kb[4];
+                ldsm_x4(kb, Kb + (j * 8 + (mi >> 1) * 8 + mr) * LD + kk * 16 + (mi & 1) * 8);
+                mma16816(sc[j], qf[kk], kb[0], kb[1]);
+                mma16816(sc[j + 1], qf[kk], kb[2], kb[3]);
+            }
+        const int k0 = kt * FA_BK;
+        if (k0 + FA_BK > T) {
+#pragma unroll
+            for (int j = 0; j < NJ; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    if (k0 + j * 8 + 2 * t4 + (e & 1) >= T) sc[j][e] = -INFINITY;
+        }
+        /* rows g (elements 0, 1) and g + 8 (elements 2, 3); the 4 lanes of a quad share a row */
+        float mx[2] = {mrow[0], mrow[1]};
+#pragma unroll
+        for (int j = 0; j < NJ; j++) {
+            mx[0] = fmaxf(mx[0], fmaxf(sc[j][0], sc[j][1]));
+            mx[1] = fmaxf(mx[1], fmaxf(sc[j][2], sc[j][3]));
+        }
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+            mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+        }
+        /* mx is finite: every tile holds at least one key < T */
+        float corr[2], rs[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            corr[i] = exp2f((mrow[i] - mx[i]) * sl2);
+            mrow[i] = mx[i];
+        }
+        unsigned pa[FA_BK / 16][4];
+#pragma unroll
+        for (int j = 0; j < NJ; j++) {
+            float p0 = exp2f((sc[j][0] - mx[0]) * sl2), p1 = exp2f((sc[j][1] - mx[0]) * sl2);
+            float p2 = exp2f((sc[j][2] - mx[1]) * sl2), p3 = exp2f((sc[j][3] - mx[1]) * sl2);
+            rs[0] += p0 + p1;
+            rs[1] += p2 + p3;
+            pa[j >> 1][(j & 1) * 2] = pack_bf16(p0, p1);
+            pa[j >> 1][(j & 1) * 2 + 1] = pack_bf16(p2, p3);
+        }
+#pragma unroll
+        for (int i = 0; i < 2; i++) lrow[i] = lrow[i] * corr[i] + rs[i];
+#pragma unroll
+        for (int d = 0; d < ND; d++) {
+            o[d][0] *= corr[0], o[d][1] *= corr[0];
+            o[d][2] *= corr[1], o[d][3] *= corr[1];
+        }
+#pragma unroll
+        for (int kk = 0; kk < FA_BK / 16; kk++)
+#pragma unroll
+            for (int d = 0; d < ND; d += 2) {
+                unsigned vb[4];
+                ldsm_x4_t(vb, Vb + (kk * 16 + (mi & 1) * 8 + mr) * LD + d * 8 + (mi >> 1) * 8);
+                mma16816(o[d], pa[kk], vb[0], vb[1]);
+                mma16816(o[d + 1], pa[kk], vb[2], vb[3]);
+            }
+        __syncthreads(); /* this buffer is refilled by the next iteration's load */
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        lrow[i] += __shfl_xor_sync(0xffffffffu, lrow[i], 1);
+        lrow[i] += __shfl_xor_sync(0xffffffffu, lrow[i], 2);
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const int q = q0 + warp * 16 + g + 8 * i;
+        if (q >= T) continue;
+        const float inv = 1.0f / lrow[i];
+        OT *orow = out + ((size_t)b * T + q) * H * HD + (size_t)h * HD + 2 * t4;
+#pragma unroll
+        for (int d = 0; d < ND; d++) {
+            hmc_st(orow + d * 8, o[d][2 * i] * inv);
+            hmc_st(orow + d * 8 + 1, o[d][2 * i + 1] * inv);
+        }
+    }
+}
+
 __global__ void timestep_kernel(const float *__restrict__ t, int n, float nl, float *__restrict__ out)
 {
     const int b = blockIdx.x, half = n / 2;
@@ -286,25 +527,32 @@ struct fmc_model {
     proj pin, conn, pout;
     stack s1, s2;
     void **allocs;
+    size_t *alloc_n;       /* elements of each allocation (weights: fmc_weight_get) */
+    hmc_dtype *alloc_t;
     int nalloc, capalloc;
     /* workspace, sized for ws_M rows / ws_B batch rows / ws_steps solver steps */
     int ws_M, ws_B, ws_T, ws_steps;
     void *ws[18];
     float *x1, *x2, *qkv, *h, *gu, *tmp, *emb1, *mod1, *emb2, *mod2, *feat, *etmp, *inp, *v, *tarr;
     void *gin, *col;
-    /* CUDA graph of a whole fmc_solve (graphs on): captured at the second call with the same key,
-     * replayed after; dropped when the workspace moves. */
+    /* CUDA graphs of whole fmc_solve calls (graphs on), one per key (a stage alternates between
+     * the first window, L = 0, and the later ones): captured at the second call with the same
+     * key, replayed after; the least recently used key makes way; all dropped when the
+     * workspace moves. */
     int use_graph;
     struct {
         int T, L, steps, cfg, seen;
         float guidance;
         const float *cond, *ctx, *noise, *x;
         cudaStream_t s;
-    } gkey;
-    cudaGraphExec_t gexec;
-    /* attention through strided-batched cuBLASLt GEMMs (fmc_set_attention_gemm): scores S and
+        cudaGraphExec_t exec;
+        unsigned long long used;
+    } graph[FMC_GRAPHS];
+    unsigned long long gclock;
+    int no_fuse; /* fmc_set_fusion(m, 0): the unfused residual adds and norms (A/B timing) */
+    int att_set; /* FMC_ATT_* as set (fmc_set_attention); att_mode() resolves FMC_ATT_AUTO */
+    /* attention through strided-batched cuBLASLt GEMMs (FMC_ATT_GEMM): scores S and
      * probabilities P [B*H, T, T], own handle, workspace and plans */
-    int att_gemm;
     float *attS;
     void *attP;
     cublasLtHandle_t lt;
@@ -320,9 +568,12 @@ int dalloc(fmc_model *m, void **p, size_t bytes)
     if (m->nalloc == m->capalloc) {
         m->capalloc = m->capalloc ? 2 * m->capalloc : 256;
         m->allocs = (void **)realloc(m->allocs, sizeof(void *) * (size_t)m->capalloc);
-        if (!m->allocs) abort();
+        m->alloc_n = (size_t *)realloc(m->alloc_n, sizeof(size_t) * (size_t)m->capalloc);
+        m->alloc_t = (hmc_dtype *)realloc(m->alloc_t, sizeof(hmc_dtype) * (size_t)m->capalloc);
+        if (!m->allocs || !m->alloc_n || !m->alloc_t) abort();
     }
     CK(cudaMalloc(p, bytes ? bytes : 16));
+    m->alloc_n[m->nalloc] = bytes / 4, m->alloc_t[m->nalloc] = HMC_F32; /* upload() says what it holds */
     m->allocs[m->nalloc++] = *p;
     return HM_OK;
 }
@@ -337,6 +588,7 @@ struct src {
 int upload(fmc_model *m, const src *S, void **dst, const float *host, size_t n, hmc_dtype t, float rscale)
 {
     CKH(dalloc(m, dst, n * hmc_dtype_size(t)));
+    m->alloc_n[m->nalloc - 1] = n, m->alloc_t[m->nalloc - 1] = t;
     if (!host) {
         CKH(hmc_fill_random(*dst, t, n, S->seed * 1000003u + (uint64_t)m->nalloc, rscale, 0));
         return HM_OK;
@@ -526,14 +778,28 @@ int build(fmc_model *m, const src *S)
     return HM_OK;
 }
 
+void drop_graphs(fmc_model *m)
+{
+    for (int i = 0; i < FMC_GRAPHS; i++) {
+        if (m->graph[i].exec) cudaGraphExecDestroy(m->graph[i].exec);
+        m->graph[i].exec = NULL;
+        m->graph[i].seen = 0;
+    }
+}
+
+/* The attention path a call takes: FMC_ATT_AUTO is flash with bf16 weights, GEMMs with fp32. */
+int att_mode(const fmc_model *m)
+{
+    if (m->att_set != FMC_ATT_AUTO) return m->att_set;
+    return m->dt == HMC_BF16 ? FMC_ATT_FLASH : FMC_ATT_GEMM;
+}
+
 int ensure_ws(fmc_model *m, int B, int T, int steps)
 {
     const int M = B * T;
     if (M <= m->ws_M && B <= m->ws_B && T <= m->ws_T && steps <= m->ws_steps) return HM_OK;
     CK(cudaDeviceSynchronize());
-    if (m->gexec) CK(cudaGraphExecDestroy(m->gexec));
-    m->gexec = NULL;
-    m->gkey.seen = 0;
+    drop_graphs(m);
     for (int i = 0; i < 18; i++) {
         if (m->ws[i]) CK(cudaFree(m->ws[i]));
         m->ws[i] = NULL;
@@ -553,7 +819,8 @@ int ensure_ws(fmc_model *m, int B, int T, int steps)
         Mx * HM_MAX(d2, m->out_ch) * 4, Bx * d1 * 4, Bx * 6 * d1 * 4, Bx * d2 * 4, Bx * 6 * d2 * 4,
         Bx * FMC_TIME_FEATURES * 4, Bx * d2 * 4, Mx * cin * 4, Mx * m->out_ch * 4,
         (size_t)(m->ws_steps + 1) * Bx * 4 + Mx * wmax * es, Mx * colw * es,
-        m->att_gemm ? Mx * H * (size_t)m->ws_T * 4 : 0, m->att_gemm ? Mx * H * (size_t)m->ws_T * es : 0};
+        att_mode(m) == FMC_ATT_GEMM ? Mx * H * (size_t)m->ws_T * 4 : 0,
+        att_mode(m) == FMC_ATT_GEMM ? Mx * H * (size_t)m->ws_T * es : 0};
     for (int i = 0; i < 18; i++) CK(cudaMalloc(&m->ws[i], sizes[i] + 256));
     m->attS = (float *)m->ws[16];
     m->attP = m->ws[17];
@@ -725,22 +992,47 @@ int stack_forward(fmc_model *m, const stack *st, float *x, int B, int T, const f
                   cudaStream_t s)
 {
     const int d = st->d, M = B * T, cs = 6 * d, hid = st->hidden;
+    const int fuse = !m->no_fuse;
     for (int l = 0; l < st->n; l++) {
         const block *b = &st->blk[l];
         const float *t = b->sst;
-        CKH(fmc_norm_modulate(x, b->attn_norm, FMC_EPS, t, t + d, mod, mod + d, cs, B, T, d, m->gin, m->dt, s));
+        /* (fused: the previous block's last residual add already wrote this norm into gin) */
+        if (l == 0 || !fuse)
+            CKH(fmc_norm_modulate(x, b->attn_norm, FMC_EPS, t, t + d, mod, mod + d, cs, B, T, d, m->gin, m->dt, s));
         CKH(gemm(m, m->gin, b->wqkv, m->qkv, M, 3 * d, d, s));
-        CKH(fmc_rope_qk(m->qkv, B, T, st->heads, st->hd, st->rope, s));
-        if (m->att_gemm) CKH(attention_gemm(m, st, B, T, s));
-        else CKH(fmc_attention(m->qkv, B, T, st->heads, st->hd, m->gin, m->dt, s));
+        const int am = att_mode(m);
+        if (am == FMC_ATT_FLASH) { /* RoPE + bf16 copy of q|k|v into the (free here) im2col buffer */
+            CKH(fmc_rope_qk_bf16(m->qkv, B, T, st->heads, st->hd, st->rope, m->col, s));
+            CKH(fmc_flash_attention(m->col, B, T, st->heads, st->hd, m->gin, m->dt, s));
+        } else {
+            CKH(fmc_rope_qk(m->qkv, B, T, st->heads, st->hd, st->rope, s));
+            if (am == FMC_ATT_GEMM) CKH(attention_gemm(m, st, B, T, s));
+            else CKH(fmc_attention(m->qkv, B, T, st->heads, st->hd, m->gin, m->dt, s));
+        }
         CKH(gemm(m, m->gin, b->wo, m->h, M, d, d, s));
-        CKH(fmc_gated_add(x, m->h, t + 2 * d, mod + 2 * d, cs, B, T, d, s));
-        CKH(fmc_norm_modulate(x, b->mlp_norm, FMC_EPS, t + 3 * d, t + 4 * d, mod + 3 * d, mod + 4 * d, cs, B, T, d,
-                              m->gin, m->dt, s));
+        if (fuse) {
+            CKH(fmc_add_norm_modulate(x, m->h, t + 2 * d, mod + 2 * d, cs, b->mlp_norm, FMC_EPS, t + 3 * d, t + 4 * d,
+                                      mod + 3 * d, mod + 4 * d, cs, B, T, d, m->gin, m->dt, s));
+        } else {
+            CKH(fmc_gated_add(x, m->h, t + 2 * d, mod + 2 * d, cs, B, T, d, s));
+            CKH(fmc_norm_modulate(x, b->mlp_norm, FMC_EPS, t + 3 * d, t + 4 * d, mod + 3 * d, mod + 4 * d, cs, B, T, d,
+                                  m->gin, m->dt, s));
+        }
         CKH(gemm(m, m->gin, b->wgu, m->gu, M, 2 * hid, d, s));
         CKH(hmc_silu_mul(m->gu, m->gin, m->dt, M, hid, 0, s));
         CKH(gemm(m, m->gin, b->wdown, m->h, M, d, hid, s));
-        CKH(fmc_gated_add(x, m->h, t + 5 * d, mod + 5 * d, cs, B, T, d, s));
+        if (!fuse) {
+            CKH(fmc_gated_add(x, m->h, t + 5 * d, mod + 5 * d, cs, B, T, d, s));
+        } else if (l + 1 < st->n) { /* + the next block's attention norm */
+            const block *nb = &st->blk[l + 1];
+            const float *nt = nb->sst;
+            CKH(fmc_add_norm_modulate(x, m->h, t + 5 * d, mod + 5 * d, cs, nb->attn_norm, FMC_EPS, nt, nt + d, mod,
+                                      mod + d, cs, B, T, d, m->gin, m->dt, s));
+        } else { /* + the final LayerNorm (no affine), shift = table[0] + emb, scale = table[1] + emb, in place */
+            CKH(fmc_add_norm_modulate(x, m->h, t + 5 * d, mod + 5 * d, cs, NULL, FMC_EPS, st->sst, st->sst + d, emb,
+                                      emb, d, B, T, d, x, HMC_F32, s));
+            return HM_OK;
+        }
     }
     /* final LayerNorm (no affine) modulated by shift = table[0] + emb, scale = table[1] + emb */
     CKH(fmc_norm_modulate(x, NULL, FMC_EPS, st->sst, st->sst + d, emb, emb, d, B, T, d, x, HMC_F32, s));
@@ -810,6 +1102,22 @@ extern "C" int fmc_norm_modulate(const float *x, const float *w, float eps, cons
     return HM_OK;
 }
 
+extern "C" int fmc_add_norm_modulate(float *x, const float *h, const float *tg, const float *cg, int gcs,
+                                     const float *w, float eps, const float *tsh, const float *tsc, const float *csh,
+                                     const float *csc, int cs, int B, int T, int D, void *y, hmc_dtype yt,
+                                     cudaStream_t s)
+{
+    if (B < 1 || T < 1 || D < 1) return hm_err("%s:%d: add_norm_modulate: bad sizes", __FILE__, __LINE__);
+    if (yt == HMC_BF16)
+        add_norm_mod_kernel<<<B * T, 256, 0, s>>>(x, h, tg, cg, gcs, w, eps, tsh, tsc, csh, csc, cs, T, D,
+                                                  (__nv_bfloat16 *)y);
+    else if (yt == HMC_F32)
+        add_norm_mod_kernel<<<B * T, 256, 0, s>>>(x, h, tg, cg, gcs, w, eps, tsh, tsc, csh, csc, cs, T, D, (float *)y);
+    else return hm_err("%s:%d: add_norm_modulate: bad dtype", __FILE__, __LINE__);
+    CK_LAUNCH();
+    return HM_OK;
+}
+
 extern "C" int fmc_gated_add(float *x, const float *h, const float *tg, const float *cg, int cs, int B, int T, int D,
                              cudaStream_t s)
 {
@@ -862,6 +1170,53 @@ extern "C" int fmc_attention(const float *qkv, int B, int T, int H, int hd, void
     if (ot == HMC_BF16) return attention_hd(qkv, B, T, H, hd, (__nv_bfloat16 *)out, s);
     if (ot == HMC_F32) return attention_hd(qkv, B, T, H, hd, (float *)out, s);
     return hm_err("%s:%d: attention: bad dtype", __FILE__, __LINE__);
+}
+
+extern "C" int fmc_rope_qk_bf16(const float *qkv, int B, int T, int H, int hd, const float *freqs, void *out,
+                                cudaStream_t s)
+{
+    if (B < 1 || T < 1 || hd % 2) return hm_err("%s:%d: rope_qk_bf16: bad sizes", __FILE__, __LINE__);
+    rope_bf16_kernel<<<B * T, 256, 0, s>>>(qkv, T, H, hd, freqs, (__nv_bfloat16 *)out);
+    CK_LAUNCH();
+    return HM_OK;
+}
+
+namespace {
+template <int HD, typename OT>
+int flash_launch(const void *qkv, int B, int T, int H, OT *out, cudaStream_t s)
+{
+    static bool attr_set = false;
+    constexpr size_t smem = fa_smem<HD>();
+    if (!attr_set) {
+        CK(cudaFuncSetAttribute(flash_kernel<HD, OT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        attr_set = true;
+    }
+    dim3 grid((T + FA_BQ - 1) / FA_BQ, H, B);
+    const float sl2 = 1.4426950408889634f / sqrtf((float)HD); /* log2(e) / sqrt(hd) */
+    flash_kernel<HD, OT><<<grid, FA_THREADS, smem, s>>>((const __nv_bfloat16 *)qkv, T, H, sl2, out);
+    CK_LAUNCH();
+    return HM_OK;
+}
+template <typename OT>
+int flash_hd(const void *qkv, int B, int T, int H, int hd, OT *out, cudaStream_t s)
+{
+    switch (hd) {
+    case 16: return flash_launch<16>(qkv, B, T, H, out, s);
+    case 32: return flash_launch<32>(qkv, B, T, H, out, s);
+    case 64: return flash_launch<64>(qkv, B, T, H, out, s);
+    case 128: return flash_launch<128>(qkv, B, T, H, out, s);
+    default: return hm_err("%s:%d: flash attention: head dim %d not in {16, 32, 64, 128}", __FILE__, __LINE__, hd);
+    }
+}
+} // namespace
+
+extern "C" int fmc_flash_attention(const void *qkv, int B, int T, int H, int hd, void *out, hmc_dtype ot,
+                                   cudaStream_t s)
+{
+    if (B < 1 || T < 1 || H < 1 || B > 65535 || H > 65535) return hm_err("%s:%d: flash attention: bad sizes", __FILE__, __LINE__);
+    if (ot == HMC_BF16) return flash_hd(qkv, B, T, H, hd, (__nv_bfloat16 *)out, s);
+    if (ot == HMC_F32) return flash_hd(qkv, B, T, H, hd, (float *)out, s);
+    return hm_err("%s:%d: flash attention: bad dtype", __FILE__, __LINE__);
 }
 
 extern "C" int fmc_timestep_features(const float *t, int B, int n, float *out, cudaStream_t s)
@@ -922,8 +1277,10 @@ extern "C" void fmc_free(fmc_model *m)
     }
     if (m->lt_ws) cudaFree(m->lt_ws);
     if (m->lt) cublasLtDestroy(m->lt);
-    if (m->gexec) cudaGraphExecDestroy(m->gexec);
+    drop_graphs(m);
     free(m->allocs);
+    free(m->alloc_n);
+    free(m->alloc_t);
     free(m->s1.blk);
     free(m->s2.blk);
     free(m);
@@ -960,9 +1317,10 @@ int solve_enqueue(fmc_model *m, int T, const float *cond, const float *ctx, int 
     return HM_OK;
 }
 
-/* Capture solve_enqueue into m->gexec (relaxed mode: cuBLASLt may still set things up). */
+/* Capture solve_enqueue into *exec (relaxed mode: cuBLASLt may still set things up). */
 int solve_capture(fmc_model *m, int T, const float *cond, const float *ctx, int L, const float *noise, int steps,
-                  float guidance, float *x, const float *ah, const float *th, const float *dth, cudaStream_t s)
+                  float guidance, float *x, const float *ah, const float *th, const float *dth, cudaStream_t s,
+                  cudaGraphExec_t *exec)
 {
     CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
     int rc = solve_enqueue(m, T, cond, ctx, L, noise, steps, guidance, x, ah, th, dth, s);
@@ -973,10 +1331,10 @@ int solve_capture(fmc_model *m, int T, const float *cond, const float *ctx, int 
         return HM_ERR;
     }
     if (e != cudaSuccess) return hm_err("%s:%d: cudaStreamEndCapture: %s", __FILE__, __LINE__, cudaGetErrorString(e));
-    e = cudaGraphInstantiate(&m->gexec, g, 0);
+    e = cudaGraphInstantiate(exec, g, 0);
     cudaGraphDestroy(g);
     if (e != cudaSuccess) {
-        m->gexec = NULL;
+        *exec = NULL;
         return hm_err("%s:%d: cudaGraphInstantiate: %s", __FILE__, __LINE__, cudaGetErrorString(e));
     }
     return HM_OK;
@@ -985,12 +1343,66 @@ int solve_capture(fmc_model *m, int T, const float *cond, const float *ctx, int 
 
 extern "C" void fmc_set_graphs(fmc_model *m, int on) { m->use_graph = on; }
 
+extern "C" int fmc_set_attention(fmc_model *m, int mode)
+{
+    if (mode < FMC_ATT_AUTO || mode > FMC_ATT_FLASH) return hm_err("fmc_set_attention: unknown mode %d", mode);
+    if (mode == FMC_ATT_FLASH && m->dt != HMC_BF16)
+        return hm_err("fmc_set_attention: the flash kernel runs bf16 tensor cores; fp32 weights take FMC_ATT_GEMM or TILED");
+    if (mode == m->att_set) return HM_OK;
+    CK(cudaDeviceSynchronize());
+    m->att_set = mode;
+    m->ws_M = 0; /* the next call reallocates the workspace (with or without S and P) */
+    return HM_OK;
+}
+
+extern "C" int fmc_attention_mode(const fmc_model *m) { return att_mode(m); }
+
+extern "C" void fmc_set_fusion(fmc_model *m, int on)
+{
+    if (!on != m->no_fuse) drop_graphs(m); /* captured with the other kernel sequence */
+    m->no_fuse = !on;
+}
+
 extern "C" int fmc_set_attention_gemm(fmc_model *m, int on)
 {
-    if (!!on == m->att_gemm) return HM_OK;
-    CK(cudaDeviceSynchronize());
-    m->att_gemm = !!on;
-    m->ws_M = 0; /* the next call reallocates the workspace (with or without S and P) */
+    return fmc_set_attention(m, on ? FMC_ATT_GEMM : FMC_ATT_TILED);
+}
+
+extern "C" int fmc_precision(const char *precision, int *out)
+{
+    if (!precision || !precision[0] || !strcmp(precision, "bf16")) *out = HMC_BF16;
+    else if (!strcmp(precision, "fp32")) *out = HMC_F32;
+    else return hm_err("precision '%s': the cuda flow matching supports bf16 and fp32", precision);
+    return HM_OK;
+}
+
+extern "C" int fmc_weight_count(const fmc_model *m) { return m->nalloc; }
+
+extern "C" int fmc_weight_get(const fmc_model *m, int i, float **host, size_t *n)
+{
+    *host = NULL;
+    *n = 0;
+    if (i < 0 || i >= m->nalloc) return hm_err("fmc_weight_get: no weight %d (%d)", i, m->nalloc);
+    const size_t k = m->alloc_n[i];
+    float *h = (float *)hm_malloc(sizeof(float) * (k ? k : 1));
+    if (m->alloc_t[i] == HMC_F32) {
+        cudaError_t e = cudaMemcpy(h, m->allocs[i], sizeof(float) * k, cudaMemcpyDeviceToHost);
+        if (e != cudaSuccess) {
+            free(h);
+            return hm_err("%s:%d: %s", __FILE__, __LINE__, cudaGetErrorString(e));
+        }
+    } else {
+        uint16_t *b = (uint16_t *)hm_malloc(2 * k + 2);
+        cudaError_t e = cudaMemcpy(b, m->allocs[i], 2 * k, cudaMemcpyDeviceToHost);
+        for (size_t j = 0; j < k; j++) h[j] = hm_bf16_to_f32(b[j]);
+        free(b);
+        if (e != cudaSuccess) {
+            free(h);
+            return hm_err("%s:%d: %s", __FILE__, __LINE__, cudaGetErrorString(e));
+        }
+    }
+    *host = h;
+    *n = k;
     return HM_OK;
 }
 
@@ -1021,23 +1433,32 @@ extern "C" int fmc_solve(fmc_model *m, int T, const float *cond, const float *ct
     if (e == cudaSuccess) e = cudaStreamSynchronize(s); /* th is pageable and freed below */
     if (e != cudaSuccess) rc = hm_err("%s:%d: t table upload: %s", __FILE__, __LINE__, cudaGetErrorString(e));
     if (!rc && m->use_graph && s != 0) { /* (the legacy default stream cannot be captured) */
-        int same = m->gkey.seen && m->gkey.T == T && m->gkey.L == L && m->gkey.steps == steps && m->gkey.cfg == cfg &&
-                   m->gkey.guidance == guidance && m->gkey.cond == cond && m->gkey.ctx == ctx &&
-                   m->gkey.noise == noise && m->gkey.x == x && m->gkey.s == s;
-        if (same && !m->gexec) rc = solve_capture(m, T, cond, ctx, L, noise, steps, guidance, x, ah, th, dth, s);
-        if (same && !rc) {
-            e = cudaGraphLaunch(m->gexec, s);
-            if (e != cudaSuccess) rc = hm_err("%s:%d: cudaGraphLaunch: %s", __FILE__, __LINE__, cudaGetErrorString(e));
+        int hit = -1, lru = 0;
+        for (int i = 0; i < FMC_GRAPHS && hit < 0; i++) {
+            const auto &k = m->graph[i];
+            if (k.seen && k.T == T && k.L == L && k.steps == steps && k.cfg == cfg && k.guidance == guidance &&
+                k.cond == cond && k.ctx == ctx && k.noise == noise && k.x == x && k.s == s)
+                hit = i;
+            if (m->graph[i].used < m->graph[lru].used) lru = i;
+        }
+        if (hit >= 0) {
+            auto &k = m->graph[hit];
+            k.used = ++m->gclock;
+            if (!k.exec) rc = solve_capture(m, T, cond, ctx, L, noise, steps, guidance, x, ah, th, dth, s, &k.exec);
+            if (!rc) {
+                e = cudaGraphLaunch(k.exec, s);
+                if (e != cudaSuccess) rc = hm_err("%s:%d: cudaGraphLaunch: %s", __FILE__, __LINE__, cudaGetErrorString(e));
+            }
             free(th); free(ah); free(dth);
             return rc;
         }
-        if (!same) { /* a new key: run eagerly this time, capture at its next call */
-            if (m->gexec) cudaGraphExecDestroy(m->gexec);
-            m->gexec = NULL;
-            m->gkey.seen = 1, m->gkey.T = T, m->gkey.L = L, m->gkey.steps = steps, m->gkey.cfg = cfg;
-            m->gkey.guidance = guidance, m->gkey.cond = cond, m->gkey.ctx = ctx, m->gkey.noise = noise;
-            m->gkey.x = x, m->gkey.s = s;
-        }
+        /* a new key: run eagerly this time, capture at its next call */
+        auto &k = m->graph[lru];
+        if (k.exec) cudaGraphExecDestroy(k.exec);
+        k.exec = NULL;
+        k.seen = 1, k.T = T, k.L = L, k.steps = steps, k.cfg = cfg, k.guidance = guidance;
+        k.cond = cond, k.ctx = ctx, k.noise = noise, k.x = x, k.s = s;
+        k.used = ++m->gclock;
     }
     if (!rc) rc = solve_enqueue(m, T, cond, ctx, L, noise, steps, guidance, x, ah, th, dth, s);
     free(th);

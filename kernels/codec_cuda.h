@@ -6,7 +6,9 @@
  * and RoPE frequencies always fp32.  The residual streams and every op's output are fp32; only
  * the inputs of the GEMMs (and the attention output that feeds o_proj) are stored in the weight
  * dtype, so in bf16 mode each GEMM reads bf16 x bf16 with fp32 accumulation (cuBLASLt).
- * Attention (scores, online softmax, P·V), RoPE angles, norms and the Euler update are fp32.
+ * RoPE angles, norms, softmax statistics and the Euler update are fp32.  Attention (fmc_set_attention):
+ * by default the flash kernel on bf16 tensor cores with bf16 weights (q, k, v and P rounded to
+ * bf16, fp32 accumulation) and cuBLASLt fp32 GEMMs with fp32 weights.
  *
  * A model owns its device weights and one scratch workspace (grown on demand): calls on one
  * model must come from one thread and, when they use different streams, must not overlap.
@@ -50,13 +52,31 @@ int fmc_solve(fmc_model *m, int T, const float *cond_dev, const float *ctx_dev, 
               int steps, float guidance, float *latents_dev, cudaStream_t stream);
 /* Graphs on (default off): fmc_solve runs eagerly at the first call of a given (T, L, steps,
  * guidance, pointers, stream), captures the whole solve as one CUDA graph at the second such call
- * and replays it from then on; on the legacy default stream (0) it always runs eagerly.  Every
- * fmc_solve waits (host) for its small time-table upload before enqueueing. */
+ * and replays it from then on (4 keys kept, least recently used dropped); on the legacy default
+ * stream (0) it always runs eagerly.  Every fmc_solve waits (host) for its small time-table
+ * upload before enqueueing. */
 void fmc_set_graphs(fmc_model *m, int on);
-/* Attention path (default 0): 0 = the tiled fp32 kernel (fmc_attention); 1 = strided-batched
- * cuBLASLt GEMMs on tensor cores (S = QKᵀ, fp32 row softmax, P·V with P in the weight dtype; needs
- * B*H*T*T scores of scratch: 106 MB fp32 + P at the release's sizes).  Synchronises the device. */
+/* Attention paths.  FMC_ATT_AUTO (the default): FLASH with bf16 weights, GEMM with fp32.
+ * TILED: the fp32 CUDA-core kernel (fmc_attention).  GEMM: strided-batched cuBLASLt GEMMs
+ * (S = QKᵀ, fp32 row softmax, P·V with P in the weight dtype; B*H*T*T scores of scratch: 106 MB
+ * fp32 + P at the release's sizes).  FLASH (bf16 weights only): RoPE writes a bf16 q|k|v copy
+ * (fmc_rope_qk_bf16), then fmc_flash_attention.  Synchronises the device when the mode changes;
+ * HM_ERR for an unknown mode or FLASH with fp32 weights. */
+enum { FMC_ATT_AUTO = 0, FMC_ATT_TILED = 1, FMC_ATT_GEMM = 2, FMC_ATT_FLASH = 3 };
+int fmc_set_attention(fmc_model *m, int mode);
+int fmc_attention_mode(const fmc_model *m); /* the path calls take now (AUTO resolved) */
+/* Fused residual-add + norm kernels (default on); off: the separate fmc_gated_add and
+ * fmc_norm_modulate passes (before/after timing).  Drops captured graphs when it changes. */
+void fmc_set_fusion(fmc_model *m, int on);
+/* Older switch: on = FMC_ATT_GEMM, off = FMC_ATT_TILED. */
 int fmc_set_attention_gemm(fmc_model *m, int on);
+/* Stage config "precision" -> weights dtype: "" or "bf16" -> HMC_BF16, "fp32" -> HMC_F32, else HM_ERR. */
+int fmc_precision(const char *precision, int *weights_dtype);
+/* The model's device buffers in allocation order (weights, tables, RoPE frequencies) as fp32
+ * host copies (*host owned by the caller; bf16 widened exactly).  Two models built from the same
+ * config and seed by fmc_init_random list the same buffers in the same order (quality checks). */
+int fmc_weight_count(const fmc_model *m);
+int fmc_weight_get(const fmc_model *m, int i, float **host, size_t *n);
 /* fmc_solve over one window of CODEC_WIN_FRAMES (744) frames. */
 int fmc_solve_window(fmc_model *m, const float *cond_dev, const float *ctx_dev, int L, const float *noise_dev,
                      int steps, float guidance, float *latents_dev, cudaStream_t stream);
@@ -85,12 +105,27 @@ int fmc_norm_modulate(const float *x, const float *norm_w, float eps, const floa
 /* x[b*T + t, :] += (tab_gate + cond_gate[b*cs]) * h[b*T + t, :]. */
 int fmc_gated_add(float *x, const float *h, const float *tab_gate, const float *cond_gate, int cs, int B, int T, int D,
                   cudaStream_t stream);
+/* fmc_gated_add, then fmc_norm_modulate of the updated x: x[b*T + t, :] += (tab_gate +
+ * cond_gate[b*gcs]) * h[b*T + t, :] is written back, and y = N(x) * (1 + (tab_scale +
+ * cond_scale[b*cs])) + (tab_shift + cond_shift[b*cs]) as fmc_norm_modulate.  y may be x (fp32). */
+int fmc_add_norm_modulate(float *x, const float *h, const float *tab_gate, const float *cond_gate, int gcs,
+                          const float *norm_w, float eps, const float *tab_shift, const float *tab_scale,
+                          const float *cond_shift, const float *cond_scale, int cs, int B, int T, int D, void *y,
+                          hmc_dtype yt, cudaStream_t stream);
 /* Interleaved RoPE in place on the q and k parts of qkv rows [B*T, 3*H*hd] (q | k | v); frame t of
  * each batch row is position t; angles t * freqs[i] and cos/sin in fp32. */
 int fmc_rope_qk(float *qkv, int B, int T, int H, int hd, const float *freqs, cudaStream_t stream);
 /* Full bidirectional attention of qkv rows [B*T, 3*H*hd] (q | k | v) -> out [B*T, H*hd] of type
  * ot; softmax(q k^T / sqrt(hd)) v with fp32 scores and online softmax.  hd in {16, 32, 64, 128}. */
 int fmc_attention(const float *qkv, int B, int T, int H, int hd, void *out, hmc_dtype ot, cudaStream_t stream);
+/* fmc_rope_qk's rotation, written with v as a bf16 copy out_bf16 [B*T, 3*H*hd] (qkv unchanged). */
+int fmc_rope_qk_bf16(const float *qkv, int B, int T, int H, int hd, const float *freqs, void *out_bf16,
+                     cudaStream_t stream);
+/* Flash attention on tensor cores: bf16 qkv rows [B*T, 3*H*hd] (q | k | v, RoPE applied) -> out
+ * [B*T, H*hd] of type ot; full bidirectional softmax(q kᵀ / sqrt(hd)) v with bf16 products, fp32
+ * accumulation and online softmax; P rounded to bf16 for P·V.  hd in {16, 32, 64, 128}. */
+int fmc_flash_attention(const void *qkv_bf16, int B, int T, int H, int hd, void *out, hmc_dtype ot,
+                        cudaStream_t stream);
 /* out[b, :] = cpu_timestep_features(t_dev[b], n) for b < B (n even). */
 int fmc_timestep_features(const float *t_dev, int B, int n, float *out, cudaStream_t stream);
 

@@ -36,7 +36,11 @@ __global__ void embed_frame_kernel(const int32_t *__restrict__ codes, int nc, in
     pdl_wait();
     for (int d = blockIdx.x * blockDim.x + threadIdx.x; d < D; d += gridDim.x * blockDim.x) {
         float v = 0.0f;
-        for (int k = 0; k < nc; k++) v += hmc_ld(audio + ((size_t)codes[k] + (size_t)k * Va) * D + d);
+        for (int k = 0; k < nc; k++) {
+            /* codes may come from another process's buffer (CUDA IPC): clamp, never read outside the table */
+            int c = min(max(codes[k], 0), Va - 1);
+            v += hmc_ld(audio + ((size_t)c + (size_t)k * Va) * D + d);
+        }
         x[(size_t)blockIdx.y * D + d] = v;
     }
 }
@@ -47,7 +51,7 @@ __global__ void embed_code_kernel(const int32_t *__restrict__ codes, int ci, int
 {
     pdl_trigger();
     pdl_wait();
-    const WT *row = audio + ((size_t)codes[ci] + (size_t)ci * Va) * D;
+    const WT *row = audio + ((size_t)min(max(codes[ci], 0), Va - 1) + (size_t)ci * Va) * D;
     float *xr = x + (size_t)(r0 + blockIdx.y * rstride) * D;
     for (int d = blockIdx.x * blockDim.x + threadIdx.x; d < D; d += gridDim.x * blockDim.x) xr[d] = hmc_ld(row + d);
 }

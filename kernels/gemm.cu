@@ -1,7 +1,7 @@
 /* gemm.cu - cuBLASLt GEMM for the prefill path: y[M,N] (+)= x[M,K] · W[N,K]ᵀ, fp32 accumulate.
  * CPU twin: cpu_linear.  Matmul descriptors, layouts and the heuristic's algorithm are built once
- * per (M, N, K, dtype, accumulate) and reused (a small linear cache: prefill sees a handful of
- * shapes).  In cuBLASLt's column-major view: D[N,M] = Wᵀ-op(A = W as [K,N]) · (B = x as [K,M]). */
+ * per (M, N, K, dtype, accumulate) and reused: a linear cache of MAX_PLANS entries that evicts
+ * the least recently used plan when full (a long-lived stage sees one M per prompt length).  In cuBLASLt's column-major view: D[N,M] = Wᵀ-op(A = W as [K,N]) · (B = x as [K,M]). */
 #include "common_cuda.h"
 #include "ops_cuda.h"
 
@@ -16,14 +16,25 @@ struct plan {
     cublasLtMatmulDesc_t op;
     cublasLtMatrixLayout_t a, b, c;
     cublasLtMatmulAlgo_t algo;
+    uint64_t used; /* g_tick at the last use (LRU eviction) */
 };
 
-constexpr int MAX_PLANS = 64;
+constexpr int MAX_PLANS = 256;
 constexpr size_t WORKSPACE = 32u << 20;
 cublasLtHandle_t g_lt;
 void *g_ws;
 plan g_plans[MAX_PLANS];
 int g_nplans;
+uint64_t g_tick;
+
+void destroy_plan(plan *p)
+{
+    if (p->a) cublasLtMatrixLayoutDestroy(p->a);
+    if (p->b) cublasLtMatrixLayoutDestroy(p->b);
+    if (p->c) cublasLtMatrixLayoutDestroy(p->c);
+    if (p->op) cublasLtMatmulDescDestroy(p->op);
+    memset(p, 0, sizeof *p);
+}
 
 int make_plan(plan *p)
 {
@@ -66,13 +77,30 @@ extern "C" int hmc_gemm(const void *x, const void *W, hmc_dtype dt, float *y, in
         if (q->M == M && q->N == N && q->K == K && q->dt == dt && q->accumulate == accumulate) p = q;
     }
     if (!p) {
-        if (g_nplans == MAX_PLANS) return hm_err("%s:%d: gemm: plan cache full", __FILE__, __LINE__);
-        p = &g_plans[g_nplans];
+        if (g_nplans < MAX_PLANS) {
+            p = &g_plans[g_nplans++];
+        } else { /* full: reuse the least recently used slot (its descriptors are host objects that
+                    no enqueued or captured work refers to once cublasLtMatmul has returned) */
+            p = &g_plans[0];
+            for (int i = 1; i < MAX_PLANS; i++)
+                if (g_plans[i].used < p->used) p = &g_plans[i];
+            destroy_plan(p);
+        }
         memset(p, 0, sizeof *p);
         p->M = M, p->N = N, p->K = K, p->dt = dt, p->accumulate = accumulate;
-        CKH(make_plan(p));
-        g_nplans++;
+        if (make_plan(p) != HM_OK) {
+            /* leave no half-built plan behind: free what was made, swap the last plan into this slot */
+            if (p->op) cublasLtMatmulDescDestroy(p->op);
+            if (p->a) cublasLtMatrixLayoutDestroy(p->a);
+            if (p->b) cublasLtMatrixLayoutDestroy(p->b);
+            if (p->c) cublasLtMatrixLayoutDestroy(p->c);
+            plan *last = &g_plans[--g_nplans];
+            if (p != last) *p = *last;
+            memset(last, 0, sizeof *last);
+            return hm_err_ctx("%s:%d", __FILE__, __LINE__);
+        }
     }
+    p->used = ++g_tick;
     float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     CKLT(cublasLtMatmul(g_lt, p->op, &alpha, W, p->a, x, p->b, &beta, y, p->c, y, p->c, &p->algo, g_ws, WORKSPACE,
                         stream));
@@ -81,12 +109,7 @@ extern "C" int hmc_gemm(const void *x, const void *W, hmc_dtype dt, float *y, in
 
 extern "C" void hmc_gemm_shutdown(void)
 {
-    for (int i = 0; i < g_nplans; i++) {
-        cublasLtMatrixLayoutDestroy(g_plans[i].a);
-        cublasLtMatrixLayoutDestroy(g_plans[i].b);
-        cublasLtMatrixLayoutDestroy(g_plans[i].c);
-        cublasLtMatmulDescDestroy(g_plans[i].op);
-    }
+    for (int i = 0; i < g_nplans; i++) destroy_plan(&g_plans[i]);
     g_nplans = 0;
     if (g_ws) cudaFree(g_ws);
     if (g_lt) cublasLtDestroy(g_lt);

@@ -9,7 +9,15 @@
  * the epilogue (interleaved w1/w3 rows -> silu(gate)·up output).  The first weight loads are
  * issued before waiting for the previous kernel (programmatic dependent launch) and staging.
  * Kernel shapes (loads per step, warps per row pair, double buffering, or the bulk-copy engine)
- * are variants; the auto choice per shape is the fastest measured on an H200 (docs/PERF.md). */
+ * are variants; the auto choice per shape is the fastest measured on an H200 (docs/PERF.md).
+ * The qkv GEMV can apply the rotary embedding in its epilogue and append k, v to the cache
+ * (hmc_gemv_args.rope): the rows of a warp are the interleaved pair (2i, 2i+1) a rotation needs.
+ * Knobs for keeping DRAM busy across kernel boundaries (a frame is ~280 short kernels), all
+ * measured in whole frames by gpu_lm frames: the double-buffered variants may issue their second
+ * step's loads before the wait too (early; kept on, ~0.1%); before waiting a block may ask L2 for
+ * the rows of its next round (self-prefetch), and blocks out of rows may prefetch a share of the
+ * next op's weights into L2 (hmc_gemv_args.pf): both faster for a GEMV alone, slower in a frame
+ * on an H100, so off. */
 #include "common_cuda.h"
 #include "ops_cuda.h"
 
@@ -59,6 +67,78 @@ __device__ __forceinline__ uint4 ldw(const uint4 *p)
                  : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                  : "l"(p));
     return v;
+}
+
+/* L2 prefetch of [p, p + bytes) by the bulk-copy engine (no registers, nothing to wait for);
+ * p and bytes multiples of 16. */
+__device__ __forceinline__ void l2_prefetch(const void *p, uint32_t bytes)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+#endif
+}
+
+/* A share of [p, p + bytes) into L2: 4 KB pieces dealt round-robin over the threads of `nblk`
+ * blocks (this one is `blk`). */
+__device__ __forceinline__ void l2_prefetch_share(const char *p, size_t bytes, int blk, int nblk)
+{
+    constexpr size_t PIECE = 4096;
+    const size_t n = (bytes + PIECE - 1) / PIECE;
+    for (size_t c = (size_t)blk + (size_t)threadIdx.x * nblk; c < n; c += (size_t)nblk * blockDim.x) {
+        const size_t len = HM_MIN(PIECE, bytes - c * PIECE) & ~(size_t)15;
+        if (len) l2_prefetch(p + c * PIECE, (uint32_t)len);
+    }
+}
+
+/* Rotary epilogue of the qkv GEMV (see hmc_gemv_args.rope); freqs == nullptr: off. */
+struct rope_ep {
+    const float *freqs;
+    const int *pos_dev;
+    int pos_add, T, H, KVH, hd, max_seq, cache_f32;
+    void *kc, *vc;
+};
+
+/* Extras of one launch: prefetches and the rotary epilogue. */
+struct gemv_ext {
+    const char *pf;  /* next op's weights: prefetched by blocks out of rows */
+    size_t pf_bytes;
+    int self_pf;     /* rounds of this block's own rows asked from L2 before the wait */
+    int early;       /* double-buffered variants: the second step's loads before the wait too */
+    rope_ep rope;
+};
+
+/* Rows n0 = 2i', n0 + 1 of the qkv output hold an interleaved pair of one head: rotate q and k
+ * pairs by pos · freqs[i] (as rope_append_kernel, to the bit) and store k, v into the cache. */
+template <int R>
+__device__ __forceinline__ void rope_pair(const rope_ep &e, int n0, float (&v)[2][R])
+{
+    const int h = n0 / e.hd, i = (n0 % e.hd) / 2;
+    if (h >= e.H + 2 * e.KVH) return;
+    const int pos0 = (e.pos_dev ? *e.pos_dev : 0) + e.pos_add;
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const int b = r / e.T, pos = pos0 + r % e.T;
+        if (h < e.H + e.KVH) {
+            float ang = (float)pos * e.freqs[i];
+            float c, sn;
+            sincosf(ang, &sn, &c);
+            const float a = v[0][r], bb = v[1][r];
+            v[0][r] = a * c - bb * sn, v[1][r] = bb * c + a * sn;
+        }
+        if (h >= e.H) {
+            const bool isk = h < e.H + e.KVH;
+            const int kh = isk ? h - e.H : h - e.H - e.KVH;
+            const size_t off = (((size_t)b * e.KVH + kh) * e.max_seq + pos) * e.hd + 2 * i;
+            void *base = isk ? e.kc : e.vc;
+            if (e.cache_f32) {
+                float *d = (float *)base + off;
+                d[0] = v[0][r], d[1] = v[1][r];
+            } else {
+                __nv_bfloat16 *d = (__nv_bfloat16 *)base + off;
+                d[0] = __float2bfloat16(v[0][r]), d[1] = __float2bfloat16(v[1][r]);
+            }
+        }
+    }
 }
 
 /* Stage the input rows into shared memory (fp32 [R][K]) with one barrier: SwiGLU is applied
@@ -146,7 +226,7 @@ template <typename WT, int R, int U, int KS, bool DB>
 __global__ void __launch_bounds__(WARPS * 32)
 gemv_kernel(const WT *__restrict__ W, const float *__restrict__ wscale, int N, int K,
             const float *__restrict__ x, int ldx, int in_mode, const float *__restrict__ nscale,
-            float eps, float *__restrict__ y, int ldy, int accumulate, int out_swiglu)
+            float eps, float *__restrict__ y, int ldy, int accumulate, int out_swiglu, gemv_ext ex)
 {
     constexpr int E = wtraits<WT>::E;
     constexpr int PPB = WARPS / KS; /* row pairs per block step */
@@ -178,6 +258,20 @@ gemv_kernel(const WT *__restrict__ W, const float *__restrict__ wscale, int N, i
     pdl_trigger();
     /* first loads (weights only) before waiting for the previous op and staging its output */
     load_step(cur, base + grp, s0 + lane);
+    /* and the rows of the next rounds into L2 (lane i: row i of the pair, this warp's segment) */
+    for (int j = 1; j <= ex.self_pf; j++) {
+        const int pp = base + grp + j * stride, n = pp * RPW + lane;
+        if (lane < RPW && pp < npairs && n < N && s1 > s0)
+            l2_prefetch(reinterpret_cast<const uint4 *>(W + (size_t)n * K) + s0, (uint32_t)(s1 - s0) * 16u);
+    }
+    /* double-buffered kernels: optionally the second step's loads too (registers the loop holds
+     * anyway), so the first compute after the wait does not wait on DRAM for the next step */
+    uint4 nxt[RPW][U];
+    bool have_nxt = DB && ex.early;
+    if (have_nxt) {
+        if (s0 + lane + 32 * U < s1) load_step(nxt, base + grp, s0 + lane + 32 * U);
+        else load_step(nxt, base + grp + stride, s0 + lane);
+    }
     pdl_wait();
     stage_x<R>(xs, x, ldx, K, in_mode, nscale, red);
     float rs[R];
@@ -191,11 +285,11 @@ gemv_kernel(const WT *__restrict__ W, const float *__restrict__ wscale, int N, i
 #pragma unroll
             for (int r = 0; r < R; r++) acc[i][r] = 0.0f;
         for (int w0 = s0 + lane; w0 < s1 || w0 == s0 + lane; w0 += 32 * U) {
-            uint4 nxt[RPW][U];
-            if (DB) {
+            if (DB && !have_nxt) {
                 if (w0 + 32 * U < s1) load_step(nxt, p, w0 + 32 * U);
                 else load_step(nxt, p + stride, s0 + lane); /* the next pair's first step */
             }
+            have_nxt = false;
 #pragma unroll
             for (int u = 0; u < U; u++) {
                 const int w = w0 + u * 32;
@@ -261,24 +355,54 @@ gemv_kernel(const WT *__restrict__ W, const float *__restrict__ wscale, int N, i
                 y[(size_t)r * ldy + p] = g / (1.0f + __expf(-g)) * u;
             }
         } else if (sub == 0 && lane == 0 && p < npairs) {
+            float v[RPW][R];
+#pragma unroll
+            for (int i = 0; i < RPW; i++) {
+                const int n = p * RPW + i;
+                const float sc = wscale && n < N ? wscale[n] : 1.0f;
+#pragma unroll
+                for (int r = 0; r < R; r++) v[i][r] = acc[i][r] * sc * rs[r];
+            }
+            if (ex.rope.freqs && p * RPW + 1 < N) rope_pair<R>(ex.rope, p * RPW, v);
 #pragma unroll
             for (int i = 0; i < RPW; i++) {
                 const int n = p * RPW + i;
                 if (n >= N) continue;
-                float sc = wscale ? wscale[n] : 1.0f;
 #pragma unroll
                 for (int r = 0; r < R; r++) {
-                    float v = acc[i][r] * sc * rs[r];
                     float *yp = y + (size_t)r * ldy + n;
-                    *yp = accumulate ? *yp + v : v;
+                    *yp = accumulate ? *yp + v[i][r] : v[i][r];
                 }
             }
         }
     }
+    /* out of rows: a share of the next op's weights into L2 while the other blocks finish */
+    if (ex.pf_bytes) l2_prefetch_share(ex.pf, ex.pf_bytes, blockIdx.x, gridDim.x);
 }
 
 int g_force_variant; /* benchmark knob: replaces the auto choice when non-zero */
 int g_bps = 2; /* resident GEMV blocks per SM (2 measured faster than 1 in a whole frame) */
+int g_self_pf; /* rounds of own rows prefetched to L2 before the wait (knob; slower in a whole frame) */
+int g_early;   /* second step's loads before the wait (double-buffered variants; knob) */
+
+/* The launch extras of a call (prefetch share, rotary epilogue). */
+gemv_ext make_ext(const hmc_gemv_args *a)
+{
+    gemv_ext e = {};
+    if (a->pf && a->pf_bytes > 16) { /* whole 16-byte units only */
+        const uintptr_t p0 = ((uintptr_t)a->pf + 15) & ~(uintptr_t)15, p1 = ((uintptr_t)a->pf + a->pf_bytes) & ~(uintptr_t)15;
+        e.pf = (const char *)p0;
+        e.pf_bytes = p1 > p0 ? p1 - p0 : 0;
+    }
+    e.self_pf = g_self_pf;
+    e.early = g_early;
+    if (a->rope) {
+        const hmc_rope_args *r = a->rope;
+        e.rope = {r->freqs, r->pos_dev, r->pos_add, r->T, r->H, r->KVH, r->hd, r->max_seq, r->ct == HMC_F32,
+                  r->k_cache, r->v_cache};
+    }
+    return e;
+}
 
 template <typename WT, int R, int U, int KS, bool DB>
 int launch(const hmc_gemv_args *a, cudaStream_t s)
@@ -305,7 +429,8 @@ int launch(const hmc_gemv_args *a, cudaStream_t s)
     const int pairs = (a->N + RPW - 1) / RPW, ppb = WARPS / KS;
     const int blocks = HM_MIN((pairs + ppb - 1) / ppb, g_sms * HM_MIN(occ, g_bps));
     return launch_pdl(kern, dim3(blocks), dim3(WARPS * 32), smem, s, (const WT *)a->W, a->w_scale, a->N, a->K, a->x,
-                      a->ldx, a->in_mode, a->norm_scale, a->eps, a->y, a->ldy, a->accumulate, a->out_swiglu);
+                      a->ldx, a->in_mode, a->norm_scale, a->eps, a->y, a->ldy, a->accumulate, a->out_swiglu,
+                      make_ext(a));
 }
 
 /* ---- variant 7: weights streamed into shared memory by the bulk-copy engine (sm_90) ----------
@@ -500,7 +625,9 @@ int launch_variant(const hmc_gemv_args *a, cudaStream_t s)
     case 4: return launch<WT, R, 8, 2, false>(a, s);
     case 5: return launch<WT, R, 4, 4, true>(a, s);
     case 6: return launch<WT, R, 8, 4, false>(a, s);
-    case 7: return launch_bulk<WT, R>(a, s);
+    case 7:
+        if (a->rope) return hm_err("%s:%d: gemv: variant 7 has no rotary epilogue", __FILE__, __LINE__);
+        return launch_bulk<WT, R>(a, s);
     default: return hm_err("%s:%d: gemv: unknown variant %d", __FILE__, __LINE__, v);
     }
 }
@@ -542,6 +669,8 @@ extern "C" int hmc_quantize_fp8(const void *W, int N, int K, void *W8, float *sc
 
 extern "C" void hmc_gemv_set_blocks_per_sm(int n) { g_bps = n > 0 ? n : 1; }
 extern "C" void hmc_gemv_force_variant(int v) { g_force_variant = v; }
+extern "C" void hmc_gemv_set_self_prefetch(int rounds) { g_self_pf = rounds > 0 ? rounds : 0; }
+extern "C" void hmc_gemv_set_early_loads(int on) { g_early = on != 0; }
 
 extern "C" size_t hmc_dtype_size(hmc_dtype t)
 {
@@ -550,6 +679,7 @@ extern "C" size_t hmc_dtype_size(hmc_dtype t)
 
 extern "C" int hmc_gemv(const hmc_gemv_args *a, cudaStream_t s)
 {
+    if (a->wdt == HMC_FP8 || a->wdt == HMC_NVFP4) return hmc_gemv_quant(a, s); /* kernels/gemv_quant.cu */
     if (a->K % 16 != 0 && !(a->wdt != HMC_FP8 && a->K % 8 == 0))
         return hm_err("%s:%d: gemv: K %d must be a multiple of 8 (16 for fp8)", __FILE__, __LINE__, a->K);
     if (a->wdt == HMC_F32 && a->K % 4) return hm_err("%s:%d: gemv: bad K", __FILE__, __LINE__);
@@ -560,10 +690,18 @@ extern "C" int hmc_gemv(const hmc_gemv_args *a, cudaStream_t s)
     if (a->out_swiglu && (a->N % 2 || a->accumulate))
         return hm_err("%s:%d: gemv: swiglu output needs an even N and no accumulate", __FILE__, __LINE__);
     if (a->wdt == HMC_FP8 && !a->w_scale) return hm_err("%s:%d: gemv: fp8 needs w_scale", __FILE__, __LINE__);
+    if (a->rope) {
+        const hmc_rope_args *r = a->rope;
+        if (a->accumulate || a->out_swiglu || r->hd % 2 || a->N != (r->H + 2 * r->KVH) * r->hd ||
+            a->rows != r->B * r->T || (r->ct != HMC_BF16 && r->ct != HMC_F32))
+            return hm_err("%s:%d: gemv: rotary epilogue needs N = (H + 2 KVH) hd, even hd, rows = B T, no accumulate",
+                          __FILE__, __LINE__);
+    }
     switch (a->wdt) {
     case HMC_BF16: return dispatch_rows<__nv_bfloat16>(a, s);
     case HMC_F32: return dispatch_rows<float>(a, s);
-    case HMC_FP8: return dispatch_rows<__nv_fp8_e4m3>(a, s);
+    case HMC_FP8: return dispatch_rows<__nv_fp8_e4m3>(a, s); /* unused: the tensor-core kernels above */
+    case HMC_NVFP4: break;
     }
     return hm_err("%s:%d: gemv: bad dtype", __FILE__, __LINE__);
 }

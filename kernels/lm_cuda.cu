@@ -24,6 +24,7 @@ constexpr int PREFILL_CHUNK = 128; /* prompt positions per prefill pass (bounds 
 struct layer_w {
     void *wqkv, *wo, *w13, *w2;
     float *sa_norm, *mlp_norm;
+    float *s_qkv, *s_o, *s_13, *s_2; /* fp8 / nvfp4 scales of the four matrices (else null) */
 };
 
 struct xfm {
@@ -62,11 +63,18 @@ struct prof_state {
 
 struct lm_cuda {
     hm_lm_config cfg;
-    hmc_dtype wdt;
+    hmc_dtype wdt;  /* embeddings, KV caches, GEMM inputs: bf16 or f32 */
+    hmc_dtype qdt;  /* layer matrices and heads: wdt, or fp8 / nvfp4 (then wdt is bf16) */
+    unsigned parts; /* LM_CUDA_PART_* loaded */
+    size_t wbytes;  /* device bytes the model holds (lm_cuda_resident_bytes) */
+    float *s_c0, *s_proj, *s_ah; /* quantised heads' scales (audio heads: hmc_weight_scales each) */
+    void *deq;      /* quantised backbone: bf16 scratch of one matrix for the prefill GEMMs */
+    size_t deq_bytes;
     xfm bb, dec;
     void *text_emb, *audio_emb, *uncond, *muq_w, *c0_head, *proj, *audio_head;
     float *muq_b, *uncond_f32;
     unsigned skip; /* LM_CUDA_SKIP_* (profiling) */
+    lm_cuda_tune tune;
 };
 
 struct lm_cuda_req {
@@ -152,6 +160,7 @@ void xfm_free(xfm *X)
         for (int l = 0; l < X->f.num_layers; l++) {
             cudaFree(X->L[l].wqkv), cudaFree(X->L[l].wo), cudaFree(X->L[l].w13), cudaFree(X->L[l].w2);
             cudaFree(X->L[l].sa_norm), cudaFree(X->L[l].mlp_norm);
+            cudaFree(X->L[l].s_qkv), cudaFree(X->L[l].s_o), cudaFree(X->L[l].s_13), cudaFree(X->L[l].s_2);
         }
     free(X->L);
     cudaFree(X->norm), cudaFree(X->freqs);
@@ -159,10 +168,78 @@ void xfm_free(xfm *X)
 
 /* ---- loading from safetensors ---- */
 
+bool quantised(hmc_dtype t) { return t == HMC_FP8 || t == HMC_NVFP4; }
+
+/* An error unless the model holds `part` (a process that loaded one half calls the other's entry). */
+int need_part(const lm_cuda *m, unsigned part, const char *fn)
+{
+    if (m->parts & part) return HM_OK;
+    return hm_err("%s: the model was loaded without its %s half (lm_cuda_opts.parts)", fn,
+                  part == LM_CUDA_PART_BACKBONE ? "backbone" : "depth");
+}
+
+/* A device allocation that the model keeps: counted in lm_cuda_resident_bytes. */
+int walloc(lm_cuda *m, void **p, size_t n)
+{
+    CKH(dev_alloc(p, n));
+    m->wbytes += n ? n : 16;
+    return HM_OK;
+}
+
+/* bf16 [N, K] on the device -> type t (fp8: per-row scales, nvfp4: tensor scale) into out/scale */
+int quantize(const void *w16, hmc_dtype t, int N, int K, void *out, float *scale)
+{
+    if (t == HMC_FP8) return hmc_quantize_fp8(w16, N, K, out, scale, 0);
+    return hmc_quantize_nvfp4(w16, N, K, out, scale, 0);
+}
+
+/* Upload nmat matrices [N, K] (host fp32, one after the other) as type t into one allocation
+ * *out (matrix i at i · hmc_weight_bytes); for fp8 / nvfp4 also their scales into *scale (matrix
+ * i's at i · hmc_weight_scales): the values go up as bf16 and are quantised on the device, one
+ * matrix at a time, so the model never holds a bf16 copy. */
+int put_weight(lm_cuda *m, const float *h, int nmat, int64_t N, int64_t K, hmc_dtype t, void **out, float **scale)
+{
+    const size_t ne = (size_t)N * K;
+    int rc = HM_OK;
+    if (t == HMC_F32) {
+        CKH(walloc(m, out, nmat * ne * 4));
+        CK(cudaMemcpy(*out, h, nmat * ne * 4, cudaMemcpyHostToDevice));
+        return HM_OK;
+    }
+    uint16_t *b16 = (uint16_t *)hm_malloc(2 * ne);
+    if (t == HMC_BF16) {
+        rc = walloc(m, out, nmat * ne * 2);
+        for (int i = 0; rc == HM_OK && i < nmat; i++) {
+            for (size_t j = 0; j < ne; j++) b16[j] = hm_f32_to_bf16(h[i * ne + j]);
+            if (cudaMemcpy((char *)*out + i * ne * 2, b16, ne * 2, cudaMemcpyHostToDevice) != cudaSuccess)
+                rc = hm_err("%s:%d: weight upload failed", __FILE__, __LINE__);
+        }
+        free(b16);
+        return rc;
+    }
+    const size_t wb = hmc_weight_bytes(t, (int)N, (int)K), ns = hmc_weight_scales(t, (int)N);
+    void *tmp = nullptr;
+    rc = walloc(m, out, nmat * wb);
+    if (rc == HM_OK) rc = walloc(m, (void **)scale, sizeof(float) * nmat * ns);
+    if (rc == HM_OK) rc = dev_alloc(&tmp, ne * 2);
+    for (int i = 0; rc == HM_OK && i < nmat; i++) {
+        for (size_t j = 0; j < ne; j++) b16[j] = hm_f32_to_bf16(h[i * ne + j]);
+        if (cudaMemcpy(tmp, b16, ne * 2, cudaMemcpyHostToDevice) != cudaSuccess)
+            rc = hm_err("%s:%d: weight upload failed", __FILE__, __LINE__);
+        if (rc == HM_OK) rc = quantize(tmp, t, (int)N, (int)K, (char *)*out + i * wb, *scale + i * ns);
+        if (rc == HM_OK && cudaStreamSynchronize(0) != cudaSuccess) /* tmp is reused */
+            rc = hm_err("%s:%d: quantising failed", __FILE__, __LINE__);
+    }
+    cudaFree(tmp);
+    free(b16);
+    return rc;
+}
+
 /* Fetch tensors `names` (each [rows_i, cols]) and upload them stacked as one [Σ rows, cols]
- * matrix of type t.  transpose3: the tensor is [n, cols_in, rows] and is stored as [n][rows][cols_in]. */
-int upload_stacked(st_file *f, const char *const *names, const int64_t *rows, int n, int64_t cols, hmc_dtype t,
-                   void **out, int interleave = 0)
+ * matrix of type t (put_weight; scale: see there, may be null for bf16/f32).  interleave: two
+ * equal blocks of rows A, B are stored A0 B0 A1 B1 ... (w1|w3). */
+int upload_stacked(lm_cuda *m, st_file *f, const char *const *names, const int64_t *rows, int n, int64_t cols,
+                   hmc_dtype t, void **out, float **scale, int interleave = 0)
 {
     int64_t total = 0;
     for (int i = 0; i < n; i++) total += rows[i];
@@ -177,8 +254,8 @@ int upload_stacked(st_file *f, const char *const *names, const int64_t *rows, in
         }
         off += rows[i];
     }
-    size_t ne = (size_t)(total * cols);
-    if (interleave) { /* two equal blocks of rows A, B -> A0 B0 A1 B1 ... */
+    if (interleave) {
+        const size_t ne = (size_t)(total * cols);
         float *il = (float *)hm_malloc(sizeof(float) * ne);
         const int64_t half = total / 2;
         for (int64_t i = 0; i < half; i++) {
@@ -188,40 +265,33 @@ int upload_stacked(st_file *f, const char *const *names, const int64_t *rows, in
         free(h);
         h = il;
     }
-    void *hb = h;
-    uint16_t *b16 = nullptr;
-    if (t == HMC_BF16) {
-        b16 = (uint16_t *)hm_malloc(2 * ne);
-        for (size_t i = 0; i < ne; i++) b16[i] = hm_f32_to_bf16(h[i]);
-        hb = b16;
-    }
-    int rc = dev_alloc(out, ne * wsz(t));
-    if (rc == HM_OK && cudaMemcpy(*out, hb, ne * wsz(t), cudaMemcpyHostToDevice) != cudaSuccess)
-        rc = hm_err("%s:%d: upload of '%s' failed", __FILE__, __LINE__, names[0]);
+    int rc = put_weight(m, h, 1, total, cols, t, out, scale);
     free(h);
-    free(b16);
-    return rc;
+    if (rc != HM_OK) return hm_err_ctx("tensor '%s'", names[0]);
+    return HM_OK;
 }
 
-int upload1(st_file *f, const char *name, int64_t rows, int64_t cols, hmc_dtype t, void **out)
+int upload1(lm_cuda *m, st_file *f, const char *name, int64_t rows, int64_t cols, hmc_dtype t, void **out,
+            float **scale = nullptr)
 {
     const char *names[1] = {name};
-    return upload_stacked(f, names, &rows, 1, cols, t, out);
+    return upload_stacked(m, f, names, &rows, 1, cols, t, out, scale);
 }
 
-int upload_vec_f32(st_file *f, const char *name, int64_t n, float **out)
+int upload_vec_f32(lm_cuda *m, st_file *f, const char *name, int64_t n, float **out)
 {
     float *h = st_load_f32(f, name, 1, &n);
     if (!h) return HM_ERR;
-    int rc = dev_alloc((void **)out, sizeof(float) * (size_t)n);
+    int rc = walloc(m, (void **)out, sizeof(float) * (size_t)n);
     if (rc == HM_OK && cudaMemcpy(*out, h, sizeof(float) * (size_t)n, cudaMemcpyHostToDevice) != cudaSuccess)
         rc = hm_err("%s:%d: upload of '%s' failed", __FILE__, __LINE__, name);
     free(h);
     return rc;
 }
 
-int load_xfm(st_file *f, const char *pfx, xfm *X, hmc_dtype t)
+int load_xfm(lm_cuda *m, st_file *f, const char *pfx, xfm *X)
 {
+    const hmc_dtype t = m->qdt;
     char n[6][160];
     for (int l = 0; l < X->f.num_layers; l++) {
         layer_w *L = &X->L[l];
@@ -230,41 +300,49 @@ int load_xfm(st_file *f, const char *pfx, xfm *X, hmc_dtype t)
         snprintf(n[2], sizeof n[2], "%s.layers.%d.attn.v_proj.weight", pfx, l);
         const char *qkv[3] = {n[0], n[1], n[2]};
         int64_t qr[3] = {X->H * X->hd, X->KVH * X->hd, X->KVH * X->hd};
-        CKH(upload_stacked(f, qkv, qr, 3, X->D, t, &L->wqkv));
+        CKH(upload_stacked(m, f, qkv, qr, 3, X->D, t, &L->wqkv, &L->s_qkv));
         snprintf(n[0], sizeof n[0], "%s.layers.%d.attn.output_proj.weight", pfx, l);
-        CKH(upload1(f, n[0], X->D, X->H * X->hd, t, &L->wo));
+        CKH(upload1(m, f, n[0], X->D, X->H * X->hd, t, &L->wo, &L->s_o));
         snprintf(n[0], sizeof n[0], "%s.layers.%d.mlp.w1.weight", pfx, l);
         snprintf(n[1], sizeof n[1], "%s.layers.%d.mlp.w3.weight", pfx, l);
         const char *w13[2] = {n[0], n[1]};
         int64_t r13[2] = {X->I, X->I};
-        CKH(upload_stacked(f, w13, r13, 2, X->D, t, &L->w13, 1)); /* gate/up rows interleaved */
+        CKH(upload_stacked(m, f, w13, r13, 2, X->D, t, &L->w13, &L->s_13, 1)); /* gate/up rows interleaved */
         snprintf(n[0], sizeof n[0], "%s.layers.%d.mlp.w2.weight", pfx, l);
-        CKH(upload1(f, n[0], X->D, X->I, t, &L->w2));
+        CKH(upload1(m, f, n[0], X->D, X->I, t, &L->w2, &L->s_2));
         snprintf(n[0], sizeof n[0], "%s.layers.%d.sa_norm.scale", pfx, l);
-        CKH(upload_vec_f32(f, n[0], X->D, &L->sa_norm));
+        CKH(upload_vec_f32(m, f, n[0], X->D, &L->sa_norm));
         snprintf(n[0], sizeof n[0], "%s.layers.%d.mlp_norm.scale", pfx, l);
-        CKH(upload_vec_f32(f, n[0], X->D, &L->mlp_norm));
+        CKH(upload_vec_f32(m, f, n[0], X->D, &L->mlp_norm));
     }
     snprintf(n[0], sizeof n[0], "%s.norm.scale", pfx);
-    CKH(upload_vec_f32(f, n[0], X->D, &X->norm));
+    CKH(upload_vec_f32(m, f, n[0], X->D, &X->norm));
     return HM_OK;
 }
 
+/* The tensors of the halves in m->parts: backbone = backbone layers + norm, text embeddings,
+ * unconditional embedding, MuQ projection; depth = decoder layers + norm, codebook-0 head,
+ * projection, audio heads; both use the audio embeddings (frame input / decoder input).  Layer
+ * matrices and heads in m->qdt, embeddings in m->wdt, norms and biases fp32. */
 int load_weights(lm_cuda *m, st_file *f)
 {
     const hm_lm_config *c = &m->cfg;
     const int D = m->bb.D, Dd = m->dec.D, Va = c->audio_vocab_size, nc = c->audio_num_codebooks;
-    hmc_dtype t = m->wdt;
-    CKH(load_xfm(f, "backbone", &m->bb, t));
-    CKH(load_xfm(f, "decoder", &m->dec, t));
-    CKH(upload1(f, "text_embeddings.weight", c->text_vocab_size, D, t, &m->text_emb));
-    CKH(upload1(f, "audio_embeddings.weight", (int64_t)Va * nc, D, t, &m->audio_emb));
-    CKH(upload1(f, "unconditional_text_embedding.weight", 1, D, t, &m->uncond));
-    CKH(upload1(f, "unconditional_text_embedding.weight", 1, D, HMC_F32, (void **)&m->uncond_f32));
-    CKH(upload1(f, "muq_linear.weight", D, c->muq_dim, t, &m->muq_w));
-    CKH(upload_vec_f32(f, "muq_linear.bias", D, &m->muq_b));
-    CKH(upload1(f, "codebook0_head.weight", Va, D, t, &m->c0_head));
-    CKH(upload1(f, "projection.weight", Dd, D, t, &m->proj));
+    const hmc_dtype t = m->wdt, q = m->qdt;
+    const bool bb = m->parts & LM_CUDA_PART_BACKBONE, dp = m->parts & LM_CUDA_PART_DEPTH;
+    if (bb) CKH(load_xfm(m, f, "backbone", &m->bb));
+    if (dp) CKH(load_xfm(m, f, "decoder", &m->dec));
+    if (bb) CKH(upload1(m, f, "text_embeddings.weight", c->text_vocab_size, D, t, &m->text_emb));
+    CKH(upload1(m, f, "audio_embeddings.weight", (int64_t)Va * nc, D, t, &m->audio_emb));
+    if (bb) {
+        CKH(upload1(m, f, "unconditional_text_embedding.weight", 1, D, t, &m->uncond));
+        CKH(upload1(m, f, "unconditional_text_embedding.weight", 1, D, HMC_F32, (void **)&m->uncond_f32));
+        CKH(upload1(m, f, "muq_linear.weight", D, c->muq_dim, t, &m->muq_w));
+        CKH(upload_vec_f32(m, f, "muq_linear.bias", D, &m->muq_b));
+    }
+    if (!dp) return HM_OK;
+    CKH(upload1(m, f, "codebook0_head.weight", Va, D, q, &m->c0_head, &m->s_c0));
+    CKH(upload1(m, f, "projection.weight", Dd, D, q, &m->proj, &m->s_proj));
     /* audio_head [nc-1, Dd, Va] is used as h @ A[i]: store each A[i] transposed, [Va, Dd] */
     int64_t ahs[3] = {nc - 1, Dd, Va};
     float *ah = st_load_f32(f, "audio_head", 3, ahs);
@@ -276,109 +354,200 @@ int load_weights(lm_cuda *m, st_file *f)
             for (int v = 0; v < Va; v++)
                 tr[((size_t)i * Va + v) * Dd + d] = ah[((size_t)i * Dd + d) * Va + v];
     free(ah);
-    void *hb = tr;
-    uint16_t *b16 = nullptr;
-    if (t == HMC_BF16) {
-        b16 = (uint16_t *)hm_malloc(2 * ne);
-        for (size_t i = 0; i < ne; i++) b16[i] = hm_f32_to_bf16(tr[i]);
-        hb = b16;
-    }
-    int rc = dev_alloc(&m->audio_head, ne * wsz(t));
-    if (rc == HM_OK && cudaMemcpy(m->audio_head, hb, ne * wsz(t), cudaMemcpyHostToDevice) != cudaSuccess)
-        rc = hm_err("%s:%d: upload of audio_head failed", __FILE__, __LINE__);
+    int rc = put_weight(m, tr, nc - 1, Va, Dd, q, &m->audio_head, &m->s_ah);
     free(tr);
-    free(b16);
-    return rc;
+    return rc == HM_OK ? HM_OK : hm_err_ctx("audio_head");
 }
 
-/* ---- random weights (benchmarks) ---- */
-int rnd(void **p, size_t n, hmc_dtype t, uint64_t *seed, float scale)
+/* ---- random weights (benchmarks) ----
+ * Every draw takes the next seed whether or not its half is loaded, so a half (or a quantised
+ * model) holds exactly the values of the full bf16 model of the same seed (quantised from them). */
+int rnd(lm_cuda *m, bool keep, void **p, size_t n, hmc_dtype t, uint64_t *seed, float scale)
 {
-    CKH(dev_alloc(p, n * wsz(t)));
-    CKH(hmc_fill_random(*p, t, n, (*seed)++, scale, 0));
+    const uint64_t s = (*seed)++;
+    if (!keep) return HM_OK;
+    CKH(walloc(m, p, n * wsz(t)));
+    CKH(hmc_fill_random(*p, t, n, s, scale, 0));
     return HM_OK;
 }
-int ones(float **p, int n)
+/* nmat random matrices [N, K] of type t (+ scales when quantised, as put_weight) from one draw */
+int rnd_w(lm_cuda *m, bool keep, void **p, float **sc, int nmat, int N, int K, hmc_dtype t, uint64_t *seed,
+          float scale)
 {
+    if (!quantised(t)) return rnd(m, keep, p, (size_t)nmat * N * K, t, seed, scale);
+    const uint64_t s = (*seed)++;
+    if (!keep) return HM_OK;
+    const size_t ne = (size_t)N * K, wb = hmc_weight_bytes(t, N, K), ns = hmc_weight_scales(t, N);
+    void *tmp = nullptr;
+    int rc = walloc(m, p, nmat * wb);
+    if (rc == HM_OK) rc = walloc(m, (void **)sc, sizeof(float) * nmat * ns);
+    if (rc == HM_OK) rc = dev_alloc(&tmp, nmat * ne * 2);
+    if (rc == HM_OK) rc = hmc_fill_random(tmp, HMC_BF16, nmat * ne, s, scale, 0);
+    for (int i = 0; rc == HM_OK && i < nmat; i++)
+        rc = quantize((const char *)tmp + i * ne * 2, t, N, K, (char *)*p + i * wb, *sc + i * ns);
+    if (rc == HM_OK && cudaStreamSynchronize(0) != cudaSuccess) rc = hm_err("%s:%d: quantising failed", __FILE__, __LINE__);
+    cudaFree(tmp);
+    return rc;
+}
+int ones(lm_cuda *m, bool keep, float **p, int n)
+{
+    if (!keep) return HM_OK;
     float *h = (float *)hm_malloc(sizeof(float) * n);
     for (int i = 0; i < n; i++) h[i] = 1.0f;
-    int rc = dev_alloc((void **)p, sizeof(float) * n);
+    int rc = walloc(m, (void **)p, sizeof(float) * n);
     if (rc == HM_OK && cudaMemcpy(*p, h, sizeof(float) * n, cudaMemcpyHostToDevice) != cudaSuccess)
         rc = hm_err("%s:%d: upload failed", __FILE__, __LINE__);
     free(h);
     return rc;
 }
-int random_xfm(xfm *X, hmc_dtype t, uint64_t *seed)
+int random_xfm(lm_cuda *m, bool keep, xfm *X, uint64_t *seed)
 {
+    const hmc_dtype t = m->qdt;
     for (int l = 0; l < X->f.num_layers; l++) {
         layer_w *L = &X->L[l];
         float sd = 1.0f / sqrtf((float)X->D), si = 1.0f / sqrtf((float)X->I);
-        CKH(rnd(&L->wqkv, (size_t)X->qkvw * X->D, t, seed, sd));
-        CKH(rnd(&L->wo, (size_t)X->D * X->H * X->hd, t, seed, sd));
-        CKH(rnd(&L->w13, (size_t)2 * X->I * X->D, t, seed, sd));
-        CKH(rnd(&L->w2, (size_t)X->D * X->I, t, seed, si));
-        CKH(ones(&L->sa_norm, X->D));
-        CKH(ones(&L->mlp_norm, X->D));
+        CKH(rnd_w(m, keep, &L->wqkv, &L->s_qkv, 1, X->qkvw, X->D, t, seed, sd));
+        CKH(rnd_w(m, keep, &L->wo, &L->s_o, 1, X->D, X->H * X->hd, t, seed, sd));
+        CKH(rnd_w(m, keep, &L->w13, &L->s_13, 1, 2 * X->I, X->D, t, seed, sd));
+        CKH(rnd_w(m, keep, &L->w2, &L->s_2, 1, X->D, X->I, t, seed, si));
+        CKH(ones(m, keep, &L->sa_norm, X->D));
+        CKH(ones(m, keep, &L->mlp_norm, X->D));
     }
-    CKH(ones(&X->norm, X->D));
+    CKH(ones(m, keep, &X->norm, X->D));
     return HM_OK;
 }
 
 int model_init(lm_cuda *m, const hm_lm_config *cfg, const lm_cuda_opts *o)
 {
     m->cfg = *cfg;
-    m->wdt = o ? o->wdt : HMC_BF16;
-    if (m->wdt != HMC_BF16 && m->wdt != HMC_F32) return hm_err("lm_cuda: weight dtype must be bf16 or f32");
+    m->tune = {1, 0, 0, 0, 0, 1, 32}; /* measured best on an H100 (docs/PERF.md; the L2 prefetch hints were slower) */
+    const hmc_dtype w = o ? o->wdt : HMC_BF16;
+    if (w != HMC_BF16 && w != HMC_F32 && !quantised(w))
+        return hm_err("lm_cuda: weight dtype %d (bf16, f32, fp8 or nvfp4)", (int)w);
+    /* quantised models keep embeddings, KV caches and GEMM inputs in bf16 */
+    m->qdt = w, m->wdt = quantised(w) ? HMC_BF16 : w;
+    m->parts = o && o->parts ? o->parts : LM_CUDA_PART_BACKBONE | LM_CUDA_PART_DEPTH;
+    if (m->parts & ~(unsigned)(LM_CUDA_PART_BACKBONE | LM_CUDA_PART_DEPTH))
+        return hm_err("lm_cuda: parts 0x%x (LM_CUDA_PART_BACKBONE | LM_CUDA_PART_DEPTH)", m->parts);
     if (cfg->audio_num_codebooks < 2 || cfg->audio_num_codebooks > 8)
         return hm_err("lm_cuda: %d codebooks (2..8 supported)", cfg->audio_num_codebooks);
     CKH(xfm_init(&m->bb, &cfg->backbone));
     CKH(xfm_init(&m->dec, &cfg->decoder));
+    const int kq = w == HMC_NVFP4 ? 32 : 16;
+    if (quantised(w)) {
+        const xfm *Xs[2] = {&m->bb, &m->dec};
+        for (int i = 0; i < 2; i++)
+            if (Xs[i]->D % kq || Xs[i]->I % kq || (Xs[i]->H * Xs[i]->hd) % kq)
+                return hm_err("lm_cuda: %s weights need widths that are multiples of %d (%s: %d, %d, %d)",
+                              w == HMC_FP8 ? "fp8" : "nvfp4", kq, Xs[i]->f.name, Xs[i]->D, Xs[i]->I,
+                              Xs[i]->H * Xs[i]->hd);
+    }
     return HM_OK;
+}
+
+/* After the weights: the bf16 scratch a quantised backbone dequantises each matrix into for the
+ * prefill GEMMs (the largest backbone matrix). */
+int model_finish(lm_cuda *m)
+{
+    if (!quantised(m->qdt) || !(m->parts & LM_CUDA_PART_BACKBONE)) return HM_OK;
+    const xfm *X = &m->bb;
+    size_t n = HM_MAX(HM_MAX((size_t)X->qkvw * X->D, (size_t)X->D * X->H * X->hd), (size_t)2 * X->I * X->D);
+    m->deq_bytes = 2 * n;
+    return walloc(m, &m->deq, m->deq_bytes);
+}
+
+/* Prefill GEMM y (+)= x · Wᵀ on a layer matrix: quantised weights are first dequantised into the
+ * model's bf16 scratch (one matrix at a time, on the request's stream), then the bf16 GEMM. */
+int gemm_w(lm_cuda_req *r, const void *x, const void *W, const float *scale, float *y, int M, int N, int K, int acc)
+{
+    const lm_cuda *m = r->m;
+    if (!quantised(m->qdt)) return hmc_gemm(x, W, m->wdt, y, M, N, K, acc, r->st);
+    if ((size_t)N * K * 2 > m->deq_bytes) return hm_err("%s:%d: dequantise scratch too small", __FILE__, __LINE__);
+    CKH(hmc_dequantize(W, m->qdt, scale, N, K, m->deq, r->st));
+    return hmc_gemm(x, m->deq, HMC_BF16, y, M, N, K, acc, r->st);
 }
 
 /* ---- the layer stack ---- */
 
-/* One transformer layer over R = B*T rows of s->x.  Decode (gemv) for R <= 4, else cuBLASLt. */
+/* GEMV roles, the bits of lm_cuda_tune.self_pf */
+enum { G_QKV, G_O, G_W13, G_W2, G_HEAD };
+
+/* hmc_gemv with its role's tuning: self-prefetch on or off (a launcher setting read at launch,
+ * i.e. at graph capture) and a forced kernel variant (gemv.cu's bf16 / f32 kernels only). */
+int gemv_tuned(const lm_cuda *m, int role, hmc_gemv_args *g, cudaStream_t st)
+{
+    hmc_gemv_set_self_prefetch((m->tune.self_pf >> role) & 1);
+    hmc_gemv_set_early_loads(m->tune.early);
+    if (m->tune.variant && (g->wdt == HMC_BF16 || g->wdt == HMC_F32)) g->variant = m->tune.variant;
+    int rc = hmc_gemv(g, st);
+    hmc_gemv_set_self_prefetch(0);
+    hmc_gemv_set_early_loads(0);
+    return rc;
+}
+
+/* Bytes of the L2 prefetch hint a GEMV gives for the next GEMV's weights (first pf_next_kb). */
+size_t pf_next(const lm_cuda *m, size_t bytes)
+{
+    return HM_MIN(bytes, (size_t)m->tune.pf_next_kb << 10);
+}
+
+/* One transformer layer over R = B*T rows of s->x.  Decode (gemv) for R <= 4, else cuBLASLt.
+ * next_w / next_bytes: the weights the op after this layer streams (L2 prefetch hint, or null). */
 int layer_fwd(lm_cuda_req *r, const xfm *X, int l, scratch *s, int B, int T, const int *pos_dev, int pos_add,
-              void *kc, void *vc, int max_seq, int max_keys, int is_dec)
+              void *kc, void *vc, int max_seq, int max_keys, int is_dec, const void *next_w = nullptr,
+              size_t next_bytes = 0)
 {
     const layer_w *L = &X->L[l];
-    const hmc_dtype t = r->m->wdt;
+    const lm_cuda *m = r->m;
+    const hmc_dtype t = m->wdt, qt = m->qdt;
     const int R = B * T, D = X->D, I = X->I, HD = X->H * X->hd;
     const float eps = X->f.norm_eps;
-    const size_t ws = wsz(t);
+    const size_t b_qkv = hmc_weight_bytes(qt, X->qkvw, D), b_o = hmc_weight_bytes(qt, D, HD),
+                 b_13 = hmc_weight_bytes(qt, 2 * I, D), b_2 = hmc_weight_bytes(qt, D, I);
     cudaStream_t st = r->st;
     const int gemm = R > 4;
     const int c0 = is_dec ? P_DEC_QKV - P_BB_QKV : 0;
+    /* rotary + cache append in the qkv GEMV epilogue (gemv.cu's kernels: bf16 / f32 weights) */
+    const int fuse = !gemm && m->tune.fuse_rope && (qt == HMC_BF16 || qt == HMC_F32);
 
+    hmc_rope_args ra = {s->qkv, B, T, X->H, X->KVH, X->hd, pos_dev, pos_add, X->freqs, kc, vc, t, max_seq};
     if (!gemm) {
-        hmc_gemv_args g = {L->wqkv, t, X->qkvw, D, nullptr, s->x, D, R, HMC_IN_RMSNORM, L->sa_norm, eps,
+        hmc_gemv_args g = {L->wqkv, qt, X->qkvw, D, L->s_qkv, s->x, D, R, HMC_IN_RMSNORM, L->sa_norm, eps,
                            s->qkv, X->qkvw, 0};
-        OP(r, P_BB_QKV + c0, (double)X->qkvw * D * ws, hmc_gemv(&g, st));
+        g.pf = L->wo, g.pf_bytes = pf_next(m, b_o);
+        if (fuse) g.rope = &ra;
+        OP(r, P_BB_QKV + c0, (double)b_qkv, gemv_tuned(m, G_QKV, &g, st));
     } else {
         CKH(hmc_rmsnorm(s->x, L->sa_norm, s->xn, t, R, D, eps, st));
-        CKH(hmc_gemm(s->xn, L->wqkv, t, s->qkv, R, X->qkvw, D, 0, st));
+        CKH(gemm_w(r, s->xn, L->wqkv, L->s_qkv, s->qkv, R, X->qkvw, D, 0));
     }
-    hmc_rope_args ra = {s->qkv, B, T, X->H, X->KVH, X->hd, pos_dev, pos_add, X->freqs, kc, vc, t, max_seq};
-    OP(r, P_BB_ROPE + c0, 0, hmc_rope_append(&ra, st));
+    if (!fuse) OP(r, P_BB_ROPE + c0, 0, hmc_rope_append(&ra, st));
     hmc_attn_args aa = {s->qkv, B, T, X->H, X->KVH, X->hd, pos_dev, pos_add, kc, vc, t, max_seq, max_keys,
                         s->att, s->work};
+    if (!gemm && m->tune.attn_pf) aa.pf = L->wo, aa.pf_bytes = b_o;
+    if (!gemm) hmc_attention_set_max_chunks(m->tune.attn_chunks > 0 ? m->tune.attn_chunks : 64);
     OP(r, P_BB_ATTN + c0, 0, hmc_attention(&aa, st));
+    hmc_attention_set_max_chunks(64);
     if (!gemm) {
-        hmc_gemv_args g = {L->wo, t, D, HD, nullptr, s->att, HD, R, HMC_IN_PLAIN, nullptr, 0.0f, s->x, D, 1};
-        OP(r, P_BB_O + c0, (double)D * HD * ws, hmc_gemv(&g, st));
-        hmc_gemv_args g13 = {L->w13, t, 2 * I, D, nullptr, s->x, D, R, HMC_IN_RMSNORM, L->mlp_norm, eps,
+        hmc_gemv_args g = {L->wo, qt, D, HD, L->s_o, s->att, HD, R, HMC_IN_PLAIN, nullptr, 0.0f, s->x, D, 1};
+        g.pf = L->w13, g.pf_bytes = pf_next(m, b_13);
+        OP(r, P_BB_O + c0, (double)b_o, gemv_tuned(m, G_O, &g, st));
+        hmc_gemv_args g13 = {L->w13, qt, 2 * I, D, L->s_13, s->x, D, R, HMC_IN_RMSNORM, L->mlp_norm, eps,
                              s->gu, I, 0, 0, 1};
-        OP(r, P_BB_W13 + c0, (double)2 * I * D * ws, hmc_gemv(&g13, st));
-        hmc_gemv_args g2 = {L->w2, t, D, I, nullptr, s->gu, I, R, HMC_IN_PLAIN, nullptr, 0.0f, s->x, D, 1};
-        OP(r, P_BB_W2 + c0, (double)D * I * ws, hmc_gemv(&g2, st));
+        g13.pf = L->w2, g13.pf_bytes = pf_next(m, b_2);
+        OP(r, P_BB_W13 + c0, (double)b_13, gemv_tuned(m, G_W13, &g13, st));
+        hmc_gemv_args g2 = {L->w2, qt, D, I, L->s_2, s->gu, I, R, HMC_IN_PLAIN, nullptr, 0.0f, s->x, D, 1};
+        /* the next layer's qkv, or what the caller streams next */
+        if (l + 1 < X->f.num_layers) g2.pf = X->L[l + 1].wqkv, g2.pf_bytes = pf_next(m, b_qkv);
+        else if (next_w) g2.pf = next_w, g2.pf_bytes = pf_next(m, next_bytes);
+        OP(r, P_BB_W2 + c0, (double)b_2, gemv_tuned(m, G_W2, &g2, st));
     } else {
         CKH(hmc_convert(s->att, s->xn, t, (size_t)R * HD, st));
-        CKH(hmc_gemm(s->xn, L->wo, t, s->x, R, D, HD, 1, st));
+        CKH(gemm_w(r, s->xn, L->wo, L->s_o, s->x, R, D, HD, 1));
         CKH(hmc_rmsnorm(s->x, L->mlp_norm, s->xn, t, R, D, eps, st));
-        CKH(hmc_gemm(s->xn, L->w13, t, s->gu, R, 2 * I, D, 0, st));
+        CKH(gemm_w(r, s->xn, L->w13, L->s_13, s->gu, R, 2 * I, D, 0));
         CKH(hmc_silu_mul(s->gu, s->xn, t, R, I, 1, st));
-        CKH(hmc_gemm(s->xn, L->w2, t, s->x, R, D, I, 1, st));
+        CKH(gemm_w(r, s->xn, L->w2, L->s_2, s->x, R, D, I, 1));
     }
     return HM_OK;
 }
@@ -416,8 +585,11 @@ int extend_body(lm_cuda_req *r)
     OP(r, P_EMBED, 0,
        hmc_embed_frame(r->codes_dev, r->B, c->audio_num_codebooks, c->audio_vocab_size, m->audio_emb, m->wdt, X->D,
                        s->x, r->st));
+    /* the frame graph that usually follows starts with the codebook-0 head */
+    const size_t c0_bytes = hmc_weight_bytes(m->qdt, c->audio_vocab_size, X->D);
     for (int l = 0; l < X->f.num_layers; l++)
-        CKH(layer_fwd(r, X, l, s, r->B, 1, r->pos_dev, 0, r->bk[l], r->bv[l], r->max_seq, r->max_seq, 0));
+        CKH(layer_fwd(r, X, l, s, r->B, 1, r->pos_dev, 0, r->bk[l], r->bv[l], r->max_seq, r->max_seq, 0, m->c0_head,
+                      c0_bytes));
     OP(r, P_BB_NORM, 0, hmc_rmsnorm(s->x, X->norm, r->h_last, HMC_F32, r->B, X->D, X->f.norm_eps, r->st));
     CKH(hmc_add_counter(r->pos_dev, 1, r->st));
     return HM_OK;
@@ -430,13 +602,15 @@ int frame_body(lm_cuda_req *r)
     const xfm *X = &m->dec;
     const hm_lm_config *c = &m->cfg;
     const int B = r->B, D = m->bb.D, Dd = X->D, Va = c->audio_vocab_size, nc = c->audio_num_codebooks;
-    const hmc_dtype t = m->wdt;
+    const hmc_dtype t = m->wdt, qt = m->qdt;
     const size_t ws = wsz(t);
     scratch *s = &r->sd_dec;
     cudaStream_t st = r->st;
 
-    hmc_gemv_args g0 = {m->c0_head, t, Va, D, nullptr, r->h_last, D, B, HMC_IN_PLAIN, nullptr, 0.0f, r->logits, Va, 0};
-    OP(r, P_C0, (double)Va * D * ws, hmc_gemv(&g0, st));
+    const size_t proj_bytes = hmc_weight_bytes(qt, Dd, D), head_bytes = hmc_weight_bytes(qt, Va, Dd);
+    hmc_gemv_args g0 = {m->c0_head, qt, Va, D, m->s_c0, r->h_last, D, B, HMC_IN_PLAIN, nullptr, 0.0f, r->logits, Va, 0};
+    g0.pf = m->proj, g0.pf_bytes = pf_next(m, proj_bytes);
+    OP(r, P_C0, (double)hmc_weight_bytes(qt, Va, D), gemv_tuned(m, G_HEAD, &g0, st));
     OP(r, P_SAMPLE, 0,
        hmc_sample(r->logits, B, Va, r->prm_dev, r->rng_dev, 0, r->logits_out, r->codes_dev, st));
     for (int i = 1; i < nc; i++) {
@@ -448,16 +622,21 @@ int frame_body(lm_cuda_req *r)
         } else {
             OP(r, P_DEC_IN, 0, hmc_embed_code(r->codes_dev, i - 1, Va, m->audio_emb, t, D, r->stage, 0, 1, B, st));
         }
-        hmc_gemv_args gp = {m->proj, t, Dd, D, nullptr, r->stage, D, B * T, HMC_IN_PLAIN, nullptr, 0.0f, s->x, Dd, 0};
-        OP(r, P_DEC_IN, (double)Dd * D * ws, hmc_gemv(&gp, st));
+        hmc_gemv_args gp = {m->proj, qt, Dd, D, m->s_proj, r->stage, D, B * T, HMC_IN_PLAIN, nullptr, 0.0f, s->x, Dd, 0};
+        gp.pf = X->L[0].wqkv, gp.pf_bytes = pf_next(m, hmc_weight_bytes(qt, X->qkvw, Dd));
+        OP(r, P_DEC_IN, (double)proj_bytes, gemv_tuned(m, G_HEAD, &gp, st));
         const int pos_add = i == 1 ? 0 : i;
+        const char *head = (const char *)m->audio_head + (size_t)(i - 1) * head_bytes;
+        const float *head_s = m->s_ah ? m->s_ah + (size_t)(i - 1) * hmc_weight_scales(qt, Va) : nullptr;
         for (int l = 0; l < X->f.num_layers; l++)
-            CKH(layer_fwd(r, X, l, s, B, T, nullptr, pos_add, r->dk[l], r->dv[l], nc, nc, 1));
+            CKH(layer_fwd(r, X, l, s, B, T, nullptr, pos_add, r->dk[l], r->dv[l], nc, nc, 1, head, head_bytes));
         /* last position of each row → final norm (fused) → audio head i-1 */
-        hmc_gemv_args gh = {(const char *)m->audio_head + (size_t)(i - 1) * Va * Dd * ws, t, Va, Dd, nullptr,
-                            s->x + (size_t)(T - 1) * Dd, T * Dd, B, HMC_IN_RMSNORM, X->norm, X->f.norm_eps,
-                            r->logits, Va, 0};
-        OP(r, P_HEADS, (double)Va * Dd * ws, hmc_gemv(&gh, st));
+        hmc_gemv_args gh = {head, qt, Va, Dd, head_s, s->x + (size_t)(T - 1) * Dd, T * Dd, B, HMC_IN_RMSNORM, X->norm,
+                            X->f.norm_eps, r->logits, Va, 0};
+        /* then the next step's projection, or the next backbone step's first layer */
+        if (i + 1 < nc) gh.pf = m->proj, gh.pf_bytes = pf_next(m, proj_bytes);
+        else if (m->bb.L) gh.pf = m->bb.L[0].wqkv, gh.pf_bytes = pf_next(m, hmc_weight_bytes(qt, m->bb.qkvw, D));
+        OP(r, P_HEADS, (double)head_bytes, gemv_tuned(m, G_HEAD, &gh, st));
         OP(r, P_SAMPLE, 0,
            hmc_sample(r->logits, B, Va, r->prm_dev, r->rng_dev, i, r->logits_out + (size_t)i * Va, r->codes_dev,
                       st));
@@ -491,7 +670,7 @@ int set_params(lm_cuda_req *r, const lm_cuda_sampling *s)
 {
     hmc_sample_params p;
     memset(&p, 0, sizeof p);
-    p.temperature = s->temperature > 0 ? s->temperature : 1.0f;
+    p.temperature = s->temperature; /* <= 0: argmax, as the CPU sampler */
     p.topk = s->topk;
     p.cfg_scale = s->cfg_scale;
     p.seed_lo = (uint32_t)s->seed, p.seed_hi = (uint32_t)(s->seed >> 32);
@@ -513,7 +692,8 @@ extern "C" int lm_cuda_load(const char *model_dir, const lm_cuda_opts *opts, lm_
     CKH(hm_lm_config_load(model_dir, opts ? opts->version : nullptr, &cfg));
     lm_cuda *m = (lm_cuda *)hm_calloc(1, sizeof *m);
     st_file *f = nullptr;
-    if (model_init(m, &cfg, opts) != HM_OK || st_open(cfg.dir, &f) != HM_OK || load_weights(m, f) != HM_OK) {
+    if (model_init(m, &cfg, opts) != HM_OK || st_open(cfg.dir, &f) != HM_OK || load_weights(m, f) != HM_OK ||
+        model_finish(m) != HM_OK) {
         if (f) st_close(f);
         lm_cuda_free(m);
         return hm_err_ctx("lm_cuda_load '%s'", model_dir);
@@ -530,19 +710,21 @@ extern "C" int lm_cuda_random(const hm_lm_config *cfg, uint64_t seed, const lm_c
     const int D = cfg->backbone.embed_dim, Dd = cfg->decoder.embed_dim, Va = cfg->audio_vocab_size,
               nc = cfg->audio_num_codebooks;
     int rc = model_init(m, cfg, opts);
-    hmc_dtype t = m->wdt;
+    const hmc_dtype t = m->wdt, q = m->qdt;
+    const bool bb = m->parts & LM_CUDA_PART_BACKBONE, dp = m->parts & LM_CUDA_PART_DEPTH;
     float sD = 1.0f / sqrtf((float)D);
-    if (rc == HM_OK) rc = random_xfm(&m->bb, t, &seed);
-    if (rc == HM_OK) rc = random_xfm(&m->dec, t, &seed);
-    if (rc == HM_OK) rc = rnd(&m->text_emb, (size_t)cfg->text_vocab_size * D, t, &seed, 1.0f);
-    if (rc == HM_OK) rc = rnd(&m->audio_emb, (size_t)Va * nc * D, t, &seed, 1.0f);
-    if (rc == HM_OK) rc = rnd(&m->uncond, (size_t)D, t, &seed, 1.0f);
-    if (rc == HM_OK) rc = rnd((void **)&m->uncond_f32, (size_t)D, HMC_F32, &seed, 1.0f);
-    if (rc == HM_OK) rc = rnd(&m->muq_w, (size_t)D * cfg->muq_dim, t, &seed, 0.05f);
-    if (rc == HM_OK) rc = rnd((void **)&m->muq_b, (size_t)D, HMC_F32, &seed, 0.05f);
-    if (rc == HM_OK) rc = rnd(&m->c0_head, (size_t)Va * D, t, &seed, sD);
-    if (rc == HM_OK) rc = rnd(&m->proj, (size_t)Dd * D, t, &seed, sD);
-    if (rc == HM_OK) rc = rnd(&m->audio_head, (size_t)(nc - 1) * Va * Dd, t, &seed, 1.0f / sqrtf((float)Dd));
+    if (rc == HM_OK) rc = random_xfm(m, bb, &m->bb, &seed);
+    if (rc == HM_OK) rc = random_xfm(m, dp, &m->dec, &seed);
+    if (rc == HM_OK) rc = rnd(m, bb, &m->text_emb, (size_t)cfg->text_vocab_size * D, t, &seed, 1.0f);
+    if (rc == HM_OK) rc = rnd(m, true, &m->audio_emb, (size_t)Va * nc * D, t, &seed, 1.0f);
+    if (rc == HM_OK) rc = rnd(m, bb, &m->uncond, (size_t)D, t, &seed, 1.0f);
+    if (rc == HM_OK) rc = rnd(m, bb, (void **)&m->uncond_f32, (size_t)D, HMC_F32, &seed, 1.0f);
+    if (rc == HM_OK) rc = rnd(m, bb, &m->muq_w, (size_t)D * cfg->muq_dim, t, &seed, 0.05f);
+    if (rc == HM_OK) rc = rnd(m, bb, (void **)&m->muq_b, (size_t)D, HMC_F32, &seed, 0.05f);
+    if (rc == HM_OK) rc = rnd_w(m, dp, &m->c0_head, &m->s_c0, 1, Va, D, q, &seed, sD);
+    if (rc == HM_OK) rc = rnd_w(m, dp, &m->proj, &m->s_proj, 1, Dd, D, q, &seed, sD);
+    if (rc == HM_OK) rc = rnd_w(m, dp, &m->audio_head, &m->s_ah, nc - 1, Va, Dd, q, &seed, 1.0f / sqrtf((float)Dd));
+    if (rc == HM_OK) rc = model_finish(m);
     if (rc == HM_OK && cudaDeviceSynchronize() != cudaSuccess) rc = hm_err("%s:%d: random init failed", __FILE__, __LINE__);
     if (rc != HM_OK) {
         lm_cuda_free(m);
@@ -552,6 +734,9 @@ extern "C" int lm_cuda_random(const hm_lm_config *cfg, uint64_t seed, const lm_c
     return HM_OK;
 }
 
+extern "C" size_t lm_cuda_resident_bytes(const lm_cuda *m) { return m->wbytes; }
+extern "C" unsigned lm_cuda_parts(const lm_cuda *m) { return m->parts; }
+
 extern "C" void lm_cuda_free(lm_cuda *m)
 {
     if (!m) return;
@@ -559,26 +744,35 @@ extern "C" void lm_cuda_free(lm_cuda *m)
     xfm_free(&m->dec);
     cudaFree(m->text_emb), cudaFree(m->audio_emb), cudaFree(m->uncond), cudaFree(m->uncond_f32);
     cudaFree(m->muq_w), cudaFree(m->muq_b), cudaFree(m->c0_head), cudaFree(m->proj), cudaFree(m->audio_head);
+    cudaFree(m->s_c0), cudaFree(m->s_proj), cudaFree(m->s_ah), cudaFree(m->deq);
     free(m);
 }
 
 extern "C" void lm_cuda_set_skip(lm_cuda *m, unsigned mask) { m->skip = mask; }
 
+extern "C" void lm_cuda_get_tune(const lm_cuda *m, lm_cuda_tune *t) { *t = m->tune; }
+extern "C" void lm_cuda_set_tune(lm_cuda *m, const lm_cuda_tune *t)
+{
+    m->tune = *t;
+}
+
 extern "C" const hm_lm_config *lm_cuda_config(const lm_cuda *m) { return &m->cfg; }
 
-static double xfm_bytes(const xfm *X, size_t ws)
+static double xfm_bytes(const xfm *X, hmc_dtype t)
 {
-    double per = (double)X->qkvw * X->D + (double)X->D * X->H * X->hd + 3.0 * X->I * X->D;
-    return per * X->f.num_layers * ws;
+    double per = (double)hmc_weight_bytes(t, X->qkvw, X->D) + hmc_weight_bytes(t, X->D, X->H * X->hd) +
+                 hmc_weight_bytes(t, 2 * X->I, X->D) + hmc_weight_bytes(t, X->D, X->I);
+    return per * X->f.num_layers;
 }
 
 extern "C" double lm_cuda_frame_bytes(const lm_cuda *m)
 {
     const hm_lm_config *c = &m->cfg;
-    size_t ws = wsz(m->wdt);
-    double heads = ((double)c->audio_vocab_size * m->bb.D + (double)(c->audio_num_codebooks - 1) *
-                    (c->audio_vocab_size * m->dec.D + (double)m->dec.D * m->bb.D)) * ws;
-    return xfm_bytes(&m->bb, ws) + (c->audio_num_codebooks - 1) * xfm_bytes(&m->dec, ws) + heads;
+    const hmc_dtype q = m->qdt;
+    const int Va = c->audio_vocab_size, nc = c->audio_num_codebooks;
+    double heads = (double)hmc_weight_bytes(q, Va, m->bb.D) +
+                   (double)(nc - 1) * (hmc_weight_bytes(q, Va, m->dec.D) + hmc_weight_bytes(q, m->dec.D, m->bb.D));
+    return xfm_bytes(&m->bb, q) + (nc - 1) * xfm_bytes(&m->dec, q) + heads;
 }
 
 extern "C" int lm_cuda_req_new(lm_cuda *m, int B, int max_seq, lm_cuda_req **out)
@@ -605,7 +799,7 @@ extern "C" int lm_cuda_req_new(lm_cuda *m, int B, int max_seq, lm_cuda_req **out
     r->dv = (void **)hm_calloc(Ld, sizeof(void *));
     size_t bcache = (size_t)B * m->bb.KVH * max_seq * m->bb.hd * ws;
     size_t dcache = (size_t)B * m->dec.KVH * nc * m->dec.hd * ws;
-    for (int l = 0; l < Lb; l++) {
+    for (int l = 0; l < Lb && (m->parts & LM_CUDA_PART_BACKBONE); l++) { /* no backbone: no cache */
         TRY(dev_alloc(&r->bk[l], bcache));
         TRY(dev_alloc(&r->bv[l], bcache));
     }
@@ -661,6 +855,7 @@ extern "C" const float *lm_cuda_hidden(const lm_cuda_req *r) { return r->h_last;
 extern "C" int lm_cuda_prefill(lm_cuda_req *r, const int32_t *tok, const uint8_t *mask, int S, int muq_index,
                                const float *muq)
 {
+    CKH(need_part(r->m, LM_CUDA_PART_BACKBONE, "lm_cuda_prefill"));
     lm_cuda *m = r->m;
     const hm_lm_config *c = &m->cfg;
     const xfm *X = &m->bb;
@@ -715,6 +910,7 @@ extern "C" int lm_cuda_prefill(lm_cuda_req *r, const int32_t *tok, const uint8_t
 
 extern "C" int lm_cuda_extend(lm_cuda_req *r, const int32_t *codes)
 {
+    CKH(need_part(r->m, LM_CUDA_PART_BACKBONE, "lm_cuda_extend"));
     const hm_lm_config *c = &r->m->cfg;
     if (r->pos >= r->max_seq) return hm_err("lm_cuda_extend: cache full (%d positions)", r->max_seq);
     if (codes) {
@@ -740,6 +936,7 @@ extern "C" int lm_cuda_rollback(lm_cuda_req *r, int n)
 
 extern "C" int lm_cuda_frame(lm_cuda_req *r, const lm_cuda_sampling *s, int32_t *codes, float *logits)
 {
+    CKH(need_part(r->m, LM_CUDA_PART_DEPTH, "lm_cuda_frame"));
     const hm_lm_config *c = &r->m->cfg;
     if (r->pos == 0) return hm_err("lm_cuda_frame: no hidden state (prefill first)");
     CKH(set_params(r, s));
@@ -756,7 +953,9 @@ extern "C" int lm_cuda_precision(const char *precision, hmc_dtype *out)
 {
     if (!precision || !precision[0] || !strcmp(precision, "bf16")) *out = HMC_BF16;
     else if (!strcmp(precision, "fp32")) *out = HMC_F32;
-    else return hm_err("precision '%s': the cuda language model supports bf16 and fp32", precision);
+    else if (!strcmp(precision, "fp8")) *out = HMC_FP8;
+    else if (!strcmp(precision, "nvfp4")) *out = HMC_NVFP4;
+    else return hm_err("precision '%s': the cuda language model supports bf16, fp32, fp8 and nvfp4", precision);
     return HM_OK;
 }
 
@@ -764,6 +963,7 @@ extern "C" void *lm_cuda_stream(const lm_cuda_req *r) { return (void *)r->st; }
 
 extern "C" int lm_cuda_copy_hidden(lm_cuda_req *r, float *dst)
 {
+    CKH(need_part(r->m, LM_CUDA_PART_BACKBONE, "lm_cuda_copy_hidden"));
     CK(cudaMemcpyAsync(dst, r->h_last, sizeof(float) * r->B * r->m->bb.D, cudaMemcpyDeviceToDevice, r->st));
     return HM_OK;
 }
@@ -771,6 +971,7 @@ extern "C" int lm_cuda_copy_hidden(lm_cuda_req *r, float *dst)
 extern "C" int lm_cuda_depth_frame(lm_cuda_req *r, const float *h, const lm_cuda_sampling *s, int32_t *codes,
                                    float *logits)
 {
+    CKH(need_part(r->m, LM_CUDA_PART_DEPTH, "lm_cuda_depth_frame"));
     const hm_lm_config *c = &r->m->cfg;
     /* into h_last, the address the recorded frame graph reads */
     CK(cudaMemcpyAsync(r->h_last, h, sizeof(float) * r->B * r->m->bb.D, cudaMemcpyDeviceToDevice, r->st));
@@ -784,8 +985,46 @@ extern "C" int lm_cuda_depth_frame(lm_cuda_req *r, const float *h, const lm_cuda
     return HM_OK;
 }
 
+extern "C" int lm_cuda_depth_frame_async(lm_cuda_req *r, const float *h, const lm_cuda_sampling *s, int32_t *codes_dev)
+{
+    CKH(need_part(r->m, LM_CUDA_PART_DEPTH, "lm_cuda_depth_frame_async"));
+    const hm_lm_config *c = &r->m->cfg;
+    CK(cudaMemcpyAsync(r->h_last, h, sizeof(float) * r->B * r->m->bb.D, cudaMemcpyDeviceToDevice, r->st));
+    CKH(set_params(r, s));
+    CKH(run_graph(r, &r->uses_frame, &r->g_frame, frame_body));
+    if (codes_dev)
+        CK(cudaMemcpyAsync(codes_dev, r->codes_dev, sizeof(int32_t) * c->audio_num_codebooks, cudaMemcpyDeviceToDevice,
+                           r->st));
+    return HM_OK;
+}
+
+extern "C" int lm_cuda_frame_wait(lm_cuda_req *r, int32_t *codes, float *logits)
+{
+    const hm_lm_config *c = &r->m->cfg;
+    CK(cudaMemcpyAsync(codes, r->codes_dev, sizeof(int32_t) * c->audio_num_codebooks, cudaMemcpyDeviceToHost, r->st));
+    if (logits)
+        CK(cudaMemcpyAsync(logits, r->logits_out, sizeof(float) * c->audio_num_codebooks * c->audio_vocab_size,
+                           cudaMemcpyDeviceToHost, r->st));
+    CK(cudaStreamSynchronize(r->st));
+    return HM_OK;
+}
+
+extern "C" int lm_cuda_extend_dev(lm_cuda_req *r, const int32_t *codes_dev)
+{
+    CKH(need_part(r->m, LM_CUDA_PART_BACKBONE, "lm_cuda_extend_dev"));
+    const hm_lm_config *c = &r->m->cfg;
+    if (r->pos >= r->max_seq) return hm_err("lm_cuda_extend_dev: cache full (%d positions)", r->max_seq);
+    CK(cudaMemcpyAsync(r->codes_dev, codes_dev, sizeof(int32_t) * c->audio_num_codebooks, cudaMemcpyDeviceToDevice,
+                       r->st));
+    CKH(run_graph(r, &r->uses_extend, &r->g_extend, extend_body));
+    r->pos++;
+    return HM_OK;
+}
+
 extern "C" int lm_cuda_profile_frame(lm_cuda_req *r, const lm_cuda_sampling *s, lm_cuda_prof *out)
 {
+    CKH(need_part(r->m, LM_CUDA_PART_BACKBONE, "lm_cuda_profile_frame"));
+    CKH(need_part(r->m, LM_CUDA_PART_DEPTH, "lm_cuda_profile_frame"));
     memset(out, 0, sizeof *out);
     if (r->pos == 0 || r->pos >= r->max_seq) return hm_err("lm_cuda_profile_frame: needs 1..max_seq-1 positions");
     if (!r->prof) {

@@ -37,9 +37,20 @@ extern "C" {
 typedef struct lm_cuda lm_cuda;
 typedef struct lm_cuda_req lm_cuda_req;
 
+/* Which half of the model a process loads (lm_cuda_opts.parts; 0 = both).  Backbone: backbone layers
+ * + final norm, text / unconditional / audio embeddings, MuQ projection (lm_cuda_prefill,
+ * lm_cuda_extend*, lm_cuda_copy_hidden).  Depth: codebook-0 head, audio embeddings (decoder input),
+ * projection, decoder layers + norm, audio heads (lm_cuda_frame, lm_cuda_depth_frame*).  Calling an
+ * entry of a half that is not loaded returns HM_ERR. */
+enum { LM_CUDA_PART_BACKBONE = 1, LM_CUDA_PART_DEPTH = 2 };
+
 typedef struct {
-    hmc_dtype wdt;       /* HMC_BF16 (default, 0) or HMC_F32 (holds the reference's fp32 numerics) */
+    hmc_dtype wdt;       /* HMC_BF16 (default, 0), HMC_F32 (holds the reference's fp32 numerics), or
+                            HMC_FP8 / HMC_NVFP4: layer matrices and heads quantised on the device at
+                            load from the bf16 values (embeddings, norms, KV caches stay bf16/fp32);
+                            prefill dequantises one matrix at a time into a bf16 scratch for cuBLASLt */
     const char *version; /* lm_cuda_load: HeartMuLa-oss-<version> (NULL: the only one) */
+    unsigned parts;      /* LM_CUDA_PART_* (0: both) */
 } lm_cuda_opts;
 
 /* Load MODEL_DIR/HeartMuLa-oss-<opts->version> (NULL opts or version: the only such folder; config +
@@ -49,6 +60,11 @@ int lm_cuda_load(const char *model_dir, const lm_cuda_opts *opts, lm_cuda **out)
 int lm_cuda_random(const hm_lm_config *cfg, uint64_t seed, const lm_cuda_opts *opts, lm_cuda **out);
 void lm_cuda_free(lm_cuda *m);
 const hm_lm_config *lm_cuda_config(const lm_cuda *m);
+/* Device bytes the model holds: weights and their scales of the loaded halves (+ the prefill
+ * dequantise scratch of a quantised backbone), not the requests' caches. */
+size_t lm_cuda_resident_bytes(const lm_cuda *m);
+/* LM_CUDA_PART_* bits loaded. */
+unsigned lm_cuda_parts(const lm_cuda *m);
 /* Bytes of weights read per frame at the decode path (backbone once, decoder 7x, heads). */
 double lm_cuda_frame_bytes(const lm_cuda *m);
 
@@ -88,11 +104,10 @@ const float *lm_cuda_hidden(const lm_cuda_req *r);
  * lm_cuda_rollback and never calls lm_cuda_frame; after each step it enqueues
  * lm_cuda_copy_hidden into its output buffer.  The draft-verifier process keeps a request (any
  * max_seq: its backbone cache is unused) per row count B and runs lm_cuda_depth_frame on the
- * hidden state it received.  Both processes load the whole model (lm_cuda_load); each uses only
- * its half on the hot path. */
+ * hidden state it received.  Each process loads only its half (lm_cuda_opts.parts). */
 
-/* Weight dtype of a pipeline.yaml `precision`: "" or "bf16" -> HMC_BF16, "fp32" -> HMC_F32; any
- * other (fp8, nvfp4) is an error naming it. */
+/* Weight dtype of a pipeline.yaml `precision`: "" or "bf16" -> HMC_BF16, "fp32" -> HMC_F32,
+ * "fp8" -> HMC_FP8, "nvfp4" -> HMC_NVFP4; any other is an error naming it. */
 int lm_cuda_precision(const char *precision, hmc_dtype *out);
 /* The request's CUDA stream (a cudaStream_t), for pool_record / pool_wait. */
 void *lm_cuda_stream(const lm_cuda_req *r);
@@ -106,10 +121,39 @@ int lm_cuda_copy_hidden(lm_cuda_req *r, float *dst);
  * need (or touch) the request's backbone cache or position. */
 int lm_cuda_depth_frame(lm_cuda_req *r, const float *h, const lm_cuda_sampling *s, int32_t *codes, float *logits);
 
+/* The hop without a host round trip (draft-verifier -> backbone):
+ * lm_cuda_depth_frame_async = lm_cuda_depth_frame without the sync: enqueues the frame and, if
+ * codes_dev is non-NULL, a device-to-device copy of its nc codes there (e.g. a cuda pool slot the
+ * backbone reads; record the slot's event after it).  lm_cuda_frame_wait then copies the codes
+ * (and optional logits) of the last frame to the host and synchronises.
+ * lm_cuda_extend_dev = lm_cuda_extend with the codes in device memory (another process's slot:
+ * make the request's stream wait for its producer first).  Codes are not validated on the host;
+ * the embedding kernels clamp them into the table. */
+int lm_cuda_depth_frame_async(lm_cuda_req *r, const float *h, const lm_cuda_sampling *s, int32_t *codes_dev);
+int lm_cuda_frame_wait(lm_cuda_req *r, int32_t *codes, float *logits);
+int lm_cuda_extend_dev(lm_cuda_req *r, const int32_t *codes_dev);
+
 /* Profiling only: leave pieces out of the frame (results are garbage) to measure their cost
  * inside the graph.  Applies to graphs recorded afterwards (use a fresh request). */
 enum { LM_CUDA_SKIP_ATTN = 1, LM_CUDA_SKIP_SAMPLE = 2, LM_CUDA_SKIP_BB_GEMV = 4, LM_CUDA_SKIP_DEC_GEMV = 8 };
 void lm_cuda_set_skip(lm_cuda *m, unsigned mask);
+
+/* Decode tuning, for A/B timing (gpu_lm frames).  The defaults are the best measured on an H100
+ * (docs/PERF.md): {1, 0, 0, 0, 0, 1, 32}; the L2 prefetch hints (pf_next_kb, attn_pf, self_pf)
+ * were slower in a whole frame and stay off.  Set before lm_cuda_req_new: a request's eager
+ * first frame and its graphs use the settings of their time. */
+typedef struct {
+    int fuse_rope;    /* 1: rotary + KV append in the qkv GEMV's epilogue (bf16/f32 weights) */
+    int pf_next_kb;   /* GEMV blocks that finish early ask L2 for the next GEMV's first KB (0: off) */
+    int attn_pf;      /* 1: attention asks L2 for the whole o projection while it runs */
+    unsigned self_pf; /* GEMVs whose blocks ask L2 for their second round of rows before waiting:
+                         bit 0 qkv, 1 o, 2 w1|w3, 3 w2, 4 heads + projection (0: none) */
+    int variant;      /* 0: auto; 1..6 forces that GEMV kernel variant (bf16/f32 weights) */
+    int early;        /* 1: double-buffered GEMV variants load two steps before waiting */
+    int attn_chunks;  /* decode attention: key chunks per query at most (0: the op's 64) */
+} lm_cuda_tune;
+void lm_cuda_get_tune(const lm_cuda *m, lm_cuda_tune *t);
+void lm_cuda_set_tune(lm_cuda *m, const lm_cuda_tune *t);
 
 /* Per-piece GPU time of one frame (extend + frame), run eagerly with an event around each op. */
 #define LM_CUDA_PROF_MAX 24

@@ -18,7 +18,10 @@
 extern "C" {
 #endif
 
-typedef enum { HMC_BF16 = 0, HMC_F32 = 1, HMC_FP8 = 2 } hmc_dtype;
+/* HMC_FP8 / HMC_NVFP4 are weight-only formats (GEMV, dequantise; layouts in kernels/gemv_quant.cu):
+ * fp8 e4m3 with an fp32 scale per output row; NVFP4 e2m1 pairs + an e4m3 scale per 16 values in the
+ * same allocation + one fp32 scale per tensor.  hmc_dtype_size is per element for bf16/f32/fp8 only. */
+typedef enum { HMC_BF16 = 0, HMC_F32 = 1, HMC_FP8 = 2, HMC_NVFP4 = 3 } hmc_dtype;
 size_t hmc_dtype_size(hmc_dtype t);
 
 /* ---- GEMV (decode path, kernels/gemv.cu) ------------------------------------------------------
@@ -29,13 +32,20 @@ size_t hmc_dtype_size(hmc_dtype t);
 enum { HMC_IN_PLAIN = 0, HMC_IN_RMSNORM = 1, HMC_IN_SWIGLU = 2 };
 typedef struct {
     const void *W; hmc_dtype wdt; int N, K;
-    const float *w_scale;          /* fp8 only: [N] per-output-channel scale */
+    const float *w_scale;          /* fp8: [N] per-output-channel scale; nvfp4: the one tensor scale */
     const float *x; int ldx; int rows;
     int in_mode; const float *norm_scale; float eps;
     float *y; int ldy; int accumulate; /* 1: y += result (residual add) */
     int variant;                       /* 0: auto; 1..HMC_GEMV_VARIANTS: a fixed kernel shape (benchmarks) */
     int out_swiglu;                    /* 1: W rows interleave gate/up (w1 row i = 2i, w3 row i = 2i+1);
                                           y[r, i] = silu(gate_i) · up_i, N/2 outputs (no accumulate) */
+    /* Optional, zero when unused (bf16/f32/fp8 kernels of gemv.cu; variants 1-6): */
+    const void *pf; size_t pf_bytes;   /* L2 prefetch hint: blocks that have finished their rows ask L2
+                                          for a share of [pf, pf + pf_bytes) (the next op's weights;
+                                          slower in a whole frame on an H100: the engine passes none) */
+    const struct hmc_rope_args *rope;  /* the qkv projection: y rows are (H + 2 KVH) hd wide, rows =
+                                          B T; q and k pairs are rotated (as hmc_rope_append, its qkv
+                                          field unused) and k, v appended to the caches */
 } hmc_gemv_args;
 #define HMC_GEMV_VARIANTS 7
 /* Cap on resident GEMV blocks per SM (default 2; 1 would leave room for the next op's blocks to
@@ -43,11 +53,50 @@ typedef struct {
 void hmc_gemv_set_blocks_per_sm(int n);
 /* Use kernel variant v for every auto call (0: back to the auto choice).  Benchmark knob. */
 void hmc_gemv_force_variant(int v);
+/* Rounds of its own upcoming rows a GEMV block asks L2 for before it waits for the previous
+ * kernel (default 0: off).  Tuning knob, read at launch (graph capture). */
+void hmc_gemv_set_self_prefetch(int rounds);
+/* 1: the double-buffered variants (1, 3, 5) also issue their second step's loads before waiting
+ * for the previous kernel (default 0).  Tuning knob, read at launch. */
+void hmc_gemv_set_early_loads(int on);
 int hmc_gemv(const hmc_gemv_args *a, cudaStream_t stream);
 
 /* Quantize a bf16 weight [N, K] to fp8 e4m3 with one fp32 scale per output row
  * (scale = max|row| / 448, w8 = w / scale rounded to nearest). */
 int hmc_quantize_fp8(const void *W_bf16, int N, int K, void *W8, float *scale, cudaStream_t stream);
+
+/* ---- quantised weights (kernels/gemv_quant.cu) ------------------------------------------------
+ * hmc_gemv sends HMC_FP8 and HMC_NVFP4 here (same arguments; w_scale: [N] fp32 for fp8, one fp32
+ * tensor scale for nvfp4; K a multiple of 16 (fp8) or 32 (nvfp4)).  Activations are rounded to f16
+ * (per-row power-of-two scaled) for the tensor cores: expect ~3e-4 relative error on top of the
+ * weights' own.  variant 1..4 fixes 1/2/4/8 warps per 8-row tile (benchmarks; 0 = auto). */
+int hmc_gemv_quant(const hmc_gemv_args *a, cudaStream_t stream);
+void hmc_gemv_quant_set_blocks_per_sm(int n);
+/* 1: each warp asks L2 for the rest of its K segment (and the next tile's) ahead of its loads
+ * (cp.async.bulk.prefetch); 0 (default, faster in a whole frame): off.  Benchmark knob, read at launch. */
+void hmc_gemv_quant_set_self_prefetch(int on);
+/* 1: several independent MMA accumulator chains per warp (2 fp8, 4 nvfp4) instead of one; 0
+ * (default: the measured kernels).  Benchmark knob, read at launch. */
+void hmc_gemv_quant_set_multi_acc(int on);
+/* Bytes of an [N, K] weight of type t (nvfp4: values + block scales) and the number of fp32
+ * scales that go with it (fp8: N, nvfp4: 1, else 0). */
+size_t hmc_weight_bytes(hmc_dtype t, int N, int K);
+size_t hmc_weight_scales(hmc_dtype t, int N);
+/* Quantize a bf16 weight [N, K] (K % 32 == 0) to NVFP4: tensor scale = amax / (6 * 448), block scale
+ * = e4m3(block amax / 6 / tensor scale), values e2m1 round-to-nearest.  Wq: hmc_weight_bytes
+ * bytes; tscale: one fp32 (device). */
+int hmc_quantize_nvfp4(const void *W_bf16, int N, int K, void *Wq, float *tscale, cudaStream_t stream);
+/* out [N, K] bf16 = the weight Wq of type t (fp8 or nvfp4) with its scales (prefill's GEMM input). */
+int hmc_dequantize(const void *Wq, hmc_dtype t, const float *scale, int N, int K, void *out_bf16, cudaStream_t stream);
+/* Blackwell (sm_100 / sm_120, cuBLAS >= 12.8) NVFP4 x NVFP4 GEMM through cuBLASLt's block-scaled
+ * path: y[M, N] (+)= x[M, K] · W[N, K]ᵀ with both operands NVFP4 as hmc_quantize_nvfp4 writes them
+ * (x quantised the same way), their block scales re-laid into cuBLASLt's 128x4 tiles by
+ * hmc_nvfp4_swizzle_scales (hmc_nvfp4_swizzled_bytes each) and their tensor scales (device).  Built
+ * here, NOT run: on other devices it returns HM_ERR; the engine's prefill does not call it yet. */
+size_t hmc_nvfp4_swizzled_bytes(int rows, int K);
+int hmc_nvfp4_swizzle_scales(const void *Wq, int rows, int K, void *out, cudaStream_t stream);
+int hmc_gemm_nvfp4(const void *xq, const void *x_sw, const float *x_ts, const void *wq, const void *w_sw,
+                   const float *w_ts, float *y, int M, int N, int K, int accumulate, cudaStream_t stream);
 
 /* ---- GEMM (prefill, kernels/gemm.cu, cuBLASLt; descriptors + heuristic cached per shape) ------
  * y[M, N] (+)= x[M, K] · W[N, K]ᵀ with x and W of type `dt` (bf16 or fp32), y fp32.
@@ -74,7 +123,7 @@ int hmc_fill_random(void *p, hmc_dtype t, size_t n, uint64_t seed, float scale, 
  * pos0 = (pos_dev ? *pos_dev : 0) + pos_add (read on the device: graphs replay with a moving pos).
  * Rotates q in place (interleaved pairs, angles = pos · freqs[i], freqs fp32 [hd/2]) and writes
  * rotated k and v into the caches k_cache/v_cache [B][KVH][max_seq][hd] (type ct). */
-typedef struct {
+typedef struct hmc_rope_args {
     float *qkv; int B, T, H, KVH, hd;
     const int *pos_dev; int pos_add;
     const float *freqs;
@@ -96,8 +145,13 @@ typedef struct {
     const void *k_cache, *v_cache; hmc_dtype ct; int max_seq;
     int max_keys;      /* upper bound of pos0 + T over the graph's life (<= max_seq) */
     float *out; float *work;
+    const void *pf; size_t pf_bytes; /* optional L2 prefetch hint (e.g. the o projection's weights;
+                                        slower in a whole frame on an H100: the engine passes none) */
 } hmc_attn_args;
 size_t hmc_attention_work_bytes(int B, int T, int H, int KVH, int hd, int max_keys);
+/* Chunks per query at most (1..64, default 64: the work buffer is always sized for 64).  Tuning
+ * knob, read at launch (graph capture). */
+void hmc_attention_set_max_chunks(int n);
 int hmc_attention(const hmc_attn_args *a, cudaStream_t stream);
 
 /* ---- embeddings (kernels/embed.cu) ------------------------------------------------------------

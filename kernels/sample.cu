@@ -1,14 +1,18 @@
 /* sample.cu - classifier-free-guidance combine and top-k / temperature sampling on the GPU
- * (MODEL.md §2 "Sampling").  CPU twin: the same combine, a sort-free top-k threshold and argmax
- * in tests/gpu_ops.c.
+ * (MODEL.md §2 "Sampling").  CPU twin: kernels/sampling.c (smp_uniform + smp_topk_sample, as
+ * stages/draft-verifier's dv_sample calls them); tests/gpu_sample.c checks that both draw the
+ * same ids from the same logits, seed and counters.
  *
- * One block of 1024 threads holds the V logits in registers (V ≤ 16384).  Top-k: the k-th largest
- * value is found by a radix select over order-preserving integer keys (4 passes of 8 bits, each a
- * 256-bin shared histogram),
- * every logit ≥ it is kept (ties with the k-th are kept, as "drop strictly below" says), and the
- * draw is Gumbel-max over the kept logits / temperature, i.e. an exact categorical draw from the
- * renormalised softmax.  The uniforms come from a counter-based hash of (seed, counter, slot,
- * index), so a draw needs no generator state and replays identically. */
+ * One block of 1024 threads holds the V logits in registers (V <= 16384).  The draw follows the
+ * CPU step for step so that a song does not depend on the backend:
+ *   z = g / temperature (NaN -> -inf); the k-th largest z by a radix select over order-preserving
+ *   integer keys (4 passes of 8 bits, each a 256-bin shared histogram); every z >= it is kept
+ *   (ties with the k-th are kept); p_i = exp((double)z_i - zmax) in fp64; u = the Philox4x32-10
+ *   uniform of (seed, stream 0, frame = *counter_dev, codebook = slot, lane 0); inverse CDF in
+ *   index order.  The kept entries are compacted in index order into shared memory and one
+ *   thread does the two short fp64 scans (sum, then the pick) in exactly the CPU's order.
+ * The only possible difference from the CPU is the last bit of exp() in fp64 (CUDA's vs libm's),
+ * which moves a pick only if u * sum falls within ~1e-16 of a CDF step. */
 #include "common_cuda.h"
 #include "ops_cuda.h"
 
@@ -16,13 +20,22 @@ namespace {
 
 constexpr int NT = 1024;
 constexpr int PER = 16;
+constexpr int KEEP_MAX = 1024; /* kept entries the fast path holds (top-k <= 1024 and ties); more: a slow exact walk */
 
-__device__ __forceinline__ uint64_t mix64(uint64_t z)
+/* Philox4x32-10 and the 53-bit uniform of kernels/sampling.c (smp_uniform), bit for bit. */
+__device__ double philox_uniform(uint64_t seed, uint32_t stream, uint64_t frame, uint32_t codebook)
 {
-    z += 0x9e3779b97f4a7c15ull;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
+    uint32_t c0 = (uint32_t)frame, c1 = (uint32_t)(frame >> 32), c2 = codebook & 0xFFFFu, c3 = stream;
+    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+    for (int r = 0; r < 10; r++) {
+        if (r > 0) k0 += 0x9E3779B9u, k1 += 0xBB67AE85u;
+        const uint64_t p0 = (uint64_t)0xD2511F53u * c0, p1 = (uint64_t)0xCD9E8D57u * c2;
+        const uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0, n1 = (uint32_t)p1;
+        const uint32_t n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1, n3 = (uint32_t)p0;
+        c0 = n0, c1 = n1, c2 = n2, c3 = n3;
+    }
+    const uint64_t bits = ((uint64_t)c0 << 21) ^ (uint64_t)(c1 >> 11);
+    return (double)(bits & ((1ull << 53) - 1)) * 0x1.0p-53;
 }
 
 __device__ __forceinline__ uint32_t order_key(float f)
@@ -68,7 +81,8 @@ sample_kernel(const float *__restrict__ logits, int B, int V, const hmc_sample_p
         float v = -INFINITY;
         if (i < V) {
             float c = logits[i];
-            v = B == 2 ? logits[V + i] + (c - logits[V + i]) * cfg : c;
+            /* dv_cfg_combine's u + (c - u) * cfg, rounded step by step as the CPU does (no FMA) */
+            v = B == 2 && cfg > 1.0f ? __fadd_rn(logits[V + i], __fmul_rn(__fsub_rn(c, logits[V + i]), cfg)) : c;
             if (logits_out) logits_out[i] = v;
         }
         g[j] = v;
@@ -81,16 +95,33 @@ sample_kernel(const float *__restrict__ logits, int B, int V, const hmc_sample_p
     const int k = prm->topk;
     float bv;
     int bi;
-    if (k <= 1) {
+    const float temp = prm->temperature;
+    if (k == 1 || !(temp > 0.0f)) {
+        /* argmax of g, NaN never chosen (as -inf), lowest index on ties */
         float v = -INFINITY;
         int vi = 0x7fffffff;
 #pragma unroll
         for (int j = 0; j < PER; j++) {
             int i = threadIdx.x + j * NT;
-            if (i < V && (g[j] > v || vi == 0x7fffffff)) v = g[j], vi = i;
+            float x = isnan(g[j]) ? -INFINITY : g[j];
+            if (i < V && (x > v || vi == 0x7fffffff)) v = x, vi = i;
         }
         block_argmax(v, vi, sv, si, &bv, &bi);
         if (threadIdx.x == 0) codes[slot] = bi;
+        return;
+    }
+    /* z = g / T as the CPU computes it (a division, not a multiply by 1/T) */
+    float zmax_l = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < PER; j++) {
+        float z = __fdiv_rn(g[j], temp);
+        g[j] = (threadIdx.x + j * NT < V && !isnan(z)) ? z : -INFINITY;
+        zmax_l = fmaxf(zmax_l, g[j]);
+    }
+    block_argmax(zmax_l, 0, sv, si, &bv, &bi);
+    const float zmax = bv;
+    if (zmax == -INFINITY) { /* nothing finite: the CPU falls back to argmax of the logits (all NaN/-inf: 0) */
+        if (threadIdx.x == 0) codes[slot] = 0;
         return;
     }
     /* k-th largest key, 8 bits at a time from the top: among keys matching the digits found so
@@ -101,8 +132,9 @@ sample_kernel(const float *__restrict__ logits, int B, int V, const hmc_sample_p
     __shared__ unsigned hist[256];
     __shared__ unsigned sel_digit, sel_kk;
     uint32_t T = 0, hmask = 0;
-    unsigned kk = (unsigned)(k < V ? k : V);
-    for (int shift = 24; shift >= 0; shift -= 8) {
+    const bool all = k <= 0 || k >= V;
+    unsigned kk = (unsigned)(all ? V : k);
+    for (int shift = 24; shift >= 0 && !all; shift -= 8) {
         if (threadIdx.x < 256) hist[threadIdx.x] = 0;
         __syncthreads();
 #pragma unroll
@@ -137,22 +169,77 @@ sample_kernel(const float *__restrict__ logits, int B, int V, const hmc_sample_p
         kk = sel_kk;
         __syncthreads();
     }
-    const float inv_t = 1.0f / prm->temperature;
-    const uint64_t seed = ((uint64_t)prm->seed_hi << 32) | prm->seed_lo;
-    const uint64_t stream = mix64(seed ^ (((uint64_t)*counter_dev << 8) | (uint64_t)slot));
-    float v = -INFINITY;
-    int vi = 0x7fffffff;
+    /* gather the kept entries (unordered, one shared atomic each), then put them in index order:
+     * each entry's rank is the number of kept indices below it (n is small: top-k) */
+    __shared__ double kp_u[KEEP_MAX], kp[KEEP_MAX];
+    __shared__ int ki_u[KEEP_MAX], ki[KEEP_MAX];
+    __shared__ int nkept_s;
+    if (threadIdx.x == 0) nkept_s = 0;
+    __syncthreads();
 #pragma unroll
     for (int j = 0; j < PER; j++) {
-        int i = threadIdx.x + j * NT;
-        if (i < V && key[j] >= T) {
-            float u = ((float)(mix64(stream + (uint64_t)i) >> 40) + 0.5f) * (1.0f / 16777216.0f);
-            float sc = g[j] * inv_t - logf(-logf(u));
-            if (sc > v || vi == 0x7fffffff) v = sc, vi = i;
+        if (g[j] > -INFINITY && key[j] >= T) { /* all: T = 0, every finite z */
+            const int pos = atomicAdd(&nkept_s, 1);
+            if (pos < KEEP_MAX) {
+                kp_u[pos] = exp((double)g[j] - (double)zmax);
+                ki_u[pos] = threadIdx.x + j * NT;
+            }
         }
     }
-    block_argmax(v, vi, sv, si, &bv, &bi);
-    if (threadIdx.x == 0) codes[slot] = bi;
+    __syncthreads();
+    if (nkept_s <= KEEP_MAX) {
+        const int n = nkept_s;
+        for (int q = threadIdx.x; q < n; q += NT) {
+            const int idx = ki_u[q];
+            int rank = 0;
+            for (int r = 0; r < n; r++) rank += ki_u[r] < idx;
+            ki[rank] = idx;
+            kp[rank] = kp_u[q];
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0 && nkept_s > KEEP_MAX) {
+        /* more kept entries than the list holds (top-k above ~2300, or keep-all): one thread walks
+         * the whole vocabulary in index order, recomputing each entry exactly as above (slow,
+         * ~0.3 ms, but identical to the CPU) */
+        const uint64_t seed = ((uint64_t)prm->seed_hi << 32) | prm->seed_lo;
+        const double u = philox_uniform(seed, 0u, *counter_dev, (uint32_t)slot);
+        double sum = 0.0;
+        for (int pass = 0, pick = -1, last = 0; pass < 2; pass++) {
+            const double target = u * sum;
+            double cum = 0.0;
+            for (int i = 0; i < V; i++) {
+                const float c = logits[i];
+                const float gi = B == 2 && cfg > 1.0f ? __fadd_rn(logits[V + i], __fmul_rn(__fsub_rn(c, logits[V + i]), cfg)) : c;
+                float z = __fdiv_rn(gi, temp);
+                if (isnan(z)) z = -INFINITY;
+                if (!(z > -INFINITY) || order_key(z) < T) continue;
+                const double pz = exp((double)z - (double)zmax);
+                if (pass == 0) {
+                    sum += pz;
+                } else {
+                    last = i;
+                    if (pick < 0 && cum + pz > target) pick = i;
+                    cum += pz;
+                }
+            }
+            if (pass == 1) codes[slot] = pick >= 0 ? pick : last;
+        }
+    } else if (threadIdx.x == 0) {
+        const int n = nkept_s;
+        const uint64_t seed = ((uint64_t)prm->seed_hi << 32) | prm->seed_lo;
+        const double u = philox_uniform(seed, 0u, *counter_dev, (uint32_t)slot);
+        double sum = 0.0;
+        for (int q = 0; q < n; q++) sum += kp[q];
+        const double target = u * sum;
+        double cum = 0.0;
+        int pick = -1;
+        for (int q = 0; q < n && pick < 0; q++) {
+            if (cum + kp[q] > target) pick = ki[q];
+            cum += kp[q];
+        }
+        codes[slot] = pick >= 0 ? pick : ki[n - 1]; /* rounding at u -> 1: the last kept entry */
+    }
 }
 
 } // namespace

@@ -9,6 +9,9 @@
  *       Random bf16 weights of the released shapes (3B backbone, 300M decoder), generated on the
  *       device; measures the copy bandwidth, ms per frame with CFG (B = 2) against the bandwidth
  *       floor, a per-piece breakdown, and bf16 vs fp8 GEMV bandwidth and error.
+ *   gpu_lm frames
+ *       Same model: ms per frame for each setting of the decode tuning knobs (lm_cuda_tune), so
+ *       their A/B comes from one card in one run.
  * Prints a summary table last; exit status 1 on a failed check. */
 #include <cJSON.h>
 #include <cuda_runtime.h>
@@ -343,8 +346,8 @@ static int bench(void)
     /* variations of a whole frame (graph): a fresh request per setting (graphs are recorded once):
      * GEMV blocks per SM 1, then with pieces left out (their in-graph cost is the difference) */
     struct { int bps; unsigned skip; const char *what; int variant; } var[] = {
-        {1, 0, "GEMV 1 block/SM"}, {2, 0, "as shipped"}, {2, 0, "all GEMVs variant 7 (bulk)", 7},
-        {2, 0, "all GEMVs variant 1", 1}, {2, 0, "all GEMVs variant 4", 4}, {2, LM_CUDA_SKIP_ATTN, "without rope+attention"},
+        {1, 0, "GEMV 1 block/SM"}, {2, 0, "as shipped"}, {2, 0, "all GEMVs variant 1", 1},
+        {2, 0, "all GEMVs variant 4", 4}, {2, LM_CUDA_SKIP_ATTN, "without rope+attention"},
         {2, LM_CUDA_SKIP_SAMPLE, "without sampling"}, {2, LM_CUDA_SKIP_BB_GEMV, "without backbone GEMVs"},
         {2, LM_CUDA_SKIP_DEC_GEMV, "without decoder/head GEMVs"},
         {2, LM_CUDA_SKIP_BB_GEMV | LM_CUDA_SKIP_DEC_GEMV, "without any GEMV"}};
@@ -425,11 +428,84 @@ static int bench(void)
     return 0;
 }
 
+/* A/B of the decode tuning knobs (lm_cuda_tune) on one card: whole frames (graphs, B = 2, CFG
+ * 1.5, top-k 50) at ~200 positions for every setting, at ~3800 and ~8000 for a few, B = 1 for
+ * the default.
+ * Each setting gets a fresh request (graphs are recorded with the knobs of their time). */
+static double tune_frames(lm_cuda *m, const lm_cuda_tune *t, int B, int S, const int32_t *tok, const uint8_t *mask)
+{
+    lm_cuda_set_tune(m, t);
+    lm_cuda_req *r;
+    OK(lm_cuda_req_new(m, B, 8192, &r));
+    OK(lm_cuda_prefill(r, tok, mask, S, 10, NULL));
+    frames_ms(r, 3, B == 2 ? 1.5f : 1.0f);
+    double ms = frames_ms(r, 60, B == 2 ? 1.5f : 1.0f);
+    lm_cuda_req_free(r);
+    return ms;
+}
+
+static int frames_ab(void)
+{
+    struct cudaDeviceProp p;
+    CU(cudaGetDeviceProperties(&p, 0));
+    double bw = copy_bandwidth();
+    hm_lm_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    const hm_flavor *fb = hm_flavor_builtin("llama-3B"), *fd = hm_flavor_builtin("llama-300M");
+    if (!fb || !fd) { fprintf(stderr, "no built-in flavors\n"); return 2; }
+    cfg.backbone = *fb, cfg.decoder = *fd;
+    cfg.text_vocab_size = 128256, cfg.audio_vocab_size = 8197, cfg.audio_num_codebooks = 8, cfg.muq_dim = 512;
+    lm_cuda_opts o = {HMC_BF16};
+    lm_cuda *m;
+    OK(lm_cuda_random(&cfg, 1234, &o, &m));
+    const double bytes = lm_cuda_frame_bytes(m), fl = bytes / bw * 1e3;
+    printf("device %s, %d SMs, L2 %d MB; copy bandwidth %.0f GB/s; %.2f GB/frame; floor %.3f ms\n", p.name,
+           p.multiProcessorCount, p.l2CacheSize >> 20, bw / 1e9, bytes / 1e9, fl);
+    const int nc = 8, S1 = 3800, S2 = 8000;
+    int32_t *tok = hm_calloc((size_t)S2 * (nc + 1), sizeof(int32_t));
+    uint8_t *mask = hm_calloc((size_t)S2 * (nc + 1), 1);
+    for (int s = 0; s < S2; s++) tok[s * (nc + 1) + nc] = (s * 7919) % 128256, mask[s * (nc + 1) + nc] = 1;
+    lm_cuda_tune def;
+    lm_cuda_get_tune(m, &def);
+    struct { lm_cuda_tune t; const char *what; int lng; } v[] = {
+        {{0, 0, 0, 0, 0, 0, 0}, "all off (rope kernel, early loads off)", 1},
+        {def, "default", 1},
+        {{1, 0, 0, 0, 0, 0, 0}, "default without early loads", 0},
+        {{1, 0, 0, 0, 0, 1, 32}, "attention: at most 32 chunks", 1},
+        {{1, 0, 0, 0, 0, 1, 16}, "attention: at most 16 chunks", 1},
+        {{1, 0, 0, 0, 0, 1, 8}, "attention: at most 8 chunks", 1},
+        {{1, 0, 0, 2, 0, 1, 0}, "self-prefetch: o", 0},
+        {{1, 0, 0, 0, 1, 1, 0}, "variant 1 everywhere", 0},
+        {{1, 4096, 0, 0, 0, 1, 0}, "next-GEMV prefetch 4 MB", 0},
+        {{1, 0, 1, 0, 0, 1, 0}, "attention prefetches o", 0},
+        {def, "default (again)", 0},
+    };
+    printf("| setting (fuse_rope, pf_next_kb, attn_pf, self_pf, variant, early, attn_chunks) | ms/frame ~200 pos | floor/actual | ms/frame ~3800 pos | floor/actual | ms/frame ~8000 pos |\n|---|---|---|---|---|---|\n");
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
+        double a = tune_frames(m, &v[i].t, 2, 200, tok, mask);
+        printf("| %s (%d, %d, %d, %u, %d, %d, %d) | %.3f | %.0f%% |", v[i].what, v[i].t.fuse_rope, v[i].t.pf_next_kb,
+               v[i].t.attn_pf, v[i].t.self_pf, v[i].t.variant, v[i].t.early, v[i].t.attn_chunks, a, 100 * fl / a);
+        if (v[i].lng) {
+            double b = tune_frames(m, &v[i].t, 2, S1, tok, mask), c = tune_frames(m, &v[i].t, 2, S2, tok, mask);
+            printf(" %.3f | %.0f%% | %.3f |\n", b, 100 * fl / b, c);
+        } else printf(" | | |\n");
+        fflush(stdout);
+    }
+    double b1 = tune_frames(m, &def, 1, 200, tok, mask);
+    printf("| default, B=1 (no CFG) | %.3f | %.0f%% | | | |\n", b1, 100 * fl / b1);
+    lm_cuda_set_tune(m, &def);
+    lm_cuda_free(m);
+    free(tok), free(mask);
+    hmc_gemm_shutdown();
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     CU(cudaSetDevice(0));
     if (argc >= 5 && !strcmp(argv[1], "fixture")) return fixture(argv[2], argv[3], argv[4]);
     if (argc >= 2 && !strcmp(argv[1], "bench")) return bench();
+    if (argc >= 2 && !strcmp(argv[1], "frames")) return frames_ab();
     if (argc >= 5 && !strcmp(argv[1], "gemv")) { /* one shape, 20 plain launches (for ncu) */
         int N = atoi(argv[2]), K = atoi(argv[3]), v = atoi(argv[4]);
         void *w[4];
@@ -450,6 +526,6 @@ int main(int argc, char **argv)
         CU(cudaDeviceSynchronize());
         return 0;
     }
-    fprintf(stderr, "usage: gpu_lm fixture MODEL_DIR CASE bf16|f32 | gpu_lm bench\n");
+    fprintf(stderr, "usage: gpu_lm fixture MODEL_DIR CASE bf16|f32 | gpu_lm bench | gpu_lm frames\n");
     return 2;
 }

@@ -399,6 +399,44 @@ static void test_stale_and_foreign_release(void **st)
     pool_destroy(p);
 }
 
+/* pool_take_back: the producer frees a sent slot itself (draft-verifier's EXTEND codes), only for
+ * the generation it sent; a taken-back slot is reusable and its old RELEASE is stale. */
+static void test_take_back(void **st)
+{
+    (void)st;
+    pool_t *p;
+    char name[64];
+    snprintf(name, sizeof name, "test-takeback-%d", (int)getpid());
+    assert_int_equal(pool_create(POOL_SHM, name, 1, 4096, &p), HM_OK);
+    uint32_t slot, again;
+    uint64_t shape[1] = {16};
+    assert_int_equal(pool_acquire(p, 0, &slot), HM_OK);
+    desc_t d, rel;
+    desc_init(&d, DESC_EXTEND, 1, 1);
+    assert_int_equal(pool_take_back(p, slot, 0), 0); /* held, not sent: not ours to take back */
+    assert_int_equal(pool_fill_desc(p, slot, 0, DESC_DT_I32, 1, shape, &d), HM_OK);
+    assert_int_equal(pool_free_slots(p), 0);
+    assert_int_equal(pool_take_back(p, slot, d.buf.gen + 1), 0); /* another generation */
+    assert_int_equal(pool_free_slots(p), 0);
+    assert_int_equal(pool_take_back(p, slot, d.buf.gen), 1);
+    assert_int_equal(pool_free_slots(p), 1);
+    assert_int_equal(pool_take_back(p, slot, d.buf.gen), 0); /* twice */
+    assert_int_equal(pool_acquire(p, 0, &again), HM_OK);
+    assert_int_equal(again, slot);
+    desc_t d2;
+    desc_init(&d2, DESC_EXTEND, 1, 2);
+    assert_int_equal(pool_fill_desc(p, again, 0, DESC_DT_I32, 1, shape, &d2), HM_OK);
+    assert_int_equal(pool_release_msg(&d, &rel), HM_OK);
+    assert_int_equal(pool_on_release(p, &rel), HM_ERR); /* the first hand-out's RELEASE is stale */
+    assert_int_equal(pool_free_slots(p), 0);
+    assert_int_equal(pool_take_back(p, slot, d.buf.gen), 0); /* the old generation cannot free the new hand-out */
+    assert_int_equal(pool_take_back(p, slot, d2.buf.gen), 1);
+    desc_free(&rel);
+    desc_free(&d);
+    desc_free(&d2);
+    pool_destroy(p);
+}
+
 static int count_lines(const char *path)
 {
     FILE *f = fopen(path, "r");
@@ -473,6 +511,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_integrity_many),          cmocka_unit_test(test_slow_consumer_throttles),
         cmocka_unit_test(test_reuse_only_after_release), cmocka_unit_test(test_killed_consumer_reclaimed),
         cmocka_unit_test(test_stale_and_foreign_release), cmocka_unit_test(test_no_fd_or_mapping_leaks),
+        cmocka_unit_test(test_take_back),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     pool_unmap_all();

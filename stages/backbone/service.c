@@ -11,7 +11,9 @@
  * lm_cuda engine (kernels/lm_cuda.h), one lm_cuda_req per request; the output pool is a cuda
  * pool and the hidden states are copied device to device into the slot on the request's stream,
  * then the slot's event is recorded: the activations never visit the host.  This process loads
- * the whole model (lm_cuda_load) though it runs only the backbone half. */
+ * only the backbone half of the model (lm_cuda_opts.parts).  EXTEND may also carry its codes in
+ * a cuda buffer of draft-verifier's codes pool (docs/PROTOCOL.md): read on the device, behind
+ * draft-verifier's event, so the hop costs the GPU no idle time. */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
@@ -174,8 +176,13 @@ static void cuda_prefill(bb_service *s, const tp_peer_t *to, const desc_t *in, b
     r->req = in->req_id;
     r->rows = B;
     r->last_used = t0;
-    /* a request holds its caches for the backbone's whole context (draft-verifier bounds the song) */
-    int rc = lm_cuda_req_new(s->gm, B, lm_cuda_config(s->gm)->backbone.max_seq_len, &r->gr);
+    /* the caches hold the positions the song can reach: draft-verifier's "max_positions" (prompt +
+     * its frame limit), else the backbone's whole context; KV memory is linear in it (1.9 GB for
+     * 8192 positions at B = 2 on the 3B model) */
+    int cap = lm_cuda_config(s->gm)->backbone.max_seq_len;
+    int64_t want = desc_i64_or(in, "max_positions", 0);
+    if (want >= S && want < cap) cap = (int)want;
+    int rc = lm_cuda_req_new(s->gm, B, cap, &r->gr);
     if (!rc) {
         uint8_t *mask = hm_calloc((size_t)plen * cols, 1); /* prompt rows: text column only */
         for (int i = 0; i < plen; i++) mask[(size_t)i * cols + s->text_col] = 1;
@@ -215,6 +222,38 @@ static void cuda_extend(bb_service *s, const tp_peer_t *to, const desc_t *in, bb
     stage_stat_time(s->st, "extend", r->last_used - t0);
     stage_stat_add(s->st, "frames", k);
     cuda_send_hidden(s, to, in, slot, k, r);
+}
+
+/* EXTEND by one frame whose codes are in draft-verifier's codes pool on the device (the frame it
+ * is still sampling: our stream waits for its event, the host never sees the codes).  Not
+ * RELEASEd: draft-verifier takes the slot back once our answer proves it was read
+ * (docs/PROTOCOL.md).  The embedding kernels clamp codes into the table. */
+static void cuda_extend_dev(bb_service *s, const tp_peer_t *to, const desc_t *in, bb_req *r)
+{
+    const desc_buf_t *b = &in->buf;
+    const void *codes;
+    if (b->dtype != DESC_DT_I32 || b->ndim != 2 || b->shape[0] != 1 || b->shape[1] != (uint64_t)s->ncb)
+        return reply_error(s, to, in, "bad", "EXTEND: a cuda buffer must hold int32 codes [1, codebooks]");
+    if (pool_map(in, &codes)) return reply_error(s, to, in, "bad", hm_errmsg());
+    if (desc_i64_or(in, "pos", -1) != lm_cuda_pos(r->gr))
+        return reply_error(s, to, in, "stale", "EXTEND at a position the cache does not hold");
+    double t0 = hm_now();
+    uint32_t slot;
+    if (pool_acquire(s->pool, 5000, &slot)) return reply_error(s, to, in, "busy", hm_errmsg());
+    int rc = pool_wait(in, lm_cuda_stream(r->gr));
+    if (!rc) rc = lm_cuda_extend_dev(r->gr, codes);
+    if (!rc) {
+        rc = lm_cuda_copy_hidden(r->gr, pool_slot_ptr(s->pool, slot));
+        if (rc) lm_cuda_rollback(r->gr, 1);
+    }
+    if (rc) {
+        pool_cancel(s->pool, slot);
+        return reply_error(s, to, in, "bad", hm_errmsg());
+    }
+    r->last_used = hm_now();
+    stage_stat_time(s->st, "extend", r->last_used - t0);
+    stage_stat_add(s->st, "frames", 1);
+    cuda_send_hidden(s, to, in, slot, 1, r);
 }
 #endif
 
@@ -274,6 +313,9 @@ static void on_extend(bb_service *s, const tp_peer_t *to, const desc_t *in)
     bb_req *r = find_req(s, in->req_id);
     if (!r) return reply_error(s, to, in, "unknown", "unknown request (backbone restarted?)");
     const desc_buf_t *b = &in->buf;
+#ifdef HM_CUDA
+    if (s->gm && b->kind == DESC_BUF_CUDA) return cuda_extend_dev(s, to, in, r);
+#endif
     if (b->kind != DESC_BUF_INLINE || b->dtype != DESC_DT_I32 || b->ndim != 2 || b->shape[1] != (uint64_t)s->ncb ||
         b->shape[0] < 1 || b->shape[0] > BB_MAX_EXTEND)
         return reply_error(s, to, in, "bad", "EXTEND: needs inline int32 frames [k <= 16, codebooks]");
@@ -374,11 +416,11 @@ int bb_service_setup(stage_t *st, const hm_pipeline_cfg *cfg, int replica, void 
     const hm_lm_config *lc;
 #ifdef HM_CUDA
     if (!strcmp(sc->backend, "cuda")) {
-        lm_cuda_opts o = {HMC_BF16, version};
+        lm_cuda_opts o = {HMC_BF16, version, LM_CUDA_PART_BACKBONE};
         if (lm_cuda_precision(sc->precision, &o.wdt) || lm_cuda_load(cfg->model_dir, &o, &s->gm)) return HM_ERR;
         lc = lm_cuda_config(s->gm);
         kind = POOL_CUDA;
-        LOG_INFO("backend cuda, %s weights", o.wdt == HMC_F32 ? "fp32" : "bf16");
+        LOG_INFO("backend cuda, %s weights, backbone half: %.2f GB on the device", sc->precision[0] ? sc->precision : "bf16", lm_cuda_resident_bytes(s->gm) / 1e9);
     } else
 #endif
     {

@@ -10,12 +10,13 @@
  * (seed, frame), so the song continues exactly as it would have.
  *
  * Backend cuda (HM_CUDA builds, stages.draft-verifier.backend: cuda): the frame runs on the GPU
- * (lm_cuda_depth_frame) from the hidden state in the backbone's cuda pool slot, read in place
- * after our stream waits on the slot's event.  Sampling there is keyed by (seed, frame) too, but
- * with the engine's own counter hash and Gumbel-max draw (kernels/sample.cu), not dv_rng's
- * Philox + inverse CDF: top-k 1 (argmax, lowest index on ties) gives the same frames as the cpu
- * backend, top-k > 1 draws a different (equally distributed) song for the same seed.  This
- * process loads the whole model (lm_cuda_load) though it runs only the depth half. */
+ * (lm_cuda_depth_frame_async) from the hidden state in the backbone's cuda pool slot, read in
+ * place after our stream waits on the slot's event.  The sampled codes are copied on the device
+ * into a slot of our own cuda pool, and the EXTEND naming that slot is sent before we wait for
+ * the frame: the backbone queues its next step behind ours on the GPU, so the hop between the
+ * two processes leaves no GPU idle time.  Sampling on the GPU (kernels/sample.cu) is the CPU's
+ * Philox + inverse CDF: the same seed gives the same song on either backend (for the same
+ * logits).  This process loads only the depth half of the model when lm_cuda supports it. */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
@@ -59,6 +60,8 @@ typedef struct {
     int waiting, retries;
     int sent_down, done;    /* frames sent to flow-matching; song complete */
     double t0;
+    pool_t *cpool;          /* backend cuda: the codes pool holding the in-flight EXTEND's codes */
+    uint32_t cslot, cgen;   /* ... its slot and generation (cpool NULL: none in flight) */
 } dv_req;
 
 typedef struct {
@@ -75,6 +78,7 @@ typedef struct {
 #ifdef HM_CUDA
     lm_cuda *gm;            /* backend cuda: the engine (model stays NULL) */
     lm_cuda_req *gr[3];     /* ... one depth request per row count B (1, 2), reused by every song */
+    pool_t *cpool;          /* ... the codes of each EXTEND, read by the backbone on the device */
 #endif
 } dv_service;
 
@@ -89,8 +93,18 @@ static dv_req *find_req(dv_service *s, uint64_t req)
     return NULL;
 }
 
+/* The codes slot of the EXTEND in flight goes back to the pool: the backbone has read it (its
+ * answer to the next operation proves it), or the song no longer needs that EXTEND's result (a
+ * late read of a reused slot only feeds a cache that is dropped or re-filled). */
+static void codes_take_back(dv_req *r)
+{
+    if (r->cpool) pool_take_back(r->cpool, r->cslot, r->cgen);
+    r->cpool = NULL;
+}
+
 static void drop_req(dv_req *r)
 {
+    codes_take_back(r);
     desc_free(&r->params);
     free(r->rows);
     free(r->frames);
@@ -113,6 +127,7 @@ static void fail_req(dv_service *s, dv_req *r, const char *fmt, const char *msg)
 /* PREFILL with the prompt and every frame so far (a first fill, or a refill after a restart). */
 static void send_prefill(dv_service *s, dv_req *r)
 {
+    codes_take_back(r);
     int cols = s->ncb + 1, S = r->S + r->nframes;
     int32_t *rows = hm_calloc((size_t)S * cols, sizeof *rows);
     memcpy(rows, r->rows, (size_t)r->S * cols * sizeof *rows);
@@ -124,6 +139,7 @@ static void send_prefill(dv_service *s, dv_req *r)
     desc_set_i64(&d, "B", r->B);
     desc_set_i64(&d, "muq_index", r->muq_index);
     desc_set_i64(&d, "prompt_len", r->S);
+    desc_set_i64(&d, "max_positions", (int64_t)r->S + r->max_frames + 1); /* + the EXTEND after the last frame */
     desc_set_tensor(&d, DESC_DT_I32, 2, shape);
     desc_set_inline(&d, rows, (uint64_t)S * cols * sizeof *rows);
     free(rows);
@@ -148,6 +164,28 @@ static void send_extend(dv_service *s, dv_req *r)
     r->waiting = 1;
     if (rc != HM_OK) r->sent_at = 0;
 }
+
+#ifdef HM_CUDA
+/* EXTEND by the frame being sampled into codes slot cslot (recorded on our stream): a cuda
+ * buffer [1, ncb] int32 the backbone reads on the device.  The backbone does not RELEASE it; the
+ * slot comes back through codes_take_back (docs/PROTOCOL.md). */
+static int send_extend_dev(dv_service *s, dv_req *r, uint32_t cslot, uint32_t *gen)
+{
+    desc_t d;
+    desc_init(&d, DESC_EXTEND, r->req, r->op_seq + 1);
+    uint64_t shape[2] = {1, (uint64_t)s->ncb};
+    desc_set_i64(&d, "pos", r->S + r->nframes);
+    int rc = pool_fill_desc(s->cpool, cslot, 0, DESC_DT_I32, 2, shape, &d);
+    if (!rc) rc = tp_send(bb_sock(s, r->req), NULL, &d, ZMQ_DONTWAIT);
+    *gen = d.buf.gen;
+    desc_free(&d);
+    if (rc != HM_OK) return HM_ERR; /* the caller falls back to the inline EXTEND */
+    r->op_seq++;
+    r->sent_at = hm_now();
+    r->waiting = 1;
+    return HM_OK;
+}
+#endif
 
 /* Send flow-matching every frame it has not had yet (and the end marker once done). */
 static void flush_down(dv_service *s, dv_req *r)
@@ -296,22 +334,46 @@ static void on_hidden(dv_service *s, dv_req *r, const desc_t *in)
     double t0 = hm_now();
     r->rng.frame = (uint64_t)r->nframes;
     float *lg = r->logits ? r->logits + (size_t)r->nframes * s->ncb * s->V : NULL;
-    int rc;
+    int rc, extend_sent = 0;
 #ifdef HM_CUDA
     if (s->gm) {
-        /* h is a device pointer into the backbone's slot: our stream waits for its writes, and
-         * lm_cuda_depth_frame is synchronous, so the slot is free to go back when it returns */
+        /* h is a device pointer into the backbone's slot: our stream waits for its writes.  The
+         * sampled codes go straight into a slot of our codes pool and the EXTEND carrying it
+         * leaves before we wait for the frame, so the backbone's next step is queued behind ours
+         * on the GPU while the host still waits (no GPU idle time for the hop).  If the song ends
+         * with this frame, that EXTEND was for nothing: its answer is dropped. */
         lm_cuda_req *gr = s->gr[r->B];
         lm_cuda_sampling smp = {r->sp.temperature, r->sp.topk, r->sp.cfg_scale, r->rng.seed, (uint32_t)r->nframes, NULL};
+        uint32_t cslot = 0;
+        int fast = !lg && pool_acquire(s->cpool, 0, &cslot) == HM_OK;
         rc = pool_wait(in, lm_cuda_stream(gr));
-        if (!rc) rc = lm_cuda_depth_frame(gr, h, &smp, s->codes, lg);
+        if (!rc && fast) {
+            rc = lm_cuda_depth_frame_async(gr, h, &smp, pool_slot_ptr(s->cpool, cslot));
+            if (!rc) rc = pool_record(s->cpool, cslot, lm_cuda_stream(gr));
+            if (!rc) {
+                uint32_t gen = 0;
+                extend_sent = send_extend_dev(s, r, cslot, &gen) == HM_OK;
+                if (extend_sent) {
+                    codes_take_back(r); /* the previous EXTEND's codes: this HIDDEN came from them */
+                    r->cpool = s->cpool, r->cslot = cslot, r->cgen = gen;
+                } else {
+                    pool_cancel(s->cpool, cslot);
+                }
+            } else {
+                pool_cancel(s->cpool, cslot);
+            }
+            if (!rc) rc = lm_cuda_frame_wait(gr, s->codes, NULL);
+        } else if (!rc) {
+            if (fast) pool_cancel(s->cpool, cslot);
+            rc = lm_cuda_depth_frame(gr, h, &smp, s->codes, lg);
+        }
     } else
 #endif
     rc = dv_frame(s->model, h, r->B, &r->sp, &r->rng, s->codes, lg);
     pool_release(in);
     stage_stat_time(s->st, "frame", hm_now() - t0);
     if (rc) return fail_req(s, r, "%s", hm_errmsg());
-    r->waiting = 0;
+    r->waiting = extend_sent; /* the next EXTEND is already out (cuda fast path) */
     r->retries = 0;
     int eos = 0;
     for (int k = 0; k < s->ncb; k++) eos |= s->codes[k] >= s->gen.audio_eos_id;
@@ -329,7 +391,7 @@ static void on_hidden(dv_service *s, dv_req *r, const desc_t *in)
     }
     if (r->nframes >= r->max_frames) return finish(s, r);
     flush_down(s, r);
-    send_extend(s, r);
+    if (!extend_sent) send_extend(s, r);
 }
 
 static void on_backbone(dv_service *s, const desc_t *in)
@@ -411,6 +473,7 @@ void dv_service_free(void *state)
     pool_unmap_all();
 #ifdef HM_CUDA
     for (int b = 1; b <= 2; b++) lm_cuda_req_free(s->gr[b]);
+    if (s->cpool) pool_destroy(s->cpool);
     if (s->gm) lm_cuda_free(s->gm);
 #endif
     free(s);
@@ -435,13 +498,17 @@ int dv_service_setup(stage_t *st, const hm_pipeline_cfg *cfg, int replica, void 
                       sc->backend, cfg->stage[HM_STAGE_BACKBONE].backend,
                       strcmp(cfg->stage[HM_STAGE_BACKBONE].backend, "cuda") ? "host" : "device");
     if (!strcmp(sc->backend, "cuda")) {
-        lm_cuda_opts o = {HMC_BF16, version};
+        lm_cuda_opts o = {HMC_BF16, version, LM_CUDA_PART_DEPTH};
         if (lm_cuda_precision(sc->precision, &o.wdt) || lm_cuda_load(cfg->model_dir, &o, &s->gm)) return HM_ERR;
         /* max_seq 1: the depth requests never use their backbone cache */
         for (int b = 1; b <= 2; b++)
             if (lm_cuda_req_new(s->gm, b, 1, &s->gr[b])) return HM_ERR;
+        char pname[96];
+        hm_service_pool_name(cfg, "draft-verifier", replica, "codes", pname, sizeof pname);
+        if (pool_create(POOL_CUDA, pname, 2 * DV_MAX_REQUESTS, 256, &s->cpool)) return HM_ERR;
+        pool_set_lease(s->cpool, 3600.0); /* slots come back through codes_take_back, not RELEASE */
         lc = lm_cuda_config(s->gm);
-        LOG_INFO("backend cuda, %s weights", o.wdt == HMC_F32 ? "fp32" : "bf16");
+        LOG_INFO("backend cuda, %s weights, depth half: %.2f GB on the device", sc->precision[0] ? sc->precision : "bf16", lm_cuda_resident_bytes(s->gm) / 1e9);
     } else
 #endif
     {

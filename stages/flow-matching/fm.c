@@ -44,6 +44,7 @@ typedef struct { /* one transformer stack with its adaLN-single and final modula
 
 struct fm_model {
     hm_codec_config cfg;
+    int cond_only; /* fm_load_cond: no estimator weights */
     int nq, cbs, cbd, dim, in_ch, out_ch;
     float *codebooks; /* [nq, cbs, cbd] */
     float *po_w, *po_b, *cfe_w, *cfe_b;
@@ -149,7 +150,7 @@ static void free_stack(fm_stack *s)
     for (size_t j = 0; j < HM_ARRAY_LEN(p); j++) free(p[j]);
 }
 
-int fm_load(const char *model_dir, fm_model **out)
+static int load(const char *model_dir, int cond_only, fm_model **out)
 {
     *out = NULL;
     fm_model *m = hm_calloc(1, sizeof *m);
@@ -190,13 +191,16 @@ int fm_load(const char *model_dir, fm_model **out)
     m->po_b = ld(&L, 1, SHAPE(m->dim), "flow_matching.vq_embed.project_out.bias");
     m->cfe_w = ld(&L, 2, SHAPE(m->dim, m->dim), "flow_matching.cond_feature_emb.weight");
     m->cfe_b = ld(&L, 1, SHAPE(m->dim), "flow_matching.cond_feature_emb.bias");
-    load_proj(&L, &m->proj_in, "proj_in", m->in_ch, d1);
-    load_proj(&L, &m->conn, "connection_proj", m->in_ch + d1, d2);
-    load_proj(&L, &m->proj_out, "proj_out", d2, m->out_ch);
-    load_stack(&L, &m->s1, d1, c->num_attention_heads, c->attention_head_dim, c->num_layers, "transformer_blocks",
-               "adaln_single", "scale_shift_table");
-    load_stack(&L, &m->s2, d2, c->num_attention_heads, 2 * c->attention_head_dim, c->num_layers_2,
-               "transformer_blocks_2", "adaln_single_2", "scale_shift_table_2");
+    m->cond_only = cond_only;
+    if (!cond_only) {
+        load_proj(&L, &m->proj_in, "proj_in", m->in_ch, d1);
+        load_proj(&L, &m->conn, "connection_proj", m->in_ch + d1, d2);
+        load_proj(&L, &m->proj_out, "proj_out", d2, m->out_ch);
+        load_stack(&L, &m->s1, d1, c->num_attention_heads, c->attention_head_dim, c->num_layers, "transformer_blocks",
+                   "adaln_single", "scale_shift_table");
+        load_stack(&L, &m->s2, d2, c->num_attention_heads, 2 * c->attention_head_dim, c->num_layers_2,
+                   "transformer_blocks_2", "adaln_single_2", "scale_shift_table_2");
+    }
     if (L.bad) {
         char msg[512];
         snprintf(msg, sizeof msg, "%s", hm_errmsg());
@@ -207,12 +211,17 @@ int fm_load(const char *model_dir, fm_model **out)
     /* Never used to decode: the VQ's training state, its encoder-side project_in, the
      * zero-cond embedding (its mask covers no frame of a 744-frame window), the scalar model. */
     static const char *const ignore[] = {"scalar_model.", "cluster_size", "embed_avg", "initted",
-                                         "flow_matching.vq_embed.project_in.", "flow_matching.zero_cond_embedding1"};
-    st_report_unused(L.f, ignore, HM_ARRAY_LEN(ignore));
+                                         "flow_matching.vq_embed.project_in.", "flow_matching.zero_cond_embedding1",
+                                         "flow_matching.estimator."};
+    st_report_unused(L.f, ignore, HM_ARRAY_LEN(ignore) - (cond_only ? 0 : 1)); /* the estimator is loaded elsewhere */
     st_close(L.f);
     *out = m;
     return HM_OK;
 }
+
+int fm_load(const char *model_dir, fm_model **out) { return load(model_dir, 0, out); }
+
+int fm_load_cond(const char *model_dir, fm_model **out) { return load(model_dir, 1, out); }
 
 void fm_free(fm_model *m)
 {
@@ -343,6 +352,7 @@ static void final_norm(const fm_stack *s, float *x, int B, int T, const float *e
 int fm_estimator(const fm_model *m, const float *x, const float *t, int B, int T, float *out)
 {
     if (B < 1 || T < 1 || T > (1 << 20)) return hm_err("fm_estimator: bad batch %d x %d frames", B, T);
+    if (m->cond_only) return hm_err("fm_estimator: the model was loaded for the conditioning only (fm_load_cond)");
     const int d1 = m->s1.d, d2 = m->s2.d, cin = m->in_ch, cc = m->in_ch + d1;
     float *h1 = hm_malloc(sizeof(float) * (size_t)B * T * d1);
     float *h2 = hm_malloc(sizeof(float) * (size_t)B * T * d2);
@@ -418,6 +428,7 @@ int fm_solve(const fm_model *m, int T, const float *cond, const float *ctx, int 
     if (steps < 1) return hm_err("codec: %d flow-matching steps (need at least 1)", steps);
     if (!isfinite(guidance) || guidance < 0.0f) return hm_err("codec: guidance %g must be a finite number >= 0", (double)guidance);
     if (T < 1 || L < 0 || L > T) return hm_err("codec: in-context length %d outside [0, %d]", L, T);
+    if (m->cond_only) return hm_err("fm_solve: the model was loaded for the conditioning only (fm_load_cond)");
     const int C = m->out_ch, D = m->dim, cin = m->in_ch;
     const int cfg = guidance > 1.0f, B = cfg ? 2 : 1;
     size_t tc = (size_t)T * C;
@@ -469,6 +480,16 @@ int fm_solve_window(const fm_model *m, const float *cond, const float *ctx, int 
     return fm_solve(m, CODEC_WIN_FRAMES, cond, ctx, L, noise, steps, guidance, latents_out);
 }
 
+int fm_window_inputs(const fm_model *m, const int32_t *win_codes, codec_noise *noise, int k, float *cond,
+                     float *noise_out, int *L)
+{
+    *L = k > 0 ? CODEC_CTX_FRAMES : 0;
+    if (fm_cond(m, win_codes, CODEC_WIN_CODES, cond) ||
+        codec_noise_draw_at(noise, codec_noise_index_solver(k), noise_out, CODEC_WIN_FRAMES, m->out_ch))
+        return HM_ERR;
+    return HM_OK;
+}
+
 int fm_window(const fm_model *m, const int32_t *win_codes, const float *prev, codec_noise *noise, int k, int steps,
               float guidance, float *out)
 {
@@ -477,11 +498,10 @@ int fm_window(const fm_model *m, const int32_t *win_codes, const float *prev, co
     float *cond = hm_malloc(sizeof(float) * (size_t)W * m->dim);
     float *ctx = hm_calloc((size_t)W * C, sizeof(float));
     float *nz = hm_malloc(sizeof(float) * (size_t)W * C);
-    int L = k > 0 ? CODEC_CTX_FRAMES : 0;
-    if (L) memcpy(ctx, prev + (size_t)(W - L) * C, sizeof(float) * (size_t)L * C);
-    int rc = fm_cond(m, win_codes, CODEC_WIN_CODES, cond) ||
-             codec_noise_draw_at(noise, codec_noise_index_solver(k), nz, W, C) ||
-             fm_solve_window(m, cond, ctx, L, nz, steps, guidance, out);
+    int L;
+    int rc = fm_window_inputs(m, win_codes, noise, k, cond, nz, &L);
+    if (!rc && L) memcpy(ctx, prev + (size_t)(W - L) * C, sizeof(float) * (size_t)L * C);
+    if (!rc) rc = fm_solve_window(m, cond, ctx, L, nz, steps, guidance, out);
     free(cond);
     free(ctx);
     free(nz);

@@ -19,6 +19,10 @@ typedef struct fm_model fm_model;
  * Tensors the codec never uses for decoding (VQ cluster_size/embed_avg/initted, project_in,
  * zero_cond_embedding1, the scalar model's encoder) are ignored.  *out owned by the caller. */
 int fm_load(const char *model_dir, fm_model **out);
+/* Load only what the conditioning needs (VQ codebooks, project_out, cond_feature_emb), for a
+ * stage whose estimator runs elsewhere (backend cuda): fm_cond and fm_window_inputs work on it,
+ * fm_estimator / fm_solve* / fm_window answer HM_ERR. */
+int fm_load_cond(const char *model_dir, fm_model **out);
 void fm_free(fm_model *m);
 const hm_codec_config *fm_config(const fm_model *m);
 
@@ -46,6 +50,13 @@ int fm_solve_window(const fm_model *m, const float *cond, const float *ctx, int 
  * `noise` -> out [744, C].  The masked draws (first latent, appended part) are not needed. */
 int fm_window(const fm_model *m, const int32_t *win_codes, const float *prev, codec_noise *noise, int k, int steps,
               float guidance, float *out);
+
+/* What fm_window feeds its solver: cond [744, dim] from the window's codes win_codes [ncb, 372],
+ * the start noise [744, C] = draw codec_noise_index_solver(k) of `noise` (drawn after the
+ * conditioning, as fm_window does), and *L = the in-context length (0 for k = 0, else
+ * CODEC_CTX_FRAMES: the last rows of the previous window's latents go to rows [0, L)). */
+int fm_window_inputs(const fm_model *m, const int32_t *win_codes, codec_noise *noise, int k, float *cond,
+                     float *noise_out, int *L);
 
 /* The general form (any T frames) behind fm_solve_window. */
 int fm_solve(const fm_model *m, int T, const float *cond, const float *ctx, int L, const float *noise, int steps,

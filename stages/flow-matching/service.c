@@ -6,7 +6,16 @@
  * FRAMES marked final arrives.  Each window's latents [744, C] go to the vocoder through this
  * stage's shm pool, followed by an end marker (LATENTS without a buffer, "final" = 1) carrying the
  * window count and the output length.  The previous window's latents stay here as the next
- * window's in-context frames. */
+ * window's in-context frames.
+ *
+ * Backend cuda (HM_CUDA builds, stages.flow-matching.backend: cuda, precision bf16 | fp32): the
+ * estimator and the Euler + CFG solver run on the GPU (kernels/codec_cuda.h); the CPU keeps only
+ * the conditioning's small tables (fm_load_cond) and per window computes cond from the codes and
+ * draws the start noise (fm_window_inputs, exactly as the CPU path), uploads both, and the solve
+ * reads the song's in-context frames from a per-song device buffer (the last 104 latent rows of
+ * its previous window, never copied to the host).  The window's latents go device to device into
+ * a cuda pool slot when the vocoder's backend is cuda too (its stream waits for the slot's event),
+ * else to the host into the shm pool slot. */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +31,10 @@
 #include "stage.h"
 #include "transport.h"
 
+#ifdef HM_CUDA
+#include "codec_cuda.h"
+#endif
+
 #define FM_MAX_REQUESTS 64
 #define FM_MAX_CODES (1 << 20)
 #define FM_IDLE_FREE_S 1800.0
@@ -34,7 +47,10 @@ typedef struct {
     int32_t *frames;        /* [cap, ncb] frame-major, as they arrive */
     int n, cap, final;
     int windows_done;
-    float *prev;            /* [744, C] latents of the previous window */
+    float *prev;            /* [744, C] latents of the previous window (backend cpu) */
+#ifdef HM_CUDA
+    float *dctx;            /* backend cuda: device [104, C], the previous window's last latent rows */
+#endif
     codec_noise *noise;
     int steps;
     float guidance;
@@ -51,6 +67,13 @@ typedef struct {
     float *lat;             /* [744, C] */
     int32_t *win;           /* [ncb, 372] */
     int turn;               /* the request slot whose turn it is for a window */
+#ifdef HM_CUDA
+    fmc_model *gm;          /* backend cuda: the estimator on the device (model: conditioning only) */
+    cudaStream_t stream;
+    int pool_cuda;          /* the vocoder is on cuda too: latents stay on the device */
+    float *hcond, *hnoise;  /* host [744, dim], [744, C] */
+    float *dcond, *dnoise, *dctx, *dout; /* device, fixed (the solver's graph replays with these) */
+#endif
 } fm_service;
 
 static fm_req *find_req(fm_service *s, uint64_t req)
@@ -65,6 +88,9 @@ static void drop_req(fm_req *r)
     desc_free(&r->params);
     free(r->frames);
     free(r->prev);
+#ifdef HM_CUDA
+    if (r->dctx) cudaFree(r->dctx);
+#endif
     if (r->noise) codec_noise_free(r->noise);
     memset(r, 0, sizeof *r);
 }
@@ -86,6 +112,41 @@ static int send_voc(fm_service *s, fm_req *r, desc_t *d)
     }
     return rc == HM_OK ? HM_OK : hm_err("cannot reach the vocoder");
 }
+
+#ifdef HM_CUDA
+static int cuda_ck(cudaError_t e, const char *what)
+{
+    return e == cudaSuccess ? HM_OK : hm_err("flow-matching (cuda): %s: %s", what, cudaGetErrorString(e));
+}
+
+/* Window k of r on the GPU into pool slot `slot` (device or host memory by the pool's kind);
+ * s->win holds its codes.  Returns when the slot's bytes are written (shm) or their copy is
+ * enqueued and recorded on the slot's event (cuda), with the song's in-context rows updated. */
+static int cuda_window(fm_service *s, fm_req *r, int k, uint32_t slot)
+{
+    const int W = CODEC_WIN_FRAMES, C = s->C, D = fm_config(s->model)->dim, L0 = CODEC_CTX_FRAMES;
+    const size_t wc = (size_t)W * C * sizeof(float);
+    cudaStream_t st = s->stream;
+    int L;
+    if (fm_window_inputs(s->model, s->win, r->noise, k, s->hcond, s->hnoise, &L)) return HM_ERR;
+    if (cuda_ck(cudaMemcpyAsync(s->dcond, s->hcond, (size_t)W * D * sizeof(float), cudaMemcpyHostToDevice, st), "cond upload") ||
+        cuda_ck(cudaMemcpyAsync(s->dnoise, s->hnoise, wc, cudaMemcpyHostToDevice, st), "noise upload") ||
+        (L && cuda_ck(cudaMemcpyAsync(s->dctx, r->dctx, (size_t)L * C * sizeof(float), cudaMemcpyDeviceToDevice, st),
+                      "in-context copy")))
+        return HM_ERR;
+    if (fmc_solve_window(s->gm, s->dcond, s->dctx, L, s->dnoise, r->steps, r->guidance, s->dout, st)) return HM_ERR;
+    void *dst = pool_slot_ptr(s->pool, slot);
+    if (cuda_ck(cudaMemcpyAsync(r->dctx, s->dout + (size_t)(W - L0) * C, (size_t)L0 * C * sizeof(float),
+                                cudaMemcpyDeviceToDevice, st), "in-context save") ||
+        cuda_ck(cudaMemcpyAsync(dst, s->dout, wc, s->pool_cuda ? cudaMemcpyDeviceToDevice : cudaMemcpyDeviceToHost, st),
+                "latents copy"))
+        return HM_ERR;
+    if (s->pool_cuda && pool_record(s->pool, slot, st)) return HM_ERR;
+    /* wait here: the window's time is then real, a device error fails this song, and the host
+     * buffers are free for the next window */
+    return cuda_ck(cudaStreamSynchronize(st), "window");
+}
+#endif
 
 /* Run the next window that is ready, if the vocoder has a free slot for it (never wait for one
  * here: the loop must stay responsive); on the final FRAMES, once every window went out, send the
@@ -109,14 +170,21 @@ static void advance(fm_service *s, fm_req *r)
         float *lat = pool_slot_ptr(s->pool, slot);
         double t0 = hm_now();
         HM_NVTX_PUSH("fm_window");
-        int rc = fm_window(s->model, s->win, k ? r->prev : NULL, r->noise, k, r->steps, r->guidance, lat);
+        int rc;
+#ifdef HM_CUDA
+        if (s->gm) rc = cuda_window(s, r, k, slot);
+        else
+#endif
+        {
+            rc = fm_window(s->model, s->win, k ? r->prev : NULL, r->noise, k, r->steps, r->guidance, lat);
+            if (!rc) memcpy(r->prev, lat, (size_t)CODEC_WIN_FRAMES * s->C * sizeof(float));
+        }
         HM_NVTX_POP();
         if (rc) {
             pool_cancel(s->pool, slot);
             return fail_req(s, r, hm_errmsg());
         }
         stage_stat_time(s->st, "window", hm_now() - t0);
-        memcpy(r->prev, lat, (size_t)CODEC_WIN_FRAMES * s->C * sizeof(float));
         desc_t d;
         desc_init(&d, DESC_LATENTS, r->req, (uint64_t)k);
         uint64_t shape[2] = {CODEC_WIN_FRAMES, (uint64_t)s->C};
@@ -194,7 +262,13 @@ static void on_frames(fm_service *s, const desc_t *in)
         hm_service_copy_params(&r->params, in, skip, HM_ARRAY_LEN(skip));
         r->steps = (int)desc_i64_or(in, "codec_steps", 10);
         r->guidance = (float)desc_f64_or(in, "codec_guidance", 1.25);
-        r->prev = hm_calloc((size_t)CODEC_WIN_FRAMES * s->C, sizeof(float));
+#ifdef HM_CUDA
+        if (s->gm) {
+            if (cuda_ck(cudaMalloc((void **)&r->dctx, (size_t)CODEC_CTX_FRAMES * s->C * sizeof(float)), "in-context buffer"))
+                return fail_req(s, r, hm_errmsg());
+        } else
+#endif
+            r->prev = hm_calloc((size_t)CODEC_WIN_FRAMES * s->C, sizeof(float));
         const char *nf = NULL;
         int rc = desc_get_str(in, "noise_from", &nf) == HM_OK ? codec_noise_replay(nf, &r->noise)
                                                                : codec_noise_seeded((uint64_t)desc_i64_or(in, "seed", 0), &r->noise);
@@ -275,6 +349,15 @@ void fm_service_free(void *state)
     free(s->voc);
     if (s->pool) pool_destroy(s->pool);
     if (s->model) fm_free(s->model);
+#ifdef HM_CUDA
+    if (s->gm) fmc_free(s->gm); /* (synchronises the device first) */
+    float *dev[] = {s->dcond, s->dnoise, s->dctx, s->dout};
+    for (size_t i = 0; i < HM_ARRAY_LEN(dev); i++)
+        if (dev[i]) cudaFree(dev[i]);
+    if (s->stream) cudaStreamDestroy(s->stream);
+    if (s->hcond) cudaFreeHost(s->hcond);
+    if (s->hnoise) cudaFreeHost(s->hnoise);
+#endif
     free(s->lat);
     free(s->win);
     free(s);
@@ -286,7 +369,37 @@ int fm_service_setup(stage_t *st, const hm_pipeline_cfg *cfg, int replica, void 
     s->st = st;
     *state = s;
     char url[600], name[96];
-    if (fm_load(cfg->model_dir, &s->model)) return HM_ERR;
+    const hm_stage_cfg *sc = &cfg->stage[HM_STAGE_FLOW_MATCHING];
+    pool_kind_t kind = POOL_SHM;
+#ifdef HM_CUDA
+    if (!strcmp(sc->backend, "cuda")) {
+        int wdt;
+        if (fmc_precision(sc->precision, &wdt) || fm_load_cond(cfg->model_dir, &s->model) ||
+            fmc_load(cfg->model_dir, wdt, &s->gm))
+            return HM_ERR;
+        /* attention: the flash kernel with bf16 weights, cuBLASLt GEMMs with fp32; one CUDA graph
+         * per window shape (the first window, L = 0, and the later ones) */
+        if (fmc_set_attention(s->gm, FMC_ATT_AUTO)) return HM_ERR;
+        fmc_set_graphs(s->gm, 1);
+        const hm_codec_config *cc = fm_config(s->model);
+        const size_t wc = (size_t)CODEC_WIN_FRAMES * cc->out_channels * sizeof(float),
+                     wd = (size_t)CODEC_WIN_FRAMES * cc->dim * sizeof(float);
+        if (cuda_ck(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking), "stream") ||
+            cuda_ck(cudaMallocHost((void **)&s->hcond, wd), "host buffer") ||
+            cuda_ck(cudaMallocHost((void **)&s->hnoise, wc), "host buffer") ||
+            cuda_ck(cudaMalloc((void **)&s->dcond, wd), "device buffer") ||
+            cuda_ck(cudaMalloc((void **)&s->dnoise, wc), "device buffer") ||
+            cuda_ck(cudaMalloc((void **)&s->dctx, wc), "device buffer") ||
+            cuda_ck(cudaMalloc((void **)&s->dout, wc), "device buffer"))
+            return HM_ERR;
+        s->pool_cuda = !strcmp(cfg->stage[HM_STAGE_VOCODER].backend, "cuda");
+        if (s->pool_cuda) kind = POOL_CUDA;
+        LOG_INFO("backend cuda, %s weights, latents to the vocoder in %s memory", wdt == HMC_F32 ? "fp32" : "bf16",
+                 s->pool_cuda ? "device" : "host");
+    } else
+#endif
+    if (fm_load(cfg->model_dir, &s->model))
+        return HM_ERR;
     const hm_codec_config *cc = fm_config(s->model);
     s->ncb = cc->num_quantizers;
     s->C = cc->out_channels;
@@ -305,7 +418,7 @@ int fm_service_setup(stage_t *st, const hm_pipeline_cfg *cfg, int replica, void 
         if ((s->voc[i] = stage_add_socket(st, &o, NULL, NULL)) < 0) return HM_ERR;
     }
     hm_service_pool_name(cfg, "flow-matching", replica, "latents", name, sizeof name);
-    if (pool_create(POOL_SHM, name, (uint32_t)cfg->stage[HM_STAGE_FLOW_MATCHING].pool_slots,
+    if (pool_create(kind, name, (uint32_t)sc->pool_slots,
                     (uint64_t)CODEC_WIN_FRAMES * s->C * sizeof(float), &s->pool))
         return HM_ERR;
     pool_set_lease(s->pool, 600.0); /* a CPU vocoder may hold a window for minutes */

@@ -4,7 +4,13 @@
  * decoded, cross-faded with the previous one (4.16 s) and appended to the output file as soon
  * as its samples are final, so a long song is playable while it is being made.  The end marker
  * (LATENTS without a buffer, "final" = 1) closes the file, which is renamed into place
- * atomically, and tells the client (AUDIO_DONE). */
+ * atomically, and tells the client (AUDIO_DONE).
+ *
+ * Backend cuda (HM_CUDA builds, stages.vocoder.backend: cuda, precision bf16 | fp32): the window
+ * is decoded on the GPU (kernels/vocoder_cuda).  Its latents are either in the flow-matching
+ * stage's host shm pool (copied up first) or, when flow-matching runs on cuda too, in its device
+ * pool (read in place after pool_wait).  The PCM comes back to a pinned host buffer, and the
+ * cross-fade and the file writing stay on the host as in the CPU path. */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +25,9 @@
 #include "stage.h"
 #include "transport.h"
 #include "vocoder.h"
+#ifdef HM_CUDA
+#include "vocoder_cuda.h"
+#endif
 
 #define VOC_MAX_REQUESTS 64
 #define VOC_IDLE_FREE_S 1800.0
@@ -41,6 +50,12 @@ typedef struct {
     size_t seg, ovl;
     voc_req reqs[VOC_MAX_REQUESTS];
     float *pcm;            /* [2, seg] */
+#ifdef HM_CUDA
+    vcc_model *gm;         /* backend cuda (model stays NULL); pcm is then pinned host memory */
+    cudaStream_t stream;
+    float *lat_dev;        /* [CODEC_WIN_FRAMES, C]: host latents copied up */
+    float *pcm_dev;        /* [2, seg] */
+#endif
 } voc_service;
 
 static voc_req *find_req(voc_service *s, uint64_t req)
@@ -64,6 +79,39 @@ static void fail_req(voc_service *s, voc_req *r, const char *msg)
     drop_req(r);
 }
 
+#ifdef HM_CUDA
+/* The window on the GPU: latents from a device pool slot (wait for its producer's event) or from
+ * host memory (copy up), decode, PCM back to s->pcm.  Synchronous, so the slot is free to go
+ * back when this returns. */
+static int decode_window_cuda(voc_service *s, const desc_t *in, const void *ptr)
+{
+    const float *lat = ptr;
+    const size_t lat_bytes = sizeof(float) * CODEC_WIN_FRAMES * (size_t)s->C;
+    if (in->buf.kind == DESC_BUF_CUDA) {
+        if (pool_wait(in, s->stream)) return HM_ERR;
+    } else {
+        cudaError_t e = cudaMemcpyAsync(s->lat_dev, ptr, lat_bytes, cudaMemcpyHostToDevice, s->stream);
+        if (e != cudaSuccess) return hm_err("vocoder: latents to the device: %s", cudaGetErrorString(e));
+        lat = s->lat_dev;
+    }
+    if (vcc_decode_window(s->gm, lat, CODEC_WIN_FRAMES, s->seg, s->pcm_dev, s->stream)) return HM_ERR;
+    cudaError_t e = cudaMemcpyAsync(s->pcm, s->pcm_dev, sizeof(float) * 2 * s->seg, cudaMemcpyDeviceToHost, s->stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(s->stream);
+    return e == cudaSuccess ? HM_OK : hm_err("vocoder: cuda decode: %s", cudaGetErrorString(e));
+}
+#endif
+
+/* One window of latents (ptr: pool_map's pointer, host or device) -> s->pcm [2, seg]. */
+static int decode_window(voc_service *s, const desc_t *in, const void *ptr)
+{
+#ifdef HM_CUDA
+    if (s->gm) return decode_window_cuda(s, in, ptr);
+#endif
+    if (in->buf.kind != DESC_BUF_SHM && in->buf.kind != DESC_BUF_INLINE)
+        return hm_err("vocoder (backend cpu): latents in device memory; run flow-matching on the cpu backend too");
+    return voc_decode_window(s->model, ptr, CODEC_WIN_FRAMES, s->seg, s->pcm);
+}
+
 static void on_latents(voc_service *s, const desc_t *in)
 {
     const char *reply = "";
@@ -72,12 +120,12 @@ static void on_latents(voc_service *s, const desc_t *in)
     if (r) reply = r->reply;
     else if (desc_get_str(in, "reply", &reply)) {
         LOG_WARN("latents for %llx without a reply endpoint: dropped", (unsigned long long)in->req_id);
-        if (b->kind == DESC_BUF_SHM) pool_release(in);
+        if (b->kind != DESC_BUF_NONE) pool_release(in);
         stage_stat_add(s->st, "errors", 1);
         return;
     }
     if (in->type != DESC_LATENTS) {
-        if (b->kind == DESC_BUF_SHM) pool_release(in);
+        if (b->kind != DESC_BUF_NONE) pool_release(in);
         hm_service_reply_error(reply, in->req_id, "vocoder", "vocoder takes LATENTS, not %s", desc_type_name(in->type));
         return;
     }
@@ -89,7 +137,7 @@ static void on_latents(voc_service *s, const desc_t *in)
     }
     if (!r) {
         if (b->kind == DESC_BUF_NONE || k != 0) {
-            if (b->kind == DESC_BUF_SHM) pool_release(in);
+            if (b->kind != DESC_BUF_NONE) pool_release(in);
             hm_service_reply_error(reply, in->req_id, "vocoder", "%s", "latents of an unknown song (vocoder restarted mid-song)");
             stage_stat_add(s->st, "errors", 1);
             return;
@@ -124,7 +172,7 @@ static void on_latents(voc_service *s, const desc_t *in)
         const void *ptr;
         if (b->dtype != DESC_DT_F32 || b->ndim != 2 || b->shape[0] != CODEC_WIN_FRAMES || b->shape[1] != (uint64_t)s->C ||
             pool_map(in, &ptr)) {
-            if (b->kind == DESC_BUF_SHM) pool_release(in);
+            if (b->kind != DESC_BUF_NONE) pool_release(in);
             return fail_req(s, r, "malformed latents");
         }
         if (k != r->windows_done) {
@@ -134,7 +182,7 @@ static void on_latents(voc_service *s, const desc_t *in)
             return fail_req(s, r, m);
         }
         double t0 = hm_now();
-        int rc = voc_decode_window(s->model, ptr, CODEC_WIN_FRAMES, s->seg, s->pcm);
+        int rc = decode_window(s, in, ptr);
         pool_release(in);
         if (rc || xfade_push(&r->xf, s->pcm, s->seg, audio_writer_sink, r->w)) return fail_req(s, r, hm_errmsg());
         stage_stat_time(s->st, "window", hm_now() - t0);
@@ -200,6 +248,16 @@ void voc_service_free(void *state)
     for (int i = 0; i < VOC_MAX_REQUESTS; i++)
         if (s->reqs[i].used) drop_req(&s->reqs[i]);
     if (s->model) voc_free(s->model);
+#ifdef HM_CUDA
+    if (s->gm) {
+        vcc_free(s->gm);
+        cudaFree(s->lat_dev);
+        cudaFree(s->pcm_dev);
+        cudaFreeHost(s->pcm);
+        cudaStreamDestroy(s->stream);
+        s->pcm = NULL;
+    }
+#endif
     free(s->pcm);
     pool_unmap_all();
     free(s);
@@ -211,15 +269,45 @@ int voc_service_setup(stage_t *st, const hm_pipeline_cfg *cfg, int replica, void
     s->st = st;
     *state = s;
     char url[600];
-    if (voc_load(cfg->model_dir, &s->model)) return HM_ERR;
-    const hm_codec_config *cc = voc_config(s->model);
+    const hm_codec_config *cc;
+    const hm_stage_cfg *sc = &cfg->stage[HM_STAGE_VOCODER];
+#ifdef HM_CUDA
+    if (!strcmp(sc->backend, "cuda")) {
+        hmc_dtype wdt;
+        if (vcc_precision(sc->precision, &wdt) || vcc_load(cfg->model_dir, wdt, &s->gm)) return HM_ERR;
+        cc = vcc_config(s->gm);
+        LOG_INFO("backend cuda, %s weights", wdt == HMC_F32 ? "fp32" : "bf16");
+    } else
+#endif
+    {
+        if (!strcmp(sc->backend, "cuda"))
+            return hm_err("stages.vocoder.backend cuda: this build has no CUDA (make CUDA=1)");
+        if (voc_load(cfg->model_dir, &s->model)) return HM_ERR;
+        cc = voc_config(s->model);
+    }
     s->C = cc->out_channels;
     s->sr = cc->sample_rate;
     codec_plan p;
     if (codec_plan_make(1, s->sr, &p)) return HM_ERR;
     s->seg = p.seg_samples;
     s->ovl = p.ovl_samples;
-    s->pcm = hm_malloc(2 * s->seg * sizeof(float));
+    size_t hop = s->model ? (size_t)voc_hop(s->model) : 0;
+#ifdef HM_CUDA
+    if (s->gm) hop = (size_t)vcc_hop(s->gm);
+#endif
+    if ((size_t)CODEC_WIN_FRAMES * hop < s->seg)
+        return hm_err("vocoder: a window of %d frames makes fewer than the %zu samples of a segment", CODEC_WIN_FRAMES, s->seg);
+#ifdef HM_CUDA
+    if (s->gm) {
+        cudaError_t e = cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking);
+        if (e == cudaSuccess) e = cudaMalloc((void **)&s->lat_dev, sizeof(float) * CODEC_WIN_FRAMES * (size_t)s->C);
+        if (e == cudaSuccess) e = cudaMalloc((void **)&s->pcm_dev, sizeof(float) * 2 * s->seg);
+        if (e == cudaSuccess) e = cudaMallocHost((void **)&s->pcm, sizeof(float) * 2 * s->seg);
+        if (e != cudaSuccess) return hm_err("vocoder: cuda buffers: %s", cudaGetErrorString(e));
+        if (vcc_reserve(s->gm, CODEC_WIN_FRAMES)) return HM_ERR; /* the workspace now, not at the first song */
+    } else
+#endif
+        s->pcm = hm_malloc(2 * s->seg * sizeof(float));
     hm_stage_endpoint(cfg, HM_STAGE_VOCODER, replica, url, sizeof url);
     tp_endpoint_t ep = {"vocoder", url, TP_BIND, ZMQ_PULL};
     if (stage_add_socket(st, &ep, voc_on_msg, s) < 0) return HM_ERR;

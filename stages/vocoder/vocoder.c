@@ -14,43 +14,7 @@
 #include "hm.h"
 #include "safetensors.h"
 
-#define VOC_RES_UNITS 5
-static const int voc_dilations[VOC_RES_UNITS] = {1, 3, 5, 7, 9};
-
-typedef struct {
-    int cin, cout, k, dil, pad_l, pad_r;
-    float *w; /* tap-major [k, cout, cin] */
-    float *b;
-} voc_conv;
-
-typedef struct {
-    int cin, cout, k, s;
-    float *w; /* [cin, cout, k] as in the checkpoint, weight norm folded per input channel */
-    float *b;
-} voc_tconv;
-
-typedef struct {
-    voc_conv c1, c2;
-    float a1, a2; /* PReLU slopes */
-} voc_res;
-
-typedef struct {
-    voc_tconv up;
-    voc_res res[VOC_RES_UNITS];
-} voc_block;
-
-struct voc_model {
-    hm_codec_config cfg;
-    voc_conv first;
-    int n_up;
-    voc_block blk[8];
-    int has_post; /* num_samples > 1: repeat, conv, PReLU */
-    int post_rep;
-    voc_conv post;
-    float post_a;
-    voc_conv last;
-    int hop;
-};
+const int voc_dilations[VOC_RES_UNITS] = {1, 3, 5, 7, 9};
 
 /* ---- loading ------------------------------------------------------------------------------ */
 
@@ -66,10 +30,37 @@ static void fold_weight_norm(const float *g, const float *v, int rows, size_t in
     }
 }
 
-/* Load `prefix`'s weight of shape [d0, d1, k]: a weight-norm pair under either naming, or plain.
- * Returns an owned array in the checkpoint layout, NULL with an error naming the tensors. */
-static float *load_weight(st_file *f, const char *prefix, int d0, int d1, int k)
+/* Where the weights come from: a checkpoint (f), or a seeded random draw (f NULL). */
+typedef struct {
+    st_file *f;
+    uint64_t rng;
+    int bf16_exact;
+} voc_src;
+
+/* uniform(-1, 1) from a xorshift64 stream */
+static float src_uniform(voc_src *s)
 {
+    s->rng ^= s->rng << 13, s->rng ^= s->rng >> 7, s->rng ^= s->rng << 17;
+    return (float)((s->rng >> 40) * (1.0 / 8388608.0)) - 1.0f;
+}
+
+static float *src_random(voc_src *s, size_t n, float scale, float offset)
+{
+    float *v = hm_malloc(sizeof(float) * n);
+    for (size_t i = 0; i < n; i++) {
+        v[i] = offset + scale * src_uniform(s);
+        if (s->bf16_exact) v[i] = hm_bf16_to_f32(hm_f32_to_bf16(v[i]));
+    }
+    return v;
+}
+
+/* Load `prefix`'s weight of shape [d0, d1, k]: a weight-norm pair under either naming, or plain.
+ * Returns an owned array in the checkpoint layout, NULL with an error naming the tensors.
+ * Random source: uniform(-rscale, rscale). */
+static float *load_weight(voc_src *src, const char *prefix, int d0, int d1, int k, float rscale)
+{
+    st_file *f = src->f;
+    if (!f) return src_random(src, (size_t)d0 * d1 * k, rscale, 0.0f);
     char gn[300], vn[300];
     const char *pairs[2][2] = {{"parametrizations.weight.original0", "parametrizations.weight.original1"},
                                {"weight_g", "weight_v"}};
@@ -99,11 +90,23 @@ static float *load_weight(st_file *f, const char *prefix, int d0, int d1, int k)
     return st_load_f32(f, vn, 3, vs);
 }
 
-static int load_conv(st_file *f, voc_conv *c, int causal, int cin, int cout, int k, int dil, const char *fmt, ...)
-    __attribute__((format(printf, 8, 9)));
-static int load_conv(st_file *f, voc_conv *c, int causal, int cin, int cout, int k, int dil, const char *fmt, ...)
+static float *load_bias(voc_src *src, const char *prefix, int n)
 {
-    char prefix[256], bn[300];
+    if (!src->f) return src_random(src, (size_t)n, 0.05f, 0.0f);
+    char bn[300];
+    snprintf(bn, sizeof bn, "%s.bias", prefix);
+    return st_load_f32(src->f, bn, 1, (const int64_t[]){n});
+}
+
+/* Random weights: uniform(±gain·sqrt(3 / fan_in)), i.e. variance gain² / fan_in. */
+static float rand_scale(int fan_in, float gain) { return gain * sqrtf(3.0f / (float)fan_in); }
+
+static int load_conv(voc_src *src, voc_conv *c, int causal, int cin, int cout, int k, int dil, float gain,
+                     const char *fmt, ...) __attribute__((format(printf, 9, 10)));
+static int load_conv(voc_src *src, voc_conv *c, int causal, int cin, int cout, int k, int dil, float gain,
+                     const char *fmt, ...)
+{
+    char prefix[256];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(prefix, sizeof prefix, fmt, ap);
@@ -115,25 +118,24 @@ static int load_conv(st_file *f, voc_conv *c, int causal, int cin, int cout, int
     int span = dil * (k - 1);
     c->pad_l = causal ? span : span / 2;
     c->pad_r = causal ? 0 : span / 2;
-    float *w = load_weight(f, prefix, cout, cin, k);
+    float *w = load_weight(src, prefix, cout, cin, k, rand_scale(cin * k, gain));
     if (!w) return HM_ERR;
     c->w = hm_malloc(sizeof(float) * (size_t)cout * cin * k);
     conv1d_to_tap_major(w, cout, cin, k, c->w);
     free(w);
-    snprintf(bn, sizeof bn, "%s.bias", prefix);
-    c->b = st_load_f32(f, bn, 1, (const int64_t[]){cout});
+    c->b = load_bias(src, prefix, cout);
     return c->b ? HM_OK : HM_ERR;
 }
 
-static int load_prelu(st_file *f, float *a, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int load_prelu(st_file *f, float *a, const char *fmt, ...)
+static int load_prelu(voc_src *src, float *a, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int load_prelu(voc_src *src, float *a, const char *fmt, ...)
 {
     char name[256];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(name, sizeof name, fmt, ap);
     va_end(ap);
-    float *p = st_load_f32(f, name, 1, (const int64_t[]){1});
+    float *p = src->f ? st_load_f32(src->f, name, 1, (const int64_t[]){1}) : src_random(src, 1, 0.1f, 0.2f);
     if (!p) return HM_ERR;
     *a = p[0];
     free(p);
@@ -146,60 +148,53 @@ static void free_conv(voc_conv *c)
     free(c->b);
 }
 
-int voc_load(const char *model_dir, voc_model **out)
+/* The scalar-model config checks shared by voc_load and voc_init_random. */
+static int check_config(const hm_codec_config *c)
 {
-    *out = NULL;
-    voc_model *m = hm_calloc(1, sizeof *m);
-    hm_codec_config *c = &m->cfg;
-    if (hm_codec_config_load(model_dir, c)) {
-        free(m);
-        return HM_ERR;
-    }
-    int bad = 0;
-    if (!c->causal) bad = hm_err("%s/config.json: only the causal scalar model (\"causal\": true) is supported", c->dir);
-    else if (c->num_bands != 1) bad = hm_err("%s/config.json: num_bands %d, only 1 is supported", c->dir, c->num_bands);
-    else if (c->num_samples < 1) bad = hm_err("%s/config.json: num_samples %d must be >= 1", c->dir, c->num_samples);
-    for (int i = 0; !bad && i < c->n_up; i++)
+    if (!c->causal) return hm_err("%s/config.json: only the causal scalar model (\"causal\": true) is supported", c->dir);
+    if (c->num_bands != 1) return hm_err("%s/config.json: num_bands %d, only 1 is supported", c->dir, c->num_bands);
+    if (c->num_samples < 1) return hm_err("%s/config.json: num_samples %d must be >= 1", c->dir, c->num_samples);
+    if (c->n_up < 0 || c->n_up > 8) return hm_err("%s/config.json: %d upsampling blocks (at most 8)", c->dir, c->n_up);
+    for (int i = 0; i < c->n_up; i++)
         if (c->upsample_kernel_sizes[i] != 2 * c->upsample_factors[i])
-            bad = hm_err("%s/config.json: upsample kernel %d must be twice its factor %d (causal transposed conv)", c->dir,
-                         c->upsample_kernel_sizes[i], c->upsample_factors[i]);
-    if (!bad && (c->n_up > 30 || ((long)c->init_channel << c->n_up) > (1 << 20)))
-        bad = hm_err("%s/config.json: init_channel %d x 2^%d is too wide", c->dir, c->init_channel, c->n_up);
-    if (bad) {
-        free(m);
-        return HM_ERR;
-    }
-    st_file *f;
-    if (st_open(c->dir, &f)) {
-        free(m);
-        return hm_err_ctx("vocoder");
-    }
+            return hm_err("%s/config.json: upsample kernel %d must be twice its factor %d (causal transposed conv)", c->dir,
+                          c->upsample_kernel_sizes[i], c->upsample_factors[i]);
+    if (((long)c->init_channel << c->n_up) > (1 << 20))
+        return hm_err("%s/config.json: init_channel %d x 2^%d is too wide", c->dir, c->init_channel, c->n_up);
+    return HM_OK;
+}
+
+/* Fill m's layers from src (m->cfg set).  On error the partly built model is for voc_free. */
+static int build(voc_model *m, voc_src *src)
+{
+    const hm_codec_config *c = &m->cfg;
     const char *D = "scalar_model.decoder";
     int ch = c->init_channel << c->n_up;
     m->n_up = c->n_up;
     m->hop = c->num_samples;
-    int rc = load_conv(f, &m->first, 0, c->latent_hidden_dim, ch, c->delay_kernel_size, 1, "%s.0", D);
+    int rc = load_conv(src, &m->first, 0, c->latent_hidden_dim, ch, c->delay_kernel_size, 1, 1.0f, "%s.0", D);
     for (int i = 0; !rc && i < c->n_up; i++) {
         voc_block *b = &m->blk[i];
         int co = ch / 2, s = c->upsample_factors[i], k = c->upsample_kernel_sizes[i];
         char prefix[128];
         snprintf(prefix, sizeof prefix, "%s.%d.up_conv.layer", D, i + 1);
         b->up = (voc_tconv){.cin = ch, .cout = co, .k = k, .s = s};
-        b->up.w = load_weight(f, prefix, ch, co, k);
+        /* each output of the transposed conv sums cin inputs over k / s taps */
+        b->up.w = load_weight(src, prefix, ch, co, k, rand_scale(ch * k / s, 1.0f));
         if (!b->up.w) {
             rc = HM_ERR;
             break;
         }
-        char bn[160];
-        snprintf(bn, sizeof bn, "%s.bias", prefix);
-        b->up.b = st_load_f32(f, bn, 1, (const int64_t[]){co});
+        b->up.b = load_bias(src, prefix, co);
         if (!b->up.b) rc = HM_ERR;
         for (int r = 0; !rc && r < VOC_RES_UNITS; r++) {
             voc_res *u = &b->res[r];
-            rc = load_conv(f, &u->c1, 1, co, co, c->res_kernel_size, voc_dilations[r], "%s.%d.convs.%d.conv1", D, i + 1, r) ||
-                 load_conv(f, &u->c2, 1, co, co, 1, 1, "%s.%d.convs.%d.conv2", D, i + 1, r) ||
-                 load_prelu(f, &u->a1, "%s.%d.convs.%d.activation1.weight", D, i + 1, r) ||
-                 load_prelu(f, &u->a2, "%s.%d.convs.%d.activation2.weight", D, i + 1, r);
+            /* random: a small residual branch gain keeps 25 units from blowing the stream up */
+            rc = load_conv(src, &u->c1, 1, co, co, c->res_kernel_size, voc_dilations[r], 1.0f, "%s.%d.convs.%d.conv1", D,
+                           i + 1, r) ||
+                 load_conv(src, &u->c2, 1, co, co, 1, 1, 0.5f, "%s.%d.convs.%d.conv2", D, i + 1, r) ||
+                 load_prelu(src, &u->a1, "%s.%d.convs.%d.activation1.weight", D, i + 1, r) ||
+                 load_prelu(src, &u->a2, "%s.%d.convs.%d.activation2.weight", D, i + 1, r);
         }
         ch = co;
         m->hop *= s;
@@ -208,21 +203,56 @@ int voc_load(const char *model_dir, voc_model **out)
     if (!rc && c->num_samples > 1) {
         m->has_post = 1;
         m->post_rep = c->num_samples;
-        rc = load_conv(f, &m->post, 1, ch, ch, c->default_kernel_size, 1, "%s.%d.conv", D, idx) ||
-             load_prelu(f, &m->post_a, "%s.%d.activation.weight", D, idx);
+        rc = load_conv(src, &m->post, 1, ch, ch, c->default_kernel_size, 1, 1.0f, "%s.%d.conv", D, idx) ||
+             load_prelu(src, &m->post_a, "%s.%d.activation.weight", D, idx);
         idx++;
     }
-    if (!rc) rc = load_conv(f, &m->last, 1, ch, c->num_bands, c->default_kernel_size, 1, "%s.%d", D, idx);
-    if (rc) {
+    if (!rc) rc = load_conv(src, &m->last, 1, ch, c->num_bands, c->default_kernel_size, 1, 1.0f, "%s.%d", D, idx);
+    return rc;
+}
+
+int voc_load(const char *model_dir, voc_model **out)
+{
+    *out = NULL;
+    voc_model *m = hm_calloc(1, sizeof *m);
+    hm_codec_config *c = &m->cfg;
+    if (hm_codec_config_load(model_dir, c) || check_config(c)) {
+        free(m);
+        return HM_ERR;
+    }
+    voc_src src = {0};
+    if (st_open(c->dir, &src.f)) {
+        free(m);
+        return hm_err_ctx("vocoder");
+    }
+    if (build(m, &src)) {
         char msg[512];
         snprintf(msg, sizeof msg, "%s", hm_errmsg());
-        st_close(f);
+        st_close(src.f);
         voc_free(m);
         return hm_err("vocoder (%s): %s", model_dir, msg);
     }
     static const char *const ignore[] = {"flow_matching.", "scalar_model.encoder."};
-    st_report_unused(f, ignore, HM_ARRAY_LEN(ignore));
-    st_close(f);
+    st_report_unused(src.f, ignore, HM_ARRAY_LEN(ignore));
+    st_close(src.f);
+    *out = m;
+    return HM_OK;
+}
+
+int voc_init_random(const hm_codec_config *cfg, uint64_t seed, int bf16_exact, voc_model **out)
+{
+    *out = NULL;
+    voc_model *m = hm_calloc(1, sizeof *m);
+    m->cfg = *cfg;
+    if (check_config(&m->cfg)) {
+        free(m);
+        return HM_ERR;
+    }
+    voc_src src = {NULL, seed * 0x9E3779B97F4A7C15ull | 1, bf16_exact};
+    if (build(m, &src)) {
+        voc_free(m);
+        return HM_ERR;
+    }
     *out = m;
     return HM_OK;
 }

@@ -6,8 +6,13 @@
 #define HM_VOCODER_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "modelcfg.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
 
 typedef struct voc_model voc_model;
 
@@ -29,5 +34,55 @@ int voc_decode(const voc_model *m, const float *latent, int n, float *pcm);
  * -> left, second -> right) -> pcm [2, n_keep] (the first n_keep <= n*hop samples of each
  * channel; the reference keeps 1428480 of 744 frames). */
 int voc_decode_window(const voc_model *m, const float *lat, int n, size_t n_keep, float *pcm);
+
+/* A model of cfg's sizes (the scalar-model fields; causal, num_bands 1, kernels = 2 x factors)
+ * with seeded uniform random weights, biases and PReLU slopes, scaled so activations stay O(1)
+ * through the release's depth (benchmarks, GPU checks).  bf16_exact: every weight and bias is a
+ * bf16 value, so a device copy in bf16 holds exactly the same model.  *out owned by the caller. */
+int voc_init_random(const hm_codec_config *cfg, uint64_t seed, int bf16_exact, voc_model **out);
+
+/* ---- the loaded layers, for device backends (kernels/vocoder_cuda.cu uploads them) ----------
+ * Read-only outside vocoder.c.  Weight norm is already folded into every w. */
+#define VOC_RES_UNITS 5
+extern const int voc_dilations[VOC_RES_UNITS];
+
+typedef struct {
+    int cin, cout, k, dil, pad_l, pad_r;
+    float *w; /* tap-major [k, cout, cin] */
+    float *b;
+} voc_conv;
+
+typedef struct {
+    int cin, cout, k, s;
+    float *w; /* [cin, cout, k] as in the checkpoint, weight norm folded per input channel */
+    float *b;
+} voc_tconv;
+
+typedef struct {
+    voc_conv c1, c2;
+    float a1, a2; /* PReLU slopes */
+} voc_res;
+
+typedef struct {
+    voc_tconv up;
+    voc_res res[VOC_RES_UNITS];
+} voc_block;
+
+struct voc_model {
+    hm_codec_config cfg;
+    voc_conv first;   /* latent_hidden_dim -> init_channel << n_up, k delay_kernel_size, not causal */
+    int n_up;
+    voc_block blk[8];
+    int has_post;     /* num_samples > 1: repeat every sample post_rep times, conv, PReLU */
+    int post_rep;
+    voc_conv post;
+    float post_a;
+    voc_conv last;    /* -> num_bands (1) channel, causal */
+    int hop;          /* output samples per latent frame */
+};
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

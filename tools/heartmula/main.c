@@ -393,6 +393,7 @@ static int wait_done(void *pull, const pipe_t *p, const desc_t *req_desc, const 
     uint64_t req = req_desc->req_id;
     double t0 = hm_now(), last = t0, last_check = t0;
     int64_t pids[HM_STAGE_COUNT], now_pids[HM_STAGE_COUNT];
+    double first_audio = -1;
     stage_pids(&p->cfg, req, 1000, pids);
     for (;;) {
         if (g_interrupted) return hm_err("interrupted");
@@ -434,13 +435,18 @@ static int wait_done(void *pull, const pipe_t *p, const desc_t *req_desc, const 
             return HM_ERR;
         }
         if (d.type == DESC_REPLY && desc_param(&d, "frames")) progress(tty, t0, desc_i64_or(&d, "frames", 0), max_frames, "generating");
+        if (d.type == DESC_REPLY && first_audio < 0 && desc_param(&d, "window")) {
+            const char *st = "";
+            desc_get_str(&d, "stage", &st);
+            if (!strcmp(st, "vocoder")) first_audio = hm_now() - t0; /* the first window's audio is on disk */
+        }
         if (d.type == DESC_AUDIO_DONE) {
             if (tty) fprintf(stderr, "\r\033[K");
             int64_t frames = desc_i64_or(&d, "frames", 0), samples = desc_i64_or(&d, "samples", 0);
             double el = hm_now() - t0;
             if (samples > 0)
-                fprintf(stderr, "wrote %s: %lld frames, %.2f s of audio in %.1f s (RTF %.2f)\n", out, (long long)frames,
-                        samples / 48000.0, el, el / (samples / 48000.0));
+                fprintf(stderr, "wrote %s: %lld frames, %.2f s of audio in %.2f s (RTF %.3f, first audio after %.2f s)\n", out,
+                        (long long)frames, samples / 48000.0, el, el / (samples / 48000.0), first_audio >= 0 ? first_audio : el);
             else
                 fprintf(stderr, "wrote %s: %lld frames in %.1f s\n", out, (long long)frames, el);
             desc_free(&d);
@@ -577,7 +583,7 @@ static int cmd_stats(const opts_t *o)
     const char *cfgpath = o->config ? o->config : "pipeline.yaml";
     if (hm_config_load(cfgpath, &c)) return HM_ERR;
     if (!running(&c)) return hm_err("no pipeline runs in '%s' (start one: bin/hm-launch --config %s)", c.run_dir, cfgpath);
-    printf("%-17s %-6s %s\n", "stage", "state", "counters (c.*) and latencies (l.*: count, p50/p99/max ms)");
+    printf("%-17s %-6s %s\n", "stage", "state", "counters (c.*) and latencies (l.*: count, p50/p99/max/sum ms)");
     int ok = 0;
     for (int s = 0; s < HM_STAGE_COUNT; s++)
         for (int r = 0; r < c.stage[s].replicas; r++) {

@@ -1,0 +1,657 @@
+/* gemv_quant.cu - decode GEMV on quantised weights (fp8 e4m3 with a per-row scale; NVFP4), the
+ * quantisers that produce them from bf16 on the device, the bf16 dequantiser used by prefill, and
+ * the Blackwell block-scaled NVFP4 GEMM through cuBLASLt (built here, runs only on sm_100/sm_120).
+ * CPU twin: dequantise (tests/gpu_quant.c decodes the same bytes) then the dot products.
+ *
+ * Why tensor cores in a GEMV: the fp32 GEMV converts every weight to fp32 and reads an fp32
+ * activation from shared memory per weight; at 1 byte (or half a byte) per weight that work, not
+ * the memory, is the limit.  Here each 16-byte weight word is converted to f16 pairs (one
+ * cvt.rn.f16x2.e4m3x2 per two fp8; NVFP4 nibbles by two shifts and a lop3 per pair, then one
+ * multiply by the block scale) and fed as the B operand of mma.m16n8k16 (f16 in, fp32
+ * accumulate): a warp covers 8 weight rows (B's 8 columns) and the activation rows are A's first
+ * R (<= 4) rows, the other 12 rows zero.  Accumulation is fp32 in the tensor core, so the only
+ * rounding beyond the weights' own is the activations' f16 (2^-11 relative): each activation row
+ * is staged times a power of two that puts its largest value just under 2^15, and the result is
+ * multiplied back.
+ *
+ * Weight layouts (what hmc_quantize_* write and hmc_gemv reads):
+ *   HMC_FP8    W: e4m3 [N][K];  w_scale: fp32 [N] (w = e4m3 · scale[n]).
+ *   HMC_NVFP4  W: e2m1 [N][K/2] (byte b of a row: element 2b in the low nibble, 2b+1 in the high),
+ *              then, in the same allocation, e4m3 block scales [N][K/16]; w_scale: one fp32
+ *              (w = e2m1 · block scale · tensor scale).  hmc_weight_bytes gives the size.
+ * In the MMA, the k order inside a thread's word is free as long as A and B agree: NVFP4 pairs
+ * come out of a 32-bit word as elements (i, i+4), so the activations are staged in that order
+ * within each group of 8. */
+#include "common_cuda.h"
+#include "ops_cuda.h"
+
+#include <cublasLt.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+
+namespace {
+
+constexpr int QWARPS = 8;
+int q_sms;
+int q_bps = 4;     /* cap on resident blocks per SM (occupancy decides below it) */
+int q_multi_acc;   /* 1: several MMA accumulator chains per warp (knob, not measured yet) */
+int q_self_pf;     /* L2 prefetch of a warp's own segment beyond the loads in flight (knob; off:
+                      measured slower in a whole frame on H100, 4.18 -> 4.28 ms fp8) */
+
+__device__ __forceinline__ uint4 ldw_q(const uint4 *p)
+{
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
+
+/* ask L2 for [p, p + bytes) (16-byte aligned, a multiple of 16; sm_90 bulk prefetch) */
+__device__ __forceinline__ void l2_pf(const void *p, uint32_t bytes)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (bytes) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+#endif
+}
+
+/* two e4m3 (low byte -> low half) to f16x2 */
+__device__ __forceinline__ uint32_t e4m3x2_to_h2(uint32_t v16)
+{
+    __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)v16, __NV_E4M3);
+    return (uint32_t)h.x | ((uint32_t)h.y << 16);
+}
+
+/* nibbles p and p+4 of x (e2m1) as f16x2 of value · 2^-14: sign to bit 15, exponent+mantissa to
+ * bits 9..11 (the f16 subnormal / normal encodings then scale exactly like e2m1's) */
+template <int P> __device__ __forceinline__ uint32_t e2m1_pair(uint32_t x)
+{
+    const uint32_t s = P < 3 ? x << (12 - 4 * P) : x;
+    const uint32_t m = P < 3 ? x << (9 - 4 * P) : x >> 3;
+    return (s & 0x80008000u) | (m & 0x0E000E00u);
+}
+
+__device__ __forceinline__ uint32_t hmul2u(uint32_t a, uint32_t b)
+{
+    __half2 r = __hmul2(*reinterpret_cast<__half2 *>(&a), *reinterpret_cast<__half2 *>(&b));
+    return *reinterpret_cast<uint32_t *>(&r);
+}
+
+/* c += A · B for one m16n8k16 tile; A rows 8..15 (a1, a3) are zero here */
+__device__ __forceinline__ void mma_f16(float (&c)[4], uint32_t a0, uint32_t a2, uint32_t b0, uint32_t b1)
+{
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
+}
+
+/* Stage the R input rows as f16 into xs [R][ldxs] (SwiGLU / RMSNorm·scale applied, times a
+ * per-row power of two p), with the NVFP4 pair order if PERM.  rs[r] gets 1/(rms · p) (RMSNorm)
+ * or 1/p: the factor that turns the MMA sums back into the GEMV result.  Two passes over x (it is
+ * small and in L2): the first finds each row's largest |value| and sum of squares. */
+template <int R, bool PERM>
+__device__ __forceinline__ void stage_h(__half *xs, int ldxs, const float *__restrict__ x, int ldx, int K, int in_mode,
+                                        const float *__restrict__ nscale, float eps, float (*red)[R][QWARPS],
+                                        float *rs, float *xc)
+{
+    const int K8 = K / 8;
+    const bool norm = in_mode == HMC_IN_RMSNORM, swi = in_mode == HMC_IN_SWIGLU;
+    auto value8 = [&](int r, int i, float *v, float *ss) {
+        const float4 *x4 = reinterpret_cast<const float4 *>(x + (size_t)r * ldx) + 2 * i;
+        float4 a = x4[0], b = x4[1];
+        v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+        if (swi) {
+            const float4 *u4 = reinterpret_cast<const float4 *>(x + (size_t)r * ldx + K) + 2 * i;
+            float4 c = u4[0], d = u4[1];
+            float u[8] = {c.x, c.y, c.z, c.w, d.x, d.y, d.z, d.w};
+#pragma unroll
+            for (int j = 0; j < 8; j++) v[j] = v[j] / (1.0f + __expf(-v[j])) * u[j];
+        } else if (norm) {
+            const float4 *s4 = reinterpret_cast<const float4 *>(nscale) + 2 * i;
+            float4 c = s4[0], d = s4[1];
+            float sc[8] = {c.x, c.y, c.z, c.w, d.x, d.y, d.z, d.w};
+#pragma unroll
+            for (int j = 0; j < 8; j++) *ss += v[j] * v[j], v[j] *= sc[j];
+        }
+    };
+    float ss[R], mx[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) ss[r] = 0.0f, mx[r] = 0.0f;
+    for (int i = threadIdx.x; i < K8; i += blockDim.x)
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            float v[8];
+            value8(r, i, v, &ss[r]);
+#pragma unroll
+            for (int j = 0; j < 8; j++) mx[r] = fmaxf(mx[r], fabsf(v[j]));
+            if (xc) { /* the second pass reads shared memory instead of x again */
+                float4 *c4 = reinterpret_cast<float4 *>(xc + (size_t)r * K + 8 * i);
+                c4[0] = make_float4(v[0], v[1], v[2], v[3]), c4[1] = make_float4(v[4], v[5], v[6], v[7]);
+            }
+        }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        float a = warp_sum(ss[r]), b = warp_max(mx[r]);
+        if (lane == 0) red[0][r][warp] = a, red[1][r][warp] = b;
+    }
+    __syncthreads();
+    float p[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        float a = 0.0f, b = 0.0f;
+#pragma unroll
+        for (int w = 0; w < QWARPS; w++) a += red[0][r][w], b = fmaxf(b, red[1][r][w]);
+        int e = 0;
+        if (b > 0.0f && isfinite(b)) frexpf(b, &e); /* b < 2^e */
+        e = min(max(15 - e, -100), 100);
+        p[r] = ldexpf(1.0f, e);
+        const float rms = norm ? rsqrtf(a / (float)K + eps) : 1.0f;
+        rs[r] = rms * ldexpf(1.0f, -e);
+    }
+    for (int i = threadIdx.x; i < K8; i += blockDim.x)
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            float v[8], dummy = 0.0f;
+            if (xc) {
+                const float4 *c4 = reinterpret_cast<const float4 *>(xc + (size_t)r * K + 8 * i);
+                float4 a = c4[0], b = c4[1];
+                v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+            } else {
+                value8(r, i, v, &dummy);
+            }
+            __half h[8];
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                const int pos = PERM ? 2 * (j & 3) + (j >> 2) : j;
+                h[pos] = __float2half_rn(v[j] * p[r]);
+            }
+            *reinterpret_cast<uint4 *>(xs + (size_t)r * ldxs + 8 * i) = *reinterpret_cast<uint4 *>(h);
+        }
+    __syncthreads();
+}
+
+/* Q = 0: fp8 (16 weights per 16-byte word), Q = 1: NVFP4 (32 weights per word + 2 block scales).
+ * A warp takes a tile of 8 rows (its lane's group g = lane / 4 loads row 8·tile + g; t = lane % 4
+ * the words t, t + 4, ... of the warp's K segment, U per step, double-buffered); KS warps split a
+ * tile's K and add their sums in shared memory; a block takes 8/KS tiles per step of a
+ * persistent loop.  MMA output: lane (g, t) holds rows 2t, 2t+1 of the tile for input row g. */
+template <int Q, int R, int KS, int U, int NACC>
+__global__ void __launch_bounds__(QWARPS * 32)
+gemvq_kernel(const uint8_t *__restrict__ W, const float *__restrict__ wscale, int N, int K,
+             const float *__restrict__ x, int ldx, int in_mode, const float *__restrict__ nscale, float eps,
+             float *__restrict__ y, int ldy, int accumulate, int out_swiglu, int xcache, int self_pf,
+             const char *__restrict__ pf, size_t pf_bytes)
+{
+    constexpr int QK = Q == 0 ? 16 : 32;
+    constexpr int PPB = QWARPS / KS;
+    extern __shared__ uint4 q_smem[];
+    __half *xs = reinterpret_cast<__half *>(q_smem);
+    __shared__ float red[2][R][QWARPS];
+    __shared__ float part[KS > 1 ? QWARPS : 1][R][8];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int grp = warp / KS, sub = warp % KS;
+    const int ntiles = (N + 7) >> 3, KW = K / QK, ldxs = K + 8;
+    const int seg = (KW + KS - 1) / KS, s0 = min(KW, sub * seg), s1 = min(KW, s0 + seg);
+    const size_t rowbytes = Q == 0 ? (size_t)K : (size_t)K / 2;
+    const uint8_t *bsc = W + (size_t)N * rowbytes; /* NVFP4 block scales [N][K/16] */
+    const int tstride = gridDim.x * PPB;
+
+    uint4 cur[U];
+    uint32_t cs[U];
+    auto load = [&](uint4 (&d)[U], uint32_t (&ds)[U], int tile, int base) {
+        const int row = min(tile * 8 + g, N - 1);
+        const uint4 *rp = reinterpret_cast<const uint4 *>(W + (size_t)row * rowbytes);
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int w = base + t + 4 * u;
+            const bool ok = tile < ntiles && w < s1;
+            d[u] = ok ? ldw_q(rp + w) : make_uint4(0, 0, 0, 0);
+            if (Q == 1)
+                ds[u] = ok ? (uint32_t)__ldg(reinterpret_cast<const unsigned short *>(bsc + (size_t)row * (K / 16)) + w)
+                           : 0u;
+        }
+    };
+
+    /* the words of a tile's segment past the first step, asked from L2 by one lane per row: the
+     * warp's later steps then wait for L2, not DRAM */
+    auto prefetch_rest = [&](int tile) {
+        const int w0 = s0 + 4 * U;
+        if (!self_pf || t != 0 || tile >= ntiles || w0 >= s1) return;
+        const size_t row = (size_t)min(tile * 8 + g, N - 1);
+        l2_pf(W + row * rowbytes + (size_t)w0 * 16, (uint32_t)(s1 - w0) * 16);
+        if (Q == 1) { /* the block scales: 2 bytes per word, whole 16-byte units inside the table */
+            const size_t tot = ((size_t)N * (K / 16)) & ~(size_t)15;
+            size_t b0 = (row * (K / 16) + 2 * (size_t)w0) & ~(size_t)15, b1 = row * (K / 16) + 2 * (size_t)s1;
+            b1 = min((b1 + 15) & ~(size_t)15, tot);
+            if (b1 > b0) l2_pf(bsc + b0, (uint32_t)(b1 - b0));
+        }
+    };
+
+    int bt = blockIdx.x * PPB;
+    pdl_trigger();
+    load(cur, cs, bt + grp, s0); /* weights only: before waiting for the previous op */
+    prefetch_rest(bt + grp);
+    pdl_wait();
+    float rs[R];
+    stage_h<R, Q == 1>(xs, ldxs, x, ldx, K, in_mode, nscale, eps, red, rs,
+                       xcache ? reinterpret_cast<float *>(xs + (size_t)R * ldxs) : nullptr);
+    float rsg = 0.0f; /* this lane's input row's factor */
+#pragma unroll
+    for (int r = 0; r < R; r++)
+        if (r == g) rsg = rs[r];
+    const float tsc = Q == 1 ? wscale[0] * 128.0f : 1.0f; /* NVFP4: block scales were staged x128 */
+    const __half *xrow = xs + (size_t)min(g, R - 1) * ldxs;
+
+    for (; bt < ntiles; bt += tstride) {
+        const int tile = bt + grp;
+        /* independent accumulators: consecutive MMAs into one would wait for each other */
+        float ca[NACC][4];
+#pragma unroll
+        for (int i = 0; i < NACC; i++) ca[i][0] = ca[i][1] = ca[i][2] = ca[i][3] = 0.0f;
+        prefetch_rest(tile + tstride); /* the next tile's rest (its first step comes with the last one here) */
+        for (int base = s0;; base += 4 * U) {
+            uint4 nxt[U];
+            uint32_t ns[U];
+            if (base + 4 * U < s1) load(nxt, ns, tile, base + 4 * U);
+            else load(nxt, ns, tile + tstride, s0); /* the next tile's first step */
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                const int w = base + t + 4 * u;
+                const bool act = g < R && w < s1;
+                const uint32_t wr[4] = {cur[u].x, cur[u].y, cur[u].z, cur[u].w};
+                if (Q == 0) {
+                    uint4 x0 = make_uint4(0, 0, 0, 0), x1 = x0;
+                    if (act) {
+                        const uint4 *xp = reinterpret_cast<const uint4 *>(xrow + (size_t)w * 16);
+                        x0 = xp[0], x1 = xp[1];
+                    }
+                    const uint32_t a[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+#pragma unroll
+                    for (int j = 0; j < 4; j++)
+                        mma_f16(ca[u % NACC], a[2 * j], a[2 * j + 1], e4m3x2_to_h2(wr[j] & 0xffffu),
+                                e4m3x2_to_h2(wr[j] >> 16));
+                } else {
+                    uint32_t a[16];
+#pragma unroll
+                    for (int q = 0; q < 4; q++) {
+                        uint4 v = make_uint4(0, 0, 0, 0);
+                        if (act) v = reinterpret_cast<const uint4 *>(xrow + (size_t)w * 32)[q];
+                        a[4 * q] = v.x, a[4 * q + 1] = v.y, a[4 * q + 2] = v.z, a[4 * q + 3] = v.w;
+                    }
+                    const uint32_t s2 = hmul2u(e4m3x2_to_h2(cs[u]), 0x58005800u); /* x128 in f16 */
+                    const uint32_t sa = (s2 & 0xffffu) * 0x10001u, sb = (s2 >> 16) * 0x10001u;
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        const uint32_t bs = i < 2 ? sa : sb;
+                        const uint32_t b0 = hmul2u(e2m1_pair<0>(wr[i]), bs), b1 = hmul2u(e2m1_pair<1>(wr[i]), bs);
+                        const uint32_t b2 = hmul2u(e2m1_pair<2>(wr[i]), bs), b3 = hmul2u(e2m1_pair<3>(wr[i]), bs);
+                        mma_f16(ca[u % NACC], a[4 * i], a[4 * i + 1], b0, b1);
+                        mma_f16(ca[u % NACC], a[4 * i + 2], a[4 * i + 3], b2, b3);
+                    }
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < U; u++) cur[u] = nxt[u], cs[u] = ns[u];
+            if (base + 4 * U >= s1) break;
+        }
+        float c[2] = {ca[0][0], ca[0][1]};
+#pragma unroll
+        for (int i = 1; i < NACC; i++) c[0] += ca[i][0], c[1] += ca[i][1];
+        if (KS > 1) {
+            if (g < R) part[warp][g][2 * t] = c[0], part[warp][g][2 * t + 1] = c[1];
+            __syncthreads();
+            if (sub == 0 && g < R)
+#pragma unroll
+                for (int k = 1; k < KS; k++) c[0] += part[warp + k][g][2 * t], c[1] += part[warp + k][g][2 * t + 1];
+            __syncthreads();
+        }
+        if (sub == 0 && g < R && tile < ntiles) {
+            const int n = tile * 8 + 2 * t;
+            const float f0 = rsg * (Q == 0 ? wscale[min(n, N - 1)] : tsc);
+            const float f1 = rsg * (Q == 0 ? wscale[min(n + 1, N - 1)] : tsc);
+            if (out_swiglu) {
+                if (n >= N) continue;
+                const float gt = c[0] * f0, up = c[1] * f1;
+                y[(size_t)g * ldy + n / 2] = gt / (1.0f + __expf(-gt)) * up;
+            } else {
+                float *yp = y + (size_t)g * ldy + n;
+                if (n < N) yp[0] = accumulate ? yp[0] + c[0] * f0 : c[0] * f0;
+                if (n + 1 < N) yp[1] = accumulate ? yp[1] + c[1] * f1 : c[1] * f1;
+            }
+        }
+    }
+    /* done with this block's rows: a share of the next op's weights into L2 (hmc_gemv_args.pf) */
+    if (pf_bytes && threadIdx.x < 32) {
+        const size_t share = ((pf_bytes + gridDim.x - 1) / gridDim.x + 15) & ~(size_t)15, b0 = blockIdx.x * share;
+        const size_t len = b0 < pf_bytes ? min(share, pf_bytes - b0) & ~(size_t)15 : 0;
+        const size_t piece = ((len + 31) / 32 + 15) & ~(size_t)15; /* a piece per lane */
+        const size_t o = (size_t)threadIdx.x * piece;
+        if (o < len) l2_pf(pf + b0 + o, (uint32_t)min(piece, len - o));
+    }
+}
+
+template <int Q, int R, int KS, int NACC>
+int launch_q(const hmc_gemv_args *a, cudaStream_t s)
+{
+    constexpr int U = 4;
+    auto kern = gemvq_kernel<Q, R, KS, U, NACC>;
+    /* room for the fp32 inputs too when small: staging then reads x once */
+    const size_t hbytes = (size_t)R * (a->K + 8) * sizeof(__half), cbytes = (size_t)R * a->K * sizeof(float);
+    const int xcache = hbytes + cbytes <= 48 * 1024;
+    const size_t smem = hbytes + (xcache ? cbytes : 0);
+    static int attr_set;
+    static size_t occ_smem = (size_t)-1;
+    static int occ;
+    if (!attr_set) {
+        CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024));
+        attr_set = 1;
+    }
+    if (!q_sms) {
+        int dev;
+        CK(cudaGetDevice(&dev));
+        CK(cudaDeviceGetAttribute(&q_sms, cudaDevAttrMultiProcessorCount, dev));
+    }
+    if (smem != occ_smem) {
+        CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, QWARPS * 32, smem));
+        if (occ < 1) return hm_err("%s:%d: gemv quant: no occupancy for %zu bytes of shared memory", __FILE__, __LINE__, smem);
+        occ_smem = smem;
+    }
+    const int tiles = (a->N + 7) / 8, ppb = QWARPS / KS;
+    const int blocks = HM_MIN((tiles + ppb - 1) / ppb, q_sms * HM_MIN(occ, q_bps));
+    const char *pf = nullptr;
+    size_t pf_bytes = 0;
+    if (a->pf && a->pf_bytes > 16) { /* whole 16-byte units only */
+        const uintptr_t p0 = ((uintptr_t)a->pf + 15) & ~(uintptr_t)15, p1 = ((uintptr_t)a->pf + a->pf_bytes) & ~(uintptr_t)15;
+        if (p1 > p0) pf = (const char *)p0, pf_bytes = p1 - p0;
+    }
+    return launch_pdl(kern, dim3(blocks), dim3(QWARPS * 32), smem, s, (const uint8_t *)a->W, a->w_scale, a->N, a->K,
+                      a->x, a->ldx, a->in_mode, a->norm_scale, a->eps, a->y, a->ldy, a->accumulate, a->out_swiglu,
+                      xcache, q_self_pf, pf, pf_bytes);
+}
+
+/* Warps per tile: as many as keep >= 3 steps (4·U words per row) per warp, doubled (down to 1.5
+ * steps) while the tiles times warps stay under 1024 (few rows: more warps on each).  Measured on
+ * H100 (tests/gpu_quant.c ops, docs/PERF.md).  variant 1..4 forces 1/2/4/8. */
+template <int Q, int R>
+int launch_ks(const hmc_gemv_args *a, cudaStream_t s)
+{
+    int v = a->variant;
+    if (v < 1 || v > 4) {
+        const int steps = (a->K / (Q == 0 ? 16 : 32) + 15) / 16, tiles = (a->N + 7) / 8;
+        int ks = 1;
+        while (ks < 8 && steps >= 3 * 2 * ks) ks *= 2;
+        while (ks < 8 && tiles * ks < 1024 && 2 * steps >= 3 * 2 * ks) ks *= 2;
+        v = ks == 1 ? 1 : ks == 2 ? 2 : ks == 4 ? 3 : 4;
+    }
+    /* MMA accumulator chains per warp: 1 is what docs/PERF.md measured; the knob's 2 (fp8, 80
+     * registers) / 4 (nvfp4, 124-128) shorten the chain of dependent MMAs in a step but are not
+     * measured yet; built for 2 input rows only (the B = 2 decode; compile time) */
+    constexpr int MA = R != 2 ? 1 : Q == 0 ? 2 : 4;
+    switch (v) {
+    case 1: return q_multi_acc ? launch_q<Q, R, 1, MA>(a, s) : launch_q<Q, R, 1, 1>(a, s);
+    case 2: return q_multi_acc ? launch_q<Q, R, 2, MA>(a, s) : launch_q<Q, R, 2, 1>(a, s);
+    case 3: return q_multi_acc ? launch_q<Q, R, 4, MA>(a, s) : launch_q<Q, R, 4, 1>(a, s);
+    default: return q_multi_acc ? launch_q<Q, R, 8, MA>(a, s) : launch_q<Q, R, 8, 1>(a, s);
+    }
+}
+
+template <int Q>
+int launch_rows(const hmc_gemv_args *a, cudaStream_t s)
+{
+    switch (a->rows) {
+    case 1: return launch_ks<Q, 1>(a, s);
+    case 2: return launch_ks<Q, 2>(a, s);
+    case 3: return launch_ks<Q, 3>(a, s);
+    case 4: return launch_ks<Q, 4>(a, s);
+    default: return hm_err("%s:%d: gemv quant: rows %d not in 1..4", __FILE__, __LINE__, a->rows);
+    }
+}
+
+/* ---- quantisers and dequantiser ---- */
+
+__device__ __forceinline__ float bf16f(const __nv_bfloat16 *p, size_t i) { return __bfloat162float(p[i]); }
+
+/* tensor amax as float bits (non-negative floats order like their bit patterns) */
+__global__ void amax_kernel(const __nv_bfloat16 *__restrict__ W, size_t n, unsigned *out)
+{
+    __shared__ float red[32];
+    float m = 0.0f;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        m = fmaxf(m, fabsf(bf16f(W, i)));
+    m = block_max(m, red);
+    if (threadIdx.x == 0) atomicMax(out, __float_as_uint(m));
+}
+
+/* e2m1 code of v (|v| <= 6 after scaling), round to nearest, ties to the even code */
+__device__ __forceinline__ uint32_t to_e2m1(float v)
+{
+    const float a = fabsf(v);
+    uint32_t c = a <= 0.25f ? 0 : a < 0.75f ? 1 : a <= 1.25f ? 2 : a < 1.75f ? 3 : a <= 2.5f ? 4 : a < 3.5f ? 5
+               : a <= 5.0f ? 6 : 7;
+    return c | (v < 0.0f && c ? 8u : 0u);
+}
+
+/* one thread per block of 16: its e4m3 scale and 8 bytes of nibbles */
+__global__ void nvfp4_kernel(const __nv_bfloat16 *__restrict__ W, size_t nblocks, const unsigned *amax_bits,
+                             uint8_t *__restrict__ Wq, size_t nvals, float *tscale)
+{
+    const size_t b = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    const float amax = __uint_as_float(*amax_bits);
+    const float gs = amax > 0.0f ? amax / (6.0f * 448.0f) : 1.0f;
+    if (b == 0) *tscale = gs; /* read by later kernels only */
+    if (b >= nblocks) return;
+    float v[16], bm = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 16; i++) v[i] = bf16f(W, b * 16 + i), bm = fmaxf(bm, fabsf(v[i]));
+    __nv_fp8_e4m3 s8(fminf(bm / (6.0f * gs), 448.0f));
+    const float sd = float(s8) * gs, inv = sd > 0.0f ? 1.0f / sd : 0.0f;
+    uint32_t lo = 0, hi = 0;
+#pragma unroll
+    for (int i = 0; i < 8; i++) lo |= to_e2m1(v[i] * inv) << (4 * i), hi |= to_e2m1(v[8 + i] * inv) << (4 * i);
+    reinterpret_cast<uint2 *>(Wq)[b] = make_uint2(lo, hi);
+    Wq[nvals / 2 + b] = s8.__x;
+}
+
+/* e2m1 code -> value, by the same bit placement as e2m1_pair (no table: indexed arrays go to local memory) */
+__device__ __forceinline__ float e2m1_val(uint32_t c)
+{
+    return __half2float(__ushort_as_half((unsigned short)(((c & 8u) << 12) | ((c & 7u) << 9)))) * 16384.0f;
+}
+
+__global__ void dequant_kernel(const uint8_t *__restrict__ Wq, int q, const float *__restrict__ scale, int N, int K,
+                               __nv_bfloat16 *__restrict__ out)
+{
+    const size_t n16 = (size_t)N * K / 16;
+    for (size_t b = blockIdx.x * (size_t)blockDim.x + threadIdx.x; b < n16; b += (size_t)gridDim.x * blockDim.x) {
+        const size_t row = b * 16 / K;
+        __nv_bfloat16 o[16];
+        if (q == 0) {
+            const uint4 w = reinterpret_cast<const uint4 *>(Wq)[b];
+            const uint8_t *p = reinterpret_cast<const uint8_t *>(&w);
+            const float s = scale[row];
+#pragma unroll
+            for (int i = 0; i < 16; i++) {
+                __nv_fp8_e4m3 e;
+                e.__x = p[i];
+                o[i] = __float2bfloat16(float(e) * s);
+            }
+        } else {
+            const uint2 w = reinterpret_cast<const uint2 *>(Wq)[b];
+            __nv_fp8_e4m3 e;
+            e.__x = Wq[(size_t)N * K / 2 + b];
+            const float s = float(e) * scale[0];
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                o[i] = __float2bfloat16(e2m1_val((w.x >> (4 * i)) & 15) * s);
+                o[8 + i] = __float2bfloat16(e2m1_val((w.y >> (4 * i)) & 15) * s);
+            }
+        }
+        reinterpret_cast<uint4 *>(out)[2 * b] = reinterpret_cast<uint4 *>(o)[0];
+        reinterpret_cast<uint4 *>(out)[2 * b + 1] = reinterpret_cast<uint4 *>(o)[1];
+    }
+}
+
+/* ---- Blackwell: NVFP4 x NVFP4 GEMM by cuBLASLt's block-scaled path (compile-only on this Hopper
+ * build machine; sm_100 / sm_120 at run time) ---- */
+
+/* cuBLASLt's 1-D block-scale layout: tiles of 128 rows x 4 scale columns (512 bytes, rows padded to
+ * 128, scale columns to 4), tiles along K inner; inside a tile row r, column c sit at
+ * (r % 32) * 16 + (r / 32) * 4 + c. */
+__global__ void swizzle_kernel(const uint8_t *__restrict__ in, int rows, int cols, int ctiles, uint8_t *__restrict__ out)
+{
+    const int r = blockIdx.y * 128 + threadIdx.x / 4 % 32 + 32 * (threadIdx.x / 128);
+    const int c = blockIdx.x * 4 + threadIdx.x % 4;
+    const size_t tile = (size_t)blockIdx.y * ctiles + blockIdx.x;
+    const int rr = r % 128;
+    out[tile * 512 + (rr % 32) * 16 + (rr / 32) * 4 + c % 4] = r < rows && c < cols ? in[(size_t)r * cols + c] : 0;
+}
+
+__global__ void mul_kernel(const float *a, const float *b, float *out) { *out = *a * *b; }
+
+cublasLtHandle_t q_lt;
+float *q_consts; /* device: alpha, beta 0, beta 1 */
+
+} // namespace
+
+extern "C" size_t hmc_nvfp4_swizzled_bytes(int rows, int K)
+{
+    return (size_t)((rows + 127) / 128) * 128 * (size_t)((K / 16 + 3) / 4) * 4;
+}
+
+extern "C" int hmc_nvfp4_swizzle_scales(const void *Wq, int rows, int K, void *out, cudaStream_t s)
+{
+    if (K % 32) return hm_err("%s:%d: nvfp4 swizzle: K %d", __FILE__, __LINE__, K);
+    const int cols = K / 16, ctiles = (cols + 3) / 4;
+    swizzle_kernel<<<dim3(ctiles, (rows + 127) / 128), 512, 0, s>>>((const uint8_t *)Wq + (size_t)rows * K / 2, rows,
+                                                                    cols, ctiles, (uint8_t *)out);
+    CK_LAUNCH();
+    return HM_OK;
+}
+
+extern "C" int hmc_gemm_nvfp4(const void *xq, const void *x_sw, const float *x_ts, const void *wq, const void *w_sw,
+                              const float *w_ts, float *y, int M, int N, int K, int accumulate, cudaStream_t s)
+{
+#if CUBLAS_VER_MAJOR > 12 || (CUBLAS_VER_MAJOR == 12 && CUBLAS_VER_MINOR >= 8)
+    int dev, major;
+    CK(cudaGetDevice(&dev));
+    CK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    if (major != 10 && major != 12)
+        return hm_err("%s:%d: block-scaled NVFP4 GEMM needs sm_100 / sm_120 (this device: sm_%d0)", __FILE__, __LINE__,
+                      major);
+    if (K % 32) return hm_err("%s:%d: nvfp4 gemm: K %d", __FILE__, __LINE__, K);
+    if (!q_lt) {
+        CKLT(cublasLtCreate(&q_lt));
+        const float c[3] = {1.0f, 0.0f, 1.0f};
+        CK(cudaMalloc((void **)&q_consts, sizeof c));
+        CK(cudaMemcpy(q_consts, c, sizeof c, cudaMemcpyHostToDevice));
+    }
+    mul_kernel<<<1, 1, 0, s>>>(x_ts, w_ts, q_consts); /* alpha = the two tensor scales */
+    CK_LAUNCH();
+    /* column-major view as in gemm.cu: D[N, M] = (A = W as [K, N])ᵀ · (B = x as [K, M]) */
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t la, lb, lc;
+    CKLT(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    cublasLtPointerMode_t pm = CUBLASLT_POINTER_MODE_DEVICE;
+    cublasLtMatmulMatrixScale_t sm = CUBLASLT_MATMUL_MATRIX_SCALE_VEC16_UE4M3;
+    int rc = HM_OK;
+#define TRYLT(x) \
+    if (rc == HM_OK && (x) != CUBLAS_STATUS_SUCCESS) rc = hm_err("%s:%d: %s failed", __FILE__, __LINE__, #x)
+    TRYLT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+    TRYLT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+    TRYLT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_POINTER_MODE, &pm, sizeof pm));
+    TRYLT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &sm, sizeof sm));
+    TRYLT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &sm, sizeof sm));
+    TRYLT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &w_sw, sizeof w_sw));
+    TRYLT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &x_sw, sizeof x_sw));
+    TRYLT(cublasLtMatrixLayoutCreate(&la, CUDA_R_4F_E2M1, K, N, K));
+    TRYLT(cublasLtMatrixLayoutCreate(&lb, CUDA_R_4F_E2M1, K, M, K));
+    TRYLT(cublasLtMatrixLayoutCreate(&lc, CUDA_R_32F, N, M, N));
+    cublasLtMatmulPreference_t pref = nullptr;
+    cublasLtMatmulHeuristicResult_t res;
+    int n = 0;
+    TRYLT(cublasLtMatmulPreferenceCreate(&pref));
+    TRYLT(cublasLtMatmulAlgoGetHeuristic(q_lt, op, la, lb, lc, lc, pref, 1, &res, &n));
+    if (rc == HM_OK && n == 0) rc = hm_err("%s:%d: cuBLASLt has no block-scaled NVFP4 algorithm", __FILE__, __LINE__);
+    TRYLT(cublasLtMatmul(q_lt, op, q_consts, wq, la, xq, lb, q_consts + (accumulate ? 2 : 1), y, lc, y, lc, &res.algo,
+                         nullptr, 0, s));
+#undef TRYLT
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    cublasLtMatrixLayoutDestroy(la), cublasLtMatrixLayoutDestroy(lb), cublasLtMatrixLayoutDestroy(lc);
+    cublasLtMatmulDescDestroy(op);
+    return rc;
+#else
+    (void)xq, (void)x_sw, (void)x_ts, (void)wq, (void)w_sw, (void)w_ts, (void)y, (void)M, (void)N, (void)K,
+        (void)accumulate, (void)s;
+    return hm_err("%s:%d: block-scaled NVFP4 GEMM needs cuBLAS >= 12.8", __FILE__, __LINE__);
+#endif
+}
+
+extern "C" size_t hmc_weight_bytes(hmc_dtype t, int N, int K)
+{
+    const size_t n = (size_t)N * K;
+    switch (t) {
+    case HMC_F32: return 4 * n;
+    case HMC_BF16: return 2 * n;
+    case HMC_FP8: return n;
+    case HMC_NVFP4: return n / 2 + n / 16;
+    }
+    return 0;
+}
+
+extern "C" size_t hmc_weight_scales(hmc_dtype t, int N) { return t == HMC_FP8 ? (size_t)N : t == HMC_NVFP4 ? 1 : 0; }
+
+extern "C" void hmc_gemv_quant_set_blocks_per_sm(int n) { q_bps = n > 0 ? n : 1; }
+extern "C" void hmc_gemv_quant_set_self_prefetch(int on) { q_self_pf = on ? 1 : 0; }
+extern "C" void hmc_gemv_quant_set_multi_acc(int on) { q_multi_acc = on ? 1 : 0; }
+
+extern "C" int hmc_gemv_quant(const hmc_gemv_args *a, cudaStream_t s)
+{
+    const int kq = a->wdt == HMC_NVFP4 ? 32 : 16;
+    if (a->wdt != HMC_FP8 && a->wdt != HMC_NVFP4) return hm_err("%s:%d: gemv quant: dtype %d", __FILE__, __LINE__, (int)a->wdt);
+    if (a->K % kq || a->K <= 0 || a->N <= 0)
+        return hm_err("%s:%d: gemv quant: K %d must be a positive multiple of %d", __FILE__, __LINE__, a->K, kq);
+    if (!a->w_scale) return hm_err("%s:%d: gemv quant: no w_scale", __FILE__, __LINE__);
+    if (a->rope) return hm_err("%s:%d: gemv quant: no rotary epilogue (use hmc_rope_append)", __FILE__, __LINE__);
+    if (((uintptr_t)a->x & 15) || a->ldx % 4 || (a->norm_scale && ((uintptr_t)a->norm_scale & 15)) ||
+        ((uintptr_t)a->W & 15))
+        return hm_err("%s:%d: gemv quant: W, x and norm_scale must be 16-byte aligned, ldx a multiple of 4", __FILE__,
+                      __LINE__);
+    if ((size_t)a->rows * (a->K + 8) * 2 > 200 * 1024)
+        return hm_err("%s:%d: gemv quant: rows*K %d*%d too large for shared memory", __FILE__, __LINE__, a->rows, a->K);
+    if (a->out_swiglu && (a->N % 2 || a->accumulate))
+        return hm_err("%s:%d: gemv quant: swiglu output needs an even N and no accumulate", __FILE__, __LINE__);
+    return a->wdt == HMC_FP8 ? launch_rows<0>(a, s) : launch_rows<1>(a, s);
+}
+
+extern "C" int hmc_quantize_nvfp4(const void *W, int N, int K, void *Wq, float *tscale, cudaStream_t s)
+{
+    if (K % 32 || N <= 0) return hm_err("%s:%d: nvfp4: K %d must be a multiple of 32", __FILE__, __LINE__, K);
+    const size_t n = (size_t)N * K, nb = n / 16;
+    unsigned *amax = reinterpret_cast<unsigned *>(tscale); /* the amax bits, then the scale */
+    CK(cudaMemsetAsync(amax, 0, sizeof(unsigned), s));
+    amax_kernel<<<(unsigned)HM_MIN((n + 255) / 256, (size_t)4096), 256, 0, s>>>((const __nv_bfloat16 *)W, n, amax);
+    CK_LAUNCH();
+    /* nvfp4_kernel reads the amax from *tscale and block 0 overwrites it with the scale: copy first */
+    unsigned *am2;
+    CK(cudaMallocAsync((void **)&am2, sizeof(unsigned), s));
+    CK(cudaMemcpyAsync(am2, amax, sizeof(unsigned), cudaMemcpyDeviceToDevice, s));
+    nvfp4_kernel<<<(unsigned)((nb + 255) / 256), 256, 0, s>>>((const __nv_bfloat16 *)W, nb, am2, (uint8_t *)Wq, n,
+                                                               tscale);
+    CK_LAUNCH();
+    CK(cudaFreeAsync(am2, s));
+    return HM_OK;
+}
+
+extern "C" int hmc_dequantize(const void *Wq, hmc_dtype t, const float *scale, int N, int K, void *out_bf16,
+                              cudaStream_t s)
+{
+    if ((t != HMC_FP8 && t != HMC_NVFP4) || K % 16)
+        return hm_err("%s:%d: dequantize: dtype %d, K %d (fp8 or nvfp4, K a multiple of 16)", __FILE__, __LINE__, (int)t, K);
+    const size_t n16 = (size_t)N * K / 16;
+    dequant_kernel<<<(unsigned)HM_MIN((n16 + 255) / 256, (size_t)8192), 256, 0, s>>>(
+        (const uint8_t *)Wq, t == HMC_NVFP4, scale, N, K, (__nv_bfloat16 *)out_bf16);
+    CK_LAUNCH();
+    return HM_OK;
+}
