@@ -521,6 +521,20 @@ static void run_watches(stage_t *st, double now)
     }
 }
 
+void stage_alive(void)
+{
+    static int enabled = -1;
+    static double last;
+    if (enabled < 0) {
+        uint64_t usec = 0;
+        enabled = sd_watchdog_enabled(0, &usec) > 0 && usec > 0;
+    }
+    double now = hm_now();
+    if (!enabled || now - last < 1.0) return;
+    last = now;
+    sd_notify(0, "WATCHDOG=1");
+}
+
 int stage_run(stage_t *st)
 {
     uint64_t wd_usec = 0;

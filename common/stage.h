@@ -127,6 +127,11 @@ void stage_on_drain(stage_t *st, stage_timer_fn fn, void *user);
  * stop, HM_ERR if polling itself failed. */
 int stage_run(stage_t *st);
 void stage_stop(stage_t *st);
+/* Called from inside a long computation (a codec window or a long prefill on the CPU can take
+ * minutes at the released sizes): the work is progressing, so tell the supervisor (WATCHDOG=1,
+ * at most once a second; a no-op without a systemd-style watchdog).  Safe from any code that
+ * runs in a stage process, and in programs that are no stage at all. */
+void stage_alive(void);
 int stage_draining(const stage_t *st);
 const char *stage_name(const stage_t *st);
 

@@ -332,6 +332,7 @@ static void on_hidden(dv_service *s, dv_req *r, const desc_t *in)
     }
     const float *h = (const float *)ptr + (b->shape[0] - 1) * (uint64_t)r->B * s->D;
     double t0 = hm_now();
+    HM_NVTX_PUSH("dv_frame");
     r->rng.frame = (uint64_t)r->nframes;
     float *lg = r->logits ? r->logits + (size_t)r->nframes * s->ncb * s->V : NULL;
     int rc, extend_sent = 0;
@@ -371,6 +372,7 @@ static void on_hidden(dv_service *s, dv_req *r, const desc_t *in)
 #endif
     rc = dv_frame(s->model, h, r->B, &r->sp, &r->rng, s->codes, lg);
     pool_release(in);
+    HM_NVTX_POP();
     stage_stat_time(s->st, "frame", hm_now() - t0);
     if (rc) return fail_req(s, r, "%s", hm_errmsg());
     r->waiting = extend_sent; /* the next EXTEND is already out (cuda fast path) */

@@ -13,6 +13,7 @@
 #include "codec_plan.h"
 #include "conv1d.h"
 #include "hm.h"
+#include "stage.h"
 #include "ops_cpu.h"
 #include "safetensors.h"
 #include "softmax.h"
@@ -459,6 +460,7 @@ int fm_solve(const fm_model *m, int T, const float *cond, const float *ctx, int 
             free(v);
             return HM_ERR;
         }
+        stage_alive(); /* one estimator call at the released sizes takes seconds on a CPU */
         if (cfg) {
             const float *vu = v, *vc = v + tc;
             for (size_t i = 0; i < tc; i++) x[i] = x[i] + dt * (vu[i] + guidance * (vc[i] - vu[i]));

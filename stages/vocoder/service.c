@@ -182,7 +182,9 @@ static void on_latents(voc_service *s, const desc_t *in)
             return fail_req(s, r, m);
         }
         double t0 = hm_now();
+        HM_NVTX_PUSH("voc_window");
         int rc = decode_window(s, in, ptr);
+        HM_NVTX_POP();
         pool_release(in);
         if (rc || xfade_push(&r->xf, s->pcm, s->seg, audio_writer_sink, r->w)) return fail_req(s, r, hm_errmsg());
         stage_stat_time(s->st, "window", hm_now() - t0);

@@ -13,6 +13,7 @@
 #include "conv1d.h"
 #include "hm.h"
 #include "safetensors.h"
+#include "stage.h"
 
 const int voc_dilations[VOC_RES_UNITS] = {1, 3, 5, 7, 9};
 
@@ -322,6 +323,7 @@ static void decode_row(const voc_model *m, const float *lat, int n, float *pcm)
             cpu_prelu(h2, nn, u->a2);
             for (size_t j = 0; j < nn; j++) x[j] += h2[j];
         }
+        stage_alive(); /* a block at the released widths takes seconds on a CPU */
     }
     if (m->has_post) {
         int C = m->post.cin, rep = m->post_rep;
