@@ -1290,6 +1290,7 @@ extern "C" const hm_codec_config *fmc_config(const fmc_model *m) { return &m->cf
 
 extern "C" int fmc_estimator(fmc_model *m, const float *x, const float *t, int B, int T, float *out, cudaStream_t s)
 {
+    hmc_nvtx nvtx_("fm_estimator");
     if (B < 1 || T < 1 || T > (1 << 20)) return hm_err("fmc_estimator: bad batch %d x %d frames", B, T);
     if (out == x) return hm_err("fmc_estimator: out must not alias x");
     CKH(ensure_ws(m, B, T, 1));
@@ -1409,6 +1410,7 @@ extern "C" int fmc_weight_get(const fmc_model *m, int i, float **host, size_t *n
 extern "C" int fmc_solve(fmc_model *m, int T, const float *cond, const float *ctx, int L, const float *noise,
                          int steps, float guidance, float *x, cudaStream_t s)
 {
+    hmc_nvtx nvtx_("fm_solve");
     if (steps < 1) return hm_err("codec: %d flow-matching steps (need at least 1)", steps);
     if (!isfinite(guidance) || guidance < 0.0f) return hm_err("codec: guidance %g must be a finite number >= 0", (double)guidance);
     if (T < 1 || L < 0 || L > T) return hm_err("codec: in-context length %d outside [0, %d]", L, T);

@@ -32,6 +32,16 @@ extern "C" {
         if ((call) != HM_OK) return hm_err_ctx("%s:%d", __FILE__, __LINE__);                   \
     } while (0)
 
+/* An NVTX range over a C++ scope (a kernel group in Nsight Systems: the ranges mark the host
+ * calls that enqueue the group, eager runs and graph captures alike). */
+#include <nvtx3/nvToolsExt.h>
+struct hmc_nvtx {
+    explicit hmc_nvtx(const char *name) { nvtxRangePushA(name); }
+    ~hmc_nvtx() { nvtxRangePop(); }
+    hmc_nvtx(const hmc_nvtx &) = delete;
+    hmc_nvtx &operator=(const hmc_nvtx &) = delete;
+};
+
 __device__ __forceinline__ float hmc_ld(const float *p) { return *p; }
 __device__ __forceinline__ float hmc_ld(const __nv_bfloat16 *p) { return __bfloat162float(*p); }
 __device__ __forceinline__ void hmc_st(float *p, float v) { *p = v; }

@@ -578,6 +578,7 @@ int scratch_alloc(scratch *s, const xfm *X, int B, int T, int max_keys, hmc_dtyp
 /* backbone step over one frame (graph body) */
 int extend_body(lm_cuda_req *r)
 {
+    hmc_nvtx nvtx_("lm_backbone_step");
     lm_cuda *m = r->m;
     const xfm *X = &m->bb;
     scratch *s = &r->sd_bb;
@@ -598,6 +599,7 @@ int extend_body(lm_cuda_req *r)
 /* codebook-0 head, sampling, depth decoder and audio heads (graph body) */
 int frame_body(lm_cuda_req *r)
 {
+    hmc_nvtx nvtx_("lm_depth_frame");
     lm_cuda *m = r->m;
     const xfm *X = &m->dec;
     const hm_lm_config *c = &m->cfg;
@@ -855,6 +857,7 @@ extern "C" const float *lm_cuda_hidden(const lm_cuda_req *r) { return r->h_last;
 extern "C" int lm_cuda_prefill(lm_cuda_req *r, const int32_t *tok, const uint8_t *mask, int S, int muq_index,
                                const float *muq)
 {
+    hmc_nvtx nvtx_("lm_prefill");
     CKH(need_part(r->m, LM_CUDA_PART_BACKBONE, "lm_cuda_prefill"));
     lm_cuda *m = r->m;
     const hm_lm_config *c = &m->cfg;

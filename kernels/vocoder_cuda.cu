@@ -798,6 +798,7 @@ extern "C" int vcc_profile_table(vcc_model *m, char *buf, size_t cap)
 extern "C" int vcc_decode_window(vcc_model *m, const float *lat_dev, int n, size_t n_keep, float *pcm_dev,
                                  cudaStream_t s)
 {
+    hmc_nvtx nvtx_("voc_decode");
     if (n < 1 || n > (1 << 20) || n_keep > (size_t)n * m->hop)
         return hm_err("vocoder: %zu samples asked of %d frames (%zu made)", n_keep, n, (size_t)n * m->hop);
     CKH(vcc_reserve(m, n));
