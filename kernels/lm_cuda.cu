@@ -911,22 +911,28 @@ extern "C" int lm_cuda_prefill(lm_cuda_req *r, const int32_t *tok, const uint8_t
     return HM_OK;
 }
 
+/* One backbone step on the codes at src (kind: host, device, or none: the frame the last
+ * lm_cuda_frame sampled, already in codes_dev). */
+static int extend_from(lm_cuda_req *r, const int32_t *src, cudaMemcpyKind kind, const char *who)
+{
+    CKH(need_part(r->m, LM_CUDA_PART_BACKBONE, who));
+    const hm_lm_config *c = &r->m->cfg;
+    if (r->pos >= r->max_seq) return hm_err("%s: cache full (%d positions)", who, r->max_seq);
+    if (src) CK(cudaMemcpyAsync(r->codes_dev, src, sizeof(int32_t) * c->audio_num_codebooks, kind, r->st));
+    CKH(run_graph(r, &r->uses_extend, &r->g_extend, extend_body));
+    r->pos++;
+    return HM_OK;
+}
+
 extern "C" int lm_cuda_extend(lm_cuda_req *r, const int32_t *codes)
 {
-    CKH(need_part(r->m, LM_CUDA_PART_BACKBONE, "lm_cuda_extend"));
     const hm_lm_config *c = &r->m->cfg;
-    if (r->pos >= r->max_seq) return hm_err("lm_cuda_extend: cache full (%d positions)", r->max_seq);
-    if (codes) {
+    if (codes)
         for (int k = 0; k < c->audio_num_codebooks; k++)
             if (codes[k] < 0 || codes[k] >= c->audio_vocab_size)
                 return hm_err("lm_cuda_extend: code %d of codebook %d outside 0..%d", codes[k], k,
                               c->audio_vocab_size - 1);
-        CK(cudaMemcpyAsync(r->codes_dev, codes, sizeof(int32_t) * c->audio_num_codebooks, cudaMemcpyHostToDevice,
-                           r->st));
-    }
-    CKH(run_graph(r, &r->uses_extend, &r->g_extend, extend_body));
-    r->pos++;
-    return HM_OK;
+    return extend_from(r, codes, cudaMemcpyHostToDevice, "lm_cuda_extend");
 }
 
 extern "C" int lm_cuda_rollback(lm_cuda_req *r, int n)
@@ -940,16 +946,10 @@ extern "C" int lm_cuda_rollback(lm_cuda_req *r, int n)
 extern "C" int lm_cuda_frame(lm_cuda_req *r, const lm_cuda_sampling *s, int32_t *codes, float *logits)
 {
     CKH(need_part(r->m, LM_CUDA_PART_DEPTH, "lm_cuda_frame"));
-    const hm_lm_config *c = &r->m->cfg;
     if (r->pos == 0) return hm_err("lm_cuda_frame: no hidden state (prefill first)");
     CKH(set_params(r, s));
     CKH(run_graph(r, &r->uses_frame, &r->g_frame, frame_body));
-    CK(cudaMemcpyAsync(codes, r->codes_dev, sizeof(int32_t) * c->audio_num_codebooks, cudaMemcpyDeviceToHost, r->st));
-    if (logits)
-        CK(cudaMemcpyAsync(logits, r->logits_out, sizeof(float) * c->audio_num_codebooks * c->audio_vocab_size,
-                           cudaMemcpyDeviceToHost, r->st));
-    CK(cudaStreamSynchronize(r->st));
-    return HM_OK;
+    return lm_cuda_frame_wait(r, codes, logits);
 }
 
 extern "C" int lm_cuda_precision(const char *precision, hmc_dtype *out)
@@ -974,24 +974,15 @@ extern "C" int lm_cuda_copy_hidden(lm_cuda_req *r, float *dst)
 extern "C" int lm_cuda_depth_frame(lm_cuda_req *r, const float *h, const lm_cuda_sampling *s, int32_t *codes,
                                    float *logits)
 {
-    CKH(need_part(r->m, LM_CUDA_PART_DEPTH, "lm_cuda_depth_frame"));
-    const hm_lm_config *c = &r->m->cfg;
-    /* into h_last, the address the recorded frame graph reads */
-    CK(cudaMemcpyAsync(r->h_last, h, sizeof(float) * r->B * r->m->bb.D, cudaMemcpyDeviceToDevice, r->st));
-    CKH(set_params(r, s));
-    CKH(run_graph(r, &r->uses_frame, &r->g_frame, frame_body));
-    CK(cudaMemcpyAsync(codes, r->codes_dev, sizeof(int32_t) * c->audio_num_codebooks, cudaMemcpyDeviceToHost, r->st));
-    if (logits)
-        CK(cudaMemcpyAsync(logits, r->logits_out, sizeof(float) * c->audio_num_codebooks * c->audio_vocab_size,
-                           cudaMemcpyDeviceToHost, r->st));
-    CK(cudaStreamSynchronize(r->st));
-    return HM_OK;
+    CKH(lm_cuda_depth_frame_async(r, h, s, nullptr));
+    return lm_cuda_frame_wait(r, codes, logits);
 }
 
 extern "C" int lm_cuda_depth_frame_async(lm_cuda_req *r, const float *h, const lm_cuda_sampling *s, int32_t *codes_dev)
 {
     CKH(need_part(r->m, LM_CUDA_PART_DEPTH, "lm_cuda_depth_frame_async"));
     const hm_lm_config *c = &r->m->cfg;
+    /* into h_last, the address the recorded frame graph reads */
     CK(cudaMemcpyAsync(r->h_last, h, sizeof(float) * r->B * r->m->bb.D, cudaMemcpyDeviceToDevice, r->st));
     CKH(set_params(r, s));
     CKH(run_graph(r, &r->uses_frame, &r->g_frame, frame_body));
@@ -1014,14 +1005,7 @@ extern "C" int lm_cuda_frame_wait(lm_cuda_req *r, int32_t *codes, float *logits)
 
 extern "C" int lm_cuda_extend_dev(lm_cuda_req *r, const int32_t *codes_dev)
 {
-    CKH(need_part(r->m, LM_CUDA_PART_BACKBONE, "lm_cuda_extend_dev"));
-    const hm_lm_config *c = &r->m->cfg;
-    if (r->pos >= r->max_seq) return hm_err("lm_cuda_extend_dev: cache full (%d positions)", r->max_seq);
-    CK(cudaMemcpyAsync(r->codes_dev, codes_dev, sizeof(int32_t) * c->audio_num_codebooks, cudaMemcpyDeviceToDevice,
-                       r->st));
-    CKH(run_graph(r, &r->uses_extend, &r->g_extend, extend_body));
-    r->pos++;
-    return HM_OK;
+    return extend_from(r, codes_dev, cudaMemcpyDeviceToDevice, "lm_cuda_extend_dev");
 }
 
 extern "C" int lm_cuda_profile_frame(lm_cuda_req *r, const lm_cuda_sampling *s, lm_cuda_prof *out)

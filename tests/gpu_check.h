@@ -40,4 +40,61 @@ static inline float *rvec(size_t n, float scale)
     return v;
 }
 
+/* ---- device buffers of the codec checkers (tests/gpu_codec.c, tests/gpu_vocoder.c) ---- */
+#include <math.h>
+#include <string.h>
+
+#include "ops_cuda.h"
+
+/* Device copy of v as type t; for bf16, v itself is rounded to what the device holds. */
+static inline void *gpu_up(float *v, size_t n, hmc_dtype t)
+{
+    void *d;
+    CU(cudaMalloc(&d, n * hmc_dtype_size(t) + 16));
+    if (t == HMC_F32) {
+        CU(cudaMemcpy(d, v, n * 4, cudaMemcpyHostToDevice));
+    } else {
+        uint16_t *h = hm_malloc(2 * n + 2);
+        for (size_t i = 0; i < n; i++) h[i] = hm_f32_to_bf16(v[i]), v[i] = hm_bf16_to_f32(h[i]);
+        CU(cudaMemcpy(d, h, 2 * n, cudaMemcpyHostToDevice));
+        free(h);
+    }
+    return d;
+}
+/* n values of type t, all NaN (0xff bytes in f32 and bf16): an output the kernel forgot shows. */
+static inline void *gpu_poison(size_t n, hmc_dtype t)
+{
+    void *d;
+    CU(cudaMalloc(&d, n * hmc_dtype_size(t) + 16));
+    CU(cudaMemset(d, 0xff, n * hmc_dtype_size(t)));
+    return d;
+}
+/* Synchronise and read n values of type t back as floats (caller frees). */
+static inline float *gpu_down(const void *d, size_t n, hmc_dtype t)
+{
+    float *h = hm_malloc(n * 4 + 4);
+    CU(cudaDeviceSynchronize());
+    if (t == HMC_F32) {
+        CU(cudaMemcpy(h, d, n * 4, cudaMemcpyDeviceToHost));
+    } else {
+        uint16_t *b = hm_malloc(2 * n + 2);
+        CU(cudaMemcpy(b, d, 2 * n, cudaMemcpyDeviceToHost));
+        for (size_t i = 0; i < n; i++) h[i] = hm_bf16_to_f32(b[i]);
+        free(b);
+    }
+    return h;
+}
+/* Relative L2 error of g against r (absolute when r is all zero); counts non-finite g. */
+static inline double gpu_relerr(const float *g, const float *r, size_t n, int *nonfinite)
+{
+    double num = 0, den = 0;
+    *nonfinite = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(g[i])) ++*nonfinite;
+        double d = (double)g[i] - r[i];
+        num += d * d, den += (double)r[i] * r[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
 #endif

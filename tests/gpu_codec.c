@@ -31,56 +31,8 @@
 
 #include "gpu_check.h"
 
-/* Device copy of v as type t; for bf16, v itself is rounded to what the device holds. */
-static void *up(float *v, size_t n, hmc_dtype t)
-{
-    void *d;
-    CU(cudaMalloc(&d, n * hmc_dtype_size(t) + 16));
-    if (t == HMC_F32) {
-        CU(cudaMemcpy(d, v, n * 4, cudaMemcpyHostToDevice));
-    } else {
-        uint16_t *h = hm_malloc(2 * n + 2);
-        for (size_t i = 0; i < n; i++) h[i] = hm_f32_to_bf16(v[i]), v[i] = hm_bf16_to_f32(h[i]);
-        CU(cudaMemcpy(d, h, 2 * n, cudaMemcpyHostToDevice));
-        free(h);
-    }
-    return d;
-}
-static float *poison(size_t n, hmc_dtype t)
-{
-    void *d;
-    CU(cudaMalloc(&d, n * hmc_dtype_size(t) + 16));
-    CU(cudaMemset(d, 0xff, n * hmc_dtype_size(t))); /* NaN in f32 and bf16 */
-    return d;
-}
-/* Synchronise and read n values of type t back as floats. */
-static float *down(const void *d, size_t n, hmc_dtype t)
-{
-    float *h = hm_malloc(n * 4 + 4);
-    CU(cudaDeviceSynchronize());
-    if (t == HMC_F32) {
-        CU(cudaMemcpy(h, d, n * 4, cudaMemcpyDeviceToHost));
-    } else {
-        uint16_t *b = hm_malloc(2 * n + 2);
-        CU(cudaMemcpy(b, d, 2 * n, cudaMemcpyDeviceToHost));
-        for (size_t i = 0; i < n; i++) h[i] = hm_bf16_to_f32(b[i]);
-        free(b);
-    }
-    return h;
-}
 
 static int n_pass, n_fail;
-static double relerr(const float *g, const float *r, size_t n, int *nonfinite)
-{
-    double num = 0, den = 0;
-    *nonfinite = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (!isfinite(g[i])) ++*nonfinite;
-        double d = (double)g[i] - r[i];
-        num += d * d, den += (double)r[i] * r[i];
-    }
-    return den > 0 ? sqrt(num / den) : sqrt(num);
-}
 static void verdict(const char *what, const char *shape, double err, int nonfinite, double bound)
 {
     int ok = !nonfinite && err <= bound;
@@ -92,7 +44,7 @@ static void verdict(const char *what, const char *shape, double err, int nonfini
 static void report(const char *what, const char *shape, const float *g, const float *r, size_t n, double bound)
 {
     int nf;
-    double e = relerr(g, r, n, &nf);
+    double e = gpu_relerr(g, r, n, &nf);
     verdict(what, shape, e, nf, bound);
 }
 static const char *dn(hmc_dtype t) { return t == HMC_BF16 ? "bf16" : "f32"; }
@@ -114,17 +66,17 @@ static void check_conv(int B, int T, int ca, int cb, int cout, hmc_dtype t)
     float *a = rvec((size_t)B * T * ca, 1.0f), *b = cb ? rvec((size_t)B * T * cb, 1.0f) : NULL;
     float *w = rvec((size_t)cout * 3 * C, 1.0f / sqrtf(3.0f * C)); /* device layout [cout, 3*C] */
     /* the GEMM reads bf16 copies of the activations: round them as the im2col does */
-    float *ad = up(a, (size_t)B * T * ca, HMC_F32), *bd = cb ? up(b, (size_t)B * T * cb, HMC_F32) : NULL;
+    float *ad = gpu_up(a, (size_t)B * T * ca, HMC_F32), *bd = cb ? gpu_up(b, (size_t)B * T * cb, HMC_F32) : NULL;
     if (t == HMC_BF16) {
         for (size_t i = 0; i < (size_t)B * T * ca; i++) a[i] = hm_bf16_to_f32(hm_f32_to_bf16(a[i]));
         for (size_t i = 0; cb && i < (size_t)B * T * cb; i++) b[i] = hm_bf16_to_f32(hm_f32_to_bf16(b[i]));
     }
-    void *wd = up(w, (size_t)cout * 3 * C, t);
-    void *col = poison((size_t)B * T * 3 * C, t);
-    float *y = poison((size_t)B * T * cout, HMC_F32);
+    void *wd = gpu_up(w, (size_t)cout * 3 * C, t);
+    void *col = gpu_poison((size_t)B * T * 3 * C, t);
+    float *y = gpu_poison((size_t)B * T * cout, HMC_F32);
     OK(fmc_im2col3(ad, ca, bd, cb, B, T, col, t, 0));
     OK(hmc_gemm(col, wd, t, y, B * T, cout, 3 * C, 0, 0));
-    float *g = down(y, (size_t)B * T * cout, HMC_F32);
+    float *g = gpu_down(y, (size_t)B * T * cout, HMC_F32);
     float *wt = hm_malloc(sizeof(float) * (size_t)cout * 3 * C), *x = hm_malloc(sizeof(float) * (size_t)T * C);
     float *ref = hm_malloc(sizeof(float) * (size_t)B * T * cout);
     for (int o = 0; o < cout; o++)
@@ -148,10 +100,10 @@ static void check_bias_act(int M, int N, int act, hmc_dtype t)
 {
     float *y = rvec((size_t)M * N, 3.0f), *b = rvec(N, 1.0f);
     const float s = 0.577f;
-    float *yd = up(y, (size_t)M * N, HMC_F32), *bd = up(b, N, HMC_F32);
-    void *cd = poison((size_t)M * N, t);
+    float *yd = gpu_up(y, (size_t)M * N, HMC_F32), *bd = gpu_up(b, N, HMC_F32);
+    void *cd = gpu_poison((size_t)M * N, t);
     OK(fmc_bias_act(yd, bd, M, N, s, 1, act, cd, t, 0));
-    float *gy = down(yd, (size_t)M * N, HMC_F32), *gc = down(cd, (size_t)M * N, t);
+    float *gy = gpu_down(yd, (size_t)M * N, HMC_F32), *gc = gpu_down(cd, (size_t)M * N, t);
     float *ry = hm_malloc(sizeof(float) * (size_t)M * N), *rc = hm_malloc(sizeof(float) * (size_t)M * N);
     for (size_t i = 0; i < (size_t)M * N; i++) {
         ry[i] = (y[i] + b[i % N]) * s;
@@ -171,12 +123,12 @@ static void check_norm_mod(int B, int T, int D, int rms, hmc_dtype t)
     const size_t n = (size_t)B * T * D;
     const int cs = 6 * D;
     float *x = rvec(n, 2.0f), *w = rvec(D, 1.0f), *tab = rvec(2 * (size_t)D, 0.5f), *cond = rvec((size_t)B * cs, 0.5f);
-    float *xd = up(x, n, HMC_F32), *wd = up(w, D, HMC_F32), *td = up(tab, 2 * (size_t)D, HMC_F32),
-          *cd = up(cond, (size_t)B * cs, HMC_F32);
-    void *yd = poison(n, t);
+    float *xd = gpu_up(x, n, HMC_F32), *wd = gpu_up(w, D, HMC_F32), *td = gpu_up(tab, 2 * (size_t)D, HMC_F32),
+          *cd = gpu_up(cond, (size_t)B * cs, HMC_F32);
+    void *yd = gpu_poison(n, t);
     /* shift = tab[0] + cond[b, D..2D), scale = tab[1] + cond[b, 4D..5D) (offsets as a block uses them) */
     OK(fmc_norm_modulate(xd, rms ? wd : NULL, 1e-6f, td, td + D, cd + D, cd + 4 * D, cs, B, T, D, yd, t, 0));
-    float *g = down(yd, n, t), *ref = hm_malloc(sizeof(float) * n), *sh = hm_malloc(sizeof(float) * 2 * D);
+    float *g = gpu_down(yd, n, t), *ref = hm_malloc(sizeof(float) * n), *sh = hm_malloc(sizeof(float) * 2 * D);
     if (rms) cpu_rmsnorm(x, w, ref, B * T, D, 1e-6f);
     else cpu_layernorm(x, ref, B * T, D, 1e-6f);
     for (int b = 0; b < B; b++) {
@@ -198,9 +150,9 @@ static void check_gated_add(int B, int T, int D)
     const size_t n = (size_t)B * T * D;
     const int cs = 6 * D;
     float *x = rvec(n, 1.0f), *h = rvec(n, 1.0f), *tab = rvec(D, 0.5f), *cond = rvec((size_t)B * cs, 0.5f);
-    float *xd = up(x, n, HMC_F32), *hd = up(h, n, HMC_F32), *td = up(tab, D, HMC_F32), *cd = up(cond, (size_t)B * cs, HMC_F32);
+    float *xd = gpu_up(x, n, HMC_F32), *hd = gpu_up(h, n, HMC_F32), *td = gpu_up(tab, D, HMC_F32), *cd = gpu_up(cond, (size_t)B * cs, HMC_F32);
     OK(fmc_gated_add(xd, hd, td, cd + 2 * D, cs, B, T, D, 0));
-    float *g = down(xd, n, HMC_F32), *gate = hm_malloc(sizeof(float) * D);
+    float *g = gpu_down(xd, n, HMC_F32), *gate = hm_malloc(sizeof(float) * D);
     for (int b = 0; b < B; b++) {
         for (int i = 0; i < D; i++) gate[i] = tab[i] + cond[(size_t)b * cs + 2 * D + i];
         cpu_gated_add(x + (size_t)b * T * D, gate, h + (size_t)b * T * D, T, D);
@@ -226,9 +178,9 @@ static void check_rope(int B, int T, int H, int hd)
     const size_t n = (size_t)B * T * 3 * H * hd;
     float *qkv = rvec(n, 1.0f), *fr = hm_malloc(sizeof(float) * hd / 2);
     cpu_rope_freqs(fr, hd, 10000.0f, 0.0f);
-    float *qd = up(qkv, n, HMC_F32), *fd = up(fr, hd / 2, HMC_F32);
+    float *qd = gpu_up(qkv, n, HMC_F32), *fd = gpu_up(fr, hd / 2, HMC_F32);
     OK(fmc_rope_qk(qd, B, T, H, hd, fd, 0));
-    float *g = down(qd, n, HMC_F32);
+    float *g = gpu_down(qd, n, HMC_F32);
     double num = 0, den = 0;
     int nf = 0;
     for (int b = 0; b < B; b++)
@@ -252,10 +204,10 @@ static void check_attention(int B, int T, int H, int hd, hmc_dtype ot)
 {
     const size_t n = (size_t)B * T * 3 * H * hd, no = (size_t)B * T * H * hd;
     float *qkv = rvec(n, 2.0f);
-    float *qd = up(qkv, n, HMC_F32);
-    void *od = poison(no, ot);
+    float *qd = gpu_up(qkv, n, HMC_F32);
+    void *od = gpu_poison(no, ot);
     OK(fmc_attention(qd, B, T, H, hd, od, ot, 0));
-    float *g = down(od, no, ot), *ref = hm_malloc(sizeof(float) * no);
+    float *g = gpu_down(od, no, ot), *ref = hm_malloc(sizeof(float) * no);
     for (int b = 0; b < B; b++) {
         float *q = part(qkv, b, T, H, hd, 0), *k = part(qkv, b, T, H, hd, 1), *v = part(qkv, b, T, H, hd, 2);
         cpu_attention(q, k, v, ref + (size_t)b * T * H * hd, T, T, H, H, hd, 0, 0);
@@ -275,12 +227,12 @@ static void check_add_norm(int B, int T, int D, int rms, hmc_dtype t)
     const int cs = 6 * D;
     float *x = rvec(n, 1.0f), *h = rvec(n, 1.0f), *w = rvec(D, 1.0f), *tab = rvec(3 * (size_t)D, 0.5f);
     float *cond = rvec((size_t)B * cs, 0.5f);
-    float *xd = up(x, n, HMC_F32), *hd = up(h, n, HMC_F32), *wd = up(w, D, HMC_F32), *td = up(tab, 3 * (size_t)D, HMC_F32),
-          *cd = up(cond, (size_t)B * cs, HMC_F32);
-    void *yd = poison(n, t);
+    float *xd = gpu_up(x, n, HMC_F32), *hd = gpu_up(h, n, HMC_F32), *wd = gpu_up(w, D, HMC_F32), *td = gpu_up(tab, 3 * (size_t)D, HMC_F32),
+          *cd = gpu_up(cond, (size_t)B * cs, HMC_F32);
+    void *yd = gpu_poison(n, t);
     OK(fmc_add_norm_modulate(xd, hd, td + 2 * D, cd + 2 * D, cs, rms ? wd : NULL, 1e-6f, td, td + D, cd + D, cd + 4 * D, cs,
                              B, T, D, yd, t, 0));
-    float *gx = down(xd, n, HMC_F32), *gy = down(yd, n, t);
+    float *gx = gpu_down(xd, n, HMC_F32), *gy = gpu_down(yd, n, t);
     float *ref = hm_malloc(sizeof(float) * n), *gate = hm_malloc(sizeof(float) * D), *sh = hm_malloc(sizeof(float) * 2 * D);
     for (int b = 0; b < B; b++) {
         for (int i = 0; i < D; i++) gate[i] = tab[2 * D + i] + cond[(size_t)b * cs + 2 * D + i];
@@ -311,11 +263,11 @@ static void check_flash(int B, int T, int H, int hd, hmc_dtype ot)
     const size_t n = (size_t)B * T * 3 * H * hd, no = (size_t)B * T * H * hd;
     float *qkv = rvec(n, 2.0f), *fr = hm_malloc(sizeof(float) * hd / 2);
     cpu_rope_freqs(fr, hd, 10000.0f, 0.0f);
-    float *qd = up(qkv, n, HMC_F32), *fd = up(fr, hd / 2, HMC_F32);
-    void *bd = poison(n, HMC_BF16), *od = poison(no, ot);
+    float *qd = gpu_up(qkv, n, HMC_F32), *fd = gpu_up(fr, hd / 2, HMC_F32);
+    void *bd = gpu_poison(n, HMC_BF16), *od = gpu_poison(no, ot);
     OK(fmc_rope_qk_bf16(qd, B, T, H, hd, fd, bd, 0));
     OK(fmc_flash_attention(bd, B, T, H, hd, od, ot, 0));
-    float *gb = down(bd, n, HMC_BF16), *g = down(od, no, ot), *ref = hm_malloc(sizeof(float) * no);
+    float *gb = gpu_down(bd, n, HMC_BF16), *g = gpu_down(od, no, ot), *ref = hm_malloc(sizeof(float) * no);
     double num = 0, den = 0;
     int nf = 0;
     for (int b = 0; b < B; b++) {
@@ -349,9 +301,9 @@ static void check_timestep(int B, int n)
     float *t = rvec(B, 1.0f);
     for (int b = 0; b < B; b++) t[b] = fabsf(t[b]);
     t[0] = 0.0f;
-    float *td = up(t, B, HMC_F32), *od = poison((size_t)B * n, HMC_F32);
+    float *td = gpu_up(t, B, HMC_F32), *od = gpu_poison((size_t)B * n, HMC_F32);
     OK(fmc_timestep_features(td, B, n, od, 0));
-    float *g = down(od, (size_t)B * n, HMC_F32), *ref = hm_malloc(sizeof(float) * (size_t)B * n);
+    float *g = gpu_down(od, (size_t)B * n, HMC_F32), *ref = hm_malloc(sizeof(float) * (size_t)B * n);
     for (int b = 0; b < B; b++) cpu_timestep_features(t[b], n, ref + (size_t)b * n);
     char s[64];
     snprintf(s, sizeof s, "B%d n%d", B, n);
@@ -392,16 +344,16 @@ static void check_fixture(hmc_dtype t, int attm)
     OK(fmc_set_attention(m, attm));
     const int B = (int)nt, C = fmc_config(m)->out_channels, cin = fmc_config(m)->in_channels, T = (int)(nx / B / cin);
     const size_t n = (size_t)B * T * C;
-    float *xd = up(x, (size_t)nx, HMC_F32), *td = up(tt, B, HMC_F32), *od = poison(n, HMC_F32);
+    float *xd = gpu_up(x, (size_t)nx, HMC_F32), *td = gpu_up(tt, B, HMC_F32), *od = gpu_poison(n, HMC_F32);
     OK(fmc_estimator(m, xd, td, B, T, od, 0));
-    float *g = down(od, n, HMC_F32);
+    float *g = gpu_down(od, n, HMC_F32);
     /* the fixture kept every stride-th value of the whole flattened output (as test_codec.c reads it) */
     const size_t kept = (n + stride - 1) / stride;
     float *gs = hm_malloc(sizeof(float) * kept);
     int nf = 0, nf2;
     for (size_t i = 0; i < n; i++) nf += !isfinite(g[i]);
     for (size_t i = 0; i < kept; i++) gs[i] = g[i * stride];
-    double e = relerr(gs, ref, kept, &nf2);
+    double e = gpu_relerr(gs, ref, kept, &nf2);
     char s[64];
     snprintf(s, sizeof s, "codec_estimator [%d,%d,%d] %s w %s", B, T, cin, dn(t), att_name(attm));
     if ((size_t)nr != kept) {
@@ -427,12 +379,12 @@ static void check_solve(const fm_model *cpu, hmc_dtype t, int L, int steps, floa
     fmc_model *m;
     OK(fmc_load(FIX, t, &m));
     OK(fmc_set_attention(m, attm));
-    float *cd = up(cond, (size_t)W * D, HMC_F32), *xd = up(ctx, (size_t)W * C, HMC_F32),
-          *nd = up(noise, (size_t)W * C, HMC_F32), *od = poison((size_t)W * C, HMC_F32);
+    float *cd = gpu_up(cond, (size_t)W * D, HMC_F32), *xd = gpu_up(ctx, (size_t)W * C, HMC_F32),
+          *nd = gpu_up(noise, (size_t)W * C, HMC_F32), *od = gpu_poison((size_t)W * C, HMC_F32);
     cudaStream_t st; /* a created stream: the legacy default stream cannot be captured */
     CU(cudaStreamCreate(&st));
     OK(fmc_solve_window(m, cd, xd, L, nd, steps, guidance, od, st));
-    float *g = down(od, (size_t)W * C, HMC_F32);
+    float *g = gpu_down(od, (size_t)W * C, HMC_F32);
     char s[80];
     snprintf(s, sizeof s, "L%d %d steps g%.2f %s w %s (cpu %.1fs)", L, steps, guidance, dn(t), att_name(attm), tcpu);
     report("solve_window", s, g, ref, (size_t)W * C, t == HMC_BF16 ? 3e-2 : 1e-4);
@@ -442,7 +394,7 @@ static void check_solve(const fm_model *cpu, hmc_dtype t, int L, int steps, floa
             CU(cudaMemset(od, 0xff, sizeof(float) * (size_t)W * C));
             OK(fmc_solve_window(m, cd, xd, L, nd, steps, guidance, od, st));
             free(g);
-            g = down(od, (size_t)W * C, HMC_F32);
+            g = gpu_down(od, (size_t)W * C, HMC_F32);
             snprintf(s, sizeof s, "L%d %d steps g%.2f %s w %s, %s", L, steps, guidance, dn(t), att_name(attm),
                      r == 0 ? "eager" : r == 1 ? "graph captured" : "graph replayed");
             report("solve_window", s, g, ref, (size_t)W * C, t == HMC_BF16 ? 3e-2 : 1e-4);
@@ -585,7 +537,7 @@ static void bench(void)
         for (int i = 0; i < ereps; i++) OK(fmc_estimator(m, x, t, B, T, o, s));
         CU(cudaEventRecord(e1, s));
         ems[c] = elapsed_ms(e0, e1) / ereps;
-        float *oh = down(o, (size_t)B * T * C, HMC_F32);
+        float *oh = gpu_down(o, (size_t)B * T * C, HMC_F32);
         nf[c] = 0;
         for (size_t i = 0; i < (size_t)B * T * C; i++) nf[c] += !isfinite(oh[i]);
         if (c == 0) {
@@ -707,14 +659,14 @@ static void quality(void)
     CU(cudaStreamCreate(&st));
     double t0 = hm_now();
     OK(fmc_solve_window(m32, cond, ctx, L, noise, 10, 1.25f, lat, st));
-    float *ref = down(lat, (size_t)T * C, HMC_F32);
+    float *ref = gpu_down(lat, (size_t)T * C, HMC_F32);
     double t32 = hm_now() - t0;
     const size_t gen = (size_t)(T - L) * C; /* rows >= L: what the solver made (rows < L are ctx in both) */
     const int modes[2] = {FMC_ATT_FLASH, FMC_ATT_GEMM};
     for (int k = 0; k < 2; k++) {
         OK(fmc_set_attention(m16, modes[k]));
         OK(fmc_solve_window(m16, cond, ctx, L, noise, 10, 1.25f, lat, st));
-        float *g = down(lat, (size_t)T * C, HMC_F32);
+        float *g = gpu_down(lat, (size_t)T * C, HMC_F32);
         snprintf(s, sizeof s, "window latents, bf16 (%s) vs fp32 weights", att_name(modes[k]));
         report("quality", s, g + (size_t)L * C, ref + (size_t)L * C, gen, 5e-2);
         free(g);
@@ -842,7 +794,7 @@ static int windows(const char *path)
                 CU(cudaMemcpyAsync(dprev, dout + (size_t)(W - L0) * C, sizeof(float) * (size_t)L0 * C,
                                    cudaMemcpyDeviceToDevice, st));
                 CU(cudaStreamSynchronize(st));
-                float *g = down(dout, (size_t)W * C, HMC_F32);
+                float *g = gpu_down(dout, (size_t)W * C, HMC_F32);
                 char sh[96];
                 snprintf(sh, sizeof sh, "%s window %d/%d L%d %s song %d", strrchr(path, '/') ? strrchr(path, '/') + 1 : path,
                          k, p.n_windows, L, dn(wt), rep);

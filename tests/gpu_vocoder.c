@@ -33,56 +33,10 @@
 
 static int n_pass, n_fail;
 
-static void *up(float *v, size_t n, hmc_dtype t) /* bf16: v is rounded to what the device holds */
-{
-    void *d;
-    CU(cudaMalloc(&d, n * hmc_dtype_size(t) + 16));
-    if (t == HMC_F32) {
-        CU(cudaMemcpy(d, v, n * 4, cudaMemcpyHostToDevice));
-    } else {
-        uint16_t *h = hm_malloc(2 * n + 2);
-        for (size_t i = 0; i < n; i++) h[i] = hm_f32_to_bf16(v[i]), v[i] = hm_bf16_to_f32(h[i]);
-        CU(cudaMemcpy(d, h, 2 * n, cudaMemcpyHostToDevice));
-        free(h);
-    }
-    return d;
-}
-static void *poison(size_t n, hmc_dtype t)
-{
-    void *d;
-    CU(cudaMalloc(&d, n * hmc_dtype_size(t) + 16));
-    CU(cudaMemset(d, 0xff, n * hmc_dtype_size(t))); /* NaN in f32 and bf16 */
-    return d;
-}
-static float *down(const void *d, size_t n, hmc_dtype t)
-{
-    float *h = hm_malloc(n * 4 + 4);
-    CU(cudaDeviceSynchronize());
-    if (t == HMC_F32) {
-        CU(cudaMemcpy(h, d, n * 4, cudaMemcpyDeviceToHost));
-    } else {
-        uint16_t *b = hm_malloc(2 * n + 2);
-        CU(cudaMemcpy(b, d, 2 * n, cudaMemcpyDeviceToHost));
-        for (size_t i = 0; i < n; i++) h[i] = hm_bf16_to_f32(b[i]);
-        free(b);
-    }
-    return h;
-}
-static double relerr(const float *g, const float *r, size_t n, int *nonfinite)
-{
-    double num = 0, den = 0;
-    *nonfinite = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (!isfinite(g[i])) ++*nonfinite;
-        double d = (double)g[i] - r[i];
-        num += d * d, den += (double)r[i] * r[i];
-    }
-    return den > 0 ? sqrt(num / den) : sqrt(num);
-}
 static double report(const char *what, const char *shape, const float *g, const float *r, size_t n, double bound)
 {
     int nf;
-    double e = relerr(g, r, n, &nf);
+    double e = gpu_relerr(g, r, n, &nf);
     int ok = !nf && e <= bound;
     ok ? n_pass++ : n_fail++;
     printf("%-4s %-14s %-46s err %.2e (bound %.0e)%s\n", ok ? "PASS" : "FAIL", what, shape, e, bound,
@@ -117,9 +71,9 @@ static void check_quantize(int n, int H)
     size_t N = (size_t)n * 2 * H;
     float *lat = rvec(N, 3.0f);
     for (size_t i = 0; i < N; i += 7) lat[i] = (float)((int)(urand() * 40) + 0.5) / 9.0f; /* near half-way cases */
-    float *ld = up(lat, N, HMC_F32), *xd = poison(N, HMC_F32);
+    float *ld = gpu_up(lat, N, HMC_F32), *xd = gpu_poison(N, HMC_F32);
     OK(vcc_quantize_split(ld, n, H, xd, 0));
-    float *g = down(xd, N, HMC_F32), *ref = hm_malloc(sizeof(float) * N);
+    float *g = gpu_down(xd, N, HMC_F32), *ref = hm_malloc(sizeof(float) * N);
     for (int b = 0; b < 2; b++)
         for (int t = 0; t < n; t++)
             for (int h = 0; h < H; h++)
@@ -140,16 +94,16 @@ static void check_conv(int T, int cin, int cout, int k, int dil, int causal, int
     const int B = 2, To = T * rep, span = dil * (k - 1), pl = causal ? span : span / 2;
     float *x = rvec((size_t)B * T * cin, 1.0f), *w = rvec((size_t)cout * k * cin, 1.0f / sqrtf((float)k * cin)),
           *b = rvec(cout, 0.5f);
-    float *xd = up(x, (size_t)B * T * cin, HMC_F32);
+    float *xd = gpu_up(x, (size_t)B * T * cin, HMC_F32);
     if (t == HMC_BF16) round_bf16(x, (size_t)B * T * cin); /* the im2col stores bf16 */
-    void *wd = up(w, (size_t)cout * k * cin, t); /* device layout [cout, k*cin] */
-    float *bd = up(b, cout, HMC_F32);
-    void *col = poison((size_t)B * To * k * cin, t);
-    float *y = poison((size_t)B * To * cout, HMC_F32);
+    void *wd = gpu_up(w, (size_t)cout * k * cin, t); /* device layout [cout, k*cin] */
+    float *bd = gpu_up(b, cout, HMC_F32);
+    void *col = gpu_poison((size_t)B * To * k * cin, t);
+    float *y = gpu_poison((size_t)B * To * cout, HMC_F32);
     OK(vcc_im2col(xd, B, T, cin, k, dil, pl, rep, col, t, 0));
     OK(hmc_gemm(col, wd, t, y, B * To, cout, k * cin, 0, 0));
     OK(vcc_bias_prelu(y, bd, 1.0f, B * To, cout, y, HMC_F32, NULL, 0));
-    float *g = down(y, (size_t)B * To * cout, HMC_F32);
+    float *g = gpu_down(y, (size_t)B * To * cout, HMC_F32);
     /* CPU: tap-major weights, channel-major rows, the repeated input built explicitly */
     float *wt = hm_malloc(sizeof(float) * (size_t)cout * k * cin);
     for (int o = 0; o < cout; o++)
@@ -179,17 +133,17 @@ static void check_tconv(int T, int cin, int cout, int s, hmc_dtype t)
     float *x = rvec((size_t)B * T * cin, 1.0f), *w = rvec((size_t)cin * cout * k, 1.0f / sqrtf((float)cin)),
           *b = rvec(cout, 0.5f);
     if (t == HMC_BF16) round_bf16(x, (size_t)B * T * cin), round_bf16(w, (size_t)cin * cout * k);
-    void *xd = up(x, (size_t)B * T * cin, t);
+    void *xd = gpu_up(x, (size_t)B * T * cin, t);
     float *wg = hm_malloc(sizeof(float) * (size_t)cin * cout * k); /* [k*cout, cin] */
     for (int i = 0; i < cin; i++)
         for (int o = 0; o < cout; o++)
             for (int j = 0; j < k; j++) wg[((size_t)j * cout + o) * cin + i] = w[((size_t)i * cout + o) * k + j];
-    void *wd = up(wg, (size_t)cin * cout * k, t);
-    float *bd = up(b, cout, HMC_F32);
-    float *z = poison((size_t)B * T * k * cout, HMC_F32), *y = poison((size_t)B * T * s * cout, HMC_F32);
+    void *wd = gpu_up(wg, (size_t)cin * cout * k, t);
+    float *bd = gpu_up(b, cout, HMC_F32);
+    float *z = gpu_poison((size_t)B * T * k * cout, HMC_F32), *y = gpu_poison((size_t)B * T * s * cout, HMC_F32);
     OK(hmc_gemm(xd, wd, t, z, B * T, k * cout, cin, 0, 0));
     OK(vcc_overlap_add(z, bd, B, T, cout, s, y, 0));
-    float *g = down(y, (size_t)B * T * s * cout, HMC_F32);
+    float *g = gpu_down(y, (size_t)B * T * s * cout, HMC_F32);
     float *xc = tm_to_cm(x, B, T, cin), *yc = hm_malloc(sizeof(float) * (size_t)B * T * s * cout);
     for (int bi = 0; bi < B; bi++)
         cpu_conv_transpose1d(xc + (size_t)bi * cin * T, cin, T, w, b, cout, k, s, (size_t)T * s,
@@ -210,10 +164,10 @@ static void check_bias_prelu(int M, int C, int mode, hmc_dtype t) /* mode 0: y, 
     size_t n = (size_t)M * C;
     float *h = rvec(n, 2.0f), *b = rvec(C, 0.5f), *r = rvec(n, 1.0f);
     const float a = 0.23f;
-    float *hd = up(h, n, HMC_F32), *bd = up(b, C, HMC_F32), *rd = up(r, n, HMC_F32);
-    void *yd = poison(n, t);
+    float *hd = gpu_up(h, n, HMC_F32), *bd = gpu_up(b, C, HMC_F32), *rd = gpu_up(r, n, HMC_F32);
+    void *yd = gpu_poison(n, t);
     OK(vcc_bias_prelu(hd, bd, a, M, C, mode ? NULL : yd, t, mode ? rd : NULL, 0));
-    float *g = down(mode ? (void *)rd : yd, n, mode ? HMC_F32 : t), *ref = hm_malloc(sizeof(float) * n);
+    float *g = gpu_down(mode ? (void *)rd : yd, n, mode ? HMC_F32 : t), *ref = hm_malloc(sizeof(float) * n);
     for (size_t i = 0; i < n; i++) {
         float v = h[i] + b[i % C];
         v = v < 0 ? a * v : v;
@@ -233,15 +187,15 @@ static void check_out1(int T, int C, int k, size_t n_keep, int pre)
     const int B = 2;
     float *x = rvec((size_t)B * T * C, 1.0f), *w = rvec((size_t)k * C, 0.2f), *pb = rvec(C, 0.5f);
     const float bias = 0.125f, pa = 0.3f;
-    float *xd = up(x, (size_t)B * T * C, HMC_F32), *wd = up(w, (size_t)k * C, HMC_F32), *pd = poison(B * n_keep, HMC_F32),
-          *pbd = up(pb, C, HMC_F32);
+    float *xd = gpu_up(x, (size_t)B * T * C, HMC_F32), *wd = gpu_up(w, (size_t)k * C, HMC_F32), *pd = gpu_poison(B * n_keep, HMC_F32),
+          *pbd = gpu_up(pb, C, HMC_F32);
     OK(vcc_conv_out1(xd, B, T, C, k, wd, bias, pre ? pbd : NULL, pa, n_keep, pd, 0));
     if (pre)
         for (size_t i = 0; i < (size_t)B * T * C; i++) {
             float v = x[i] + pb[i % C];
             x[i] = v < 0 ? pa * v : v;
         }
-    float *g = down(pd, B * n_keep, HMC_F32), *xc = tm_to_cm(x, B, T, C), *yc = hm_malloc(sizeof(float) * T),
+    float *g = gpu_down(pd, B * n_keep, HMC_F32), *xc = tm_to_cm(x, B, T, C), *yc = hm_malloc(sizeof(float) * T),
           *ref = hm_malloc(sizeof(float) * B * n_keep);
     for (int b = 0; b < B; b++) {
         cpu_conv1d(xc + (size_t)b * C * T, C, T, w, &bias, 1, k, 1, k - 1, 0, yc);
@@ -262,10 +216,10 @@ static void check_res_unit(int T, int C, int dil)
     float *x = rvec(n, 1.0f), *w1 = rvec((size_t)C * k * C, 1.0f / sqrtf(7.0f * C)), *w2 = rvec((size_t)C * C, 0.5f / sqrtf(C)),
           *b1 = rvec(C, 0.2f), *b2 = rvec(C, 0.2f);
     const float a1 = 0.21f, a2 = 0.17f;
-    float *xd = up(x, n, HMC_F32), *yd = poison(n, HMC_F32), *b1d = up(b1, C, HMC_F32), *b2d = up(b2, C, HMC_F32);
-    void *w1d = up(w1, (size_t)C * k * C, HMC_BF16), *w2d = up(w2, (size_t)C * C, HMC_BF16); /* rounds w1, w2 */
+    float *xd = gpu_up(x, n, HMC_F32), *yd = gpu_poison(n, HMC_F32), *b1d = gpu_up(b1, C, HMC_F32), *b2d = gpu_up(b2, C, HMC_F32);
+    void *w1d = gpu_up(w1, (size_t)C * k * C, HMC_BF16), *w2d = gpu_up(w2, (size_t)C * C, HMC_BF16); /* rounds w1, w2 */
     OK(vcc_res_unit_fused(xd, yd, B, T, C, k, dil, w1d, b1d, a1, w2d, b2d, a2, 0));
-    float *g = down(yd, n, HMC_F32);
+    float *g = gpu_down(yd, n, HMC_F32);
     float *w1t = hm_malloc(sizeof(float) * (size_t)C * k * C), *xc = tm_to_cm(x, B, T, C);
     for (int o = 0; o < C; o++)
         for (int j = 0; j < k; j++)
@@ -351,9 +305,9 @@ static void fixture(hmc_dtype t)
     for (int c = 0; c < 2; c++)
         for (int h = 0; h < H; h++)
             for (int i = 0; i < n; i++) tm[(size_t)i * 2 * H + (size_t)c * H + h] = lat[((size_t)c * H + h) * n + i];
-    float *ld = up(tm, (size_t)2 * H * n, HMC_F32), *pd = poison(2 * ns, HMC_F32);
+    float *ld = gpu_up(tm, (size_t)2 * H * n, HMC_F32), *pd = gpu_poison(2 * ns, HMC_F32);
     OK(vcc_decode_window(g, ld, n, ns, pd, 0));
-    float *pcm = down(pd, 2 * ns, HMC_F32);
+    float *pcm = gpu_down(pd, 2 * ns, HMC_F32);
     /* the reference keeps every stride-th sample of each channel */
     size_t nsub = (size_t)to->numel / 2;
     float *sub = hm_malloc(sizeof(float) * 2 * nsub);
@@ -367,9 +321,9 @@ static void fixture(hmc_dtype t)
     report("fixture/cpu", sh, pcm, cref, 2 * ns, t == HMC_F32 ? 1e-5 : 3e-2);
     /* a shorter n_keep gives the same leading samples, bit for bit */
     size_t keep = ns - 997;
-    float *pk = poison(2 * keep, HMC_F32);
+    float *pk = gpu_poison(2 * keep, HMC_F32);
     OK(vcc_decode_window(g, ld, n, keep, pk, 0));
-    float *pkh = down(pk, 2 * keep, HMC_F32), *lead = hm_malloc(sizeof(float) * 2 * keep);
+    float *pkh = gpu_down(pk, 2 * keep, HMC_F32), *lead = hm_malloc(sizeof(float) * 2 * keep);
     for (int c = 0; c < 2; c++) memcpy(lead + c * keep, pcm + c * ns, sizeof(float) * keep);
     snprintf(sh, sizeof sh, "n_keep %zu of %zu %s", keep, ns, dn(t));
     report("fixture/keep", sh, pkh, lead, 2 * keep, 0.0);
@@ -419,7 +373,7 @@ static void full(uint64_t seed)
     printf("full: random release decoder (hop %d, %.2f TFLOP per %d-frame window), init + upload %.2f s\n", hop,
            vcc_flops(&cfg, W) / 1e12, W, hm_now() - t0);
     float *lat = rvec((size_t)W * 2 * H, 2.0f);
-    float *ld = up(lat, (size_t)W * 2 * H, HMC_F32);
+    float *ld = gpu_up(lat, (size_t)W * 2 * H, HMC_F32);
 
     /* (1) correctness on ncpu frames against the CPU decoder (same weights: bf16-exact) */
     if (ncpu > 0) {
@@ -429,10 +383,10 @@ static void full(uint64_t seed)
         OK(voc_decode_window(cpu, lat, ncpu, ns, ref));
         double cpu_s = hm_now() - t0;
         for (int k = 0; k < 3; k++) { /* bf16 fused, bf16 unfused, f32 */
-            float *pd = poison(2 * ns, HMC_F32);
+            float *pd = gpu_poison(2 * ns, HMC_F32);
             if (k < 2) vcc_set_fused(g[0], k == 0);
             OK(vcc_decode_window(g[k == 2], ld, ncpu, ns, pd, 0));
-            float *pcm = down(pd, 2 * ns, HMC_F32);
+            float *pcm = gpu_down(pd, 2 * ns, HMC_F32);
             char sh[96];
             snprintf(sh, sizeof sh, "release widths, %d frames (CPU %.1f s) %s", ncpu, cpu_s,
                      k == 0 ? "bf16 fused" : k == 1 ? "bf16 unfused" : "f32");
@@ -519,7 +473,7 @@ static void full(uint64_t seed)
         OK(vcc_decode_window(g[k], ld, W, ns, pd, s));
         OK(vcc_profile_table(g[k], prof[kk], sizeof prof[kk]));
         OK(vcc_profile(g[k], 0));
-        float *pcm = down(pd, 2 * ns, HMC_F32);
+        float *pcm = gpu_down(pd, 2 * ns, HMC_F32);
         for (size_t i = 0; i < 2 * ns; i++)
             if (!isfinite(pcm[i])) {
                 finite[kk] = 0;
