@@ -97,4 +97,64 @@ static inline double gpu_relerr(const float *g, const float *r, size_t n, int *n
     return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
+/* Device-to-device copy bandwidth in bytes/s (read + write counted), best of 10 copies of
+ * 2 GiB: the ceiling a bandwidth-bound kernel is measured against. */
+static inline double gpu_copy_bandwidth(void)
+{
+    size_t n = (size_t)2 << 30;
+    void *a, *b;
+    CU(cudaMalloc(&a, n));
+    CU(cudaMalloc(&b, n));
+    CU(cudaMemset(a, 1, n));
+    cudaEvent_t e0, e1;
+    CU(cudaEventCreate(&e0));
+    CU(cudaEventCreate(&e1));
+    CU(cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice));
+    double best = 0;
+    for (int i = 0; i < 10; i++) {
+        CU(cudaEventRecord(e0, 0));
+        CU(cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice));
+        CU(cudaEventRecord(e1, 0));
+        CU(cudaEventSynchronize(e1));
+        float ms;
+        CU(cudaEventElapsedTime(&ms, e0, e1));
+        double bw = 2.0 * n / (ms * 1e-3);
+        if (bw > best) best = bw;
+    }
+    cudaFree(a), cudaFree(b);
+    cudaEventDestroy(e0), cudaEventDestroy(e1);
+    return best;
+}
+
+/* bf16 tensor-core peak in FLOP/s: an 8192^3 GEMM through hmc_gemm (the same cuBLASLt wrapper
+ * the code under test uses), mean of 10 after 3 warm-ups on stream s; *ms_out: ms per GEMM. */
+static inline double gpu_gemm_peak(cudaStream_t s, double *ms_out)
+{
+    const int G = 8192;
+    void *ga, *gb;
+    float *gc;
+    cudaEvent_t e0, e1;
+    CU(cudaEventCreate(&e0));
+    CU(cudaEventCreate(&e1));
+    CU(cudaMalloc(&ga, (size_t)G * G * 2));
+    CU(cudaMalloc(&gb, (size_t)G * G * 2));
+    CU(cudaMalloc((void **)&gc, (size_t)G * G * 4));
+    OK(hmc_fill_random(ga, HMC_BF16, (size_t)G * G, 1, 1.0f, s));
+    OK(hmc_fill_random(gb, HMC_BF16, (size_t)G * G, 2, 1.0f, s));
+    for (int i = 0; i < 3; i++) OK(hmc_gemm(ga, gb, HMC_BF16, gc, G, G, G, 0, s));
+    const int reps = 10;
+    CU(cudaEventRecord(e0, s));
+    for (int i = 0; i < reps; i++) OK(hmc_gemm(ga, gb, HMC_BF16, gc, G, G, G, 0, s));
+    CU(cudaEventRecord(e1, s));
+    CU(cudaEventSynchronize(e1));
+    float ms;
+    CU(cudaEventElapsedTime(&ms, e0, e1));
+    CU(cudaFree(ga));
+    CU(cudaFree(gb));
+    CU(cudaFree(gc));
+    cudaEventDestroy(e0), cudaEventDestroy(e1);
+    if (ms_out) *ms_out = ms / reps;
+    return 2.0 * G * G * (double)G / (ms / reps * 1e-3);
+}
+
 #endif

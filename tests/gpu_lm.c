@@ -153,32 +153,6 @@ static int fixture(const char *model_dir, const char *case_prefix, const char *d
 
 /* ---------------------------------------------------------------- benchmark ---------------- */
 
-static double copy_bandwidth(void)
-{
-    size_t n = (size_t)2 << 30;
-    void *a, *b;
-    CU(cudaMalloc(&a, n));
-    CU(cudaMalloc(&b, n));
-    CU(cudaMemset(a, 1, n));
-    cudaEvent_t e0, e1;
-    CU(cudaEventCreate(&e0));
-    CU(cudaEventCreate(&e1));
-    CU(cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice));
-    double best = 0;
-    for (int i = 0; i < 10; i++) {
-        CU(cudaEventRecord(e0, 0));
-        CU(cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice));
-        CU(cudaEventRecord(e1, 0));
-        CU(cudaEventSynchronize(e1));
-        float ms;
-        CU(cudaEventElapsedTime(&ms, e0, e1));
-        double bw = 2.0 * n / (ms * 1e-3);
-        if (bw > best) best = bw;
-    }
-    cudaFree(a), cudaFree(b);
-    return best;
-}
-
 /* GEMV at one shape: GB/s of every kernel variant in bf16 (rotating over enough weight copies to
  * defeat the L2), then the auto choice in bf16 and fp8, and the fp8 result's relative L2 error
  * against the bf16 result of the same weights. */
@@ -282,7 +256,7 @@ static int bench(void)
 {
     struct cudaDeviceProp p;
     CU(cudaGetDeviceProperties(&p, 0));
-    double bw = copy_bandwidth();
+    double bw = gpu_copy_bandwidth();
     printf("device %s, %d SMs, L2 %d MB; copy bandwidth %.0f GB/s (read + write)\n", p.name, p.multiProcessorCount,
            p.l2CacheSize >> 20, bw / 1e9);
     /* fixed cost vs size: one shape family, auto variant */
@@ -448,7 +422,7 @@ static int frames_ab(void)
 {
     struct cudaDeviceProp p;
     CU(cudaGetDeviceProperties(&p, 0));
-    double bw = copy_bandwidth();
+    double bw = gpu_copy_bandwidth();
     hm_lm_config cfg;
     memset(&cfg, 0, sizeof cfg);
     const hm_flavor *fb = hm_flavor_builtin("llama-3B"), *fd = hm_flavor_builtin("llama-300M");

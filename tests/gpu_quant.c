@@ -183,32 +183,6 @@ static void check_format(hmc_dtype t, int N, int K)
     free(w0), free(wd), free(w);
 }
 
-static double copy_bandwidth(void)
-{
-    size_t n = (size_t)1 << 30;
-    void *a, *b;
-    CU(cudaMalloc(&a, n));
-    CU(cudaMalloc(&b, n));
-    CU(cudaMemset(a, 1, n));
-    cudaEvent_t e0, e1;
-    CU(cudaEventCreate(&e0));
-    CU(cudaEventCreate(&e1));
-    CU(cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice));
-    double best = 0;
-    for (int i = 0; i < 8; i++) {
-        CU(cudaEventRecord(e0, 0));
-        CU(cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice));
-        CU(cudaEventRecord(e1, 0));
-        CU(cudaEventSynchronize(e1));
-        float ms;
-        CU(cudaEventElapsedTime(&ms, e0, e1));
-        if (2.0 * n / (ms * 1e-3) > best) best = 2.0 * n / (ms * 1e-3);
-    }
-    cudaFree(a), cudaFree(b);
-    cudaEventDestroy(e0), cudaEventDestroy(e1);
-    return best;
-}
-
 /* us per call of a, rotating over `copies` weights (w[i], sc[i]) in a graph of 200 calls */
 static double time_gemv(hmc_gemv_args *a, void **w, float **sc, int copies, cudaStream_t st)
 {
@@ -323,7 +297,7 @@ static int ops(void)
             check_gemv(t, 200, 1024, 4, HMC_IN_PLAIN, 1, 0, v);
         }
     }
-    double bw = copy_bandwidth();
+    double bw = gpu_copy_bandwidth();
     struct cudaDeviceProp p;
     CU(cudaGetDeviceProperties(&p, 0));
     printf("device %s, copy bandwidth %.0f GB/s (read + write)\n", p.name, bw / 1e9);
@@ -479,7 +453,7 @@ static int guard(int F)
     const int nc = 8, Va = cfg.audio_vocab_size, S = 64;
     struct cudaDeviceProp p;
     CU(cudaGetDeviceProperties(&p, 0));
-    double bw = copy_bandwidth();
+    double bw = gpu_copy_bandwidth();
     int32_t *tok = hm_calloc((size_t)S * (nc + 1), sizeof(int32_t));
     uint8_t *mask = hm_calloc((size_t)S * (nc + 1), 1);
     for (int s = 0; s < S; s++) tok[s * (nc + 1) + nc] = (s * 7919 + 13) % 128256, mask[s * (nc + 1) + nc] = 1;

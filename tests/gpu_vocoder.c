@@ -408,32 +408,9 @@ static void full(uint64_t seed)
     int dev;
     CU(cudaGetDevice(&dev));
     CU(cudaGetDeviceProperties(&prop, dev));
-    const int G = 8192;
-    void *ga, *gb;
-    float *gc;
-    CU(cudaMalloc(&ga, (size_t)G * G * 2));
-    CU(cudaMalloc(&gb, (size_t)G * G * 2));
-    CU(cudaMalloc((void **)&gc, (size_t)G * G * 4));
-    OK(hmc_fill_random(ga, HMC_BF16, (size_t)G * G, 1, 1.0f, s));
-    OK(hmc_fill_random(gb, HMC_BF16, (size_t)G * G, 2, 1.0f, s));
-    for (int i = 0; i < 3; i++) OK(hmc_gemm(ga, gb, HMC_BF16, gc, G, G, G, 0, s));
-    CU(cudaEventRecord(e0, s));
-    for (int i = 0; i < 10; i++) OK(hmc_gemm(ga, gb, HMC_BF16, gc, G, G, G, 0, s));
-    CU(cudaEventRecord(e1, s));
-    double gms = elapsed_ms(e0, e1) / 10, peak = 2.0 * G * G * (double)G / (gms * 1e-3);
-    CU(cudaFree(ga)); CU(cudaFree(gb)); CU(cudaFree(gc));
-    /* copy bandwidth: 1 GiB device to device (read + write) */
-    const size_t cb = (size_t)1 << 30;
-    void *ca, *cbuf;
-    CU(cudaMalloc(&ca, cb));
-    CU(cudaMalloc(&cbuf, cb));
-    CU(cudaMemsetAsync(ca, 0, cb, s));
-    CU(cudaMemcpyAsync(cbuf, ca, cb, cudaMemcpyDeviceToDevice, s));
-    CU(cudaEventRecord(e0, s));
-    for (int i = 0; i < 5; i++) CU(cudaMemcpyAsync(cbuf, ca, cb, cudaMemcpyDeviceToDevice, s));
-    CU(cudaEventRecord(e1, s));
-    double bw = 2.0 * cb * 5 / (elapsed_ms(e0, e1) * 1e-3);
-    CU(cudaFree(ca)); CU(cudaFree(cbuf));
+    const int G = 8192; /* gpu_gemm_peak's size, named in the output */
+    double gms, peak = gpu_gemm_peak(s, &gms);
+    const double bw = gpu_copy_bandwidth(); /* device to device, read + write */
 
     const size_t ns = (size_t)W * hop;
     float *pd;
