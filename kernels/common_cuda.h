@@ -42,6 +42,34 @@ struct hmc_nvtx {
     hmc_nvtx &operator=(const hmc_nvtx &) = delete;
 };
 
+/* What a persistent-grid launcher needs to size its grid, cached per kernel instantiation (one
+ * static hmc_occupancy in the launcher template): the kernel's opt-in to 200 KB of dynamic
+ * shared memory (once), the device's SM count, and the resident blocks per SM for `smem` bytes
+ * (recomputed only when smem changes).  HM_ERR if no block fits. */
+struct hmc_occupancy {
+    int attr_set = 0, occ = 0, sms = 0;
+    size_t smem = (size_t)-1;
+};
+template <typename K>
+static inline int hmc_occupancy_get(hmc_occupancy *c, K kern, int threads, size_t smem, const char *what)
+{
+    if (!c->attr_set) {
+        CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024));
+        c->attr_set = 1;
+    }
+    if (!c->sms) {
+        int dev;
+        CK(cudaGetDevice(&dev));
+        CK(cudaDeviceGetAttribute(&c->sms, cudaDevAttrMultiProcessorCount, dev));
+    }
+    if (smem != c->smem) {
+        CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&c->occ, kern, threads, smem));
+        if (c->occ < 1) return hm_err("%s: no occupancy for %zu bytes of shared memory", what, smem);
+        c->smem = smem;
+    }
+    return HM_OK;
+}
+
 __device__ __forceinline__ float hmc_ld(const float *p) { return *p; }
 __device__ __forceinline__ float hmc_ld(const __nv_bfloat16 *p) { return __bfloat162float(*p); }
 __device__ __forceinline__ void hmc_st(float *p, float v) { *p = v; }

@@ -409,23 +409,10 @@ int launch(const hmc_gemv_args *a, cudaStream_t s)
 {
     auto kern = gemv_kernel<WT, R, U, KS, DB>;
     size_t smem = (size_t)R * a->K * sizeof(float);
-    static int attr_set;
-    static size_t occ_smem = (size_t)-1;
-    static int occ;
-    if (!attr_set) {
-        CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024));
-        attr_set = 1;
-    }
-    if (!g_sms) {
-        int dev;
-        CK(cudaGetDevice(&dev));
-        CK(cudaDeviceGetAttribute(&g_sms, cudaDevAttrMultiProcessorCount, dev));
-    }
-    if (smem != occ_smem) {
-        CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, WARPS * 32, smem));
-        if (occ < 1) return hm_err("%s:%d: gemv: no occupancy for %zu bytes of shared memory", __FILE__, __LINE__, smem);
-        occ_smem = smem;
-    }
+    static hmc_occupancy oc;
+    CKH(hmc_occupancy_get(&oc, kern, WARPS * 32, smem, "gemv"));
+    if (!g_sms) g_sms = oc.sms;
+    const int occ = oc.occ;
     const int pairs = (a->N + RPW - 1) / RPW, ppb = WARPS / KS;
     const int blocks = HM_MIN((pairs + ppb - 1) / ppb, g_sms * HM_MIN(occ, g_bps));
     return launch_pdl(kern, dim3(blocks), dim3(WARPS * 32), smem, s, (const WT *)a->W, a->w_scale, a->N, a->K, a->x,

@@ -340,23 +340,10 @@ int launch_q(const hmc_gemv_args *a, cudaStream_t s)
     const size_t hbytes = (size_t)R * (a->K + 8) * sizeof(__half), cbytes = (size_t)R * a->K * sizeof(float);
     const int xcache = hbytes + cbytes <= 48 * 1024;
     const size_t smem = hbytes + (xcache ? cbytes : 0);
-    static int attr_set;
-    static size_t occ_smem = (size_t)-1;
-    static int occ;
-    if (!attr_set) {
-        CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024));
-        attr_set = 1;
-    }
-    if (!q_sms) {
-        int dev;
-        CK(cudaGetDevice(&dev));
-        CK(cudaDeviceGetAttribute(&q_sms, cudaDevAttrMultiProcessorCount, dev));
-    }
-    if (smem != occ_smem) {
-        CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, QWARPS * 32, smem));
-        if (occ < 1) return hm_err("%s:%d: gemv quant: no occupancy for %zu bytes of shared memory", __FILE__, __LINE__, smem);
-        occ_smem = smem;
-    }
+    static hmc_occupancy oc;
+    CKH(hmc_occupancy_get(&oc, kern, QWARPS * 32, smem, "gemv quant"));
+    if (!q_sms) q_sms = oc.sms;
+    const int occ = oc.occ;
     const int tiles = (a->N + 7) / 8, ppb = QWARPS / KS;
     const int blocks = HM_MIN((tiles + ppb - 1) / ppb, q_sms * HM_MIN(occ, q_bps));
     const char *pf = nullptr;

@@ -157,4 +157,39 @@ static inline double gpu_gemm_peak(cudaStream_t s, double *ms_out)
     return 2.0 * G * G * (double)G / (ms / reps * 1e-3);
 }
 
+/* Microseconds per call of the GEMV a, rotating over `copies` weights (w[i], and scales sc[i]
+ * when sc is non-NULL) so the reads miss the L2, timed as a graph of 200 calls (as in the engine:
+ * the host launch cost is excluded). */
+static inline double gpu_time_gemv(hmc_gemv_args *a, void **w, float **sc, int copies, cudaStream_t st)
+{
+    const int reps = 200;
+    cudaEvent_t e0, e1;
+    CU(cudaEventCreate(&e0));
+    CU(cudaEventCreate(&e1));
+    for (int i = 0; i < copies; i++) { /* warm-up */
+        a->W = w[i], a->w_scale = sc ? sc[i] : NULL;
+        OK(hmc_gemv(a, st));
+    }
+    /* the calls recorded in a graph, as in the engine (host launch cost excluded) */
+    cudaGraph_t g;
+    cudaGraphExec_t ge;
+    CU(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+    for (int i = 0; i < reps; i++) {
+        a->W = w[i % copies], a->w_scale = sc ? sc[i % copies] : NULL;
+        OK(hmc_gemv(a, st));
+    }
+    CU(cudaStreamEndCapture(st, &g));
+    CU(cudaGraphInstantiate(&ge, g, 0));
+    CU(cudaGraphLaunch(ge, st));
+    CU(cudaEventRecord(e0, st));
+    CU(cudaGraphLaunch(ge, st));
+    CU(cudaEventRecord(e1, st));
+    CU(cudaEventSynchronize(e1));
+    float ms;
+    CU(cudaEventElapsedTime(&ms, e0, e1));
+    cudaEventDestroy(e0), cudaEventDestroy(e1);
+    cudaGraphExecDestroy(ge), cudaGraphDestroy(g);
+    return ms * 1e3 / reps; /* us per call */
+}
+
 #endif

@@ -156,38 +156,6 @@ static int fixture(const char *model_dir, const char *case_prefix, const char *d
 /* GEMV at one shape: GB/s of every kernel variant in bf16 (rotating over enough weight copies to
  * defeat the L2), then the auto choice in bf16 and fp8, and the fp8 result's relative L2 error
  * against the bf16 result of the same weights. */
-static double time_gemv(hmc_gemv_args *a, void **w, float **sc, int copies, cudaStream_t st)
-{
-    const int reps = 200;
-    cudaEvent_t e0, e1;
-    CU(cudaEventCreate(&e0));
-    CU(cudaEventCreate(&e1));
-    for (int i = 0; i < copies; i++) { /* warm-up */
-        a->W = w[i], a->w_scale = sc ? sc[i] : NULL;
-        OK(hmc_gemv(a, st));
-    }
-    /* the calls recorded in a graph, as in the engine (host launch cost excluded) */
-    cudaGraph_t g;
-    cudaGraphExec_t ge;
-    CU(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-    for (int i = 0; i < reps; i++) {
-        a->W = w[i % copies], a->w_scale = sc ? sc[i % copies] : NULL;
-        OK(hmc_gemv(a, st));
-    }
-    CU(cudaStreamEndCapture(st, &g));
-    CU(cudaGraphInstantiate(&ge, g, 0));
-    CU(cudaGraphLaunch(ge, st));
-    CU(cudaEventRecord(e0, st));
-    CU(cudaGraphLaunch(ge, st));
-    CU(cudaEventRecord(e1, st));
-    CU(cudaEventSynchronize(e1));
-    float ms;
-    CU(cudaEventElapsedTime(&ms, e0, e1));
-    cudaEventDestroy(e0), cudaEventDestroy(e1);
-    cudaGraphExecDestroy(ge), cudaGraphDestroy(g);
-    return ms * 1e3 / reps; /* us per call */
-}
-
 static void gemv_bench(const char *name, int N, int K, int mode, int oswi, double copy_bw)
 {
     const int copies = (int)HM_MAX(2, (200u << 20) / ((size_t)N * K * 2) + 1), rows = 2;
@@ -215,13 +183,13 @@ static void gemv_bench(const char *name, int N, int K, int mode, int oswi, doubl
     printf("gemv %-10s N=%5d K=%5d bf16 by variant (GB/s):", name, N, K);
     for (int v = 1; v <= HMC_GEMV_VARIANTS; v++) {
         hmc_gemv_args a = {NULL, HMC_BF16, N, K, NULL, x, xw, rows, mode, ns, 1e-5f, y, oswi ? N / 2 : N, 0, v, oswi};
-        printf(" %d:%.0f", v, mb / time_gemv(&a, wb, NULL, copies, st) / 1e3);
+        printf(" %d:%.0f", v, mb / gpu_time_gemv(&a, wb, NULL, copies, st) / 1e3);
     }
     printf("\n");
     hmc_gemv_args a = {NULL, HMC_BF16, N, K, NULL, x, xw, rows, mode, ns, 1e-5f, y, oswi ? N / 2 : N, 0, 0, oswi};
-    double ub = time_gemv(&a, wb, NULL, copies, st);
+    double ub = gpu_time_gemv(&a, wb, NULL, copies, st);
     hmc_gemv_args a8 = {NULL, HMC_FP8, N, K, NULL, x, xw, rows, mode, ns, 1e-5f, y8, oswi ? N / 2 : N, 0, 0, oswi};
-    double u8 = time_gemv(&a8, w8, sc, copies, st);
+    double u8 = gpu_time_gemv(&a8, w8, sc, copies, st);
     a.W = wb[0], a8.W = w8[0], a8.w_scale = sc[0];
     OK(hmc_gemv(&a, st));
     OK(hmc_gemv(&a8, st));
@@ -281,7 +249,7 @@ static int bench(void)
             CU(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
             CU(cudaDeviceSynchronize());
             hmc_gemv_args a = {NULL, HMC_BF16, N, K, NULL, x, K, 2, HMC_IN_RMSNORM, ns, 1e-5f, y, N, 0, 0};
-            double us = time_gemv(&a, w, NULL, copies, st);
+            double us = gpu_time_gemv(&a, w, NULL, copies, st);
             printf(" %d:%.1f(%.0f GB/s)", N, us, (double)N * K * 2 / us / 1e3);
             for (int c = 0; c < copies; c++) cudaFree(w[c]);
             cudaFree(x), cudaFree(ns), cudaFree(y), cudaStreamDestroy(st);

@@ -183,38 +183,6 @@ static void check_format(hmc_dtype t, int N, int K)
     free(w0), free(wd), free(w);
 }
 
-/* us per call of a, rotating over `copies` weights (w[i], sc[i]) in a graph of 200 calls */
-static double time_gemv(hmc_gemv_args *a, void **w, float **sc, int copies, cudaStream_t st)
-{
-    const int reps = 200;
-    for (int i = 0; i < copies; i++) {
-        a->W = w[i], a->w_scale = sc ? sc[i] : NULL;
-        OK(hmc_gemv(a, st));
-    }
-    cudaGraph_t g;
-    cudaGraphExec_t ge;
-    CU(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-    for (int i = 0; i < reps; i++) {
-        a->W = w[i % copies], a->w_scale = sc ? sc[i % copies] : NULL;
-        OK(hmc_gemv(a, st));
-    }
-    CU(cudaStreamEndCapture(st, &g));
-    CU(cudaGraphInstantiate(&ge, g, 0));
-    CU(cudaGraphLaunch(ge, st));
-    cudaEvent_t e0, e1;
-    CU(cudaEventCreate(&e0));
-    CU(cudaEventCreate(&e1));
-    CU(cudaEventRecord(e0, st));
-    CU(cudaGraphLaunch(ge, st));
-    CU(cudaEventRecord(e1, st));
-    CU(cudaEventSynchronize(e1));
-    float ms;
-    CU(cudaEventElapsedTime(&ms, e0, e1));
-    cudaEventDestroy(e0), cudaEventDestroy(e1);
-    cudaGraphExecDestroy(ge), cudaGraphDestroy(g);
-    return ms * 1e3 / reps;
-}
-
 static char g_table[8192];
 static size_t g_tab_len;
 
@@ -243,25 +211,25 @@ static void bench_shape(const char *name, int N, int K, int mode, int oswi, doub
     hmc_gemv_args a = {NULL, HMC_BF16, N, K, NULL, x, xw, rows, mode, ns, 1e-5f, y, nout, 0, 0, oswi};
     const double bb = (double)N * K * 2, b8 = hmc_weight_bytes(HMC_FP8, N, K) + 4.0 * N,
                  b4 = hmc_weight_bytes(HMC_NVFP4, N, K) + 4.0;
-    double ub = time_gemv(&a, wb, NULL, copies, st);
+    double ub = gpu_time_gemv(&a, wb, NULL, copies, st);
     double u8[5], u4[5];
     for (int v = 0; v <= 4; v++) {
         a.variant = v, a.wdt = HMC_FP8;
-        u8[v] = time_gemv(&a, w8, s8, copies, st);
+        u8[v] = gpu_time_gemv(&a, w8, s8, copies, st);
         a.wdt = HMC_NVFP4;
-        u4[v] = time_gemv(&a, w4, s4, copies, st);
+        u4[v] = gpu_time_gemv(&a, w4, s4, copies, st);
     }
     hmc_gemv_quant_set_self_prefetch(1);
     a.variant = 0, a.wdt = HMC_FP8;
-    const double n8 = time_gemv(&a, w8, s8, copies, st);
+    const double n8 = gpu_time_gemv(&a, w8, s8, copies, st);
     a.wdt = HMC_NVFP4;
-    const double n4 = time_gemv(&a, w4, s4, copies, st);
+    const double n4 = gpu_time_gemv(&a, w4, s4, copies, st);
     hmc_gemv_quant_set_self_prefetch(0);
     hmc_gemv_quant_set_multi_acc(1);
     a.wdt = HMC_FP8;
-    const double m8 = time_gemv(&a, w8, s8, copies, st);
+    const double m8 = gpu_time_gemv(&a, w8, s8, copies, st);
     a.wdt = HMC_NVFP4;
-    const double m4 = time_gemv(&a, w4, s4, copies, st);
+    const double m4 = gpu_time_gemv(&a, w4, s4, copies, st);
     hmc_gemv_quant_set_multi_acc(0);
     printf("gemv %-9s N=%5d K=%5d  bf16 %.1f us (%.0f%% of copy)  fp8 auto/KS1/2/4/8 us: %.1f %.1f %.1f %.1f %.1f"
            " (self-prefetch on %.1f, multi-acc %.1f)  nvfp4: %.1f %.1f %.1f %.1f %.1f (self-prefetch on %.1f, multi-acc"
