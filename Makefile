@@ -110,5 +110,7 @@ all: $(GPU_BIN)
 $(BUILD)/gpu/%: $(BUILD)/tests/%.o $(BUILD)/libhmcuda.a $(BUILD)/libhm.a
 	@mkdir -p $(@D); $(CC) $(CFLAGS) -o $@ $< -Wl,--start-group $(BUILD)/libhmcuda.a $(BUILD)/libhm.a -Wl,--end-group \
 	  -Wl,--as-needed $(LDLIBS)
+# the kernel timeline reads CUPTI's activity records (the toolkit's libcupti)
+$(BUILD)/gpu/gpu_timeline: LDLIBS += -lcupti
 endif
 

@@ -550,6 +550,8 @@ struct fmc_model {
     } graph[FMC_GRAPHS];
     unsigned long long gclock;
     int no_fuse; /* fmc_set_fusion(m, 0): the unfused residual adds and norms (A/B timing) */
+    int ws_separate; /* fmc_set_scratch_sharing(m, 0): every workspace buffer on its own (A/B memory) */
+    size_t ws_bytes; /* the workspace's device bytes (fmc_workspace_bytes) */
     int att_set; /* FMC_ATT_* as set (fmc_set_attention); att_mode() resolves FMC_ATT_AUTO */
     /* attention through strided-batched cuBLASLt GEMMs (FMC_ATT_GEMM): scores S and
      * probabilities P [B*H, T, T], own handle, workspace and plans */
@@ -821,7 +823,20 @@ int ensure_ws(fmc_model *m, int B, int T, int steps)
         (size_t)(m->ws_steps + 1) * Bx * 4 + Mx * wmax * es, Mx * colw * es,
         att_mode(m) == FMC_ATT_GEMM ? Mx * H * (size_t)m->ws_T * 4 : 0,
         att_mode(m) == FMC_ATT_GEMM ? Mx * H * (size_t)m->ws_T * es : 0};
-    for (int i = 0; i < 18; i++) CK(cudaMalloc(&m->ws[i], sizes[i] + 256));
+    /* One scratch for the buffers whose lives do not overlap (unless fmc_set_scratch_sharing(m, 0)):
+     * qkv (a block's attention input), gu (its MLP's gate|up) and tmp (a ProjectLayer's conv output)
+     * at offset 0, col (the ProjectLayer's im2col, the bf16 q|k|v of the attention) after the
+     * larger of qkv and tmp: col is written from qkv and read into tmp, gu only after both. */
+    const size_t al = 256, col_off = (HM_MAX(sizes[2], sizes[5]) + al - 1) / al * al;
+    if (!m->ws_separate) {
+        sizes[4] = HM_MAX(sizes[4], col_off + sizes[15]);
+        sizes[2] = sizes[5] = sizes[15] = 0;
+    }
+    m->ws_bytes = 0;
+    for (int i = 0; i < 18; i++) {
+        CK(cudaMalloc(&m->ws[i], sizes[i] + 256));
+        m->ws_bytes += sizes[i] + 256;
+    }
     m->attS = (float *)m->ws[16];
     m->attP = m->ws[17];
     float **f[14] = {&m->x1, &m->x2, &m->qkv, &m->h, &m->gu, &m->tmp, &m->emb1, &m->mod1,
@@ -831,6 +846,10 @@ int ensure_ws(fmc_model *m, int B, int T, int steps)
     m->gin = m->ws[14];
     m->tarr = (float *)((char *)m->ws[14] + ((Mx * wmax * es + 255) & ~(size_t)255));
     m->col = m->ws[15];
+    if (!m->ws_separate) {
+        m->qkv = m->tmp = m->gu;
+        m->col = (char *)m->gu + col_off;
+    }
     return HM_OK;
 }
 
@@ -1378,6 +1397,22 @@ extern "C" int fmc_precision(const char *precision, int *out)
 }
 
 extern "C" int fmc_weight_count(const fmc_model *m) { return m->nalloc; }
+
+extern "C" void fmc_set_scratch_sharing(fmc_model *m, int on)
+{
+    if (m->ws_separate == !on) return;
+    m->ws_separate = !on;
+    m->ws_M = 0; /* the next call reallocates the workspace */
+}
+
+extern "C" size_t fmc_weight_bytes(const fmc_model *m)
+{
+    size_t b = 0;
+    for (int i = 0; i < m->nalloc; i++) b += m->alloc_n[i] * hmc_dtype_size(m->alloc_t[i]);
+    return b;
+}
+
+extern "C" size_t fmc_workspace_bytes(const fmc_model *m) { return m->ws_bytes + (m->lt_ws ? (32u << 20) : 0); }
 
 extern "C" int fmc_weight_get(const fmc_model *m, int i, float **host, size_t *n)
 {

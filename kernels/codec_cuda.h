@@ -68,6 +68,14 @@ int fmc_attention_mode(const fmc_model *m); /* the path calls take now (AUTO res
 /* Fused residual-add + norm kernels (default on); off: the separate fmc_gated_add and
  * fmc_norm_modulate passes (before/after timing).  Drops captured graphs when it changes. */
 void fmc_set_fusion(fmc_model *m, int on);
+/* Workspace buffers whose lives do not overlap share one scratch (default on: the attention's qkv
+ * and bf16 q|k|v, the MLP's gate|up, the ProjectLayer's im2col and conv output; ~100 MB less at
+ * the release's sizes); off: each its own (A/B memory).  Reallocated at the next call. */
+void fmc_set_scratch_sharing(fmc_model *m, int on);
+/* Device bytes of the weights (every buffer fmc_weight_get lists) and of the workspace as last
+ * sized (activations, scratch, the GEMM attention's handle workspace when made). */
+size_t fmc_weight_bytes(const fmc_model *m);
+size_t fmc_workspace_bytes(const fmc_model *m);
 /* Older switch: on = FMC_ATT_GEMM, off = FMC_ATT_TILED. */
 int fmc_set_attention_gemm(fmc_model *m, int on);
 /* Stage config "precision" -> weights dtype: "" or "bf16" -> HMC_BF16, "fp32" -> HMC_F32, else HM_ERR. */

@@ -21,7 +21,11 @@
  *              (w = e2m1 · block scale · tensor scale).  hmc_weight_bytes gives the size.
  * In the MMA, the k order inside a thread's word is free as long as A and B agree: NVFP4 pairs
  * come out of a 32-bit word as elements (i, i+4), so the activations are staged in that order
- * within each group of 8. */
+ * within each group of 8.
+ * Two decode kernels: the 8-row kernel (weights as B, loaded into registers in fragment layout;
+ * the NVFP4 default) and the streaming kernel (weights as A, staged by cp.async; the fp8 default,
+ * with the rotary + KV-append epilogue of hmc_gemv_args.rope; the 8-row path runs hmc_rope_append
+ * after itself instead).  hmc_gemv_quant_set_impl switches for A/B timing. */
 #include "common_cuda.h"
 #include "ops_cuda.h"
 
@@ -34,6 +38,7 @@ namespace {
 constexpr int QWARPS = 8;
 int q_sms;
 int q_bps = 4;     /* cap on resident blocks per SM (occupancy decides below it) */
+int q_impl;        /* 0: per type (fp8 streaming, NVFP4 8-row), 1: 8-row kernel, 2: streaming kernel */
 int q_multi_acc;   /* 1: several MMA accumulator chains per warp (knob, not measured yet) */
 int q_self_pf;     /* L2 prefetch of a warp's own segment beyond the loads in flight (knob; off:
                       measured slower in a whole frame on H100, 4.18 -> 4.28 ms fp8) */
@@ -395,6 +400,338 @@ int launch_rows(const hmc_gemv_args *a, cudaStream_t s)
     }
 }
 
+/* ---- the streaming kernel (fp8 default): 16 weight rows per warp as the MMA's A operand -------
+ * The 8-row kernel above loads each weight word straight into the MMA fragment layout, so one
+ * load instruction reads 64 bytes of each of 8 rows; here the async-copy unit (cp.async) moves
+ * whole stages into shared memory with every instruction reading whole 128-byte lines (256
+ * contiguous bytes of each of 2 rows with 16-word stages, 512 of one row with 32-word stages),
+ * closer to the bf16 GEMV's loads, and the fragments are read from there.
+ * Each warp owns a 16-row tile (lane (g, t): rows g and g + 8, the A operand's two row halves;
+ * activations are B, input row = B column g, so lanes g >= R feed nothing) and a K segment (KS
+ * warps per tile), walked in steps of CW words per row through NS stages of its own; the first
+ * NS stages are requested before waiting for the previous kernel (programmatic dependent launch).
+ * fp8 row scales travel with a tile's first stage, NVFP4 block scales with every stage, so no
+ * scale load sits on the critical path.  Per MMA a lane converts 8 weights (4 of each row) and
+ * reads 4 activations: half the MMAs and activation reads per weight of the 8-row kernel.  The
+ * arithmetic per product is that kernel's (same f16 weights and activations, fp32 accumulation;
+ * only the order of the fp32 sums differs).  Output: lane (g, t) holds rows g (c0, c1) and g + 8
+ * (c2, c3) for input rows 2t, 2t + 1; even lanes hold a SwiGLU / rotary pair with their neighbour.
+ * Measured on H100 (docs/PERF.md, tests/gpu_quant.c): faster than the 8-row kernel for fp8 (whole
+ * frame 4.02 -> 3.74 ms), slower for NVFP4 (3.41 -> 3.87 ms), so hmc_gemv_quant picks per type. */
+__device__ __forceinline__ void mma_a(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                      uint32_t b1)
+{
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+/* Rotary epilogue (hmc_gemv_args.rope) on the streaming kernel's outputs: a lane of even g holds
+ * rows n, n + 1 of a head's interleaved pair (its own and its neighbour's values); as gemv.cu's
+ * rope_pair and rope_append_kernel, to the bit. */
+struct q_rope {
+    const float *freqs;
+    const int *pos_dev;
+    int pos_add, T, H, KVH, hd, max_seq, cache_f32;
+    void *kc, *vc;
+};
+
+/* rotate (a, b) of input row r at output row n (even) when it is q or k; store k, v into the cache */
+__device__ __forceinline__ void q_rope_pair(const q_rope &e, int n, int r, float &a, float &b)
+{
+    const int h = n / e.hd, i = (n % e.hd) / 2;
+    if (h >= e.H + 2 * e.KVH) return;
+    const int bt = r / e.T, pos = (e.pos_dev ? *e.pos_dev : 0) + e.pos_add + r % e.T;
+    if (h < e.H + e.KVH) {
+        float ang = (float)pos * e.freqs[i];
+        float c, sn;
+        sincosf(ang, &sn, &c);
+        const float a0 = a, b0 = b;
+        a = a0 * c - b0 * sn, b = b0 * c + a0 * sn;
+    }
+    if (h >= e.H) {
+        const bool isk = h < e.H + e.KVH;
+        const int kh = isk ? h - e.H : h - e.H - e.KVH;
+        const size_t off = (((size_t)bt * e.KVH + kh) * e.max_seq + pos) * e.hd + 2 * i;
+        void *base = isk ? e.kc : e.vc;
+        if (e.cache_f32) {
+            float *d = (float *)base + off;
+            d[0] = a, d[1] = b;
+        } else {
+            __nv_bfloat16 *d = (__nv_bfloat16 *)base + off;
+            d[0] = __float2bfloat16(a), d[1] = __float2bfloat16(b);
+        }
+    }
+}
+
+__device__ __forceinline__ uint32_t smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+/* global -> shared copy of `bytes` (4 or 16) by the async-copy unit, zero-filled past `valid`
+ * bytes (0: nothing read) */
+template <int BYTES> __device__ __forceinline__ void cp_async(void *dst, const void *src, uint32_t valid)
+{
+    if (BYTES == 16)
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_addr(dst)), "l"(src), "r"(valid) : "memory");
+    else
+        asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;" ::"r"(smem_addr(dst)), "l"(src), "n"(BYTES), "r"(valid)
+                     : "memory");
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
+
+template <int Q, int CW, int NS>
+__global__ void __launch_bounds__(QWARPS * 32, 2)
+gemvq3_kernel(const uint8_t *__restrict__ W, const float *__restrict__ wscale, int N, int K,
+              const float *__restrict__ x, int ldx, int R, int in_mode, const float *__restrict__ nscale, float eps,
+              float *__restrict__ y, int ldy, int accumulate, int out_swiglu, int KS, int xcache, q_rope rope,
+              const char *__restrict__ pf, size_t pf_bytes)
+{
+    constexpr int QK = Q == 0 ? 16 : 32;          /* weights per 16-byte word */
+    constexpr int STW = 16 * CW;                   /* words per stage */
+    constexpr int STS = Q == 1 ? 16 * CW * 2 : 0;  /* NVFP4 block-scale bytes per stage */
+    extern __shared__ uint4 q_smem[];
+    __shared__ float red[2][4][QWARPS];
+    __shared__ float4 part[QWARPS][8][2]; /* KS > 1: [warp][g][t < 2] partial sums */
+    __shared__ float tsl[QWARPS][4][16];  /* fp8: the row scales of a warp's last 4 tiles (ring) */
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int PPB = QWARPS / KS, grp = warp / KS, sub = warp % KS;
+    const int ntiles = (N + 15) >> 4, KW = K / QK, ldxs = K + 8;
+    const int seg = ((KW + KS - 1) / KS + 1) & ~1; /* even: whole 4-byte NVFP4 scale pairs */
+    const int s0 = min(KW, sub * seg), s1 = min(KW, s0 + seg);
+    const int nst = max(1, (seg + CW - 1) / CW); /* steps per tile (block-uniform) */
+    const size_t rowbytes = Q == 0 ? (size_t)K : (size_t)K / 2;
+    const uint8_t *bsc = W + (size_t)N * rowbytes; /* NVFP4 block scales [N][K/16] */
+    const int tstride = gridDim.x * PPB, bt0 = blockIdx.x * PPB;
+    const int total = (bt0 < ntiles ? (ntiles - bt0 + tstride - 1) / tstride : 0) * nst;
+    __half *xs = reinterpret_cast<__half *>(q_smem);
+    const size_t xbytes = ((size_t)R * ldxs * sizeof(__half) + (xcache ? (size_t)R * K * sizeof(float) : 0) + 15) & ~(size_t)15;
+    uint8_t *wst = reinterpret_cast<uint8_t *>(q_smem) + xbytes + (size_t)warp * NS * (STW * 16 + STS);
+
+    /* stage j -> slot j % NS: 16 rows x CW words, row r's word w at (w ^ 4 (r & 1)) (conflict-free
+     * fragment reads); a copy instruction covers CW contiguous words of each of 32 / CW rows */
+    auto issue = [&](int j) {
+        const int it = j / nst, ks = j - it * nst, tile = bt0 + it * tstride + grp, w0 = s0 + ks * CW;
+        const bool jok = j < total && tile < ntiles;
+        uint8_t *d = wst + (size_t)(j % NS) * (STW * 16 + STS);
+#pragma unroll
+        for (int i = 0; i < STW / 32; i++) {
+            const int c = i * 32 + lane, r = c / CW, w = c % CW, row = tile * 16 + r;
+            const bool ok = jok && row < N && w0 + w < s1;
+            const uint8_t *src = ok ? W + (size_t)row * rowbytes + (size_t)(w0 + w) * 16 : W;
+            cp_async<16>(d + (size_t)(r * CW + (w ^ ((r & 1) << 2))) * 16, src, ok ? 16u : 0u);
+        }
+        if (Q == 1) /* the stage's block scales: 2 bytes per word, 4-byte copies */
+#pragma unroll
+            for (int i = 0; i < 16 * CW / 2 / 32; i++) {
+                const int c = i * 32 + lane, r = c / (CW / 2), w = 2 * (c % (CW / 2)), row = tile * 16 + r;
+                const bool ok = jok && row < N && w0 + w < s1;
+                const uint8_t *src = ok ? bsc + (size_t)row * (K / 16) + 2 * (size_t)(w0 + w) : bsc;
+                cp_async<4>(d + STW * 16 + (size_t)(r * CW + w) * 2, src, ok ? 4u : 0u);
+            }
+        if (Q == 0 && ks == 0 && sub == 0 && lane < 16) { /* the tile's row scales, with its first step */
+            const int row = tile * 16 + lane;
+            const bool ok = jok && row < N;
+            cp_async<4>(&tsl[warp][it & 3][lane], ok ? wscale + row : wscale, ok ? 4u : 0u);
+        }
+        cp_commit(); /* one group per stage, empty or not: wait_group counts stay aligned */
+    };
+
+    pdl_trigger();
+    for (int j = 0; j < NS; j++) issue(j); /* weights only: before the wait */
+    const float tsc = Q == 1 ? __ldg(wscale) * 128.0f : 1.0f; /* NVFP4: block scales were staged x128 */
+    pdl_wait();
+    float rs[4] = {1.0f, 1.0f, 1.0f, 1.0f};
+    {
+        float *xc = xcache ? reinterpret_cast<float *>(xs + (size_t)R * ldxs) : nullptr;
+        switch (R) { /* the 8-row kernel's staging, to the bit */
+        case 1: stage_h<1, Q == 1>(xs, ldxs, x, ldx, K, in_mode, nscale, eps, reinterpret_cast<float (*)[1][QWARPS]>(red), rs, xc); break;
+        case 2: stage_h<2, Q == 1>(xs, ldxs, x, ldx, K, in_mode, nscale, eps, reinterpret_cast<float (*)[2][QWARPS]>(red), rs, xc); break;
+        case 3: stage_h<3, Q == 1>(xs, ldxs, x, ldx, K, in_mode, nscale, eps, reinterpret_cast<float (*)[3][QWARPS]>(red), rs, xc); break;
+        default: stage_h<4, Q == 1>(xs, ldxs, x, ldx, K, in_mode, nscale, eps, red, rs, xc); break;
+        }
+    }
+    const float rs0 = t == 0 ? rs[0] : rs[2], rs1 = t == 0 ? rs[1] : rs[3]; /* input rows 2t, 2t + 1 */
+    const __half *xrow = xs + (size_t)min(g, R - 1) * ldxs;
+    const bool xact = g < R;
+    const int sw = (g & 1) << 2;
+
+    float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int j = 0; j < total; j++) { /* block-uniform */
+        const int it = j / nst, ks = j - it * nst, tile = bt0 + it * tstride + grp, w0 = s0 + ks * CW;
+        cp_wait<NS - 1>(); /* this lane's copies of stage j */
+        __syncwarp();      /* and the other lanes' */
+        const uint8_t *d = wst + (size_t)(j % NS) * (STW * 16 + STS);
+        const uint4 *ws = reinterpret_cast<const uint4 *>(d);
+#pragma unroll
+        for (int u = 0; u < CW / 4; u++) {
+            const int wl = t + 4 * u, w = w0 + wl;
+            const bool act = xact && w < s1;
+            const uint4 va = ws[g * CW + (wl ^ sw)], vb = ws[(g + 8) * CW + (wl ^ sw)];
+            const uint32_t wa[4] = {va.x, va.y, va.z, va.w}, wb[4] = {vb.x, vb.y, vb.z, vb.w};
+            if (Q == 0) {
+                uint4 x0 = make_uint4(0, 0, 0, 0), x1 = x0;
+                if (act) {
+                    const uint4 *xp = reinterpret_cast<const uint4 *>(xrow + (size_t)w * 16);
+                    x0 = xp[0], x1 = xp[1];
+                }
+                const uint32_t xb[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+#pragma unroll
+                for (int q = 0; q < 4; q++)
+                    mma_a(c, e4m3x2_to_h2(wa[q] & 0xffffu), e4m3x2_to_h2(wb[q] & 0xffffu), e4m3x2_to_h2(wa[q] >> 16),
+                          e4m3x2_to_h2(wb[q] >> 16), xb[2 * q], xb[2 * q + 1]);
+            } else {
+                uint32_t xb[16];
+#pragma unroll
+                for (int q = 0; q < 4; q++) {
+                    uint4 v = make_uint4(0, 0, 0, 0);
+                    if (act) v = reinterpret_cast<const uint4 *>(xrow + (size_t)w * 32)[q];
+                    xb[4 * q] = v.x, xb[4 * q + 1] = v.y, xb[4 * q + 2] = v.z, xb[4 * q + 3] = v.w;
+                }
+                const unsigned short *sc = reinterpret_cast<const unsigned short *>(d + STW * 16);
+                const uint32_t sa2 = hmul2u(e4m3x2_to_h2(sc[g * CW + wl]), 0x58005800u); /* x128 in f16 */
+                const uint32_t sb2 = hmul2u(e4m3x2_to_h2(sc[(g + 8) * CW + wl]), 0x58005800u);
+                const uint32_t sa[2] = {(sa2 & 0xffffu) * 0x10001u, (sa2 >> 16) * 0x10001u};
+                const uint32_t sb[2] = {(sb2 & 0xffffu) * 0x10001u, (sb2 >> 16) * 0x10001u};
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const uint32_t ma = sa[i >> 1], mb = sb[i >> 1];
+                    mma_a(c, hmul2u(e2m1_pair<0>(wa[i]), ma), hmul2u(e2m1_pair<0>(wb[i]), mb),
+                          hmul2u(e2m1_pair<1>(wa[i]), ma), hmul2u(e2m1_pair<1>(wb[i]), mb), xb[4 * i], xb[4 * i + 1]);
+                    mma_a(c, hmul2u(e2m1_pair<2>(wa[i]), ma), hmul2u(e2m1_pair<2>(wb[i]), mb),
+                          hmul2u(e2m1_pair<3>(wa[i]), ma), hmul2u(e2m1_pair<3>(wb[i]), mb), xb[4 * i + 2],
+                          xb[4 * i + 3]);
+                }
+            }
+        }
+        __syncwarp(); /* the slot is read: refill it */
+        issue(j + NS);
+        if (ks != nst - 1) continue;
+        /* end of the tile's segment: merge the KS segments, scale, store */
+        if (KS > 1) {
+            if (t < 2) part[warp][g][t] = make_float4(c[0], c[1], c[2], c[3]);
+            __syncthreads();
+            if (sub == 0 && t < 2)
+                for (int k = 1; k < KS; k++) {
+                    const float4 p = part[warp + k][g][t];
+                    c[0] += p.x, c[1] += p.y, c[2] += p.z, c[3] += p.w;
+                }
+            __syncthreads();
+        }
+        if (sub == 0 && tile < ntiles) { /* warp-uniform */
+            const int n0 = tile * 16 + g, n1 = n0 + 8;
+            const float w0s = Q == 0 ? tsl[warp][it & 3][g] : tsc, w1s = Q == 0 ? tsl[warp][it & 3][g + 8] : tsc;
+            float v[4] = {c[0] * (rs0 * w0s), c[1] * (rs1 * w0s), c[2] * (rs0 * w1s), c[3] * (rs1 * w1s)};
+            float o[4]; /* the odd neighbour's values (row n + 1 of an interleaved pair) */
+#pragma unroll
+            for (int i = 0; i < 4; i++) o[i] = __shfl_down_sync(0xffffffffu, v[i], 4);
+            if (t < 2) {
+                const int r0 = 2 * t;
+                if (out_swiglu) {
+                    if (!(g & 1))
+#pragma unroll
+                        for (int i = 0; i < 4; i++) {
+                            const int n = i < 2 ? n0 : n1, r = r0 + (i & 1);
+                            if (n < N && r < R) y[(size_t)r * ldy + n / 2] = v[i] / (1.0f + __expf(-v[i])) * o[i];
+                        }
+                } else if (rope.freqs) { /* even lanes: the pair (n, n + 1) */
+                    if (!(g & 1))
+#pragma unroll
+                        for (int i = 0; i < 4; i++) {
+                            const int n = i < 2 ? n0 : n1, r = r0 + (i & 1);
+                            if (n + 1 < N && r < R) {
+                                q_rope_pair(rope, n, r, v[i], o[i]);
+                                y[(size_t)r * ldy + n] = v[i], y[(size_t)r * ldy + n + 1] = o[i];
+                            }
+                        }
+                } else {
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        const int n = i < 2 ? n0 : n1, r = r0 + (i & 1);
+                        if (n < N && r < R) {
+                            float *yp = y + (size_t)r * ldy + n;
+                            *yp = accumulate ? *yp + v[i] : v[i];
+                        }
+                    }
+                }
+            }
+        }
+        c[0] = c[1] = c[2] = c[3] = 0.0f;
+    }
+    cp_wait<0>();
+    /* done with this block's rows: a share of the next op's weights into L2 (hmc_gemv_args.pf) */
+    if (pf_bytes && threadIdx.x < 32) {
+        const size_t share = ((pf_bytes + gridDim.x - 1) / gridDim.x + 15) & ~(size_t)15, b0 = blockIdx.x * share;
+        const size_t len = b0 < pf_bytes ? min(share, pf_bytes - b0) & ~(size_t)15 : 0;
+        const size_t piece = ((len + 31) / 32 + 15) & ~(size_t)15;
+        const size_t o = (size_t)threadIdx.x * piece;
+        if (o < len) l2_pf(pf + b0 + o, (uint32_t)min(piece, len - o));
+    }
+}
+
+int q2_bps = 2; /* resident blocks per SM (at most what shared memory allows) */
+int q3_rule;    /* auto kernel shape: 0 the default, 1..4 alternatives (A/B knob) */
+
+template <int Q, int CW, int NS>
+int launch_q3(const hmc_gemv_args *a, int KS, cudaStream_t s)
+{
+    auto kern = gemvq3_kernel<Q, CW, NS>;
+    const int R = a->rows;
+    const size_t hbytes = (size_t)R * (a->K + 8) * sizeof(__half), cbytes = (size_t)R * a->K * sizeof(float);
+    const int xcache = hbytes + cbytes <= 48 * 1024;
+    const size_t xbytes = (hbytes + (xcache ? cbytes : 0) + 15) & ~(size_t)15;
+    const size_t smem = xbytes + (size_t)QWARPS * NS * (16 * CW * 16 + (Q == 1 ? 16 * CW * 2 : 0));
+    if (smem > 200 * 1024) { /* long rows: the smallest stages (hmc_gemv_quant checks that they fit) */
+        if (CW == 16 && NS == 2) return hm_err("%s:%d: gemv quant: K %d too large", __FILE__, __LINE__, a->K);
+        return launch_q3<Q, 16, 2>(a, KS, s);
+    }
+    static hmc_occupancy oc;
+    CKH(hmc_occupancy_get(&oc, kern, QWARPS * 32, smem, "gemv quant"));
+    const int tiles = (a->N + 15) / 16, ppb = QWARPS / KS;
+    const int blocks = HM_MIN((tiles + ppb - 1) / ppb, oc.sms * HM_MIN(oc.occ, q2_bps));
+    const char *pf = nullptr;
+    size_t pf_bytes = 0;
+    if (a->pf && a->pf_bytes > 16) { /* whole 16-byte units only */
+        const uintptr_t p0 = ((uintptr_t)a->pf + 15) & ~(uintptr_t)15, p1 = ((uintptr_t)a->pf + a->pf_bytes) & ~(uintptr_t)15;
+        if (p1 > p0) pf = (const char *)p0, pf_bytes = p1 - p0;
+    }
+    q_rope rp = {};
+    if (a->rope) {
+        const hmc_rope_args *r = a->rope;
+        rp = {r->freqs, r->pos_dev, r->pos_add, r->T, r->H, r->KVH, r->hd, r->max_seq, r->ct == HMC_F32, r->k_cache,
+              r->v_cache};
+    }
+    return launch_pdl(kern, dim3(blocks), dim3(QWARPS * 32), smem, s, (const uint8_t *)a->W, a->w_scale, a->N, a->K,
+                      a->x, a->ldx, R, a->in_mode, a->norm_scale, a->eps, a->y, a->ldy, a->accumulate, a->out_swiglu,
+                      KS, xcache, rp, pf, pf_bytes);
+}
+
+/* Kernel shape of the streaming kernel: variant 1..12 = KS 1/2/4/8 warps per tile with (CW, NS) =
+ * (16, 2), then (16, 3), then (32, 2); 0 = auto: the fewest warps per tile that still give every
+ * SM work (tiles · KS / 8 blocks >= 1.2 per SM), at most 8, with (16, 2) and 2 blocks per SM: the
+ * fastest whole fp8 frame of the rules measured on H100 (hmc_gemv_quant_set_auto_rule, 1 block
+ * per SM; docs/PERF.md), though single shapes have faster fixed variants. */
+template <int Q>
+int launch_v3(const hmc_gemv_args *a, cudaStream_t s)
+{
+    int v = a->variant;
+    if (v < 1 || v > 12) {
+        static int sms;
+        if (!sms) {
+            int dev;
+            CK(cudaGetDevice(&dev));
+            CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+        }
+        const int tiles = (a->N + 15) / 16;
+        int ks = 1;
+        while (ks < 8 && tiles * ks < 8 * sms * 6 / 5) ks *= 2;
+        if (q3_rule == 3 && ks < 8) ks *= 2; /* the A/B rules (hmc_gemv_quant_set_auto_rule) */
+        if (q3_rule == 4 && ks > 1) ks /= 2;
+        v = (ks == 1 ? 1 : ks == 2 ? 2 : ks == 4 ? 3 : 4) + (q3_rule == 1 ? 4 : q3_rule == 2 ? 8 : 0);
+    }
+    const int ks = 1 << ((v - 1) & 3);
+    return v <= 4 ? launch_q3<Q, 16, 2>(a, ks, s) : v <= 8 ? launch_q3<Q, 16, 3>(a, ks, s) : launch_q3<Q, 32, 2>(a, ks, s);
+}
+
 /* ---- quantisers and dequantiser ---- */
 
 __device__ __forceinline__ float bf16f(const __nv_bfloat16 *p, size_t i) { return __bfloat162float(p[i]); }
@@ -590,8 +927,11 @@ extern "C" size_t hmc_weight_bytes(hmc_dtype t, int N, int K)
 extern "C" size_t hmc_weight_scales(hmc_dtype t, int N) { return t == HMC_FP8 ? (size_t)N : t == HMC_NVFP4 ? 1 : 0; }
 
 extern "C" void hmc_gemv_quant_set_blocks_per_sm(int n) { q_bps = n > 0 ? n : 1; }
+extern "C" void hmc_gemv_quant_set_stream_blocks_per_sm(int n) { q2_bps = n > 0 ? n : 2; }
+extern "C" void hmc_gemv_quant_set_auto_rule(int r) { q3_rule = r >= 0 && r <= 4 ? r : 0; }
 extern "C" void hmc_gemv_quant_set_self_prefetch(int on) { q_self_pf = on ? 1 : 0; }
 extern "C" void hmc_gemv_quant_set_multi_acc(int on) { q_multi_acc = on ? 1 : 0; }
+extern "C" void hmc_gemv_quant_set_impl(int k) { q_impl = k == 1 || k == 2 ? k : 0; }
 
 extern "C" int hmc_gemv_quant(const hmc_gemv_args *a, cudaStream_t s)
 {
@@ -600,7 +940,6 @@ extern "C" int hmc_gemv_quant(const hmc_gemv_args *a, cudaStream_t s)
     if (a->K % kq || a->K <= 0 || a->N <= 0)
         return hm_err("%s:%d: gemv quant: K %d must be a positive multiple of %d", __FILE__, __LINE__, a->K, kq);
     if (!a->w_scale) return hm_err("%s:%d: gemv quant: no w_scale", __FILE__, __LINE__);
-    if (a->rope) return hm_err("%s:%d: gemv quant: no rotary epilogue (use hmc_rope_append)", __FILE__, __LINE__);
     if (((uintptr_t)a->x & 15) || a->ldx % 4 || (a->norm_scale && ((uintptr_t)a->norm_scale & 15)) ||
         ((uintptr_t)a->W & 15))
         return hm_err("%s:%d: gemv quant: W, x and norm_scale must be 16-byte aligned, ldx a multiple of 4", __FILE__,
@@ -609,7 +948,30 @@ extern "C" int hmc_gemv_quant(const hmc_gemv_args *a, cudaStream_t s)
         return hm_err("%s:%d: gemv quant: rows*K %d*%d too large for shared memory", __FILE__, __LINE__, a->rows, a->K);
     if (a->out_swiglu && (a->N % 2 || a->accumulate))
         return hm_err("%s:%d: gemv quant: swiglu output needs an even N and no accumulate", __FILE__, __LINE__);
-    return a->wdt == HMC_FP8 ? launch_rows<0>(a, s) : launch_rows<1>(a, s);
+    /* the 8-row kernel: for NVFP4 (measured faster there) unless the streaming one is asked for,
+     * on request, where the streaming kernel's 4-byte NVFP4 scale copies cannot go (K % 64), or
+     * where the activations leave no room for its smallest stages */
+    const size_t xb = ((size_t)a->rows * (a->K + 8) * 2 + 15) & ~(size_t)15, st = (size_t)QWARPS * 2 * 16 * 16 * 16;
+    const int old = q_impl == 1 || (q_impl == 0 && a->wdt == HMC_NVFP4) || (a->wdt == HMC_NVFP4 && a->K % 64) ||
+                    xb + st + st / 8 > 200 * 1024;
+    if (a->rope) {
+        const hmc_rope_args *r = a->rope;
+        if (a->accumulate || a->out_swiglu || r->hd % 2 || a->N != (r->H + 2 * r->KVH) * r->hd ||
+            a->rows != r->B * r->T || (r->ct != HMC_BF16 && r->ct != HMC_F32))
+            return hm_err("%s:%d: gemv quant: rotary epilogue needs N = (H + 2 KVH) hd, even hd, rows = B T, no "
+                          "accumulate", __FILE__, __LINE__);
+        if (old) { /* the 8-row kernel has no rotary epilogue: the separate op after it */
+            if (a->ldy != a->N) return hm_err("%s:%d: gemv quant: rotary epilogue needs ldy = N", __FILE__, __LINE__);
+            hmc_gemv_args b = *a;
+            b.rope = nullptr;
+            hmc_rope_args ra = *r;
+            ra.qkv = a->y;
+            CKH(b.wdt == HMC_FP8 ? launch_rows<0>(&b, s) : launch_rows<1>(&b, s));
+            return hmc_rope_append(&ra, s);
+        }
+    }
+    if (old) return a->wdt == HMC_FP8 ? launch_rows<0>(a, s) : launch_rows<1>(a, s);
+    return a->wdt == HMC_FP8 ? launch_v3<0>(a, s) : launch_v3<1>(a, s);
 }
 
 extern "C" int hmc_quantize_nvfp4(const void *W, int N, int K, void *Wq, float *tscale, cudaStream_t s)

@@ -35,6 +35,13 @@ static float *load2(st_file *f, const char *prefix, int l, const char *part, int
 {
     char name[512];
     snprintf(name, sizeof name, "%slayers.%d.%s", prefix, l, part);
+    /* a file of tools/quantize: its e4m3 bytes would convert without their scales */
+    const st_tensor *t = st_find(f, name);
+    if (t && (t->dtype == ST_F8_E4M3 || t->dtype == ST_U8)) {
+        hm_err("tensor '%s' is quantised (%s, tools/quantize): only the cuda backend loads quantised weights", name,
+               st_dtype_name(t->dtype));
+        return NULL;
+    }
     if (b < 0) return st_load_f32(f, name, 1, (int64_t[]){a});
     return st_load_f32(f, name, 2, (int64_t[]){a, b});
 }

@@ -20,6 +20,9 @@ extern "C" {
 namespace {
 
 constexpr int PREFILL_CHUNK = 128; /* prompt positions per prefill pass (bounds attention scratch) */
+/* fp8 weights: prefill by the FP8 GEMM (1) or dequantise + bf16 GEMM (0) unless HM_LM_FP8_PREFILL
+ * says otherwise (lm_cuda_tune.prefill_fp8; docs/PERF.md has the measurement) */
+constexpr int PREFILL_FP8_DEFAULT = 1;
 
 struct layer_w {
     void *wqkv, *wo, *w13, *w2;
@@ -39,6 +42,8 @@ struct scratch {
     int R;
     float *x, *qkv, *att, *gu, *work;
     void *xn; /* GEMM input (weight dtype), prefill only */
+    void *xq; /* fp8 prefill GEMM: xn quantised to e4m3 per row, with xs [R] the row scales */
+    float *xs;
     size_t work_bytes;
 };
 
@@ -71,8 +76,16 @@ struct lm_cuda {
     void *deq;      /* quantised backbone: bf16 scratch of one matrix for the prefill GEMMs */
     size_t deq_bytes;
     xfm bb, dec;
-    void *text_emb, *audio_emb, *uncond, *muq_w, *c0_head, *proj, *audio_head;
+    void *audio_emb, *uncond, *muq_w, *c0_head, *proj, *audio_head;
+    int emb_host;   /* audio_emb is pinned host memory mapped into the device's address space */
+    size_t hbytes;  /* pinned host bytes the model holds */
     float *muq_b, *uncond_f32;
+    /* Text embeddings stay in host memory (0.79 GB at 3B in bf16): a request reads only its
+     * prompt's rows, once, gathered into lm_cuda_req.text_rows.  A loaded model reads them from the
+     * file's mapping (tf stays open), a random one from text_host (wdt). */
+    st_file *tf;
+    const st_tensor *text_t;
+    void *text_host;
     unsigned skip; /* LM_CUDA_SKIP_* (profiling) */
     lm_cuda_tune tune;
 };
@@ -92,6 +105,8 @@ struct lm_cuda_req {
     uint8_t *mask_dev;
     float *muq_dev;
     int tok_cap;
+    void *text_rows; /* the prompt's distinct text-embedding rows (wdt), text_cap of them */
+    int text_cap;
     int uses_extend, uses_frame;
     cudaGraphExec_t g_extend, g_frame;
     prof_state *prof;
@@ -100,6 +115,11 @@ struct lm_cuda_req {
 namespace {
 
 size_t wsz(hmc_dtype t) { return hmc_dtype_size(t); }
+
+/* Distance between the matrices of one allocation (the audio heads): hmc_weight_bytes rounded up
+ * to 16, since the GEMV loads 16-byte words (NVFP4's [Va, Dd] with Va odd is not a multiple of
+ * 16 bytes, e.g. 8197 x 128). */
+size_t mat_stride(hmc_dtype t, int N, int K) { return (hmc_weight_bytes(t, N, K) + 15) & ~(size_t)15; }
 
 /* ---- profiling: events around each op when r->prof->on ---- */
 #define OP(r, cat_, wbytes_, call)                                                                         \
@@ -194,7 +214,7 @@ int quantize(const void *w16, hmc_dtype t, int N, int K, void *out, float *scale
 }
 
 /* Upload nmat matrices [N, K] (host fp32, one after the other) as type t into one allocation
- * *out (matrix i at i · hmc_weight_bytes); for fp8 / nvfp4 also their scales into *scale (matrix
+ * *out (matrix i at i · mat_stride); for fp8 / nvfp4 also their scales into *scale (matrix
  * i's at i · hmc_weight_scales): the values go up as bf16 and are quantised on the device, one
  * matrix at a time, so the model never holds a bf16 copy. */
 int put_weight(lm_cuda *m, const float *h, int nmat, int64_t N, int64_t K, hmc_dtype t, void **out, float **scale)
@@ -217,7 +237,7 @@ int put_weight(lm_cuda *m, const float *h, int nmat, int64_t N, int64_t K, hmc_d
         free(b16);
         return rc;
     }
-    const size_t wb = hmc_weight_bytes(t, (int)N, (int)K), ns = hmc_weight_scales(t, (int)N);
+    const size_t wb = mat_stride(t, (int)N, (int)K), ns = hmc_weight_scales(t, (int)N);
     void *tmp = nullptr;
     rc = walloc(m, out, nmat * wb);
     if (rc == HM_OK) rc = walloc(m, (void **)scale, sizeof(float) * nmat * ns);
@@ -238,9 +258,98 @@ int put_weight(lm_cuda *m, const float *h, int nmat, int64_t N, int64_t K, hmc_d
 /* Fetch tensors `names` (each [rows_i, cols]) and upload them stacked as one [Σ rows, cols]
  * matrix of type t (put_weight; scale: see there, may be null for bf16/f32).  interleave: two
  * equal blocks of rows A, B are stored A0 B0 A1 B1 ... (w1|w3). */
+/* ---- pre-quantised tensors (tools/quantize, docs/QUANTIZED.md) ----
+ * A linear weight NAME the file holds quantised: fp8 = NAME F8_E4M3 [N, K] + NAME_scale F32 [N];
+ * nvfp4 = NAME U8 [N, K/2] + NAME_block_scale F8_E4M3 [N, K/16] + NAME_scale F32 [1] (the tensor
+ * scale of the whole matrix the engine stacks NAME into).  The bytes are what put_weight would
+ * make on the device, so they go up as they are. */
+
+/* The precision a tensor's dtype says it was quantised to (its data), or HMC_BF16 if it is not. */
+hmc_dtype file_qdt(const st_tensor *t)
+{
+    return t->dtype == ST_F8_E4M3 ? HMC_FP8 : t->dtype == ST_U8 ? HMC_NVFP4 : HMC_BF16;
+}
+
+/* An error unless file precision fq is the model's (a quantised file needs that precision). */
+int check_qdt(const lm_cuda *m, const char *name, hmc_dtype fq)
+{
+    if (fq == m->qdt) return HM_OK;
+    return hm_err("tensor '%s' is stored quantised to %s (tools/quantize): load the model with precision %s, not %s",
+                  name, fq == HMC_FP8 ? "fp8" : "nvfp4", fq == HMC_FP8 ? "fp8" : "nvfp4",
+                  m->qdt == HMC_FP8 ? "fp8" : m->qdt == HMC_NVFP4 ? "nvfp4" : m->qdt == HMC_F32 ? "fp32" : "bf16");
+}
+
+/* st_get of `base` + `suffix` with dtype dt and the given shape */
+int get_part(st_file *f, const char *base, const char *suffix, st_dtype dt, int ndim, const int64_t *shape,
+             st_tensor **out)
+{
+    char nm[256];
+    snprintf(nm, sizeof nm, "%s%s", base, suffix);
+    CKH(st_get(f, nm, ndim, shape, out));
+    if ((*out)->dtype != dt)
+        return hm_err("tensor '%s': dtype %s, expected %s", nm, st_dtype_name((*out)->dtype), st_dtype_name(dt));
+    return HM_OK;
+}
+
+/* Host copy, then upload, of one stacked quantised matrix from the file's tensors (see
+ * upload_stacked): values row by row (interleaved for w1|w3), then the NVFP4 block scales likewise;
+ * fp8 row scales follow their rows, NVFP4's tensor scale must be one value for the group. */
+int upload_stacked_q(lm_cuda *m, st_file *f, const char *const *names, const int64_t *rows, int n, int64_t cols,
+                     hmc_dtype t, void **out, float **scale, int interleave)
+{
+    int64_t total = 0;
+    for (int i = 0; i < n; i++) total += rows[i];
+    const size_t wb = hmc_weight_bytes(t, (int)total, (int)cols), ns = hmc_weight_scales(t, (int)total);
+    const size_t rb = t == HMC_FP8 ? (size_t)cols : (size_t)cols / 2, sb = (size_t)cols / 16;
+    uint8_t *h = (uint8_t *)hm_malloc(wb);
+    float *hs = (float *)hm_malloc(sizeof(float) * ns);
+    int rc = HM_OK;
+    int64_t off = 0;
+    for (int i = 0; rc == HM_OK && i < n; i++) {
+        st_tensor *tv, *ts, *tb = nullptr;
+        const int64_t sv[2] = {rows[i], (int64_t)rb}, sbs[2] = {rows[i], (int64_t)sb};
+        const int64_t ss[1] = {t == HMC_FP8 ? rows[i] : 1};
+        rc = get_part(f, names[i], "", t == HMC_FP8 ? ST_F8_E4M3 : ST_U8, 2, sv, &tv);
+        if (rc == HM_OK) rc = get_part(f, names[i], "_scale", ST_F32, 1, ss, &ts);
+        if (rc == HM_OK && t == HMC_NVFP4) rc = get_part(f, names[i], "_block_scale", ST_F8_E4M3, 2, sbs, &tb);
+        if (rc != HM_OK) break;
+        if (t == HMC_NVFP4) {
+            float v;
+            memcpy(&v, ts->data, sizeof v);
+            if (i == 0) hs[0] = v;
+            else if (memcmp(&v, hs, sizeof v))
+                rc = hm_err("tensor '%s_scale': %g, but '%s_scale' is %g: the engine stacks them under one tensor scale",
+                            names[i], (double)v, names[0], (double)hs[0]);
+        }
+        for (int64_t r = 0; rc == HM_OK && r < rows[i]; r++) {
+            const int64_t d = interleave ? 2 * r + i : off + r; /* interleave: two equal blocks A0 B0 A1 B1 ... */
+            memcpy(h + d * rb, (const uint8_t *)tv->data + r * rb, rb);
+            if (t == HMC_FP8) memcpy(hs + d, (const float *)ts->data + r, sizeof(float));
+            else memcpy(h + total * rb + d * sb, (const uint8_t *)tb->data + r * sb, sb);
+        }
+        off += rows[i];
+    }
+    if (rc == HM_OK) rc = walloc(m, out, wb);
+    if (rc == HM_OK) rc = walloc(m, (void **)scale, sizeof(float) * ns);
+    if (rc == HM_OK && (cudaMemcpy(*out, h, wb, cudaMemcpyHostToDevice) != cudaSuccess ||
+                        cudaMemcpy(*scale, hs, sizeof(float) * ns, cudaMemcpyHostToDevice) != cudaSuccess))
+        rc = hm_err("%s:%d: weight upload failed", __FILE__, __LINE__);
+    free(h), free(hs);
+    return rc;
+}
+
 int upload_stacked(lm_cuda *m, st_file *f, const char *const *names, const int64_t *rows, int n, int64_t cols,
                    hmc_dtype t, void **out, float **scale, int interleave = 0)
 {
+    if (const st_tensor *t0 = st_find(f, names[0])) {
+        const hmc_dtype fq = file_qdt(t0);
+        if (fq != HMC_BF16) {
+            if (check_qdt(m, names[0], fq) != HM_OK ||
+                upload_stacked_q(m, f, names, rows, n, cols, t, out, scale, interleave) != HM_OK)
+                return hm_err_ctx("tensor '%s'", names[0]);
+            return HM_OK;
+        }
+    }
     int64_t total = 0;
     for (int i = 0; i < n; i++) total += rows[i];
     float *h = (float *)hm_malloc(sizeof(float) * (size_t)(total * cols));
@@ -276,6 +385,33 @@ int upload1(lm_cuda *m, st_file *f, const char *name, int64_t rows, int64_t cols
 {
     const char *names[1] = {name};
     return upload_stacked(m, f, names, &rows, 1, cols, t, out, scale);
+}
+
+/* A table the kernels read a few rows of per frame (the audio embeddings), in type t (bf16 / f32) in
+ * pinned host memory mapped into the device's address space: *out is its device address. */
+int host_alloc(lm_cuda *m, void **out, size_t bytes)
+{
+    void *h = nullptr;
+    CK(cudaHostAlloc(&h, bytes ? bytes : 16, cudaHostAllocMapped));
+    if (cudaHostGetDevicePointer(out, h, 0) != cudaSuccess || *out != h) { /* UVA: the same address */
+        cudaFreeHost(h);
+        return hm_err("%s:%d: pinned table not mapped at its host address", __FILE__, __LINE__);
+    }
+    m->hbytes += bytes;
+    return HM_OK;
+}
+int host_table(lm_cuda *m, st_file *f, const char *name, int64_t rows, int64_t cols, hmc_dtype t, void **out)
+{
+    int64_t shape[2] = {rows, cols};
+    float *h = st_load_f32(f, name, 2, shape);
+    if (!h) return HM_ERR;
+    const size_t n = (size_t)rows * cols;
+    int rc = host_alloc(m, out, n * wsz(t));
+    if (rc == HM_OK && t == HMC_F32) memcpy(*out, h, n * 4);
+    else if (rc == HM_OK)
+        for (size_t i = 0; i < n; i++) ((uint16_t *)*out)[i] = hm_f32_to_bf16(h[i]);
+    free(h);
+    return rc == HM_OK ? HM_OK : hm_err_ctx("tensor '%s'", name);
 }
 
 int upload_vec_f32(lm_cuda *m, st_file *f, const char *name, int64_t n, float **out)
@@ -320,6 +456,37 @@ int load_xfm(lm_cuda *m, st_file *f, const char *pfx, xfm *X)
     return HM_OK;
 }
 
+/* audio_head as tools/quantize writes it: already transposed, [nc-1] matrices [Va, Dd] quantised
+ * one by one (fp8: audio_head F8_E4M3 [nc-1, Va, Dd] + audio_head_scale F32 [nc-1, Va]; nvfp4:
+ * audio_head U8 [nc-1, Va, Dd/2] + audio_head_block_scale F8_E4M3 [nc-1, Va, Dd/16] +
+ * audio_head_scale F32 [nc-1]); matrix i goes to i · mat_stride as put_weight places it. */
+int load_audio_head_q(lm_cuda *m, st_file *f, hmc_dtype fq)
+{
+    const hm_lm_config *c = &m->cfg;
+    const int Dd = m->dec.D, Va = c->audio_vocab_size, C = c->audio_num_codebooks - 1;
+    CKH(check_qdt(m, "audio_head", fq));
+    const size_t wb = mat_stride(fq, Va, Dd), ns = hmc_weight_scales(fq, Va);
+    const size_t vb = fq == HMC_FP8 ? (size_t)Va * Dd : (size_t)Va * Dd / 2, bb = (size_t)Va * Dd / 16;
+    st_tensor *tv, *ts, *tb = nullptr;
+    const int64_t sv[3] = {C, Va, fq == HMC_FP8 ? Dd : Dd / 2}, sbs[3] = {C, Va, Dd / 16}, s8[2] = {C, Va}, s4[1] = {C};
+    CKH(get_part(f, "audio_head", "", fq == HMC_FP8 ? ST_F8_E4M3 : ST_U8, 3, sv, &tv));
+    if (fq == HMC_FP8) CKH(get_part(f, "audio_head", "_scale", ST_F32, 2, s8, &ts));
+    else CKH(get_part(f, "audio_head", "_scale", ST_F32, 1, s4, &ts));
+    if (fq == HMC_NVFP4) CKH(get_part(f, "audio_head", "_block_scale", ST_F8_E4M3, 3, sbs, &tb));
+    uint8_t *h = (uint8_t *)hm_calloc(wb * C, 1);
+    for (int i = 0; i < C; i++) {
+        memcpy(h + i * wb, (const uint8_t *)tv->data + i * vb, vb);
+        if (tb) memcpy(h + i * wb + vb, (const uint8_t *)tb->data + i * bb, bb);
+    }
+    int rc = walloc(m, &m->audio_head, wb * C);
+    if (rc == HM_OK) rc = walloc(m, (void **)&m->s_ah, sizeof(float) * ns * C);
+    if (rc == HM_OK && (cudaMemcpy(m->audio_head, h, wb * C, cudaMemcpyHostToDevice) != cudaSuccess ||
+                        cudaMemcpy(m->s_ah, ts->data, sizeof(float) * ns * C, cudaMemcpyHostToDevice) != cudaSuccess))
+        rc = hm_err("%s:%d: audio_head upload failed", __FILE__, __LINE__);
+    free(h);
+    return rc == HM_OK ? HM_OK : hm_err_ctx("audio_head");
+}
+
 /* The tensors of the halves in m->parts: backbone = backbone layers + norm, text embeddings,
  * unconditional embedding, MuQ projection; depth = decoder layers + norm, codebook-0 head,
  * projection, audio heads; both use the audio embeddings (frame input / decoder input).  Layer
@@ -332,8 +499,16 @@ int load_weights(lm_cuda *m, st_file *f)
     const bool bb = m->parts & LM_CUDA_PART_BACKBONE, dp = m->parts & LM_CUDA_PART_DEPTH;
     if (bb) CKH(load_xfm(m, f, "backbone", &m->bb));
     if (dp) CKH(load_xfm(m, f, "decoder", &m->dec));
-    if (bb) CKH(upload1(m, f, "text_embeddings.weight", c->text_vocab_size, D, t, &m->text_emb));
-    CKH(upload1(m, f, "audio_embeddings.weight", (int64_t)Va * nc, D, t, &m->audio_emb));
+    if (bb) {
+        st_tensor *ts;
+        int64_t shape[2] = {c->text_vocab_size, D};
+        CKH(st_get(f, "text_embeddings.weight", 2, shape, &ts));
+        if (ts->dtype != ST_BF16 && ts->dtype != ST_F16 && ts->dtype != ST_F32)
+            return hm_err("tensor 'text_embeddings.weight': dtype %s (bf16, f16 or f32)", st_dtype_name(ts->dtype));
+        m->text_t = ts;
+    }
+    if (m->emb_host) CKH(host_table(m, f, "audio_embeddings.weight", (int64_t)Va * nc, D, t, &m->audio_emb));
+    else CKH(upload1(m, f, "audio_embeddings.weight", (int64_t)Va * nc, D, t, &m->audio_emb));
     if (bb) {
         CKH(upload1(m, f, "unconditional_text_embedding.weight", 1, D, t, &m->uncond));
         CKH(upload1(m, f, "unconditional_text_embedding.weight", 1, D, HMC_F32, (void **)&m->uncond_f32));
@@ -344,6 +519,8 @@ int load_weights(lm_cuda *m, st_file *f)
     CKH(upload1(m, f, "codebook0_head.weight", Va, D, q, &m->c0_head, &m->s_c0));
     CKH(upload1(m, f, "projection.weight", Dd, D, q, &m->proj, &m->s_proj));
     /* audio_head [nc-1, Dd, Va] is used as h @ A[i]: store each A[i] transposed, [Va, Dd] */
+    if (const st_tensor *a0 = st_find(f, "audio_head"))
+        if (file_qdt(a0) != HMC_BF16) return load_audio_head_q(m, f, file_qdt(a0));
     int64_t ahs[3] = {nc - 1, Dd, Va};
     float *ah = st_load_f32(f, "audio_head", 3, ahs);
     if (!ah) return HM_ERR;
@@ -370,6 +547,21 @@ int rnd(lm_cuda *m, bool keep, void **p, size_t n, hmc_dtype t, uint64_t *seed, 
     CKH(hmc_fill_random(*p, t, n, s, scale, 0));
     return HM_OK;
 }
+/* rnd into host memory (the text embeddings: see lm_cuda.text_host), drawn on the device */
+int rnd_host(lm_cuda *m, bool keep, void **p, size_t n, hmc_dtype t, uint64_t *seed, float scale)
+{
+    const uint64_t s = (*seed)++;
+    if (!keep) return HM_OK;
+    void *tmp = nullptr;
+    CKH(dev_alloc(&tmp, n * wsz(t)));
+    *p = hm_malloc(n * wsz(t));
+    int rc = hmc_fill_random(tmp, t, n, s, scale, 0);
+    if (rc == HM_OK && cudaMemcpy(*p, tmp, n * wsz(t), cudaMemcpyDeviceToHost) != cudaSuccess)
+        rc = hm_err("%s:%d: random text embeddings failed", __FILE__, __LINE__);
+    cudaFree(tmp);
+    (void)m;
+    return rc;
+}
 /* nmat random matrices [N, K] of type t (+ scales when quantised, as put_weight) from one draw */
 int rnd_w(lm_cuda *m, bool keep, void **p, float **sc, int nmat, int N, int K, hmc_dtype t, uint64_t *seed,
           float scale)
@@ -377,7 +569,7 @@ int rnd_w(lm_cuda *m, bool keep, void **p, float **sc, int nmat, int N, int K, h
     if (!quantised(t)) return rnd(m, keep, p, (size_t)nmat * N * K, t, seed, scale);
     const uint64_t s = (*seed)++;
     if (!keep) return HM_OK;
-    const size_t ne = (size_t)N * K, wb = hmc_weight_bytes(t, N, K), ns = hmc_weight_scales(t, N);
+    const size_t ne = (size_t)N * K, wb = mat_stride(t, N, K), ns = hmc_weight_scales(t, N);
     void *tmp = nullptr;
     int rc = walloc(m, p, nmat * wb);
     if (rc == HM_OK) rc = walloc(m, (void **)sc, sizeof(float) * nmat * ns);
@@ -421,12 +613,21 @@ int model_init(lm_cuda *m, const hm_lm_config *cfg, const lm_cuda_opts *o)
 {
     m->cfg = *cfg;
     m->tune = {1, 0, 0, 0, 0, 1, 32}; /* measured best on an H100 (docs/PERF.md; the L2 prefetch hints were slower) */
+    /* fp8 prefill: the FP8 GEMM or dequantise + bf16 GEMM (HM_LM_FP8_PREFILL=gemm|dequant) */
+    m->tune.prefill_fp8 = PREFILL_FP8_DEFAULT;
+    if (const char *e = getenv("HM_LM_FP8_PREFILL")) {
+        if (!strcmp(e, "gemm")) m->tune.prefill_fp8 = 1;
+        else if (!strcmp(e, "dequant")) m->tune.prefill_fp8 = 0;
+        else return hm_err("HM_LM_FP8_PREFILL='%s' (gemm or dequant)", e);
+    }
     const hmc_dtype w = o ? o->wdt : HMC_BF16;
     if (w != HMC_BF16 && w != HMC_F32 && !quantised(w))
         return hm_err("lm_cuda: weight dtype %d (bf16, f32, fp8 or nvfp4)", (int)w);
     /* quantised models keep embeddings, KV caches and GEMM inputs in bf16 */
     m->qdt = w, m->wdt = quantised(w) ? HMC_BF16 : w;
     m->parts = o && o->parts ? o->parts : LM_CUDA_PART_BACKBONE | LM_CUDA_PART_DEPTH;
+    const char *ed = getenv("HM_LM_EMB_DEVICE");
+    m->emb_host = !(o && o->emb_device) && !(ed && !strcmp(ed, "1"));
     if (m->parts & ~(unsigned)(LM_CUDA_PART_BACKBONE | LM_CUDA_PART_DEPTH))
         return hm_err("lm_cuda: parts 0x%x (LM_CUDA_PART_BACKBONE | LM_CUDA_PART_DEPTH)", m->parts);
     if (cfg->audio_num_codebooks < 2 || cfg->audio_num_codebooks > 8)
@@ -456,12 +657,21 @@ int model_finish(lm_cuda *m)
     return walloc(m, &m->deq, m->deq_bytes);
 }
 
-/* Prefill GEMM y (+)= x · Wᵀ on a layer matrix: quantised weights are first dequantised into the
- * model's bf16 scratch (one matrix at a time, on the request's stream), then the bf16 GEMM. */
-int gemm_w(lm_cuda_req *r, const void *x, const void *W, const float *scale, float *y, int M, int N, int K, int acc)
+/* Prefill GEMM y (+)= x · Wᵀ on a layer matrix (x = s->xn, bf16 for quantised weights).  fp8
+ * weights with tune.prefill_fp8: x is quantised to e4m3 per row (into s->xq, s->xs) and the FP8
+ * GEMM applies both scales; work: [M, N] fp32 free during the call (the epilogue fallback of an
+ * accumulating GEMM).  Otherwise quantised weights are first dequantised into the model's bf16
+ * scratch (one matrix at a time, on the request's stream), then the bf16 GEMM. */
+int gemm_w(lm_cuda_req *r, scratch *s, const void *W, const float *scale, float *y, int M, int N, int K, int acc,
+           float *work)
 {
     const lm_cuda *m = r->m;
+    const void *x = s->xn;
     if (!quantised(m->qdt)) return hmc_gemm(x, W, m->wdt, y, M, N, K, acc, r->st);
+    if (m->qdt == HMC_FP8 && m->tune.prefill_fp8) {
+        CKH(hmc_quantize_fp8(x, M, K, s->xq, s->xs, r->st));
+        return hmc_gemm_fp8(s->xq, s->xs, W, scale, y, M, N, K, acc, work, r->st);
+    }
     if ((size_t)N * K * 2 > m->deq_bytes) return hm_err("%s:%d: dequantise scratch too small", __FILE__, __LINE__);
     CKH(hmc_dequantize(W, m->qdt, scale, N, K, m->deq, r->st));
     return hmc_gemm(x, m->deq, HMC_BF16, y, M, N, K, acc, r->st);
@@ -507,8 +717,8 @@ int layer_fwd(lm_cuda_req *r, const xfm *X, int l, scratch *s, int B, int T, con
     cudaStream_t st = r->st;
     const int gemm = R > 4;
     const int c0 = is_dec ? P_DEC_QKV - P_BB_QKV : 0;
-    /* rotary + cache append in the qkv GEMV epilogue (gemv.cu's kernels: bf16 / f32 weights) */
-    const int fuse = !gemm && m->tune.fuse_rope && (qt == HMC_BF16 || qt == HMC_F32);
+    /* rotary + cache append in the qkv GEMV epilogue (gemv.cu's and gemv_quant.cu's kernels) */
+    const int fuse = !gemm && m->tune.fuse_rope;
 
     hmc_rope_args ra = {s->qkv, B, T, X->H, X->KVH, X->hd, pos_dev, pos_add, X->freqs, kc, vc, t, max_seq};
     if (!gemm) {
@@ -519,7 +729,7 @@ int layer_fwd(lm_cuda_req *r, const xfm *X, int l, scratch *s, int B, int T, con
         OP(r, P_BB_QKV + c0, (double)b_qkv, gemv_tuned(m, G_QKV, &g, st));
     } else {
         CKH(hmc_rmsnorm(s->x, L->sa_norm, s->xn, t, R, D, eps, st));
-        CKH(gemm_w(r, s->xn, L->wqkv, L->s_qkv, s->qkv, R, X->qkvw, D, 0));
+        CKH(gemm_w(r, s, L->wqkv, L->s_qkv, s->qkv, R, X->qkvw, D, 0, nullptr));
     }
     if (!fuse) OP(r, P_BB_ROPE + c0, 0, hmc_rope_append(&ra, st));
     hmc_attn_args aa = {s->qkv, B, T, X->H, X->KVH, X->hd, pos_dev, pos_add, kc, vc, t, max_seq, max_keys,
@@ -543,11 +753,11 @@ int layer_fwd(lm_cuda_req *r, const xfm *X, int l, scratch *s, int B, int T, con
         OP(r, P_BB_W2 + c0, (double)b_2, gemv_tuned(m, G_W2, &g2, st));
     } else {
         CKH(hmc_convert(s->att, s->xn, t, (size_t)R * HD, st));
-        CKH(gemm_w(r, s->xn, L->wo, L->s_o, s->x, R, D, HD, 1));
+        CKH(gemm_w(r, s, L->wo, L->s_o, s->x, R, D, HD, 1, s->gu)); /* gu is free until w1|w3 */
         CKH(hmc_rmsnorm(s->x, L->mlp_norm, s->xn, t, R, D, eps, st));
-        CKH(gemm_w(r, s->xn, L->w13, L->s_13, s->gu, R, 2 * I, D, 0));
+        CKH(gemm_w(r, s, L->w13, L->s_13, s->gu, R, 2 * I, D, 0, nullptr));
         CKH(hmc_silu_mul(s->gu, s->xn, t, R, I, 1, st));
-        CKH(gemm_w(r, s->xn, L->w2, L->s_2, s->x, R, D, I, 1));
+        CKH(gemm_w(r, s, L->w2, L->s_2, s->x, R, D, I, 1, s->qkv)); /* qkv is free after attention */
     }
     return HM_OK;
 }
@@ -555,6 +765,7 @@ int layer_fwd(lm_cuda_req *r, const xfm *X, int l, scratch *s, int B, int T, con
 void scratch_free(scratch *s)
 {
     cudaFree(s->x), cudaFree(s->qkv), cudaFree(s->att), cudaFree(s->gu), cudaFree(s->work), cudaFree(s->xn);
+    cudaFree(s->xq), cudaFree(s->xs);
     memset(s, 0, sizeof *s);
 }
 
@@ -569,6 +780,8 @@ int scratch_alloc(scratch *s, const xfm *X, int B, int T, int max_keys, hmc_dtyp
     CKH(dev_alloc((void **)&s->gu, R * 2 * X->I * 4));
     size_t xw = (size_t)HM_MAX(HM_MAX(X->D, X->I), X->H * X->hd);
     CKH(dev_alloc(&s->xn, R * xw * wsz(t)));
+    CKH(dev_alloc(&s->xq, R * xw));
+    CKH(dev_alloc((void **)&s->xs, R * sizeof(float)));
     s->work_bytes = hmc_attention_work_bytes(B, T, X->H, X->KVH, X->hd, max_keys);
     CKH(dev_alloc((void **)&s->work, s->work_bytes));
     CK(cudaMemset(s->work, 0, s->work_bytes)); /* attention merge counters start at 0 */
@@ -628,7 +841,7 @@ int frame_body(lm_cuda_req *r)
         gp.pf = X->L[0].wqkv, gp.pf_bytes = pf_next(m, hmc_weight_bytes(qt, X->qkvw, Dd));
         OP(r, P_DEC_IN, (double)proj_bytes, gemv_tuned(m, G_HEAD, &gp, st));
         const int pos_add = i == 1 ? 0 : i;
-        const char *head = (const char *)m->audio_head + (size_t)(i - 1) * head_bytes;
+        const char *head = (const char *)m->audio_head + (size_t)(i - 1) * mat_stride(qt, Va, Dd);
         const float *head_s = m->s_ah ? m->s_ah + (size_t)(i - 1) * hmc_weight_scales(qt, Va) : nullptr;
         for (int l = 0; l < X->f.num_layers; l++)
             CKH(layer_fwd(r, X, l, s, B, T, nullptr, pos_add, r->dk[l], r->dv[l], nc, nc, 1, head, head_bytes));
@@ -700,7 +913,8 @@ extern "C" int lm_cuda_load(const char *model_dir, const lm_cuda_opts *opts, lm_
         lm_cuda_free(m);
         return hm_err_ctx("lm_cuda_load '%s'", model_dir);
     }
-    st_close(f);
+    if (m->text_t) m->tf = f; /* the prompt's text rows are read from the mapping */
+    else st_close(f);
     *out = m;
     return HM_OK;
 }
@@ -717,8 +931,18 @@ extern "C" int lm_cuda_random(const hm_lm_config *cfg, uint64_t seed, const lm_c
     float sD = 1.0f / sqrtf((float)D);
     if (rc == HM_OK) rc = random_xfm(m, bb, &m->bb, &seed);
     if (rc == HM_OK) rc = random_xfm(m, dp, &m->dec, &seed);
-    if (rc == HM_OK) rc = rnd(m, bb, &m->text_emb, (size_t)cfg->text_vocab_size * D, t, &seed, 1.0f);
+    if (rc == HM_OK) rc = rnd_host(m, bb, &m->text_host, (size_t)cfg->text_vocab_size * D, t, &seed, 1.0f);
     if (rc == HM_OK) rc = rnd(m, true, &m->audio_emb, (size_t)Va * nc * D, t, &seed, 1.0f);
+    if (rc == HM_OK && m->emb_host) { /* drawn on the device, kept in pinned host memory */
+        void *d = m->audio_emb;
+        const size_t b = (size_t)Va * nc * D * wsz(t);
+        m->audio_emb = nullptr;
+        rc = host_alloc(m, &m->audio_emb, b);
+        if (rc == HM_OK && cudaMemcpy(m->audio_emb, d, b, cudaMemcpyDeviceToHost) != cudaSuccess)
+            rc = hm_err("%s:%d: random audio embeddings failed", __FILE__, __LINE__);
+        cudaFree(d);
+        m->wbytes -= b;
+    }
     if (rc == HM_OK) rc = rnd(m, bb, &m->uncond, (size_t)D, t, &seed, 1.0f);
     if (rc == HM_OK) rc = rnd(m, bb, (void **)&m->uncond_f32, (size_t)D, HMC_F32, &seed, 1.0f);
     if (rc == HM_OK) rc = rnd(m, bb, &m->muq_w, (size_t)D * cfg->muq_dim, t, &seed, 0.05f);
@@ -744,7 +968,11 @@ extern "C" void lm_cuda_free(lm_cuda *m)
     if (!m) return;
     xfm_free(&m->bb);
     xfm_free(&m->dec);
-    cudaFree(m->text_emb), cudaFree(m->audio_emb), cudaFree(m->uncond), cudaFree(m->uncond_f32);
+    if (m->tf) st_close(m->tf);
+    free(m->text_host);
+    if (m->emb_host) cudaFreeHost(m->audio_emb);
+    else cudaFree(m->audio_emb);
+    cudaFree(m->uncond), cudaFree(m->uncond_f32);
     cudaFree(m->muq_w), cudaFree(m->muq_b), cudaFree(m->c0_head), cudaFree(m->proj), cudaFree(m->audio_head);
     cudaFree(m->s_c0), cudaFree(m->s_proj), cudaFree(m->s_ah), cudaFree(m->deq);
     free(m);
@@ -844,7 +1072,7 @@ extern "C" void lm_cuda_req_free(lm_cuda_req *r)
     free(r->bk), free(r->bv), free(r->dk), free(r->dv);
     cudaFree(r->pos_dev), cudaFree(r->rng_dev), cudaFree(r->prm_dev), cudaFree(r->codes_dev);
     cudaFree(r->h_last), cudaFree(r->logits), cudaFree(r->logits_out), cudaFree(r->stage), cudaFree(r->muq_dev);
-    cudaFree(r->tok_dev), cudaFree(r->mask_dev);
+    cudaFree(r->tok_dev), cudaFree(r->mask_dev), cudaFree(r->text_rows);
     scratch_free(&r->sd_bb), scratch_free(&r->sd_dec), scratch_free(&r->sp);
     if (r->st) cudaStreamDestroy(r->st);
     free(r->prof);
@@ -853,6 +1081,64 @@ extern "C" void lm_cuda_req_free(lm_cuda_req *r)
 
 extern "C" int lm_cuda_pos(const lm_cuda_req *r) { return r->pos; }
 extern "C" const float *lm_cuda_hidden(const lm_cuda_req *r) { return r->h_last; }
+
+/* Row id of the text embeddings in wdt into dst (D values), converted as put_weight converts. */
+static void text_row(const lm_cuda *m, int id, void *dst)
+{
+    const int D = m->bb.D;
+    const bool f32 = m->wdt == HMC_F32;
+    if (m->text_host) {
+        memcpy(dst, (const char *)m->text_host + (size_t)id * D * wsz(m->wdt), (size_t)D * wsz(m->wdt));
+        return;
+    }
+    const st_tensor *t = m->text_t;
+    const size_t off = (size_t)id * D;
+    for (int d = 0; d < D; d++) {
+        float v;
+        if (t->dtype == ST_BF16) v = hm_bf16_to_f32(((const uint16_t *)t->data)[off + d]);
+        else if (t->dtype == ST_F16) v = hm_f16_to_f32(((const uint16_t *)t->data)[off + d]);
+        else v = ((const float *)t->data)[off + d];
+        if (f32) ((float *)dst)[d] = v;
+        else ((uint16_t *)dst)[d] = hm_f32_to_bf16(v);
+    }
+}
+
+/* The prompt's distinct text tokens (masked-in text column of tk) are given indices 0..U-1 in order
+ * of first use, their rows gathered into r->text_rows (uploaded on r->st, waited for by the
+ * caller), and tk's text column rewritten to those indices. */
+static int gather_text(lm_cuda_req *r, int32_t *tk, const uint8_t *mask, int S)
+{
+    const lm_cuda *m = r->m;
+    const int nc = m->cfg.audio_num_codebooks, D = m->bb.D;
+    const size_t row = (size_t)D * wsz(m->wdt);
+    int32_t *ids = (int32_t *)hm_malloc(sizeof(int32_t) * (S + 1));
+    int U = 0;
+    for (int s = 0; s < S; s++) {
+        const size_t i = (size_t)s * (nc + 1) + nc;
+        if (!mask[i]) continue;
+        int u = 0;
+        while (u < U && ids[u] != tk[i]) u++;
+        if (u == U) ids[U++] = tk[i];
+        tk[i] = u;
+    }
+    if (U > r->text_cap) {
+        cudaFree(r->text_rows);
+        r->text_rows = nullptr, r->text_cap = 0;
+        if (dev_alloc(&r->text_rows, row * U) != HM_OK) {
+            free(ids);
+            return HM_ERR;
+        }
+        r->text_cap = U;
+    }
+    char *h = (char *)hm_malloc(row * (U ? U : 1));
+    for (int u = 0; u < U; u++) text_row(m, ids[u], h + row * u);
+    int rc = HM_OK;
+    if (U && (cudaMemcpyAsync(r->text_rows, h, row * U, cudaMemcpyHostToDevice, r->st) != cudaSuccess ||
+              cudaStreamSynchronize(r->st) != cudaSuccess))
+        rc = hm_err("%s:%d: text rows upload failed", __FILE__, __LINE__);
+    free(h), free(ids);
+    return rc;
+}
 
 extern "C" int lm_cuda_prefill(lm_cuda_req *r, const int32_t *tok, const uint8_t *mask, int S, int muq_index,
                                const float *muq)
@@ -880,14 +1166,24 @@ extern "C" int lm_cuda_prefill(lm_cuda_req *r, const int32_t *tok, const uint8_t
     }
     const int P = HM_MIN(S, PREFILL_CHUNK);
     if (r->sp.R < B * P) CKH(scratch_alloc(&r->sp, X, B, P, r->max_seq, m->wdt));
-    CK(cudaMemcpyAsync(r->tok_dev, tok, sizeof(int32_t) * S * (nc + 1), cudaMemcpyHostToDevice, r->st));
+    /* the text column renumbered into the prompt's distinct rows, which go up into text_rows */
+    int32_t *tk = (int32_t *)hm_malloc(sizeof(int32_t) * S * (nc + 1));
+    memcpy(tk, tok, sizeof(int32_t) * S * (nc + 1));
+    int rc = gather_text(r, tk, mask, S);
+    if (rc == HM_OK &&
+        cudaMemcpyAsync(r->tok_dev, tk, sizeof(int32_t) * S * (nc + 1), cudaMemcpyHostToDevice, r->st) != cudaSuccess)
+        rc = hm_err("%s:%d: token upload failed", __FILE__, __LINE__);
+    if (cudaStreamSynchronize(r->st) != cudaSuccess && rc == HM_OK)
+        rc = hm_err("%s:%d: token upload failed", __FILE__, __LINE__);
+    free(tk);
+    CKH(rc);
     CK(cudaMemcpyAsync(r->mask_dev, mask, (size_t)S * (nc + 1), cudaMemcpyHostToDevice, r->st));
     if (muq) CK(cudaMemcpyAsync(r->muq_dev, muq, sizeof(float) * c->muq_dim, cudaMemcpyHostToDevice, r->st));
     scratch *s = &r->sp;
     for (int s0 = 0; s0 < S; s0 += P) {
         const int T = HM_MIN(P, S - s0);
         CKH(hmc_embed_prompt(r->tok_dev + (size_t)s0 * (nc + 1), r->mask_dev + (size_t)s0 * (nc + 1), T, B, nc, Va,
-                             m->audio_emb, m->text_emb, B == 2 ? m->uncond : nullptr, m->wdt, D, s->x, r->st));
+                             m->audio_emb, r->text_rows, B == 2 ? m->uncond : nullptr, m->wdt, D, s->x, r->st));
         if (muq_index >= s0 && muq_index < s0 + T) {
             float *row0 = s->x + (size_t)(muq_index - s0) * D;
             CKH(hmc_copy_rows(m->muq_b, D, row0, D, D, 1, r->st));
@@ -1035,6 +1331,9 @@ extern "C" int lm_cuda_profile_frame(lm_cuda_req *r, const lm_cuda_sampling *s, 
         CK(cudaEventElapsedTime(&ms, ps->ev[2 * i], ps->ev[2 * i + 1]));
         out->ms[ps->cat[i]] += ms;
         out->bytes[ps->cat[i]] += ps->bytes[i];
+        if (i < LM_CUDA_PROF_OPS)
+            out->op_piece[i] = (unsigned char)ps->cat[i], out->op_bytes[i] = (float)ps->bytes[i], out->op_ms[i] = ms;
     }
+    out->nop = HM_MIN(ps->n, LM_CUDA_PROF_OPS);
     return HM_OK;
 }

@@ -47,10 +47,16 @@ enum { LM_CUDA_PART_BACKBONE = 1, LM_CUDA_PART_DEPTH = 2 };
 typedef struct {
     hmc_dtype wdt;       /* HMC_BF16 (default, 0), HMC_F32 (holds the reference's fp32 numerics), or
                             HMC_FP8 / HMC_NVFP4: layer matrices and heads quantised on the device at
-                            load from the bf16 values (embeddings, norms, KV caches stay bf16/fp32);
-                            prefill dequantises one matrix at a time into a bf16 scratch for cuBLASLt */
+                            load from the bf16 values (embeddings, norms, KV caches stay bf16/fp32),
+                            or taken as they are from a file of tools/quantize (docs/QUANTIZED.md;
+                            it must be loaded at its own precision); fp8 prefill runs FP8 GEMMs on
+                            per-row e4m3 activations (lm_cuda_tune.prefill_fp8), nvfp4 prefill
+                            dequantises one matrix at a time into a bf16 scratch for cuBLASLt */
     const char *version; /* lm_cuda_load: HeartMuLa-oss-<version> (NULL: the only one) */
     unsigned parts;      /* LM_CUDA_PART_* (0: both) */
+    int emb_device;      /* 1: the audio embeddings in device memory; 0 (default): in pinned host memory
+                            the kernels read over the bus (a frame reads 8 + 7 rows of them, 0.4 GB at 3B
+                            saved in each LM process); HM_LM_EMB_DEVICE=1 in the environment forces 1 */
 } lm_cuda_opts;
 
 /* Load MODEL_DIR/HeartMuLa-oss-<opts->version> (NULL opts or version: the only such folder; config +
@@ -143,7 +149,7 @@ void lm_cuda_set_skip(lm_cuda *m, unsigned mask);
  * were slower in a whole frame and stay off.  Set before lm_cuda_req_new: a request's eager
  * first frame and its graphs use the settings of their time. */
 typedef struct {
-    int fuse_rope;    /* 1: rotary + KV append in the qkv GEMV's epilogue (bf16/f32 weights) */
+    int fuse_rope;    /* 1: rotary + KV append in the qkv GEMV's epilogue (every weight type) */
     int pf_next_kb;   /* GEMV blocks that finish early ask L2 for the next GEMV's first KB (0: off) */
     int attn_pf;      /* 1: attention asks L2 for the whole o projection while it runs */
     unsigned self_pf; /* GEMVs whose blocks ask L2 for their second round of rows before waiting:
@@ -151,17 +157,27 @@ typedef struct {
     int variant;      /* 0: auto; 1..6 forces that GEMV kernel variant (bf16/f32 weights) */
     int early;        /* 1: double-buffered GEMV variants load two steps before waiting */
     int attn_chunks;  /* decode attention: key chunks per query at most (0: the op's 64) */
+    int prefill_fp8;  /* fp8 weights: 1 = prefill GEMMs in FP8 (activations quantised to e4m3 per
+                         row, hmc_gemm_fp8), 0 = dequantise each matrix to bf16 + bf16 GEMM; the
+                         default is the faster measured one, HM_LM_FP8_PREFILL=gemm|dequant at load
+                         overrides it.  Read at each prefill. */
 } lm_cuda_tune;
 void lm_cuda_get_tune(const lm_cuda *m, lm_cuda_tune *t);
 void lm_cuda_set_tune(lm_cuda *m, const lm_cuda_tune *t);
 
 /* Per-piece GPU time of one frame (extend + frame), run eagerly with an event around each op. */
 #define LM_CUDA_PROF_MAX 24
+#define LM_CUDA_PROF_OPS 4096
 typedef struct {
     int n;
     const char *name[LM_CUDA_PROF_MAX];
     double ms[LM_CUDA_PROF_MAX];
     double bytes[LM_CUDA_PROF_MAX];  /* weight bytes the piece reads (0 if not a GEMV) */
+    /* the ops in launch order (a timeline tool maps each op's kernels to these, tests/gpu_timeline.c) */
+    int nop;
+    unsigned char op_piece[LM_CUDA_PROF_OPS]; /* index into name[] */
+    float op_bytes[LM_CUDA_PROF_OPS];
+    float op_ms[LM_CUDA_PROF_OPS];
 } lm_cuda_prof;
 int lm_cuda_profile_frame(lm_cuda_req *r, const lm_cuda_sampling *s, lm_cuda_prof *out);
 

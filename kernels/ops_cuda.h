@@ -69,7 +69,9 @@ int hmc_quantize_fp8(const void *W_bf16, int N, int K, void *W8, float *scale, c
  * hmc_gemv sends HMC_FP8 and HMC_NVFP4 here (same arguments; w_scale: [N] fp32 for fp8, one fp32
  * tensor scale for nvfp4; K a multiple of 16 (fp8) or 32 (nvfp4)).  Activations are rounded to f16
  * (per-row power-of-two scaled) for the tensor cores: expect ~3e-4 relative error on top of the
- * weights' own.  variant 1..4 fixes 1/2/4/8 warps per 8-row tile (benchmarks; 0 = auto). */
+ * weights' own.  variant: a fixed kernel shape of the kernel hmc_gemv_quant_set_impl selects
+ * (benchmarks; 0 = auto).  hmc_gemv_args.rope is honoured (the streaming kernel's epilogue, else
+ * hmc_rope_append after the GEMV). */
 int hmc_gemv_quant(const hmc_gemv_args *a, cudaStream_t stream);
 void hmc_gemv_quant_set_blocks_per_sm(int n);
 /* 1: each warp asks L2 for the rest of its K segment (and the next tile's) ahead of its loads
@@ -78,6 +80,16 @@ void hmc_gemv_quant_set_self_prefetch(int on);
 /* 1: several independent MMA accumulator chains per warp (2 fp8, 4 nvfp4) instead of one; 0
  * (default: the measured kernels).  Benchmark knob, read at launch. */
 void hmc_gemv_quant_set_multi_acc(int on);
+/* Which decode kernel: 0 (default) per type, the measured faster one (fp8: the streaming kernel,
+ * variant 1..12; NVFP4: the 8-row kernel, variant 1..4 = 1/2/4/8 warps per tile); 1 the 8-row
+ * kernel, 2 the streaming kernel for both (see gemv_quant.cu).  A/B knob, read at launch. */
+void hmc_gemv_quant_set_impl(int k);
+/* Cap on the streaming kernel's resident blocks per SM (n <= 0: the default, 2; shared memory may
+ * allow fewer).  Benchmark knob, read at launch. */
+void hmc_gemv_quant_set_stream_blocks_per_sm(int n);
+/* The streaming kernel's auto shape: 0 (default) or an alternative rule 1..4 (gemv_quant.cu,
+ * launch_v3).  A/B knob for whole frames, read at launch. */
+void hmc_gemv_quant_set_auto_rule(int r);
 /* Bytes of an [N, K] weight of type t (nvfp4: values + block scales) and the number of fp32
  * scales that go with it (fp8: N, nvfp4: 1, else 0). */
 size_t hmc_weight_bytes(hmc_dtype t, int N, int K);
@@ -104,6 +116,17 @@ int hmc_gemm_nvfp4(const void *xq, const void *x_sw, const float *x_ts, const vo
 int hmc_gemm(const void *x, const void *W, hmc_dtype dt, float *y, int M, int N, int K, int accumulate,
              cudaStream_t stream);
 void hmc_gemm_shutdown(void);
+/* FP8 prefill GEMM (sm_90+): y[M, N] (+)= (xq[M, K] · xs[m]) · (Wq[N, K] · ws[n])ᵀ with xq and Wq
+ * e4m3 (as hmc_quantize_fp8 writes them: the activations quantised per row the same way), x_scale
+ * [M] and w_scale [N] fp32 (device), fp32 accumulate.  K % 16 == 0, N % 4 == 0, pointers 16-byte
+ * aligned.  The scales go to cuBLASLt's outer-vector scale mode where it has an algorithm, else a
+ * unit-scale GEMM + an epilogue kernel, which for accumulate needs work [M, N] fp32 (may be NULL
+ * otherwise).  hmc_gemm_fp8_set_mode: 0 auto, 1 outer-vector only (error if none), 2 epilogue
+ * only (benchmarks); hmc_gemm_fp8_last_mode: the mode the last call took (1 or 2). */
+int hmc_gemm_fp8(const void *xq, const float *x_scale, const void *Wq, const float *w_scale, float *y, int M, int N,
+                 int K, int accumulate, float *work, cudaStream_t stream);
+void hmc_gemm_fp8_set_mode(int mode);
+int hmc_gemm_fp8_last_mode(void);
 
 /* ---- elementwise (kernels/norm.cu) ----------------------------------------------------------- */
 /* y[M, D] (type yt) = RMSNorm(x[M, D]) · scale (scale fp32 [D]). */
@@ -117,6 +140,12 @@ int hmc_convert(const float *x, void *y, hmc_dtype yt, size_t n, cudaStream_t st
 /* Fill n values of type t with a seeded uniform(-scale, scale) draw (random benchmark weights,
  * generated on the device: depends only on (seed, index)). */
 int hmc_fill_random(void *p, hmc_dtype t, size_t n, uint64_t seed, float scale, cudaStream_t stream);
+
+/* Shrinks what the current device's context reserves (kernels/device.cu: the per-thread stack
+ * limit down to HMC_STACK_BYTES; the driver raises it for a kernel that needs more).  Each stage
+ * process calls it once before it loads its model.  HM_OK, or HM_ERR when no device answers. */
+#define HMC_STACK_BYTES 256
+int hmc_context_trim(void);
 
 /* ---- RoPE + KV append (kernels/rope.cu) -------------------------------------------------------
  * qkv rows [B*T, (H + 2 KVH) hd] (fp32, row b*T + t) hold q, k, v of position pos0 + t where
@@ -171,11 +200,13 @@ int hmc_embed_code(const int32_t *codes, int ci, int Va, const void *audio, hmc_
 int hmc_copy_rows(const float *src, int lds, float *dst, int ldd, int D, int count, cudaStream_t stream);
 
 /* ---- sampling (kernels/sample.cu) ---------------------------------------------------------------
- * logits [B, V] fp32 → g = l0 (B=1) or l1 + (l0 - l1)·cfg (B=2); writes g to logits_out (if
- * non-NULL), then draws one id: argmax for topk <= 1 (lowest id on ties), else top-k (ties with
- * the k-th kept) softmax(g / temperature) by Gumbel-max with a counter-based RNG keyed by
- * (seed, *counter_dev, slot).  forced >= 0 overrides the draw (teacher forcing).  Result into
- * codes[slot].  Parameters are read from the device struct (updated between graph replays). */
+ * logits [B, V] fp32 (V <= 16384) → g = l0 (B=1) or l1 + (l0 - l1)·cfg (B=2); writes g to
+ * logits_out (if non-NULL), then draws one id exactly as kernels/sampling.c does: argmax for
+ * topk == 1 or temperature <= 0 (lowest id on ties), else inverse CDF of the top-k (ties with the
+ * k-th kept) softmax(g / temperature) in fp64, with the Philox uniform of (seed, *counter_dev,
+ * slot).  forced >= 0 overrides the draw (teacher forcing).  Result into codes[slot].
+ * Parameters are read from the device struct, written between graph replays (by no kernel of
+ * the stream: the kernel reads them before waiting for its predecessor). */
 typedef struct {
     float temperature, cfg_scale;
     int topk;
@@ -185,6 +216,19 @@ typedef struct {
 int hmc_sample(const float *logits, int B, int V, const hmc_sample_params *params_dev,
                const uint32_t *counter_dev, int slot, float *logits_out, int32_t *codes,
                cudaStream_t stream);
+/* Which kernel hmc_sample launches from now on (graphs keep the one they recorded): 0 the
+ * single-pass sampler (default), 1 the first exact version (A/B timing), 2 the default with its
+ * phase profile (hmc_sample_profile).  HM_SAMPLE_IMPL=N in the environment selects one too.
+ * Returns the previous choice. */
+int hmc_sample_set_impl(int impl);
+/* Draws per path of the single-pass sampler since the last call, then resets them: [0] octave
+ * bound (the fast path), [1] keep-all within 1024 entries, [2] radix select, [3] walk of the
+ * whole vocabulary (argmax and forced draws are not counted).  For checkers. */
+int hmc_sample_path_counts(unsigned long long out[4]);
+/* Phase profile of impl 2 since the last call, then reset: [0..6] SM cycles summed over draws of
+ * entry -> dependency wait -> loads, z and maximum -> octave passes -> gather -> kept -> index
+ * order and weights -> sum and pick; [7] draws, [8] ns and [9] cycles entry to end (the clock). */
+int hmc_sample_profile(unsigned long long out[10]);
 /* *p += inc (a device counter, e.g. the position or the RNG counter advanced inside a graph). */
 int hmc_add_counter(int *p, int inc, cudaStream_t stream);
 

@@ -3,16 +3,35 @@
  * stages/draft-verifier's dv_sample calls them); tests/gpu_sample.c checks that both draw the
  * same ids from the same logits, seed and counters.
  *
- * One block of 1024 threads holds the V logits in registers (V <= 16384).  The draw follows the
- * CPU step for step so that a song does not depend on the backend:
- *   z = g / temperature (NaN -> -inf); the k-th largest z by a radix select over order-preserving
- *   integer keys (4 passes of 8 bits, each a 256-bin shared histogram); every z >= it is kept
- *   (ties with the k-th are kept); p_i = exp((double)z_i - zmax) in fp64; u = the Philox4x32-10
- *   uniform of (seed, stream 0, frame = *counter_dev, codebook = slot, lane 0); inverse CDF in
- *   index order.  The kept entries are compacted in index order into shared memory and one
- *   thread does the two short fp64 scans (sum, then the pick) in exactly the CPU's order.
- * The only possible difference from the CPU is the last bit of exp() in fp64 (CUDA's vs libm's),
- * which moves a pick only if u * sum falls within ~1e-16 of a CDF step. */
+ * One block of 1024 threads per draw holds the V logits in registers (V <= 16384) and follows
+ * the CPU step for step, so that a song does not depend on the backend:
+ *   g = the CFG combine rounded step by step (no FMA); z = g / temperature (NaN -> -inf);
+ *   kept = every z >= the k-th largest z (ties with it are kept); p_i = exp((double)z_i - zmax)
+ *   in fp64; u = the Philox4x32-10 uniform of (seed, stream 0, frame = *counter_dev, codebook =
+ *   slot, lane 0); inverse CDF in index order.
+ * The CPU's fp64 sum runs over the kept entries in index order, and its walk compares
+ * cum + p_i, which is the same rounded value as that sum's prefix S_i; so one thread forms the
+ * prefix sums S_i of the kept entries (put in index order) exactly as the CPU adds them, and a
+ * warp finds the first S_i > u * S_last.  The only possible difference from the CPU is the last
+ * bit of exp() in fp64 (CUDA's vs libm's), which moves a pick only if u * sum falls within
+ * ~1e-16 of a CDF step.
+ *
+ * Finding the kept set without a full sort (sample_kernel): with d = zmax - z in fp32 (monotone
+ * in z), a histogram of d's octaves (one 16-bin pass, counters packed in registers and summed by
+ * warp reductions: no shared atomics, whose same-bin contention made the first version slow)
+ * gives a bound on d that holds at least k and usually < ~3k entries; more than 256: one more
+ * pass splits the crossing octave in 16.  Every entry below the bound is a candidate; the
+ * k-th largest z lies among them and a candidate is kept iff fewer than k candidates are
+ * strictly larger (so exact, whatever d's rounding).  Where that fails (the k-th largest more
+ * than 256 below the maximum, over 1024 candidates, an infinite maximum) the k-th largest comes
+ * from the first version's radix select; keep-all (or ties) with more than 1024 kept entries
+ * takes the CPU's two scans over the whole vocabulary, 1024 entries at a time (~0.1 ms, exact).
+ * sample_kernel_v1 is the first exact version, kept for A/B timing (hmc_sample_set_impl).
+ * H100, a graph of 200 draws at V 8197, B 2, CFG 1.5, top-k 50 (gpu_sample time): 12.1 us a
+ * draw (v1: 17.5); phases: loads + z + max 2.8 us, octave passes 5.2 (two: the crossing octave
+ * split once), gather 0.8, rank filter 1.3, index order + exp 0.6, sum + pick 0.8. */
+#include <stdlib.h>
+
 #include "common_cuda.h"
 #include "ops_cuda.h"
 
@@ -21,7 +40,6 @@ namespace {
 constexpr int NT = 1024;
 constexpr int PER = 16;
 constexpr int KEEP_MAX = 1024; /* kept entries the fast path holds (top-k <= 1024 and ties); more: a slow exact walk */
-
 /* Philox4x32-10 and the 53-bit uniform of kernels/sampling.c (smp_uniform), bit for bit. */
 __device__ double philox_uniform(uint64_t seed, uint32_t stream, uint64_t frame, uint32_t codebook)
 {
@@ -65,8 +83,10 @@ __device__ void block_argmax(float v, int i, float *sv, int *si, float *ov, int 
     *ov = v, *oi = i;
 }
 
+/* The first exact version (one radix select with shared-atomic histograms, ~21 us a draw on
+ * H100), kept for A/B timing: hmc_sample_set_impl(1). */
 __global__ void __launch_bounds__(NT)
-sample_kernel(const float *__restrict__ logits, int B, int V, const hmc_sample_params *__restrict__ prm,
+sample_kernel_v1(const float *__restrict__ logits, int B, int V, const hmc_sample_params *__restrict__ prm,
               const uint32_t *counter_dev, int slot, float *__restrict__ logits_out, int32_t *__restrict__ codes)
 {
     __shared__ float sv[32];
@@ -242,13 +262,523 @@ sample_kernel(const float *__restrict__ logits, int B, int V, const hmc_sample_p
     }
 }
 
+/* ---- the single-pass sampler ---------------------------------------------------------------- */
+
+constexpr int NW = NT / 32;
+constexpr int CAP = 1024;       /* candidates held in shared memory (one per thread) */
+constexpr unsigned SMALL = 256; /* split the crossing octave again while more candidates than this */
+constexpr uint32_t E0 = 120;    /* octave bins of d: exponent <= E0 (d < 2^-6) bin 0, E0 + b bin b, >= 2^8 far (15) */
+
+/* draws per path since the last hmc_sample_path_counts: 0 octave bound, 1 keep-all, 2 radix
+ * select, 3 vocabulary walk */
+__device__ unsigned long long g_paths[4];
+
+__device__ __forceinline__ float combine_at(const float *__restrict__ logits, int B, int V, int i, float cfg)
+{
+    const float c = logits[i];
+    /* dv_cfg_combine's u + (c - u) * cfg, rounded step by step as the CPU does (no FMA) */
+    return B == 2 && cfg > 1.0f ? __fadd_rn(logits[V + i], __fmul_rn(__fsub_rn(c, logits[V + i]), cfg)) : c;
+}
+
+/* z = g / T as the CPU computes it (a division; by 1 it is g itself), NaN -> -inf, and -0 -> +0:
+ * every comparison of the CPU treats them as equal, and one order key must too */
+__device__ __forceinline__ float to_z(float g, float temp)
+{
+    float z = temp == 1.0f ? g : __fdiv_rn(g, temp);
+    if (isnan(z)) z = -INFINITY;
+    return z == 0.0f ? 0.0f : z;
+}
+
+__device__ __forceinline__ float from_order_key(uint32_t k)
+{
+    return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
+/* smp_argmax's order as one 64-bit key: larger value first, then the lower index; NaN never
+ * (key 0: every other key is above it) */
+__device__ __forceinline__ unsigned long long argmax_key(float g, int i)
+{
+    if (isnan(g)) return 0ull;
+    if (g == 0.0f) g = 0.0f;
+    return ((unsigned long long)order_key(g) << 32) | (0xffffffffu - (uint32_t)i);
+}
+
+/* the CPU's smp_argmax of g: the block's largest argmax_key, 0 when every entry is NaN */
+__device__ int block_argmax_index(unsigned long long v, unsigned long long *s)
+{
+    for (int o = 16; o > 0; o >>= 1) {
+        const unsigned long long w = __shfl_xor_sync(0xffffffffu, v, o);
+        v = w > v ? w : v;
+    }
+    if ((threadIdx.x & 31) == 0) s[threadIdx.x >> 5] = v;
+    __syncthreads();
+    v = s[threadIdx.x & 31];
+    for (int o = 16; o > 0; o >>= 1) {
+        const unsigned long long w = __shfl_xor_sync(0xffffffffu, v, o);
+        v = w > v ? w : v;
+    }
+    return v ? (int)(0xffffffffu - (uint32_t)v) : 0;
+}
+
+/* The k-th largest order key of z[0..V) (the first version's radix select: 4 passes of 8 bits,
+ * 256-bin shared histograms).  Called by the whole block; the slow path of sample_kernel. */
+template <int P>
+__device__ __forceinline__ uint32_t radix_kth(const float (&z)[P], int V, unsigned kk, unsigned *hist, unsigned *sel)
+{
+    uint32_t T = 0, hmask = 0;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        if (threadIdx.x < 256) hist[threadIdx.x] = 0;
+        __syncthreads();
+#pragma unroll
+        for (int j = 0; j < P; j++) {
+            const uint32_t key = order_key(z[j]);
+            if (threadIdx.x + j * NT < V && (key & hmask) == T) atomicAdd(&hist[(key >> shift) & 255u], 1u);
+        }
+        __syncthreads();
+        if (threadIdx.x < 32) {
+            const int lane = threadIdx.x;
+            unsigned s = 0; /* lane owns digits 255-8*lane down to 248-8*lane */
+            for (int i = 0; i < 8; i++) s += hist[255 - 8 * lane - i];
+            unsigned incl = s;
+            for (int o = 1; o < 32; o <<= 1) {
+                const unsigned v = __shfl_up_sync(0xffffffffu, incl, o);
+                if (lane >= o) incl += v;
+            }
+            unsigned above = incl - s;
+            if (above < kk && kk <= incl) {
+                for (int i = 0; i < 8; i++) {
+                    const unsigned d = 255 - 8 * lane - i, h = hist[d];
+                    if (above + h >= kk) {
+                        sel[0] = d, sel[1] = kk - above;
+                        break;
+                    }
+                    above += h;
+                }
+            }
+        }
+        __syncthreads();
+        T |= sel[0] << shift;
+        hmask |= 255u << shift;
+        kk = sel[1];
+        __syncthreads();
+    }
+    return T;
+}
+
+/* which entries the draw considers (see sample_kernel): mode 0 every finite z, 1 d = zmax - z
+ * below `bound` (then filtered by rank), 2 order key >= T (exactly the kept set) */
+__device__ __forceinline__ bool is_candidate(float z, int mode, float zmax, uint32_t bound, uint32_t T)
+{
+    if (!(z > -INFINITY)) return false;
+    if (mode == 0) return true;
+    if (mode == 1) return __float_as_uint(__fsub_rn(zmax, z)) < bound;
+    return order_key(z) >= T;
+}
+
+/* Keep-all (or a radix threshold) with more entries than the lists hold: the CPU's two scans in
+ * index order (the sum, then the walk to u * sum), 1024 entries at a time through shared memory:
+ * the block computes the weights (-1: not kept), thread 0 adds them in order (adding +0.0 for the
+ * others leaves the sum's bits as they are).  ~0.1 ms at V = 8197.  The pick, in thread 0. */
+template <int P>
+__device__ __forceinline__ int block_walk(const float (&z)[P], int V, int mode, float zmax, uint32_t bound, uint32_t T,
+                                          double u, double *pb)
+{
+    double target = 0.0;
+    int pick = -1, last = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        double s = 0.0;
+#pragma unroll
+        for (int j = 0; j < P; j++) {
+            if (j * NT >= V) break;
+            __syncthreads(); /* the previous chunk is consumed */
+            const int i = threadIdx.x + j * NT;
+            pb[threadIdx.x] = i < V && is_candidate(z[j], mode, zmax, bound, T) ? exp((double)z[j] - (double)zmax) : -1.0;
+            __syncthreads();
+            if (threadIdx.x == 0) {
+                const int cnt = min(NT, V - j * NT);
+#pragma unroll 8
+                for (int q = 0; q < cnt; q++) {
+                    const double v = pb[q];
+                    const bool kept = v != -1.0; /* a NaN weight (infinite maximum) is kept, as the CPU adds it */
+                    s += kept ? v : 0.0;
+                    if (pass == 1 && kept) {
+                        last = j * NT + q;
+                        if (pick < 0 && s > target) pick = last;
+                    }
+                }
+            }
+        }
+        target = u * s;
+    }
+    return pick >= 0 ? pick : last;
+}
+
+/* per-phase clock64 cycles of sample_kernel<P, true> (hmc_sample_profile): [0..6] entry -> after
+ * the dependency wait -> loads, z, maximum -> octave passes -> gather -> kept -> index order and
+ * weights -> the sum and pick; [7] draws, [8] globaltimer ns, [9] cycles (together: the clock) */
+__device__ unsigned long long g_prof[10];
+
+__device__ __forceinline__ unsigned long long global_ns()
+{
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
+/* The single-pass sampler (see the top of the file).  A block of NT threads, V <= NT * P. */
+template <int P, bool PROF>
+__global__ void __launch_bounds__(NT)
+sample_kernel(const float *__restrict__ logits, int B, int V, const hmc_sample_params *__restrict__ prm,
+              const uint32_t *counter_dev, int slot, float *__restrict__ logits_out, int32_t *__restrict__ codes)
+{
+    __shared__ unsigned long long s_amax[NW];
+    __shared__ uint32_t s_red[2][NW];
+    __shared__ uint32_t s_hist[2][NW][8];
+    __shared__ __align__(16) unsigned char cbuf[CAP * 8]; /* candidates (z, index), later the prefix sums */
+    __shared__ __align__(16) float kz[CAP];
+    __shared__ __align__(16) int kiu[CAP];
+    __shared__ __align__(16) double kp[CAP];
+    __shared__ int ki[CAP];
+    __shared__ unsigned hist[256], sel[2];
+    __shared__ double s_u;
+    __shared__ int s_m, s_n;
+    float *cz = reinterpret_cast<float *>(cbuf);
+    int *ci = reinterpret_cast<int *>(cbuf + CAP * 4);
+    double *kc = reinterpret_cast<double *>(cbuf);
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    long long tm[8];
+    unsigned long long ns0 = 0;
+    if (PROF && tid == 0) tm[0] = clock64(), ns0 = global_ns();
+    pdl_trigger();
+    /* the parameters before the wait (they are written between graph replays, by no kernel of
+     * the chain), so the logits loads go out right after it */
+    const float cfg = prm->cfg_scale, temp = prm->temperature;
+    const int k = prm->topk;
+    const int forced = slot < 8 ? prm->forced[slot] : -1;
+    pdl_wait();
+    if (PROF && tid == 0) tm[1] = clock64();
+    if (forced >= 0 || k == 1 || !(temp > 0.0f)) {
+        /* teacher forcing (g still goes to logits_out) or the CPU's argmax of g */
+        unsigned long long best = 0;
+#pragma unroll
+        for (int j = 0; j < P; j++) {
+            const int i = tid + j * NT;
+            if (i < V) {
+                const float g = combine_at(logits, B, V, i, cfg);
+                if (logits_out) logits_out[i] = g;
+                const unsigned long long a = argmax_key(g, i);
+                best = a > best ? a : best;
+            }
+        }
+        if (forced >= 0) {
+            if (tid == 0) codes[slot] = forced;
+            return;
+        }
+        const int bi = block_argmax_index(best, s_amax);
+        if (tid == 0) codes[slot] = bi;
+        return;
+    }
+    if (tid == 32) { /* the uniform, off the critical path (read after several barriers) */
+        const uint64_t seed = ((uint64_t)prm->seed_hi << 32) | prm->seed_lo;
+        s_u = philox_uniform(seed, 0u, *counter_dev, (uint32_t)slot);
+    }
+    if (tid == 0) s_m = 0, s_n = 0;
+    /* g, z, the maximum z and the number of finite z */
+    float z[P];
+    uint32_t kmax = 0, nfin = 0;
+#pragma unroll
+    for (int j = 0; j < P; j++) {
+        const int i = tid + j * NT;
+        float v = -INFINITY;
+        if (i < V) {
+            const float g = combine_at(logits, B, V, i, cfg);
+            if (logits_out) logits_out[i] = g;
+            v = to_z(g, temp);
+            if (v > -INFINITY) {
+                const uint32_t key = order_key(v);
+                kmax = key > kmax ? key : kmax;
+                nfin++;
+            }
+        }
+        z[j] = v;
+    }
+    kmax = __reduce_max_sync(0xffffffffu, kmax);
+    nfin = __reduce_add_sync(0xffffffffu, nfin);
+    if (lane == 0) s_red[0][warp] = kmax, s_red[1][warp] = nfin;
+    __syncthreads();
+    if (PROF && tid == 0) tm[2] = clock64();
+    kmax = __reduce_max_sync(0xffffffffu, s_red[0][lane]);
+    nfin = __reduce_add_sync(0xffffffffu, s_red[1][lane]);
+    if (nfin == 0) { /* nothing finite: the CPU falls back to smp_argmax of g */
+        unsigned long long best = 0;
+#pragma unroll
+        for (int j = 0; j < P; j++)
+            if (tid + j * NT < V) {
+                const unsigned long long a = argmax_key(combine_at(logits, B, V, tid + j * NT, cfg), tid + j * NT);
+                best = a > best ? a : best;
+            }
+        const int bi = block_argmax_index(best, s_amax);
+        if (tid == 0) codes[slot] = bi;
+        return;
+    }
+    const float zmax = from_order_key(kmax);
+
+    /* the candidates: every finite z (keep-all), or an octave bound on d = zmax - z */
+    int mode = 0;
+    uint32_t bound = 0, T = 0;
+    /* the order of d: its bits (d >= 0); not finite: above every bound.  Kept in registers for
+     * V <= 9216; recomputed above (the registers would spill) */
+    constexpr bool KD_REGS = P <= 9;
+    uint32_t kd[KD_REGS ? P : 1] = {};
+    auto kd_at = [&](int j) -> uint32_t {
+        if (KD_REGS) return kd[KD_REGS ? j : 0];
+        return z[j] > -INFINITY ? __float_as_uint(__fsub_rn(zmax, z[j])) : 0xffffffffu;
+    };
+    if (!(k <= 0 || k >= V || nfin <= (unsigned)k)) { /* else the CPU's threshold is -inf or all: keep all */
+        mode = 2;
+        if (zmax < INFINITY) {
+            if (KD_REGS)
+#pragma unroll
+                for (int j = 0; j < P; j++)
+                    kd[KD_REGS ? j : 0] = z[j] > -INFINITY ? __float_as_uint(__fsub_rn(zmax, z[j])) : 0xffffffffu;
+            uint32_t A = 0, wb = 0; /* region split by a refinement pass: keys [A, A + 2^wb) */
+            unsigned c0 = 0;        /* entries below A (all candidates) */
+            for (int pass = 0;; pass++) {
+                uint64_t lo = 0, hi = 0; /* 16 bins of 8-bit counts (at most 16 entries a thread) */
+#pragma unroll
+                for (int j = 0; j < P; j++) {
+                    uint32_t b;
+                    bool in = true;
+                    const uint32_t kdj = kd_at(j);
+                    if (pass == 0) {
+                        const uint32_t e = kdj >> 23;
+                        b = e <= E0 ? 0u : min(e - E0, 15u);
+                    } else {
+                        in = kdj - A < (1u << wb);
+                        b = (kdj - A) >> (wb - 4);
+                    }
+                    if (in) {
+                        const uint64_t inc = 1ull << ((b & 7u) * 8u);
+                        if (b & 8u) hi += inc;
+                        else lo += inc;
+                    }
+                }
+                /* warp sums in 16-bit fields (<= 512), two bins a word; then over the 32 warps (<= 16384) */
+                uint32_t c[8];
+#pragma unroll
+                for (int q = 0; q < 8; q++) {
+                    const uint64_t src = q < 4 ? lo : hi;
+                    const int sh = 16 * (q & 3);
+                    c[q] = __reduce_add_sync(0xffffffffu, (uint32_t)((src >> sh) & 0xffu) |
+                                                              ((uint32_t)((src >> (sh + 8)) & 0xffu) << 16));
+                }
+                if (lane == 0)
+#pragma unroll
+                    for (int q = 0; q < 8; q++) s_hist[pass & 1][warp][q] = c[q];
+                __syncthreads();
+#pragma unroll
+                for (int q = 0; q < 8; q++) c[q] = __reduce_add_sync(0xffffffffu, s_hist[pass & 1][lane][q]);
+                /* the first bin where the count from the top reaches k (pass 0: not the far bin) */
+                const int nb = pass == 0 ? 15 : 16;
+                unsigned acc = c0, cb = 0;
+                int bsel = -1;
+#pragma unroll
+                for (int b = 0; b < 16; b++) {
+                    const unsigned cnt = (c[b >> 1] >> (16 * (b & 1))) & 0xffffu;
+                    if (bsel < 0 && b < nb) {
+                        if (acc + cnt >= (unsigned)k) bsel = b, cb = cnt;
+                        else acc += cnt;
+                    }
+                }
+                if (bsel < 0) break; /* the k-th largest is >= 2^8 below the maximum */
+                bool refinable;
+                if (pass == 0) {
+                    A = bsel == 0 ? 0u : (E0 + (uint32_t)bsel) << 23;
+                    bound = (E0 + (uint32_t)bsel + 1u) << 23;
+                    wb = 23;
+                    refinable = bsel > 0;
+                } else {
+                    wb -= 4;
+                    A += (uint32_t)bsel << wb;
+                    bound = A + (1u << wb);
+                    refinable = wb >= 4;
+                }
+                c0 = acc;
+                const unsigned m = acc + cb;
+                if (m <= SMALL || !refinable) {
+                    if (m <= CAP) mode = 1;
+                    break;
+                }
+            }
+        }
+        if (mode == 2) T = radix_kth<P>(z, V, (unsigned)k, hist, sel);
+    }
+    if (PROF && tid == 0) tm[3] = clock64();
+
+    /* gather the candidates (unordered: one shared atomic per warp and slot that has any) */
+#pragma unroll
+    for (int j = 0; j < P; j++) {
+        const bool p = mode == 1 ? kd_at(j) < bound : is_candidate(z[j], mode, zmax, bound, T);
+        const unsigned bal = __ballot_sync(0xffffffffu, p);
+        if (bal) {
+            int base = 0;
+            if (lane == 0) base = atomicAdd(&s_m, __popc(bal));
+            base = __shfl_sync(0xffffffffu, base, 0);
+            const int pos = base + __popc(bal & ((1u << lane) - 1u));
+            if (p && pos < CAP) cz[pos] = z[j], ci[pos] = tid + j * NT;
+        }
+    }
+    __syncthreads();
+    if (PROF && tid == 0) tm[4] = clock64();
+    const int m = s_m;
+    if (m > CAP) {
+        const int pick = block_walk<P>(z, V, mode, zmax, bound, T, s_u, kp);
+        if (tid == 0) codes[slot] = pick, atomicAdd(&g_paths[3], 1ull);
+        return;
+    }
+    /* kept = candidates with fewer than k larger ones (octave bound; otherwise all are kept), put
+     * into kz / kiu by one shared atomic per warp */
+    if (warp * 32 < m) {
+        bool keep = false;
+        float own = 0.0f;
+        int idx = 0;
+        if (tid < m) {
+            own = cz[tid], idx = ci[tid];
+            keep = true;
+            if (mode == 1) {
+                int gt = 0;
+                const int m4 = m & ~3;
+                for (int q = 0; q < m4; q += 4) {
+                    const float4 v = *reinterpret_cast<const float4 *>(cz + q);
+                    gt += (v.x > own) + (v.y > own) + (v.z > own) + (v.w > own);
+                }
+                for (int q = m4; q < m; q++) gt += cz[q] > own;
+                keep = gt < k;
+            }
+        }
+        const unsigned bal = __ballot_sync(0xffffffffu, keep);
+        if (bal) {
+            int base = 0;
+            if (lane == 0) base = atomicAdd(&s_n, __popc(bal));
+            base = __shfl_sync(0xffffffffu, base, 0);
+            if (keep) {
+                const int pos = base + __popc(bal & ((1u << lane) - 1u));
+                kz[pos] = own, kiu[pos] = idx;
+            }
+        }
+    }
+    __syncthreads();
+    if (PROF && tid == 0) tm[5] = clock64();
+    /* the kept entries into index order (a rank among n ~ k), with their fp64 weights */
+    const int n = s_n;
+    if (tid < n) {
+        const int idx = kiu[tid], n4 = n & ~3;
+        int rank = 0;
+        for (int q = 0; q < n4; q += 4) {
+            const int4 v = *reinterpret_cast<const int4 *>(kiu + q);
+            rank += (v.x < idx) + (v.y < idx) + (v.z < idx) + (v.w < idx);
+        }
+        for (int q = n4; q < n; q++) rank += kiu[q] < idx;
+        kp[rank] = exp((double)kz[tid] - (double)zmax);
+        ki[rank] = idx;
+    }
+    __syncthreads();
+    if (PROF && tid == 0) tm[6] = clock64();
+    if (warp == 0) {
+        /* the CPU's sum in its order (8 weights loaded ahead of the adds); its walk's cum + p is
+         * the prefix kc[q] of that sum */
+        if (lane == 0) {
+            double s = 0.0, a[8];
+#pragma unroll
+            for (int u = 0; u < 8; u++) a[u] = u < n ? kp[u] : 0.0;
+            for (int q0 = 0; q0 < n; q0 += 8) {
+                double b[8];
+#pragma unroll
+                for (int u = 0; u < 8; u++) b[u] = q0 + 8 + u < n ? kp[q0 + 8 + u] : 0.0;
+#pragma unroll
+                for (int u = 0; u < 8; u++) {
+                    s += a[u]; /* + 0.0 past n: the same bits */
+                    if (q0 + u < n) kc[q0 + u] = s;
+                }
+#pragma unroll
+                for (int u = 0; u < 8; u++) a[u] = b[u];
+            }
+        }
+        __syncwarp();
+        const double target = s_u * kc[n - 1];
+        int pick = -1;
+        for (int b0 = 0; b0 < n; b0 += 32) {
+            const int q = b0 + lane;
+            const unsigned bal = __ballot_sync(0xffffffffu, q < n && kc[q] > target);
+            if (bal) {
+                pick = ki[b0 + __ffs(bal) - 1];
+                break;
+            }
+        }
+        if (lane == 0) {
+            codes[slot] = pick >= 0 ? pick : ki[n - 1]; /* rounding at u -> 1: the last kept entry */
+            atomicAdd(&g_paths[mode == 1 ? 0 : mode == 0 ? 1 : 2], 1ull);
+            if (PROF) {
+                tm[7] = clock64();
+#pragma unroll
+                for (int q = 0; q < 7; q++) atomicAdd(&g_prof[q], (unsigned long long)(tm[q + 1] - tm[q]));
+                atomicAdd(&g_prof[7], 1ull);
+                atomicAdd(&g_prof[8], global_ns() - ns0);
+                atomicAdd(&g_prof[9], (unsigned long long)(tm[7] - tm[0]));
+            }
+        }
+    }
+}
+
+int g_impl = -1; /* hmc_sample_set_impl; -1: not read from HM_SAMPLE_IMPL yet */
+
+int sample_impl()
+{
+    if (g_impl < 0) {
+        const char *e = getenv("HM_SAMPLE_IMPL");
+        g_impl = e && *e ? atoi(e) : 0;
+    }
+    return g_impl;
+}
+
 } // namespace
+
+extern "C" int hmc_sample_set_impl(int impl)
+{
+    const int was = sample_impl();
+    g_impl = impl == 1 || impl == 2 ? impl : 0;
+    return was;
+}
+
+extern "C" int hmc_sample_path_counts(unsigned long long out[4])
+{
+    CK(cudaMemcpyFromSymbol(out, g_paths, sizeof(unsigned long long) * 4));
+    static const unsigned long long zero[4] = {0, 0, 0, 0};
+    CK(cudaMemcpyToSymbol(g_paths, zero, sizeof zero));
+    return HM_OK;
+}
+
+extern "C" int hmc_sample_profile(unsigned long long out[10])
+{
+    CK(cudaMemcpyFromSymbol(out, g_prof, sizeof(unsigned long long) * 10));
+    static const unsigned long long zero[10] = {0};
+    CK(cudaMemcpyToSymbol(g_prof, zero, sizeof zero));
+    return HM_OK;
+}
 
 extern "C" int hmc_sample(const float *logits, int B, int V, const hmc_sample_params *params_dev,
                           const uint32_t *counter_dev, int slot, float *logits_out, int32_t *codes, cudaStream_t s)
 {
     if (V <= 0 || V > NT * PER) return hm_err("%s:%d: sample: vocab %d not in 1..%d", __FILE__, __LINE__, V, NT * PER);
     if (B != 1 && B != 2) return hm_err("%s:%d: sample: B %d", __FILE__, __LINE__, B);
-    return launch_pdl(sample_kernel, dim3(1), dim3(NT), 0, s, logits, B, V, params_dev, counter_dev, slot, logits_out,
-                      codes);
+    const int impl = sample_impl();
+    const bool small = V <= 9 * NT;
+    if (impl == 1)
+        return launch_pdl(sample_kernel_v1, dim3(1), dim3(NT), 0, s, logits, B, V, params_dev, counter_dev, slot,
+                          logits_out, codes);
+    if (impl == 2)
+        return launch_pdl(small ? sample_kernel<9, true> : sample_kernel<16, true>, dim3(1), dim3(NT), 0, s, logits,
+                          B, V, params_dev, counter_dev, slot, logits_out, codes);
+    return launch_pdl(small ? sample_kernel<9, false> : sample_kernel<16, false>, dim3(1), dim3(NT), 0, s, logits, B,
+                      V, params_dev, counter_dev, slot, logits_out, codes);
 }

@@ -14,7 +14,17 @@ extern "C" {
 #include "../stages/vocoder/vocoder.h"
 }
 
-#define VCC_PROF_MAX_EVENTS 256
+#define VCC_PROF_MAX_EVENTS 1024
+/* Time tiles (vcc_set_tiling): the blocks of at most VCC_TILE_MAX_C output channels (the long,
+ * narrow ones at high sample rates, whose whole-window activations are the large ones) and the
+ * post / final convs run tile by tile, each tile's activations within about VCC_TILE_BYTES (the
+ * tile length rounded down to whole waves of the fused residual units: see wave_unit); the wider
+ * blocks before them run over the whole window (their GEMMs want the rows).  Every conv's im2col
+ * goes through a column buffer of at most VCC_COL_BYTES (row chunks of the GEMM).  Release sizes,
+ * bf16, H100: workspace 418 MiB instead of 2790 MiB, window 22.3 ms instead of 20.9 ms (graph). */
+#define VCC_TILE_MAX_C 256
+#define VCC_TILE_BYTES ((size_t)256 << 20)
+#define VCC_COL_BYTES ((size_t)128 << 20)
 enum { PK_START, PK_IM2COL, PK_GEMM, PK_EPI, PK_GEMM1, PK_RESID, PK_FUSED, PK_CONVERT, PK_GEMM_UP, PK_OADD, PK_OUT1, PK_QUANT, PK_N };
 static const char *const pk_name[PK_N] = {"", "im2col", "GEMM conv k>1", "bias+PReLU", "GEMM conv k1", "bias+PReLU+resid",
                                           "fused res unit", "to bf16", "GEMM upsample", "overlap-add", "conv ->1", "quantise"};
@@ -59,12 +69,19 @@ struct vcc_model {
     float *last_w; /* fp32 [k*cin] */
     float last_b;
     int last_k, last_cin;
+    /* time tiles: blocks tile_from.. (-1: the layers cannot be tiled), then post + final conv,
+     * over tiles of the tiled part's input (rate = output samples per input sample); each tile
+     * recomputes `halo` input samples before it (the causal layers' reach, see tile_setup) */
+    int tiling, tile_force, tile_from, halo, rate;
+    int tile_cap;  /* input samples a tile may process (halo included), as the workspace holds */
     /* workspace for ws_n frames */
     int ws_n;
     float *x, *h;  /* residual stream; GEMM outputs */
     float *x2;     /* the fused residual unit's output (ping-pong with x) */
+    float *xa;     /* tiled: the whole-window stream of the blocks before tile_from (the tiles' input) */
     int fused;     /* use vcc_res_unit_fused where it applies (bf16, 64 or 128 channels) */
     void *hb, *col; /* GEMM inputs in the weight dtype */
+    size_t col_elems, ws_bytes, w_bytes;
     /* optional per-op timing (vcc_profile): an event after every op, tagged (stage, kind) */
     int prof, npev;
     cudaEvent_t pev[VCC_PROF_MAX_EVENTS];
@@ -97,17 +114,17 @@ __device__ __forceinline__ void st4(__nv_bfloat16 *p, float4 v)
 
 /* One thread per 4 channels of one (output row, tap). */
 template <typename T>
-__global__ void im2col4_kernel(const float *__restrict__ x, int B, int Tin, int C, int k, int dil, int pad_l, int rep,
-                               T *__restrict__ col)
+__global__ void im2col4_kernel(const float *__restrict__ x, int Tin, int C, int k, int dil, int pad_l, int rep,
+                               size_t q0, size_t nq, T *__restrict__ col)
 {
     const int C4 = C / 4;
     const long To = (long)Tin * rep;
-    size_t total = (size_t)B * To * k * C4;
+    size_t total = nq * k * C4;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
         int c = (int)(i % C4) * 4;
         size_t r = i / C4;
         int j = (int)(r % k);
-        size_t q = r / k;
+        size_t q = q0 + r / k;
         int b = (int)(q / To);
         long t = (long)(q % To);
         long u = t + (long)j * dil - pad_l;
@@ -119,16 +136,16 @@ __global__ void im2col4_kernel(const float *__restrict__ x, int B, int Tin, int 
 
 /* Scalar fallback for C not a multiple of 4. */
 template <typename T>
-__global__ void im2col1_kernel(const float *__restrict__ x, int B, int Tin, int C, int k, int dil, int pad_l, int rep,
-                               T *__restrict__ col)
+__global__ void im2col1_kernel(const float *__restrict__ x, int Tin, int C, int k, int dil, int pad_l, int rep,
+                               size_t q0, size_t nq, T *__restrict__ col)
 {
     const long To = (long)Tin * rep;
-    size_t total = (size_t)B * To * k * C;
+    size_t total = nq * k * C;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
         int c = (int)(i % C);
         size_t r = i / C;
         int j = (int)(r % k);
-        size_t q = r / k;
+        size_t q = q0 + r / k;
         int b = (int)(q / To);
         long t = (long)(q % To);
         long u = t + (long)j * dil - pad_l;
@@ -138,15 +155,16 @@ __global__ void im2col1_kernel(const float *__restrict__ x, int B, int Tin, int 
 }
 
 /* Fast path (B*T*rep*C/4 < 2^31): one thread per (output row, 4 channels) writes all k taps,
- * so the index divisions (32-bit) are paid once per row instead of once per tap. */
+ * so the index divisions (32-bit) are paid once per row instead of once per tap.  Rows q0 ..
+ * q0 + n/C4 - 1 of the B*T*rep (col row 0 = row q0). */
 template <typename T>
 __global__ void im2col4_rows_kernel(const float *__restrict__ x, int Tin, int C4, int k, int dil, int pad_l, int rep,
-                                    unsigned n, T *__restrict__ col)
+                                    unsigned q0, unsigned n, T *__restrict__ col)
 {
     const unsigned To = (unsigned)Tin * rep, C = 4u * C4;
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
-        unsigned c = (i % C4) * 4, q = i / C4, b = q / To, t = q - b * To;
-        T *dst = col + (size_t)q * k * C + c;
+        unsigned c = (i % C4) * 4, q = q0 + i / C4, b = q / To, t = q - b * To;
+        T *dst = col + (size_t)(q - q0) * k * C + c;
         const float *src = x + (size_t)b * Tin * C + c;
         for (int j = 0; j < k; j++) {
             int u = (int)t + j * dil - pad_l;
@@ -233,15 +251,15 @@ __global__ void overlap_add_kernel(const float *__restrict__ z, const float *__r
 
 /* One thread per output sample; the weights in shared memory (k*C floats). */
 __global__ void conv_out1_kernel(const float *__restrict__ x, int B, int T, int C, int k, const float *__restrict__ w,
-                                 float bias, size_t n_keep, float *pcm)
+                                 float bias, size_t t_first, size_t n_out, float *pcm, size_t ld)
 {
     extern __shared__ float sw[];
     for (int i = threadIdx.x; i < k * C; i += blockDim.x) sw[i] = w[i];
     __syncthreads();
-    const size_t total = (size_t)B * n_keep;
+    const size_t total = (size_t)B * n_out;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
-        int b = (int)(i / n_keep);
-        long t = (long)(i % n_keep);
+        int b = (int)(i / n_out);
+        long t = (long)(t_first + i % n_out);
         float acc = 0.0f;
         for (int j = 0; j < k; j++) {
             long u = t - (k - 1 - j);
@@ -257,7 +275,7 @@ __global__ void conv_out1_kernel(const float *__restrict__ x, int B, int T, int 
                 for (int c = 0; c < C; c++) acc += wj[c] * __ldg(xr + c);
             }
         }
-        pcm[i] = acc + bias;
+        pcm[(size_t)b * ld + (size_t)t - t_first] = acc + bias;
     }
 }
 
@@ -267,12 +285,12 @@ __global__ void conv_out1_kernel(const float *__restrict__ x, int B, int T, int 
  * every thread makes one sample from shared memory. */
 #define OUT1_TILE 128
 __global__ void conv_out1_tiled_kernel(const float *__restrict__ x, int T, int C, int k, const float *__restrict__ w,
-                                       float bias, const float *__restrict__ pre_bias, float pre_a, int n_keep,
-                                       float *__restrict__ pcm)
+                                       float bias, const float *__restrict__ pre_bias, float pre_a, int t_first,
+                                       int n_out, float *__restrict__ pcm, size_t ld)
 {
     extern __shared__ float sm[];
     float *sw = sm, *sx = sm + k * C;
-    const int b = blockIdx.y, t0 = blockIdx.x * OUT1_TILE, rows = OUT1_TILE + k - 1, P = C + 1;
+    const int b = blockIdx.y, t0 = t_first + blockIdx.x * OUT1_TILE, rows = OUT1_TILE + k - 1, P = C + 1;
     for (int i = threadIdx.x; i < k * C; i += blockDim.x) sw[i] = w[i];
     const float *xb = x + (size_t)b * T * C;
     for (int i = threadIdx.x; i < rows * C; i += blockDim.x) {
@@ -286,13 +304,13 @@ __global__ void conv_out1_tiled_kernel(const float *__restrict__ x, int T, int C
     }
     __syncthreads();
     const int t = t0 + threadIdx.x;
-    if (t >= n_keep) return;
+    if (t >= t_first + n_out) return;
     float acc = 0.0f;
     for (int j = 0; j < k; j++) {
         const float *xr = sx + (threadIdx.x + j) * P, *wj = sw + j * C;
         for (int c = 0; c < C; c++) acc += wj[c] * xr[c];
     }
-    pcm[(size_t)b * n_keep + t] = acc + bias;
+    pcm[(size_t)b * ld + (t - t_first)] = acc + bias;
 }
 
 /* One whole residual unit, bf16 weights, C in {64, 128}:
@@ -405,28 +423,38 @@ extern "C" int vcc_quantize_split(const float *lat, int n, int H, float *x, cuda
     return HM_OK;
 }
 
-extern "C" int vcc_im2col(const float *x, int B, int T, int C, int k, int dil, int pad_l, int rep, void *col,
-                          hmc_dtype ct, cudaStream_t s)
+/* vcc_im2col for the rows q0 .. q0+nq-1 of the B*T*rep output rows only (col row 0 = row q0):
+ * a conv's GEMM can then run in row chunks through a smaller column buffer. */
+static int im2col_rows(const float *x, int T, int C, int k, int dil, int pad_l, int rep, size_t q0, size_t nq, void *col,
+                       hmc_dtype ct, cudaStream_t s)
 {
-    size_t n = (size_t)B * T * rep * k * C;
+    size_t n = nq * k * C;
     if (ct != HMC_BF16 && ct != HMC_F32) return hm_err("%s:%d: im2col: bad dtype", __FILE__, __LINE__);
-    const size_t rows4 = (size_t)B * T * rep * (C / 4);
-    if (C % 4 == 0 && rows4 < (1u << 31)) {
+    const size_t rows4 = nq * (C / 4);
+    if (C % 4 == 0 && (q0 + nq) * (C / 4) < (1u << 31)) {
         if (ct == HMC_BF16)
-            im2col4_rows_kernel<<<grid_for(rows4), 256, 0, s>>>(x, T, C / 4, k, dil, pad_l, rep, (unsigned)rows4,
-                                                                (__nv_bfloat16 *)col);
-        else im2col4_rows_kernel<<<grid_for(rows4), 256, 0, s>>>(x, T, C / 4, k, dil, pad_l, rep, (unsigned)rows4, (float *)col);
+            im2col4_rows_kernel<<<grid_for(rows4), 256, 0, s>>>(x, T, C / 4, k, dil, pad_l, rep, (unsigned)q0,
+                                                                (unsigned)rows4, (__nv_bfloat16 *)col);
+        else
+            im2col4_rows_kernel<<<grid_for(rows4), 256, 0, s>>>(x, T, C / 4, k, dil, pad_l, rep, (unsigned)q0,
+                                                                (unsigned)rows4, (float *)col);
     } else if (C % 4 == 0) {
         if (ct == HMC_BF16)
-            im2col4_kernel<<<grid_for(n / 4), 256, 0, s>>>(x, B, T, C, k, dil, pad_l, rep, (__nv_bfloat16 *)col);
-        else im2col4_kernel<<<grid_for(n / 4), 256, 0, s>>>(x, B, T, C, k, dil, pad_l, rep, (float *)col);
+            im2col4_kernel<<<grid_for(n / 4), 256, 0, s>>>(x, T, C, k, dil, pad_l, rep, q0, nq, (__nv_bfloat16 *)col);
+        else im2col4_kernel<<<grid_for(n / 4), 256, 0, s>>>(x, T, C, k, dil, pad_l, rep, q0, nq, (float *)col);
     } else {
         if (ct == HMC_BF16)
-            im2col1_kernel<<<grid_for(n), 256, 0, s>>>(x, B, T, C, k, dil, pad_l, rep, (__nv_bfloat16 *)col);
-        else im2col1_kernel<<<grid_for(n), 256, 0, s>>>(x, B, T, C, k, dil, pad_l, rep, (float *)col);
+            im2col1_kernel<<<grid_for(n), 256, 0, s>>>(x, T, C, k, dil, pad_l, rep, q0, nq, (__nv_bfloat16 *)col);
+        else im2col1_kernel<<<grid_for(n), 256, 0, s>>>(x, T, C, k, dil, pad_l, rep, q0, nq, (float *)col);
     }
     CK_LAUNCH();
     return HM_OK;
+}
+
+extern "C" int vcc_im2col(const float *x, int B, int T, int C, int k, int dil, int pad_l, int rep, void *col,
+                          hmc_dtype ct, cudaStream_t s)
+{
+    return im2col_rows(x, T, C, k, dil, pad_l, rep, 0, (size_t)B * T * rep, col, ct, s);
 }
 
 extern "C" int vcc_bias_prelu(const float *h, const float *bias, float a, int M, int C, void *y, hmc_dtype yt,
@@ -447,22 +475,42 @@ extern "C" int vcc_bias_prelu(const float *h, const float *bias, float a, int M,
     return HM_OK;
 }
 
+/* Allow res_unit_kernel<C> the most dynamic shared memory once (its launches ask for less). */
+static int ru_prepare(int C)
+{
+    static int done[2];
+    const int i = C == 128;
+    if (!done[i]) {
+        const void *f = C == 64 ? (const void *)res_unit_kernel<64> : (const void *)res_unit_kernel<128>;
+        CK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)RU_MAX_SMEM));
+        done[i] = 1;
+    }
+    return HM_OK;
+}
+
+/* Blocks of the fused residual unit (C 64 or 128, this halo) one SM holds at once; 0 if unknown. */
+static int ru_occupancy(int C, int halo)
+{
+    int occ = 0;
+    if ((C != 64 && C != 128) || ru_prepare(C)) return 0;
+    const void *f = C == 64 ? (const void *)res_unit_kernel<64> : (const void *)res_unit_kernel<128>;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, f, RU_THREADS, ru_smem(C, halo)) != cudaSuccess) return 0;
+    return occ;
+}
+
 extern "C" int vcc_res_unit_fused(const float *xin, float *xout, int B, int T, int C, int k, int dil, const void *W1,
                                    const float *b1, float a1, const void *W2, const float *b2, float a2, cudaStream_t s)
 {
-    static size_t attr[2]; /* the dynamic shared memory allowed so far, per instantiation */
     const int halo = (k - 1) * dil;
     const size_t smem = ru_smem(C, halo);
     if (smem > RU_MAX_SMEM) return hm_err("%s:%d: fused residual unit: halo %d too long", __FILE__, __LINE__, halo);
     dim3 grid((unsigned)((T + RU_BM - 1) / RU_BM), (unsigned)B);
     const __nv_bfloat16 *w1 = (const __nv_bfloat16 *)W1, *w2 = (const __nv_bfloat16 *)W2;
     if (C == 64) {
-        if (smem > attr[0]) CK(cudaFuncSetAttribute(res_unit_kernel<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        attr[0] = HM_MAX(attr[0], smem);
+        CKH(ru_prepare(64));
         res_unit_kernel<64><<<grid, RU_THREADS, smem, s>>>(xin, xout, T, k, dil, w1, b1, a1, w2, b2, a2);
     } else if (C == 128) {
-        if (smem > attr[1]) CK(cudaFuncSetAttribute(res_unit_kernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        attr[1] = HM_MAX(attr[1], smem);
+        CKH(ru_prepare(128));
         res_unit_kernel<128><<<grid, RU_THREADS, smem, s>>>(xin, xout, T, k, dil, w1, b1, a1, w2, b2, a2);
     } else {
         return hm_err("%s:%d: fused residual unit: %d channels (64 or 128 only)", __FILE__, __LINE__, C);
@@ -481,23 +529,35 @@ extern "C" int vcc_overlap_add(const float *z, const float *bias, int B, int T, 
     return HM_OK;
 }
 
-extern "C" int vcc_conv_out1(const float *x, int B, int T, int C, int k, const float *w, float bias,
-                             const float *pre_bias, float pre_a, size_t n_keep, float *pcm, cudaStream_t s)
+/* vcc_conv_out1 for the samples t_first .. t_first+n_out-1 of each row only:
+ * pcm[b*ld + t - t_first] (a time tile writes its part of the window). */
+static int conv_out1_range(const float *x, int B, int T, int C, int k, const float *w, float bias,
+                           const float *pre_bias, float pre_a, size_t t_first, size_t n_out, float *pcm, size_t ld,
+                           cudaStream_t s)
 {
-    if (n_keep > (size_t)T) return hm_err("%s:%d: conv_out1: %zu samples of %d", __FILE__, __LINE__, n_keep, T);
+    if (t_first + n_out > (size_t)T)
+        return hm_err("%s:%d: conv_out1: samples %zu..%zu of %d", __FILE__, __LINE__, t_first, t_first + n_out, T);
+    if (n_out == 0) return HM_OK;
     size_t tiled = sizeof(float) * ((size_t)k * C + (size_t)(OUT1_TILE + k - 1) * (C + 1));
-    if (tiled <= 48 * 1024 && n_keep > 0) {
-        dim3 grid((unsigned)((n_keep + OUT1_TILE - 1) / OUT1_TILE), (unsigned)B);
-        conv_out1_tiled_kernel<<<grid, OUT1_TILE, tiled, s>>>(x, T, C, k, w, bias, pre_bias, pre_a, (int)n_keep, pcm);
+    if (tiled <= 48 * 1024) {
+        dim3 grid((unsigned)((n_out + OUT1_TILE - 1) / OUT1_TILE), (unsigned)B);
+        conv_out1_tiled_kernel<<<grid, OUT1_TILE, tiled, s>>>(x, T, C, k, w, bias, pre_bias, pre_a, (int)t_first,
+                                                              (int)n_out, pcm, ld);
         CK_LAUNCH();
         return HM_OK;
     }
     if (pre_bias) return hm_err("%s:%d: conv_out1: %d channels too wide for the fused PReLU", __FILE__, __LINE__, C);
     size_t smem = sizeof(float) * (size_t)k * C;
     if (smem > 48 * 1024) return hm_err("%s:%d: conv_out1: %d x %d weights do not fit shared memory", __FILE__, __LINE__, k, C);
-    conv_out1_kernel<<<grid_for((size_t)B * n_keep, 128), 128, smem, s>>>(x, B, T, C, k, w, bias, n_keep, pcm);
+    conv_out1_kernel<<<grid_for((size_t)B * n_out, 128), 128, smem, s>>>(x, B, T, C, k, w, bias, t_first, n_out, pcm, ld);
     CK_LAUNCH();
     return HM_OK;
+}
+
+extern "C" int vcc_conv_out1(const float *x, int B, int T, int C, int k, const float *w, float bias,
+                             const float *pre_bias, float pre_a, size_t n_keep, float *pcm, cudaStream_t s)
+{
+    return conv_out1_range(x, B, T, C, k, w, bias, pre_bias, pre_a, 0, n_keep, pcm, n_keep, s);
 }
 
 /* ---- loading ------------------------------------------------------------------------------ */
@@ -620,6 +680,148 @@ void ws_sizes(const vcc_model *m, int n, size_t *sx, size_t *sh, size_t *shb, si
     *sx = x, *sh = h, *shb = hb, *scol = col;
 }
 
+/* Rows per chunk of a conv GEMM over M rows with K im2col columns through a column buffer of
+ * cap elements: all M when they fit, else the fewest chunks, balanced. */
+size_t col_chunk_rows(size_t M, size_t K, size_t cap)
+{
+    size_t fit = HM_MAX((size_t)1, cap / K);
+    if (fit >= M) return M;
+    size_t nch = (M + fit - 1) / fit;
+    return (M + nch - 1) / nch;
+}
+
+/* Where the time tiles start and how far back they reach.  A tile starting at input sample a0 > 0
+ * sees zeros before a0 where the window has values, so its first outputs are wrong: e counts the
+ * wrong leading samples at each layer's rate (a causal conv adds its reach dil*(k-1); the causal
+ * transposed conv reads input p/s - 1, so e -> (e + 1)*s; the post conv is folded, causal over the
+ * un-repeated samples).  A tile recomputes halo = ceil(e / rate) input samples before its own
+ * part, so every sample it keeps equals the whole window's.  Non-causal layers: no tiling. */
+void tile_setup(vcc_model *m)
+{
+    m->tile_from = m->n_up;
+    for (int i = m->n_up - 1; i >= 0 && m->blk[i].up.cout <= VCC_TILE_MAX_C; i--) m->tile_from = i;
+    if (m->tile_from == m->n_up) { /* nothing narrow to tile */
+        m->tile_from = -1;
+        return;
+    }
+    long e = 0, rate = 1;
+    for (int i = m->tile_from; i < m->n_up; i++) {
+        const dblock *b = &m->blk[i];
+        e = (e + 1) * b->up.s, rate *= b->up.s;
+        for (int r = 0; r < VOC_RES_UNITS; r++) {
+            const dconv *c[2] = {&b->c1[r], &b->c2[r]};
+            for (int j = 0; j < 2; j++) {
+                if (c[j]->pad_l != c[j]->dil * (c[j]->k - 1)) {
+                    m->tile_from = -1;
+                    return;
+                }
+                e += c[j]->pad_l;
+            }
+        }
+    }
+    if (m->has_post) e = (e + m->post.pad_l) * m->post_rep, rate *= m->post_rep;
+    e += m->last_k - 1;
+    m->rate = (int)rate;
+    m->halo = (int)((e + rate - 1) / rate);
+}
+
+/* Input samples of the tiled part for n frames (the whole-window blocks upsample first). */
+size_t tile_input_len(const vcc_model *m, int n)
+{
+    size_t T = (size_t)n;
+    for (int i = 0; i < m->tile_from; i++) T *= m->blk[i].up.s;
+    return T;
+}
+
+int res_fusable(const vcc_model *m, const dblock *b, int C);
+
+/* Buffer needs (elements) of blocks [i0, i1) and (post) the post conv, over T input
+ * samples of 2 rows; max-accumulated into the stream xs, GEMM outputs h, GEMM inputs hb and
+ * columns col (chunked to colcap); *fusable set when a block may use the fused residual unit
+ * (which needs the ping-pong stream). */
+void walk_needs(const vcc_model *m, int i0, int i1, int post, size_t T, size_t colcap, size_t *xs, size_t *h,
+                size_t *hb, size_t *col, int *fusable)
+{
+    const size_t B = 2;
+    for (int i = i0; i < i1; i++) {
+        const dblock *b = &m->blk[i];
+        const dtconv *u = &b->up;
+        *hb = HM_MAX(*hb, B * T * u->cin);
+        *h = HM_MAX(*h, B * T * u->k * u->cout);
+        T *= u->s;
+        const size_t C = u->cout, K = (size_t)b->c1[0].k * C;
+        *xs = HM_MAX(*xs, B * T * C);
+        *h = HM_MAX(*h, B * T * C); /* the unfused path too: vcc_set_fused may switch at any call */
+        *hb = HM_MAX(*hb, B * T * C);
+        *col = HM_MAX(*col, col_chunk_rows(B * T, K, colcap) * K);
+        if (res_fusable(m, b, (int)C)) *fusable = 1;
+    }
+    if (post && m->has_post) {
+        const size_t K = (size_t)m->post.k * m->post.cin;
+        *h = HM_MAX(*h, B * T * m->post.cout);
+        *col = HM_MAX(*col, col_chunk_rows(B * T, K, colcap) * K);
+    }
+}
+
+size_t gcd_z(size_t a, size_t b) { return b ? gcd_z(b, a % b) : a; }
+
+/* A tile length (input samples) that makes every launch of the fused residual units in the tiled
+ * blocks whole waves: a unit's grid is 2 * ceil(r*T / RU_BM) blocks at rate r (its samples per
+ * input sample), the device runs SMs x occupancy of them at once, and a last partial wave costs
+ * nearly a whole one (up to ~20 % at ~4 waves a launch).  The lcm of the blocks' units, widest
+ * block first, as long as it stays <= cap; 0: none (no fused units, or unknown occupancy). */
+size_t wave_unit(const vcc_model *m, size_t cap)
+{
+    int dev, sms;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+        return 0;
+    size_t U = 0, r = 1;
+    for (int i = m->tile_from; i < m->n_up; i++) {
+        const dblock *b = &m->blk[i];
+        r *= b->up.s;
+        if (!res_fusable(m, b, b->up.cout)) continue;
+        for (int j = 0; j < VOC_RES_UNITS; j++) {
+            const int occ = ru_occupancy(b->up.cout, (b->c1[j].k - 1) * b->c1[j].dil);
+            if (occ < 1) return U;
+            const size_t wave = (size_t)sms * occ * RU_BM / 2, u = wave / gcd_z(wave, r); /* r*T a multiple of wave */
+            const size_t nu = U ? U / gcd_z(U, u) * u : u;
+            if (nu > cap) return U;
+            U = nu;
+        }
+    }
+    return U;
+}
+
+/* Tiled workspace for n frames: the whole-window part (quantised input, first conv, blocks before
+ * tile_from: stream xa) and one tile of the rest (streams x, x2) share h, hb and col.  A tile
+ * processes Tp input samples (halo included): x + x2 + h + hb about VCC_TILE_BYTES, rounded down
+ * to whole waves of the fused units (wave_unit), or tile_force + halo; *cap = Tp. */
+void ws_tiled(const vcc_model *m, int n, size_t *sxa, size_t *sx, size_t *sx2, size_t *sh, size_t *shb, size_t *scol,
+              int *cap)
+{
+    const size_t es = hmc_dtype_size(m->wdt), colcap = VCC_COL_BYTES / es, B = 2;
+    size_t xa = B * n * m->first.cout, h = B * n * HM_MAX(m->first.cin, m->first.cout), hb = 0, col = 0;
+    col = col_chunk_rows(B * n, (size_t)m->first.k * m->first.cin, colcap) * m->first.k * m->first.cin;
+    int fz = 0;
+    walk_needs(m, 0, m->tile_from, 0, (size_t)n, colcap, &xa, &h, &hb, &col, &fz);
+    /* bytes per tile input sample (linear in the tile length; col has its own budget) */
+    size_t x1 = 0, h1 = 0, hb1 = 0, c1 = 0;
+    int f1 = 0;
+    walk_needs(m, m->tile_from, m->n_up, 1, 1, (size_t)-1, &x1, &h1, &hb1, &c1, &f1);
+    const size_t per = 4 * (x1 * (f1 ? 2 : 1) + h1) + es * hb1, Tin = tile_input_len(m, n);
+    size_t tp;
+    if (m->tile_force > 0) {
+        tp = (size_t)m->tile_force + m->halo;
+    } else {
+        tp = HM_MAX(VCC_TILE_BYTES / HM_MAX(per, (size_t)1), (size_t)4 * m->halo + 4);
+        const size_t U = wave_unit(m, tp);
+        if (U > (size_t)m->halo && U <= tp) tp = tp / U * U;
+    }
+    size_t Tp = HM_MIN(Tin, tp), x = 0;
+    walk_needs(m, m->tile_from, m->n_up, 1, Tp, colcap, &x, &h, &hb, &col, &f1);
+    *sxa = xa, *sx = x, *sx2 = f1 ? x : 0, *sh = h, *shb = hb, *scol = col, *cap = (int)Tp;
+}
+
 } // namespace
 
 extern "C" int vcc_precision(const char *precision, hmc_dtype *out)
@@ -646,6 +848,7 @@ extern "C" void vcc_free(vcc_model *m)
     if (m->has_post) free_conv(&m->post);
     cudaFree(m->last_w);
     cudaFree(m->x);
+    cudaFree(m->xa);
     cudaFree(m->x2);
     cudaFree(m->h);
     cudaFree(m->hb);
@@ -694,6 +897,17 @@ extern "C" int vcc_upload(const voc_model *host, hmc_dtype wdt, vcc_model **out)
         vcc_free(m);
         return HM_ERR;
     }
+    tile_setup(m);
+    m->tiling = 1;
+    /* device bytes of the weights (upload_* above: weights in wdt, biases fp32) */
+    const size_t es = hmc_dtype_size(wdt);
+    auto conv_bytes = [es](const dconv *c) { return (size_t)c->cout * c->k * c->cin * es + (size_t)c->cout * 4; };
+    m->w_bytes = conv_bytes(&m->first) + (size_t)m->last_k * m->last_cin * 4 + (m->has_post ? conv_bytes(&m->post) : 0);
+    for (int i = 0; i < m->n_up; i++) {
+        const dtconv *u = &m->blk[i].up;
+        m->w_bytes += (size_t)u->k * u->cout * u->cin * es + (size_t)u->cout * 4;
+        for (int r = 0; r < VOC_RES_UNITS; r++) m->w_bytes += conv_bytes(&m->blk[i].c1[r]) + conv_bytes(&m->blk[i].c2[r]);
+    }
     *out = m;
     return HM_OK;
 }
@@ -722,20 +936,63 @@ extern "C" const hm_codec_config *vcc_config(const vcc_model *m) { return &m->cf
 extern "C" int vcc_hop(const vcc_model *m) { return m->hop; }
 extern "C" hmc_dtype vcc_weights_dtype(const vcc_model *m) { return m->wdt; }
 
+static int tiled(const vcc_model *m) { return m->tiling && m->tile_from >= 0; }
+
 extern "C" int vcc_reserve(vcc_model *m, int n)
 {
     if (n <= m->ws_n) return HM_OK;
-    size_t sx, sh, shb, scol, es = hmc_dtype_size(m->wdt);
-    ws_sizes(m, n, &sx, &sh, &shb, &scol);
+    size_t sxa = 0, sx, sx2, sh, shb, scol, es = hmc_dtype_size(m->wdt);
+    if (tiled(m)) {
+        ws_tiled(m, n, &sxa, &sx, &sx2, &sh, &shb, &scol, &m->tile_cap);
+    } else { /* the whole window at every stage */
+        ws_sizes(m, n, &sx, &sh, &shb, &scol);
+        sx2 = sx;
+    }
     CK(cudaDeviceSynchronize());
-    cudaFree(m->x), cudaFree(m->x2), cudaFree(m->h), cudaFree(m->hb), cudaFree(m->col);
-    m->x = m->x2 = m->h = nullptr, m->hb = m->col = nullptr, m->ws_n = 0;
+    cudaFree(m->x), cudaFree(m->x2), cudaFree(m->xa), cudaFree(m->h), cudaFree(m->hb), cudaFree(m->col);
+    m->x = m->x2 = m->xa = m->h = nullptr, m->hb = m->col = nullptr, m->ws_n = 0, m->ws_bytes = 0;
     CK(cudaMalloc(&m->x, sx * 4));
-    CK(cudaMalloc(&m->x2, sx * 4));
+    if (sx2) CK(cudaMalloc(&m->x2, sx2 * 4));
+    if (sxa) CK(cudaMalloc(&m->xa, sxa * 4));
     CK(cudaMalloc(&m->h, sh * 4));
     CK(cudaMalloc(&m->hb, shb * es + 16));
     CK(cudaMalloc(&m->col, scol * es));
+    m->col_elems = scol;
+    m->ws_bytes = 4 * (sx + sx2 + sxa + sh) + shb * es + 16 + scol * es;
     m->ws_n = n;
+    return HM_OK;
+}
+
+extern "C" void vcc_set_tiling(vcc_model *m, int on, int tile_len)
+{
+    if (on != m->tiling || tile_len != m->tile_force) m->ws_n = 0; /* re-sized at the next call */
+    m->tiling = on, m->tile_force = tile_len > 0 ? tile_len : 0;
+}
+
+extern "C" size_t vcc_weight_bytes(const vcc_model *m) { return m->w_bytes; }
+extern "C" size_t vcc_workspace_bytes(const vcc_model *m) { return m->ws_bytes; }
+
+/* Tiles of a window of n frames (tiled; after vcc_reserve(m, n)): every tile processes Tp input
+ * samples (the last fewer): the first [0, Tp), then L = Tp - halo new ones each. */
+static void tile_plan(const vcc_model *m, int n, size_t *Tin, size_t *Tp, size_t *L, size_t *tiles)
+{
+    *Tin = tile_input_len(m, n);
+    *Tp = HM_MIN(*Tin, (size_t)m->tile_cap);
+    *L = *Tp > (size_t)m->halo ? *Tp - m->halo : 1;
+    *tiles = *Tin <= *Tp ? 1 : 1 + (*Tin - *Tp + *L - 1) / *L;
+}
+
+extern "C" int vcc_describe(const vcc_model *m, int n, char *buf, size_t cap)
+{
+    if (!tiled(m)) {
+        snprintf(buf, cap, "whole window at every stage (%s)", m->tile_from < 0 ? "layers not causal" : "tiling off");
+        return HM_OK;
+    }
+    size_t Tin, Tp, L, nt;
+    tile_plan(m, n, &Tin, &Tp, &L, &nt);
+    snprintf(buf, cap, "blocks %d..%d + post + final conv in %zu tiles of %zu input samples (the first %zu; + %d halo "
+             "after it; 1 : %d output) of %zu; blocks before over the whole window",
+             m->tile_from + 1, m->n_up, nt, L, Tp, m->halo, m->rate, Tin);
     return HM_OK;
 }
 
@@ -795,71 +1052,86 @@ extern "C" int vcc_profile_table(vcc_model *m, char *buf, size_t cap)
     return HM_OK;
 }
 
-extern "C" int vcc_decode_window(vcc_model *m, const float *lat_dev, int n, size_t n_keep, float *pcm_dev,
-                                 cudaStream_t s)
+namespace {
+
+int res_fusable(const vcc_model *m, const dblock *b, int C)
 {
-    hmc_nvtx nvtx_("voc_decode");
-    if (n < 1 || n > (1 << 20) || n_keep > (size_t)n * m->hop)
-        return hm_err("vocoder: %zu samples asked of %d frames (%zu made)", n_keep, n, (size_t)n * m->hop);
-    CKH(vcc_reserve(m, n));
-    const hmc_dtype t = m->wdt;
-    const int last = m->n_up + 1; /* profile stages: 0 first conv, 1..n_up blocks, last: post + final conv */
-    m->npev = 0;
-    mark(m, s, 0, PK_START);
-    /* latents -> quantised [2n, H] (in h) -> first conv -> x [2n, C] */
-    CKH(vcc_quantize_split(lat_dev, n, m->first.cin, m->h, s));
-    mark(m, s, 0, PK_QUANT);
-    CKH(vcc_im2col(m->h, 2, n, m->first.cin, m->first.k, m->first.dil, m->first.pad_l, 1, m->col, t, s));
-    mark(m, s, 0, PK_IM2COL);
-    CKH(hmc_gemm(m->col, m->first.w, t, m->h, 2 * n, m->first.cout, m->first.k * m->first.cin, 0, s));
-    mark(m, s, 0, PK_GEMM);
-    CKH(vcc_bias_prelu(m->h, m->first.b, 1.0f, 2 * n, m->first.cout, m->x, HMC_F32, nullptr, s));
-    mark(m, s, 0, PK_EPI);
-    int T = n;
-    for (int i = 0; i < m->n_up; i++) {
-        const dblock *b = &m->blk[i];
-        const dtconv *u = &b->up;
-        /* upsampling: x (weight dtype) -> z [2T, k*cout] (in h) -> overlap-add -> x [2T*s, cout] */
-        CKH(hmc_convert(m->x, m->hb, t, (size_t)2 * T * u->cin, s));
-        mark(m, s, i + 1, PK_CONVERT);
-        CKH(hmc_gemm(m->hb, u->w, t, m->h, 2 * T, u->k * u->cout, u->cin, 0, s));
-        mark(m, s, i + 1, PK_GEMM_UP);
-        CKH(vcc_overlap_add(m->h, u->b, 2, T, u->cout, u->s, m->x, s));
-        mark(m, s, i + 1, PK_OADD);
-        T *= u->s;
-        const int C = u->cout, M = 2 * T;
-        int fuse = m->fused && t == HMC_BF16 && (C == 64 || C == 128);
-        for (int r = 0; fuse && r < VOC_RES_UNITS; r++) fuse = ru_smem(C, (b->c1[r].k - 1) * b->c1[r].dil) <= RU_MAX_SMEM;
-        for (int r = 0; r < VOC_RES_UNITS; r++) {
-            const dconv *c1 = &b->c1[r];
-            if (fuse) {
-                CKH(vcc_res_unit_fused(m->x, m->x2, 2, T, C, c1->k, c1->dil, c1->w, c1->b, b->a1[r], b->c2[r].w, b->c2[r].b,
-                                       b->a2[r], s));
-                float *tmp = m->x;
-                m->x = m->x2, m->x2 = tmp;
-                mark(m, s, i + 1, PK_FUSED);
-                continue;
-            }
-            CKH(vcc_im2col(m->x, 2, T, C, c1->k, c1->dil, c1->pad_l, 1, m->col, t, s));
-            mark(m, s, i + 1, PK_IM2COL);
-            CKH(hmc_gemm(m->col, c1->w, t, m->h, M, C, c1->k * C, 0, s));
-            mark(m, s, i + 1, PK_GEMM);
-            CKH(vcc_bias_prelu(m->h, c1->b, b->a1[r], M, C, m->hb, t, nullptr, s));
-            mark(m, s, i + 1, PK_EPI);
-            CKH(hmc_gemm(m->hb, b->c2[r].w, t, m->h, M, C, C, 0, s));
-            mark(m, s, i + 1, PK_GEMM1);
-            CKH(vcc_bias_prelu(m->h, b->c2[r].b, b->a2[r], M, C, nullptr, HMC_F32, m->x, s));
-            mark(m, s, i + 1, PK_RESID);
-        }
+    if (m->wdt != HMC_BF16 || (C != 64 && C != 128)) return 0;
+    for (int r = 0; r < VOC_RES_UNITS; r++)
+        if (ru_smem(C, (b->c1[r].k - 1) * b->c1[r].dil) > RU_MAX_SMEM) return 0;
+    return 1;
+}
+
+/* conv c over x [2T, cin] -> y [2T, cout] (no bias): im2col + GEMM, in row chunks that fit the
+ * column buffer (one chunk, all rows, whenever it holds them). */
+int conv_gemm(vcc_model *m, const dconv *c, const float *x, int T, float *y, int stage, cudaStream_t s)
+{
+    const size_t M = (size_t)2 * T, K = (size_t)c->k * c->cin, rows = col_chunk_rows(M, K, m->col_elems);
+    for (size_t q0 = 0; q0 < M; q0 += rows) {
+        const size_t nq = HM_MIN(rows, M - q0);
+        CKH(im2col_rows(x, T, c->cin, c->k, c->dil, c->pad_l, 1, q0, nq, m->col, m->wdt, s));
+        mark(m, s, stage, PK_IM2COL);
+        CKH(hmc_gemm(m->col, c->w, m->wdt, y + q0 * c->cout, (int)nq, c->cout, (int)K, 0, s));
+        mark(m, s, stage, PK_GEMM);
     }
-    const float *last_in = m->x;
+    return HM_OK;
+}
+
+/* Block i over T input samples: rows b*in_T + in_off + t (t < T) of `in` -> upsampling ->
+ * residual units; the result [2*T*s, cout] ends in *xp (*x2p: the fused units' ping-pong partner,
+ * NULL: unfused).  in may be *xp (it is read before the stream is written). */
+int block_forward(vcc_model *m, int i, const float *in, int in_T, int in_off, int T, float **xp, float **x2p,
+                  cudaStream_t s)
+{
+    const dblock *b = &m->blk[i];
+    const dtconv *u = &b->up;
+    const hmc_dtype t = m->wdt;
+    /* upsampling: input (weight dtype) -> z [2T, k*cout] (in h) -> overlap-add -> x [2T*s, cout] */
+    if (in_T == T && in_off == 0) {
+        CKH(hmc_convert(in, m->hb, t, (size_t)2 * T * u->cin, s));
+    } else {
+        for (int r = 0; r < 2; r++)
+            CKH(hmc_convert(in + ((size_t)r * in_T + in_off) * u->cin, (char *)m->hb + (size_t)r * T * u->cin * hmc_dtype_size(t),
+                            t, (size_t)T * u->cin, s));
+    }
+    mark(m, s, i + 1, PK_CONVERT);
+    CKH(hmc_gemm(m->hb, u->w, t, m->h, 2 * T, u->k * u->cout, u->cin, 0, s));
+    mark(m, s, i + 1, PK_GEMM_UP);
+    CKH(vcc_overlap_add(m->h, u->b, 2, T, u->cout, u->s, *xp, s));
+    mark(m, s, i + 1, PK_OADD);
+    T *= u->s;
+    const int C = u->cout, M = 2 * T;
+    const int fuse = m->fused && x2p && res_fusable(m, b, C);
+    for (int r = 0; r < VOC_RES_UNITS; r++) {
+        const dconv *c1 = &b->c1[r];
+        if (fuse) {
+            CKH(vcc_res_unit_fused(*xp, *x2p, 2, T, C, c1->k, c1->dil, c1->w, c1->b, b->a1[r], b->c2[r].w, b->c2[r].b,
+                                   b->a2[r], s));
+            float *tmp = *xp;
+            *xp = *x2p, *x2p = tmp;
+            mark(m, s, i + 1, PK_FUSED);
+            continue;
+        }
+        CKH(conv_gemm(m, c1, *xp, T, m->h, i + 1, s));
+        CKH(vcc_bias_prelu(m->h, c1->b, b->a1[r], M, C, m->hb, t, nullptr, s));
+        mark(m, s, i + 1, PK_EPI);
+        CKH(hmc_gemm(m->hb, b->c2[r].w, t, m->h, M, C, C, 0, s));
+        mark(m, s, i + 1, PK_GEMM1);
+        CKH(vcc_bias_prelu(m->h, b->c2[r].b, b->a2[r], M, C, nullptr, HMC_F32, *xp, s));
+        mark(m, s, i + 1, PK_RESID);
+    }
+    return HM_OK;
+}
+
+/* Post conv (x post_rep) + PReLU + the final conv over x [2T, C] at the last block's rate; writes
+ * the output samples t_first .. t_first+n_out-1 of each row to pcm[b*ld + t - t_first]. */
+int tail_forward(vcc_model *m, const float *x, int T, size_t t_first, size_t n_out, float *pcm, size_t ld, cudaStream_t s)
+{
+    const int last = m->n_up + 1; /* profile stage of the post and final convs */
+    const float *last_in = x;
     if (m->has_post) {
-        /* repeat x post_rep times + causal conv = the folded conv (see upload_post_folded), PReLU in place */
-        const dconv *c = &m->post;
-        CKH(vcc_im2col(m->x, 2, T, c->cin, c->k, c->dil, c->pad_l, 1, m->col, t, s));
-        mark(m, s, last, PK_IM2COL);
-        CKH(hmc_gemm(m->col, c->w, t, m->h, 2 * T, c->cout, c->k * c->cin, 0, s));
-        mark(m, s, last, PK_GEMM);
+        /* repeat x post_rep times + causal conv = the folded conv (see upload_post_folded) */
+        CKH(conv_gemm(m, &m->post, x, T, m->h, last, s));
         T *= m->post_rep;
         last_in = m->h; /* its bias + PReLU happen inside conv_out1 */
     }
@@ -870,8 +1142,54 @@ extern "C" int vcc_decode_window(vcc_model *m, const float *lat_dev, int n, size
         CKH(vcc_bias_prelu(m->h, m->post.b, m->post_a, 2 * T, C, m->h, HMC_F32, nullptr, s));
         mark(m, s, last, PK_EPI);
     }
-    CKH(vcc_conv_out1(last_in, 2, T, C, m->last_k, m->last_w, m->last_b, pre_b, m->post_a, n_keep, pcm_dev, s));
+    CKH(conv_out1_range(last_in, 2, T, C, m->last_k, m->last_w, m->last_b, pre_b, m->post_a, t_first, n_out, pcm, ld, s));
     mark(m, s, last, PK_OUT1);
+    return HM_OK;
+}
+
+} // namespace
+
+extern "C" int vcc_decode_window(vcc_model *m, const float *lat_dev, int n, size_t n_keep, float *pcm_dev,
+                                 cudaStream_t s)
+{
+    hmc_nvtx nvtx_("voc_decode");
+    if (n < 1 || n > (1 << 20) || n_keep > (size_t)n * m->hop)
+        return hm_err("vocoder: %zu samples asked of %d frames (%zu made)", n_keep, n, (size_t)n * m->hop);
+    CKH(vcc_reserve(m, n));
+    const int tl = tiled(m);
+    m->npev = 0;
+    mark(m, s, 0, PK_START);
+    /* latents -> quantised [2n, H] (in h) -> first conv -> the stream [2n, C] */
+    float *x = tl ? m->xa : m->x, *x2 = tl ? nullptr : m->x2;
+    CKH(vcc_quantize_split(lat_dev, n, m->first.cin, m->h, s));
+    mark(m, s, 0, PK_QUANT);
+    CKH(conv_gemm(m, &m->first, m->h, n, x, 0, s));
+    CKH(vcc_bias_prelu(x, m->first.b, 1.0f, 2 * n, m->first.cout, x, HMC_F32, nullptr, s));
+    mark(m, s, 0, PK_EPI);
+    int T = n;
+    const int whole = tl ? m->tile_from : m->n_up; /* blocks over the whole window */
+    for (int i = 0; i < whole; i++) {
+        CKH(block_forward(m, i, x, T, 0, T, &x, x2 ? &x2 : nullptr, s));
+        T *= m->blk[i].up.s;
+    }
+    if (!tl) return tail_forward(m, x, T, 0, n_keep, pcm_dev, n_keep, s);
+    /* time tiles over the rest: tile [a, b) of the T input samples recomputes [a0, a) before it */
+    size_t Tin, Tp, L, nt;
+    tile_plan(m, n, &Tin, &Tp, &L, &nt);
+    for (size_t a = 0, b; a < Tin && a * m->rate < n_keep; a = b) {
+        b = HM_MIN(Tin, a ? a + L : Tp);
+        const size_t a0 = a ? a - m->halo : 0;
+        int Tt = (int)(b - a0);
+        if (Tt > m->tile_cap) return hm_err("%s:%d: vocoder tile of %d samples, workspace for %d", __FILE__, __LINE__, Tt, m->tile_cap);
+        float *y = m->x, *y2 = m->x2;
+        for (int i = m->tile_from; i < m->n_up; i++) {
+            CKH(block_forward(m, i, i == m->tile_from ? m->xa : y, i == m->tile_from ? T : Tt, i == m->tile_from ? (int)a0 : 0,
+                              Tt, &y, y2 ? &y2 : nullptr, s));
+            Tt *= m->blk[i].up.s;
+        }
+        const size_t o0 = a * m->rate, o1 = HM_MIN(b * m->rate, n_keep);
+        CKH(tail_forward(m, y, Tt, (a - a0) * m->rate, o1 - o0, pcm_dev + o0, n_keep, s));
+    }
     return HM_OK;
 }
 

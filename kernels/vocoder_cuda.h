@@ -15,6 +15,12 @@
  * Input quantisation round_half_even(9x)/9, bias, PReLU, residual add and the final 1-channel
  * conv are fp32 (the final conv's 7*64 weights stay fp32 in both modes).
  *
+ * Memory: the long, narrow blocks at the end (<= 256 channels: 2 x 1.43 M samples x 64 channels
+ * at the release's sizes) and the post / final convs run in time tiles with a halo that covers
+ * their causal reach (see vcc_set_tiling), so the workspace holds one tile of them plus the
+ * whole-window stream of the wide blocks before (418 MiB instead of 2790 MiB for a 744-frame
+ * window in bf16); every sample equals the whole-window computation's up to the GEMMs' row count
+ * (bit for bit in bf16 at the release's sizes).
  * A model owns its device weights and one workspace (grown on demand, synchronously): calls on
  * one model must come from one thread and must not overlap.  vcc_decode_window only enqueues
  * work on its stream (no host sync) once the workspace fits n and the GEMM plans of its shapes
@@ -60,6 +66,17 @@ int vcc_reserve(vcc_model *m, int n);
  * <= n*hop samples of each channel).  pcm_dev must not alias lat_dev. */
 int vcc_decode_window(vcc_model *m, const float *lat_dev, int n, size_t n_keep, float *pcm_dev, cudaStream_t stream);
 
+/* Time tiles (default on, tile_len 0: sized so a tile's activations stay within ~256 MiB).  Off:
+ * every stage over the whole window (the layout before tiling: A/B checks).  tile_len > 0: tiles
+ * of that many samples of the tiled part's input (checks of the seams on small windows).
+ * The workspace is re-sized at the next call (synchronous). */
+void vcc_set_tiling(vcc_model *m, int on, int tile_len);
+/* One line on how a window of n frames is split (tiles, halo) into buf (after vcc_reserve(m, n)). */
+int vcc_describe(const vcc_model *m, int n, char *buf, size_t cap);
+/* Device bytes of the weights, and of the workspace as last reserved (activations, im2col). */
+size_t vcc_weight_bytes(const vcc_model *m);
+size_t vcc_workspace_bytes(const vcc_model *m);
+
 /* Fused residual units (default on): with bf16 weights, blocks of 64 or 128 channels run each
  * residual unit as one tensor-core kernel (vcc_res_unit_fused) instead of im2col + GEMM + epilogue
  * + GEMM + epilogue.  Off: the unfused path everywhere (A/B checks and timing). */
@@ -104,6 +121,19 @@ int vcc_overlap_add(const float *z, const float *bias, int B, int T, int C, int 
  * pre_bias is non-NULL (the post conv's epilogue fused in; needs (k*C + (128+k-1)(C+1))*4 <= 48 KiB). */
 int vcc_conv_out1(const float *x, int B, int T, int C, int k, const float *w, float bias, const float *pre_bias,
                   float pre_a, size_t n_keep, float *pcm, cudaStream_t stream);
+
+/* ---- the segment cross-fade (kernels/crossfade_cuda.cu; CPU twin kernels/crossfade.h) ------
+ * Bit-identical to cpu_crossfade: out[i] = (float)(prev[i] * (1 - r_i) + next[i] * r_i) with
+ * r_i = crossfade_ramp(i, n) (numpy linspace(0, 1, n) in float64), each float64 product and the
+ * sum rounded separately.  Only enqueues one kernel on `stream` (graph-capturable); HM_OK, or
+ * HM_ERR with "file:line: ..." for bad arguments or a failed launch.  n = 0 does nothing. */
+/* out may be prev or next (in place), no other overlap. */
+int hmc_crossfade(const float *prev, const float *next, size_t n, float *out, cudaStream_t stream);
+/* `rows` fades at once (the stereo channels; rows <= 65535), row r of each buffer at
+ * buf + r * ld_buf (strides in floats, each >= n when rows > 1).  out may be prev or next with
+ * the same stride. */
+int hmc_crossfade_rows(const float *prev, size_t ld_prev, const float *next, size_t ld_next, float *out,
+                       size_t ld_out, size_t n, int rows, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "hm.h"
 
@@ -190,6 +191,29 @@ static inline double gpu_time_gemv(hmc_gemv_args *a, void **w, float **sc, int c
     cudaEventDestroy(e0), cudaEventDestroy(e1);
     cudaGraphExecDestroy(ge), cudaGraphDestroy(g);
     return ms * 1e3 / reps; /* us per call */
+}
+
+/* ---- memory accounting (the `mem` modes) ---------------------------------------------------- */
+
+/* Device bytes in use (cudaMemGetInfo: total - free; on a machine of its own this is the process). */
+static inline size_t gpu_mem_used(void)
+{
+    size_t fr, tot;
+    CU(cudaMemGetInfo(&fr, &tot));
+    return tot - fr;
+}
+
+/* This process's device memory as nvidia-smi reports it (MiB; -1 when it cannot tell): what the
+ * pipeline's "memory per process" figures are. */
+static inline long gpu_smi_mib(void)
+{
+    FILE *p = popen("nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits 2>/dev/null", "r");
+    if (!p) return -1;
+    long pid, mib, found = -1;
+    while (fscanf(p, "%ld, %ld", &pid, &mib) == 2)
+        if (pid == (long)getpid()) found = mib;
+    pclose(p);
+    return found;
 }
 
 #endif

@@ -13,7 +13,11 @@
  * exits 1 on any failure (2 on a hard error).  Run from the repo root:
  *   gpu_codec [seed] [ops] [fixture] [solve] [bench] [quality]   (no phase named: all; --no-bench: the first three)
  *   gpu_codec detokcmp OUT.wav REF_output_sub.safetensors BOUND   (a CLI song against the reference)
- *   gpu_codec windows CODES.safetensors   (the stage's cuda window chain vs the CPU's, codes + noise_NN inside) */
+ *   gpu_codec windows CODES.safetensors   (the stage's cuda window chain vs the CPU's, codes + noise_NN inside)
+ *   gpu_codec mem [separate]   where a flow-matching process's device memory goes at the release's sizes
+ *       (context, cuBLASLt, weights, workspace, the stage's buffers, first window, CUDA graph; alone on
+ *       the device: cudaMemGetInfo steps and nvidia-smi's figure), then the graph's window time;
+ *       `separate`: every workspace buffer on its own (fmc_set_scratch_sharing(m, 0), the layout before) */
 
 #include <cuda_runtime.h>
 #include <sndfile.h>
@@ -802,8 +806,100 @@ static int windows(const char *path)
     return n_fail ? 1 : 0;
 }
 
+/* ---- mem: a flow-matching process's device memory, step by step ------------------------------ */
+
+/* Builds what the flow-matching stage holds with backend cuda, bf16 (the released estimator, its
+ * device buffers for one window, the workspace, the solve's CUDA graph: the stage turns graphs on)
+ * in this fresh process and prints where each MiB went, nvidia-smi's figure for the process and
+ * one 10-step CFG window's time (graph replay).  sharing 0: no shared scratch (before). */
+static int mem_phase(int sharing)
+{
+    hm_codec_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.dim = 512, cfg.attention_head_dim = 64, cfg.num_attention_heads = 24, cfg.num_layers = 24;
+    cfg.num_layers_2 = 6, cfg.in_channels = 1024, cfg.out_channels = 256;
+    const int T = CODEC_WIN_FRAMES, C = cfg.out_channels, steps = 10;
+    const float guidance = 1.25f;
+    const char *what[8] = {"CUDA context (cudaFree(0))", "cuBLASLt handle + its 32 MiB workspace (first GEMM)",
+                           "weights (bf16; norms, tables fp32)", "the stage's cond [744, 512] + ctx, noise, out [744, 256]",
+                           "first window, eager (workspace, GEMM plans, kernels loaded on first use)",
+                           "second window: captured + instantiated as a CUDA graph", "third window (graph replay)", ""};
+    size_t u[8];
+    CU(cudaFree(0));
+    u[0] = gpu_mem_used();
+    void *a = gpu_poison(64 * 64, HMC_BF16);
+    float *y = gpu_poison(64 * 64, HMC_F32);
+    OK(hmc_gemm(a, a, HMC_BF16, y, 64, 64, 64, 0, 0));
+    CU(cudaDeviceSynchronize());
+    CU(cudaFree(a));
+    CU(cudaFree(y));
+    u[1] = gpu_mem_used();
+    fmc_model *m;
+    OK(fmc_init_random(&cfg, HMC_BF16, 7, &m));
+    CU(cudaDeviceSynchronize());
+    u[2] = gpu_mem_used();
+    OK(fmc_set_attention(m, FMC_ATT_AUTO)); /* as the stage */
+    fmc_set_graphs(m, 1);
+    fmc_set_scratch_sharing(m, sharing);
+    float *cond, *ctx, *noise, *lat;
+    cudaStream_t s;
+    CU(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    CU(cudaMalloc((void **)&cond, sizeof(float) * (size_t)T * cfg.dim));
+    CU(cudaMalloc((void **)&ctx, sizeof(float) * (size_t)T * C));
+    CU(cudaMalloc((void **)&noise, sizeof(float) * (size_t)T * C));
+    CU(cudaMalloc((void **)&lat, sizeof(float) * (size_t)T * C));
+    OK(hmc_fill_random(cond, HMC_F32, (size_t)T * cfg.dim, 4, 1.0f, s));
+    OK(hmc_fill_random(ctx, HMC_F32, (size_t)T * C, 5, 1.0f, s));
+    OK(hmc_fill_random(noise, HMC_F32, (size_t)T * C, 6, 1.0f, s));
+    CU(cudaStreamSynchronize(s));
+    u[3] = gpu_mem_used();
+    for (int k = 0; k < 3; k++) {
+        OK(fmc_solve_window(m, cond, ctx, CODEC_CTX_FRAMES, noise, steps, guidance, lat, s));
+        CU(cudaStreamSynchronize(s));
+        u[4 + k] = gpu_mem_used();
+    }
+    const long smi = gpu_smi_mib();
+    cudaEvent_t e0, e1;
+    CU(cudaEventCreate(&e0));
+    CU(cudaEventCreate(&e1));
+    double ms = 1e30;
+    for (int r = 0; r < 3; r++) {
+        CU(cudaEventRecord(e0, s));
+        OK(fmc_solve_window(m, cond, ctx, CODEC_CTX_FRAMES, noise, steps, guidance, lat, s));
+        CU(cudaEventRecord(e1, s));
+        double t = elapsed_ms(e0, e1);
+        if (t < ms) ms = t;
+    }
+    float *lh = gpu_down(lat, (size_t)T * C, HMC_F32);
+    int finite = 1;
+    double sum = 0;
+    for (size_t i = 0; i < (size_t)T * C; i++) finite &= isfinite(lh[i]), sum += lh[i] * (double)lh[i];
+    struct cudaDeviceProp prop;
+    CU(cudaGetDeviceProperties(&prop, 0));
+    printf("mem: %s, random release-size flow matching (bf16, flash attention, graphs on), %s\n", prop.name,
+           sharing ? "shared scratch" : "separate buffers (before)");
+    printf("| step | device MiB used after | + MiB | model's own count |\n|---|---|---|---|\n");
+    for (int i = 0; i < 7; i++) {
+        char own[48] = "";
+        if (i == 2) snprintf(own, sizeof own, "%.1f MiB", fmc_weight_bytes(m) / 1048576.0);
+        if (i == 4) snprintf(own, sizeof own, "workspace %.1f MiB", fmc_workspace_bytes(m) / 1048576.0);
+        printf("| %s | %.1f | %.1f | %s |\n", what[i], u[i] / 1048576.0, (u[i] - (i ? u[i - 1] : 0)) / 1048576.0, own);
+    }
+    printf("| **process, nvidia-smi** | **%ld** | | |\n", smi);
+    printf("mem %s: process %ld MiB (nvidia-smi), workspace %.1f MiB, window %.1f ms as a graph, latents %s "
+           "(sum of squares %.6e: the same in both layouts)\n",
+           sharing ? "shared" : "separate", smi, fmc_workspace_bytes(m) / 1048576.0, ms, finite ? "finite" : "NON-FINITE", sum);
+    free(lh);
+    CU(cudaFree(cond)); CU(cudaFree(ctx)); CU(cudaFree(noise)); CU(cudaFree(lat));
+    CU(cudaStreamDestroy(s));
+    fmc_free(m);
+    hmc_gemm_shutdown();
+    return finite ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc >= 2 && !strcmp(argv[1], "mem")) return mem_phase(!(argc >= 3 && !strcmp(argv[2], "separate")));
     if (argc == 3 && !strcmp(argv[1], "windows")) return windows(argv[2]);
     if (argc == 5 && !strcmp(argv[1], "detokcmp")) return detokcmp(argv[2], argv[3], atof(argv[4]));
     uint64_t seed = (uint64_t)time(NULL);

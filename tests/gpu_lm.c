@@ -12,6 +12,10 @@
  *   gpu_lm frames
  *       Same model: ms per frame for each setting of the decode tuning knobs (lm_cuda_tune), so
  *       their A/B comes from one card in one run.
+ *   gpu_lm sampler
+ *       Same model: ms per frame (B = 2, CFG 1.5, top-k 50, ~200 positions) with the first exact
+ *       sampler kernel and the single-pass one (kernels/sample.cu, hmc_sample_set_impl), each
+ *       twice, and without sampling, in one run.
  * Prints a summary table last; exit status 1 on a failed check. */
 #include <cJSON.h>
 #include <cuda_runtime.h>
@@ -442,12 +446,56 @@ static int frames_ab(void)
     return 0;
 }
 
+/* Whole frames with each sampler kernel (A/B/A/B in one run) and without sampling: the
+ * sampler's in-graph cost before and after. */
+static int sampler_ab(void)
+{
+    struct cudaDeviceProp p;
+    CU(cudaGetDeviceProperties(&p, 0));
+    hm_lm_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    const hm_flavor *fb = hm_flavor_builtin("llama-3B"), *fd = hm_flavor_builtin("llama-300M");
+    if (!fb || !fd) { fprintf(stderr, "no built-in flavors\n"); return 2; }
+    cfg.backbone = *fb, cfg.decoder = *fd;
+    cfg.text_vocab_size = 128256, cfg.audio_vocab_size = 8197, cfg.audio_num_codebooks = 8, cfg.muq_dim = 512;
+    lm_cuda_opts o = {HMC_BF16};
+    lm_cuda *m;
+    OK(lm_cuda_random(&cfg, 1234, &o, &m));
+    const int nc = 8, S = 200;
+    int32_t *tok = hm_calloc((size_t)S * (nc + 1), sizeof(int32_t));
+    uint8_t *mask = hm_calloc((size_t)S * (nc + 1), 1);
+    for (int i = 0; i < S; i++) tok[i * (nc + 1) + nc] = (i * 7919) % 128256, mask[i * (nc + 1) + nc] = 1;
+    struct { int impl; unsigned skip; const char *what; } v[] = {
+        {1, 0, "first exact sampler"}, {0, 0, "single-pass sampler (default)"}, {1, 0, "first exact sampler (again)"},
+        {0, 0, "single-pass sampler (again)"}, {0, LM_CUDA_SKIP_SAMPLE, "without sampling"}};
+    printf("device %s; B=2 (CFG 1.5), top-k 50, T 1, ~%d positions, 100 frames after 3\n\n", p.name, S);
+    printf("| frame variant | ms/frame |\n|---|---|\n");
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
+        hmc_sample_set_impl(v[i].impl);
+        lm_cuda_set_skip(m, v[i].skip);
+        lm_cuda_req *r;
+        OK(lm_cuda_req_new(m, 2, 8192, &r));
+        OK(lm_cuda_prefill(r, tok, mask, S, 10, NULL));
+        frames_ms(r, 3, 1.5f);
+        printf("| %s | %.3f |\n", v[i].what, frames_ms(r, 100, 1.5f));
+        fflush(stdout);
+        lm_cuda_req_free(r);
+    }
+    hmc_sample_set_impl(0);
+    lm_cuda_set_skip(m, 0);
+    lm_cuda_free(m);
+    free(tok), free(mask);
+    hmc_gemm_shutdown();
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     CU(cudaSetDevice(0));
     if (argc >= 5 && !strcmp(argv[1], "fixture")) return fixture(argv[2], argv[3], argv[4]);
     if (argc >= 2 && !strcmp(argv[1], "bench")) return bench();
     if (argc >= 2 && !strcmp(argv[1], "frames")) return frames_ab();
+    if (argc >= 2 && !strcmp(argv[1], "sampler")) return sampler_ab();
     if (argc >= 5 && !strcmp(argv[1], "gemv")) { /* one shape, 20 plain launches (for ncu) */
         int N = atoi(argv[2]), K = atoi(argv[3]), v = atoi(argv[4]);
         void *w[4];

@@ -3,16 +3,19 @@
  *       GEMV op checks: weights drawn as bf16 on the device and quantised there (fp8 per-row, NVFP4),
  *       against a CPU twin that decodes the same bytes and takes the dot products in double (relative
  *       L2 <= 2e-3: the kernels round activations to f16); the bf16 dequantiser (prefill) likewise;
- *       the quantisation error itself (informational); then time per layer shape, every variant
- *       and the self-prefetch / multi-accumulator knobs, GB/s of the quantised bytes against the
- *       copy bandwidth, bf16 of the same shape beside it.
+ *       the quantisation error itself (informational); both decode kernels (the 8-row and the
+ *       streaming one, every variant), the rotary epilogue against hmc_rope_append, the streaming
+ *       kernel against the 8-row one; then per layer shape (backbone, depth decoder with T = 2):
+ *       us and GB/s against the copy bandwidth of the 8-row kernel, the default and every
+ *       streaming variant, bf16 of the same shape beside them.
  *   gpu_quant guard [FRAMES]
  *       The quality guard: a seeded random model of the released shapes (3B backbone, 300M decoder)
  *       as bf16, then as fp8 and nvfp4 quantised from the same bf16 values.  The bf16 model samples
  *       FRAMES (200) frames (CFG 1.5, top-k 50); each quantised model is teacher-forced with them
  *       (lm_cuda_sampling.forced) and KL(bf16 || quant) of softmax(logits) (temperature 1, full
  *       vocabulary) is taken for codebook 0 and codebooks 1..7, with the top-1 agreement.  Also ms
- *       per frame (same run, same card; the GEMV knobs A/B), the model's resident bytes whole and per half
+ *       per frame (same run, same card; A/B: the 8-row kernel, the streaming kernel and its
+ *       settings, the rotary epilogue off), the model's resident bytes whole and per half
  *       (lm_cuda_opts.parts), device memory in use, and a two-half run (backbone-only and
  *       depth-only models, as the two stage processes) that must reproduce the whole model's codes.
  *   gpu_quant all        ops, then guard.
@@ -161,6 +164,102 @@ static void check_gemv(hmc_dtype t, int N, int K, int rows, int mode, int acc, i
     free(x), free(ns), free(y0), free(g), free(w), free(in), free(ref);
 }
 
+/* The rotary epilogue of the streaming kernel (hmc_gemv_args.rope) against the same GEMV without
+ * it followed by hmc_rope_append: q rows of y and both caches must agree (same arithmetic). */
+static void check_rope(hmc_dtype t, int H, int KVH, int hd, int B, int T, int use_pos_dev)
+{
+    const int N = (H + 2 * KVH) * hd, K = 3072, rows = B * T, max_seq = 16;
+    void *wb, *wq;
+    float *sc;
+    CU(cudaMalloc(&wb, (size_t)N * K * 2));
+    OK(hmc_fill_random(wb, HMC_BF16, (size_t)N * K, 4242 + N, 1.0f / sqrtf((float)K), 0));
+    quantize_dev(wb, t, N, K, &wq, &sc);
+    float *x = rvec((size_t)rows * K, 2.0f), *ns = rvec(K, 1.0f), *fr = hm_malloc(sizeof(float) * hd / 2);
+    for (int i = 0; i < hd / 2; i++) fr[i] = powf(500000.0f, -2.0f * i / hd);
+    float *xd, *nsd, *frd, *y1, *y2;
+    int *posd, pos = 7;
+    const size_t cache = (size_t)B * KVH * max_seq * hd;
+    void *k1, *v1, *k2, *v2;
+    CU(cudaMalloc((void **)&xd, sizeof(float) * rows * K));
+    CU(cudaMalloc((void **)&nsd, sizeof(float) * K));
+    CU(cudaMalloc((void **)&frd, sizeof(float) * hd / 2));
+    CU(cudaMalloc((void **)&y1, sizeof(float) * rows * N));
+    CU(cudaMalloc((void **)&y2, sizeof(float) * rows * N));
+    CU(cudaMalloc((void **)&posd, sizeof(int)));
+    void **cs[4] = {&k1, &v1, &k2, &v2};
+    for (int i = 0; i < 4; i++) {
+        CU(cudaMalloc(cs[i], cache * 2));
+        CU(cudaMemset(*cs[i], 0, cache * 2));
+    }
+    CU(cudaMemcpy(xd, x, sizeof(float) * rows * K, cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(nsd, ns, sizeof(float) * K, cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(frd, fr, sizeof(float) * hd / 2, cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(posd, &pos, sizeof(int), cudaMemcpyHostToDevice));
+    hmc_rope_args ra = {y1, B, T, H, KVH, hd, use_pos_dev ? posd : NULL, use_pos_dev ? 0 : 1, frd, k1, v1, HMC_BF16, max_seq};
+    hmc_gemv_args a = {wq, t, N, K, sc, xd, K, rows, HMC_IN_RMSNORM, nsd, 1e-5f, y1, N, 0};
+    OK(hmc_gemv(&a, 0));
+    OK(hmc_rope_append(&ra, 0));
+    hmc_rope_args rb = ra;
+    rb.qkv = NULL, rb.k_cache = k2, rb.v_cache = v2;
+    a.y = y2, a.rope = &rb;
+    OK(hmc_gemv(&a, 0));
+    float *g1 = gpu_down(y1, (size_t)rows * N, HMC_F32), *g2 = gpu_down(y2, (size_t)rows * N, HMC_F32);
+    float *ck1 = gpu_down(k1, cache, HMC_BF16), *ck2 = gpu_down(k2, cache, HMC_BF16);
+    float *cv1 = gpu_down(v1, cache, HMC_BF16), *cv2 = gpu_down(v2, cache, HMC_BF16);
+    double dq = 0, dk = 0, dv = 0, mq = 0;
+    int nz = 0;
+    for (int r = 0; r < rows; r++)
+        for (int i = 0; i < H * hd; i++) {
+            const size_t o = (size_t)r * N + i;
+            dq = fmax(dq, fabs((double)g1[o] - g2[o])), mq = fmax(mq, fabs((double)g1[o]));
+        }
+    for (size_t i = 0; i < cache; i++) {
+        dk = fmax(dk, fabs((double)ck1[i] - ck2[i])), dv = fmax(dv, fabs((double)cv1[i] - cv2[i]));
+        nz += ck2[i] != 0.0f;
+    }
+    verdict(dq <= 1e-6 * mq && dk <= 1e-2 && dv == 0.0 && nz > 0,
+            "gemv %-5s + rotary epilogue (H %d, KVH %d, hd %d, B %d, T %d, pos %s) vs gemv + hmc_rope_append: max |diff| q "
+            "%.2g (|q| %.2g), k cache %.2g (bf16), v cache %.2g", qname(t), H, KVH, hd, B, T, use_pos_dev ? "device" : "add",
+            dq, mq, dk, dv);
+    cudaFree(wb), cudaFree(wq), cudaFree(sc), cudaFree(xd), cudaFree(nsd), cudaFree(frd), cudaFree(y1), cudaFree(y2);
+    cudaFree(posd), cudaFree(k1), cudaFree(v1), cudaFree(k2), cudaFree(v2);
+    free(x), free(ns), free(fr), free(g1), free(g2), free(ck1), free(ck2), free(cv1), free(cv2);
+}
+
+/* The streaming kernel against the 8-row kernel on the same bytes: only the fp32 summation order
+ * differs, so the outputs agree to ~1e-7 relative. */
+static void check_old_new(hmc_dtype t, int N, int K, int rows, int mode, int oswi)
+{
+    const int xw = mode == HMC_IN_SWIGLU ? 2 * K : K, nout = oswi ? N / 2 : N;
+    void *wb, *wq;
+    float *sc;
+    CU(cudaMalloc(&wb, (size_t)N * K * 2));
+    OK(hmc_fill_random(wb, HMC_BF16, (size_t)N * K, 99 + N, 1.0f / sqrtf((float)K), 0));
+    quantize_dev(wb, t, N, K, &wq, &sc);
+    float *xd, *nsd, *y1, *y2;
+    CU(cudaMalloc((void **)&xd, sizeof(float) * rows * xw));
+    CU(cudaMalloc((void **)&nsd, sizeof(float) * K));
+    CU(cudaMalloc((void **)&y1, sizeof(float) * rows * nout));
+    CU(cudaMalloc((void **)&y2, sizeof(float) * rows * nout));
+    OK(hmc_fill_random(xd, HMC_F32, (size_t)rows * xw, 5, 2.0f, 0));
+    OK(hmc_fill_random(nsd, HMC_F32, K, 6, 1.0f, 0));
+    hmc_gemv_args a = {wq, t, N, K, sc, xd, xw, rows, mode, nsd, 1e-5f, y1, nout, 0, 0, oswi};
+    hmc_gemv_quant_set_impl(1);
+    OK(hmc_gemv(&a, 0));
+    hmc_gemv_quant_set_impl(2);
+    a.y = y2;
+    OK(hmc_gemv(&a, 0));
+    hmc_gemv_quant_set_impl(0);
+    float *g1 = gpu_down(y1, (size_t)rows * nout, HMC_F32), *g2 = gpu_down(y2, (size_t)rows * nout, HMC_F32);
+    int nf = 0;
+    double e = rel_l2(g2, g1, (size_t)rows * nout, &nf);
+    verdict(!nf && e <= 1e-5, "gemv %-5s N=%5d K=%5d rows=%d%s%s streaming vs 8-row kernel: rel L2 %.2e (<= 1e-5, fp32 "
+            "summation order)", qname(t), N, K, rows, mode == 1 ? " rmsnorm" : mode == 2 ? " swiglu" : "",
+            oswi ? " ->swiglu" : "", e);
+    cudaFree(wb), cudaFree(wq), cudaFree(sc), cudaFree(xd), cudaFree(nsd), cudaFree(y1), cudaFree(y2);
+    free(g1), free(g2);
+}
+
 /* Quantisation error of the format itself and the dequantiser (prefill) vs the CPU decode. */
 static void check_format(hmc_dtype t, int N, int K)
 {
@@ -183,12 +282,12 @@ static void check_format(hmc_dtype t, int N, int K)
     free(w0), free(wd), free(w);
 }
 
-static char g_table[8192];
+static char g_table[32768];
 static size_t g_tab_len;
 
-static void bench_shape(const char *name, int N, int K, int mode, int oswi, double bw)
+static void bench_shape(const char *name, int N, int K, int rows, int mode, int oswi, double bw)
 {
-    const int rows = 2, xw = mode == HMC_IN_SWIGLU ? 2 * K : K, nout = oswi ? N / 2 : N;
+    const int xw = mode == HMC_IN_SWIGLU ? 2 * K : K, nout = oswi ? N / 2 : N;
     const int copies = (int)HM_MAX(2, (256u << 20) / ((size_t)N * K * 2) + 1);
     cudaStream_t st;
     CU(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
@@ -211,35 +310,54 @@ static void bench_shape(const char *name, int N, int K, int mode, int oswi, doub
     hmc_gemv_args a = {NULL, HMC_BF16, N, K, NULL, x, xw, rows, mode, ns, 1e-5f, y, nout, 0, 0, oswi};
     const double bb = (double)N * K * 2, b8 = hmc_weight_bytes(HMC_FP8, N, K) + 4.0 * N,
                  b4 = hmc_weight_bytes(HMC_NVFP4, N, K) + 4.0;
-    double ub = gpu_time_gemv(&a, wb, NULL, copies, st);
-    double u8[5], u4[5];
-    for (int v = 0; v <= 4; v++) {
-        a.variant = v, a.wdt = HMC_FP8;
-        u8[v] = gpu_time_gemv(&a, w8, s8, copies, st);
-        a.wdt = HMC_NVFP4;
-        u4[v] = gpu_time_gemv(&a, w4, s4, copies, st);
+    const double ub = gpu_time_gemv(&a, wb, NULL, copies, st);
+    /* the 8-row kernel (auto), the default (per type: fp8 streaming, NVFP4 8-row), then the
+     * streaming kernel's variants 1..12 with 1 and 2 resident blocks per SM */
+    double o8, o4, u8[40], u4[40];
+    hmc_gemv_quant_set_impl(1);
+    a.wdt = HMC_FP8, o8 = gpu_time_gemv(&a, w8, s8, copies, st);
+    a.wdt = HMC_NVFP4, o4 = gpu_time_gemv(&a, w4, s4, copies, st);
+    hmc_gemv_quant_set_impl(0);
+    static const int bpss[2] = {1, 2};
+    int b8v = 0, b4v = 0; /* index into u8 / u4: 0 default, 1 + 13 * bi + (v - 1) */
+    a.variant = 0, a.wdt = HMC_FP8, u8[0] = gpu_time_gemv(&a, w8, s8, copies, st);
+    a.wdt = HMC_NVFP4, u4[0] = gpu_time_gemv(&a, w4, s4, copies, st);
+    hmc_gemv_quant_set_impl(2);
+    for (int bi = 0; bi < 2; bi++) {
+        hmc_gemv_quant_set_stream_blocks_per_sm(bpss[bi]);
+        for (int v = 1; v <= 12; v++) {
+            const int k = 1 + 13 * bi + v - 1;
+            a.variant = v, a.wdt = HMC_FP8;
+            u8[k] = gpu_time_gemv(&a, w8, s8, copies, st);
+            a.wdt = HMC_NVFP4;
+            u4[k] = gpu_time_gemv(&a, w4, s4, copies, st);
+            if (!b8v || u8[k] < u8[b8v]) b8v = k;
+            if (!b4v || u4[k] < u4[b4v]) b4v = k;
+        }
     }
-    hmc_gemv_quant_set_self_prefetch(1);
-    a.variant = 0, a.wdt = HMC_FP8;
-    const double n8 = gpu_time_gemv(&a, w8, s8, copies, st);
-    a.wdt = HMC_NVFP4;
-    const double n4 = gpu_time_gemv(&a, w4, s4, copies, st);
-    hmc_gemv_quant_set_self_prefetch(0);
-    hmc_gemv_quant_set_multi_acc(1);
-    a.wdt = HMC_FP8;
-    const double m8 = gpu_time_gemv(&a, w8, s8, copies, st);
-    a.wdt = HMC_NVFP4;
-    const double m4 = gpu_time_gemv(&a, w4, s4, copies, st);
-    hmc_gemv_quant_set_multi_acc(0);
-    printf("gemv %-9s N=%5d K=%5d  bf16 %.1f us (%.0f%% of copy)  fp8 auto/KS1/2/4/8 us: %.1f %.1f %.1f %.1f %.1f"
-           " (self-prefetch on %.1f, multi-acc %.1f)  nvfp4: %.1f %.1f %.1f %.1f %.1f (self-prefetch on %.1f, multi-acc"
-           " %.1f)\n",
-           name, N, K, ub, 100 * bb / (ub * 1e-6) / bw, u8[0], u8[1], u8[2], u8[3], u8[4], n8, m8, u4[0], u4[1], u4[2],
-           u4[3], u4[4], n4, m4);
+    hmc_gemv_quant_set_stream_blocks_per_sm(0);
+    hmc_gemv_quant_set_impl(0);
+    a.variant = 0;
+#define PC(b, us) (100 * (b) / ((us) * 1e-6) / bw)
+    printf("gemv %-12s N=%5d K=%5d rows=%d  bf16 %.1f us (%.0f%%)  fp8 8-row %.1f us (%.0f%%), default %.1f us "
+           "(%.0f%%), streaming best v%d/bps%d %.1f us (%.0f%%)  nvfp4 8-row %.1f us (%.0f%%), default %.1f us (%.0f%%), "
+           "streaming best v%d/bps%d %.1f us (%.0f%%)\n", name, N, K, rows, ub, PC(bb, ub), o8, PC(b8, o8), u8[0], PC(b8, u8[0]),
+           (b8v - 1) % 13 + 1, bpss[(b8v - 1) / 13], u8[b8v], PC(b8, u8[b8v]), o4, PC(b4, o4), u4[0], PC(b4, u4[0]),
+           (b4v - 1) % 13 + 1, bpss[(b4v - 1) / 13], u4[b4v], PC(b4, u4[b4v]));
+    for (int q = 0; q < 2; q++)
+        for (int bi = 0; bi < 2; bi++) {
+            printf("     %s %-12s bps %d  v1..12 us:", q ? "nvfp4" : "fp8  ", name, bpss[bi]);
+            for (int v = 1; v <= 12; v++) printf(" %.1f", (q ? u4 : u8)[1 + 13 * bi + v - 1]);
+            printf("\n");
+        }
     g_tab_len += (size_t)snprintf(g_table + g_tab_len, sizeof g_table - g_tab_len,
-                                  "| %s | %d x %d | %.1f | %.0f%% | %.1f | %.0f | %.0f%% | %.1f | %.0f | %.0f%% |\n", name,
-                                  N, K, ub, 100 * bb / (ub * 1e-6) / bw, u8[0], b8 / u8[0] / 1e3,
-                                  100 * b8 / (u8[0] * 1e-6) / bw, u4[0], b4 / u4[0] / 1e3, 100 * b4 / (u4[0] * 1e-6) / bw);
+                                  "| %s | %d x %d | %d | %.1f | %.0f%% | %.1f / %.1f | %.0f / %.0f | %.0f%% / %.0f%% | "
+                                  "v%d/%d %.0f%% | %.1f / %.1f | %.0f / %.0f | %.0f%% / %.0f%% | v%d/%d %.0f%% |\n",
+                                  name, N, K, rows, ub, PC(bb, ub), o8, u8[0], b8 / o8 / 1e3, b8 / u8[0] / 1e3,
+                                  PC(b8, o8), PC(b8, u8[0]), (b8v - 1) % 13 + 1, bpss[(b8v - 1) / 13], PC(b8, u8[b8v]),
+                                  o4, u4[0], b4 / o4 / 1e3, b4 / u4[0] / 1e3, PC(b4, o4), PC(b4, u4[0]),
+                                  (b4v - 1) % 13 + 1, bpss[(b4v - 1) / 13], PC(b4, u4[b4v]));
+#undef PC
     for (int i = 0; i < copies; i++) cudaFree(wb[i]), cudaFree(w8[i]), cudaFree(w4[i]), cudaFree(s8[i]), cudaFree(s4[i]);
     cudaFree(x), cudaFree(ns), cudaFree(y);
     cudaStreamDestroy(st);
@@ -260,26 +378,52 @@ static int ops(void)
         check_gemv(t, 3072, 8192, 4, HMC_IN_SWIGLU, 1, 0, 0);   /* gate|up input */
         check_gemv(t, 3072, 512, 1, HMC_IN_PLAIN, 0, 0, 0);     /* MuQ-sized */
         check_gemv(t, 69, 64, 3, HMC_IN_RMSNORM, 0, 0, 0);      /* tiny, ragged tile */
-        for (int v = 1; v <= 4; v++) {
+        check_gemv(t, 16384, 3072, 4, HMC_IN_RMSNORM, 0, 1, 0); /* decoder w1|w3 with T = 2 */
+        check_rope(t, 24, 8, 128, 2, 1, 1);                    /* backbone qkv */
+        check_rope(t, 8, 4, 384, 2, 2, 0);                     /* decoder qkv, first step */
+        hmc_gemv_quant_set_impl(2); /* the streaming kernel (the fp8 default), every shape */
+        for (int v = 1; v <= 12; v++) {
             check_gemv(t, 1000, 3072, 3, HMC_IN_RMSNORM, 0, 0, v);
             check_gemv(t, 200, 1024, 4, HMC_IN_PLAIN, 1, 0, v);
         }
+        if (t == HMC_NVFP4) { /* fp8 ran these above */
+            check_gemv(t, 16384, 3072, 2, HMC_IN_RMSNORM, 0, 1, 0);
+            check_rope(t, 24, 8, 128, 2, 1, 1);
+            check_rope(t, 8, 4, 384, 2, 2, 0);
+        }
+        hmc_gemv_quant_set_impl(0);
+        check_old_new(t, 5120, 3072, 2, HMC_IN_RMSNORM, 0);
+        check_old_new(t, 16384, 3072, 2, HMC_IN_RMSNORM, 1);
+        check_old_new(t, 3072, 8192, 4, HMC_IN_SWIGLU, 0);
+        hmc_gemv_quant_set_impl(1); /* the 8-row kernel (the NVFP4 default) */
+        check_gemv(t, 5120, 3072, 2, HMC_IN_RMSNORM, 0, 0, 0);
+        check_gemv(t, 16384, 3072, 2, HMC_IN_RMSNORM, 0, 1, 0);
+        check_gemv(t, 69, 64, 3, HMC_IN_RMSNORM, 0, 0, 0);
+        hmc_gemv_quant_set_impl(0);
     }
     double bw = gpu_copy_bandwidth();
     struct cudaDeviceProp p;
     CU(cudaGetDeviceProperties(&p, 0));
     printf("device %s, copy bandwidth %.0f GB/s (read + write)\n", p.name, bw / 1e9);
     g_tab_len += (size_t)snprintf(g_table + g_tab_len, sizeof g_table - g_tab_len,
-                                  "device %s, copy %.0f GB/s; B = 2 rows, graph of 200 calls over weight copies > L2\n"
-                                  "| GEMV | N x K | bf16 us | of copy | fp8 us | fp8 GB/s | of copy | nvfp4 us | nvfp4 GB/s"
-                                  " | of copy |\n|---|---|---|---|---|---|---|---|---|---|\n",
+                                  "device %s, copy %.0f GB/s; graph of 200 calls over weight copies > L2; old = the 8-row "
+                                  "kernel (auto), new = the default (fp8: streaming kernel, NVFP4: 8-row kernel); best = "
+                                  "fastest forced streaming variant / blocks per SM\n"
+                                  "| GEMV | N x K | rows | bf16 us | of copy | fp8 us old / new | fp8 GB/s old / new | of "
+                                  "copy old / new | fp8 best | nvfp4 us old / new | nvfp4 GB/s old / new | of copy old / "
+                                  "new | nvfp4 best |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
                                   p.name, bw / 1e9);
-    bench_shape("qkv", 5120, 3072, HMC_IN_RMSNORM, 0, bw);
-    bench_shape("o", 3072, 3072, HMC_IN_PLAIN, 0, bw);
-    bench_shape("w1|w3", 16384, 3072, HMC_IN_RMSNORM, 1, bw);
-    bench_shape("w2", 3072, 8192, HMC_IN_PLAIN, 0, bw);
-    bench_shape("head", 8197, 3072, HMC_IN_RMSNORM, 0, bw);
-    bench_shape("big", 32768, 3072, HMC_IN_RMSNORM, 0, bw);
+    bench_shape("qkv", 5120, 3072, 2, HMC_IN_RMSNORM, 0, bw);
+    bench_shape("o", 3072, 3072, 2, HMC_IN_PLAIN, 0, bw);
+    bench_shape("w1|w3", 16384, 3072, 2, HMC_IN_RMSNORM, 1, bw);
+    bench_shape("w2", 3072, 8192, 2, HMC_IN_PLAIN, 0, bw);
+    bench_shape("head", 8197, 3072, 2, HMC_IN_RMSNORM, 0, bw);
+    bench_shape("dec qkv", 6144, 3072, 2, HMC_IN_RMSNORM, 0, bw);
+    bench_shape("dec qkv T2", 6144, 3072, 4, HMC_IN_RMSNORM, 0, bw);
+    bench_shape("dec o T2", 3072, 3072, 4, HMC_IN_PLAIN, 0, bw);
+    bench_shape("dec w1|w3 T2", 16384, 3072, 4, HMC_IN_RMSNORM, 1, bw);
+    bench_shape("dec w2 T2", 3072, 8192, 4, HMC_IN_PLAIN, 0, bw);
+    bench_shape("big", 32768, 3072, 2, HMC_IN_RMSNORM, 0, bw);
     return 0;
 }
 
@@ -338,8 +482,9 @@ static double frames_ms(lm_cuda_req *r, int n)
 typedef struct {
     hmc_dtype t;
     double res[3];          /* resident bytes: whole, backbone half, depth half */
-    double used, prefill_ms, ms, ms_pf, ms_ma, fbytes;
+    double used, prefill_ms, ms, ms_old, ms_nofuse, ms_ab[6], fbytes;
     double kl0_mean, kl0_max, kl1_mean, kl1_max, top0, top1;
+    double okl0, okl1, otop0, otop1; /* the same with the 8-row kernel */
     int nonfinite;
 } prec_row;
 
@@ -440,30 +585,41 @@ static int guard(int F)
         OK(lm_cuda_random(&cfg, 1234, &o, &m));
         pr->res[0] = (double)lm_cuda_resident_bytes(m);
         pr->fbytes = lm_cuda_frame_bytes(m);
-        lm_cuda_req *r;
-        OK(lm_cuda_req_new(m, 2, 1024, &r));
-        double t0 = hm_now();
-        OK(lm_cuda_prefill(r, tok, mask, S, 10, NULL));
-        pr->prefill_ms = (hm_now() - t0) * 1e3;
-        double k0 = 0, k1 = 0;
-        int a0 = 0, a1 = 0;
-        for (int f = 0; f < F; f++) {
-            if (f > 0) OK(lm_cuda_extend(r, frames + (f - 1) * nc));
-            lm_cuda_sampling s = {1.0f, 50, 1.5f, 99, (uint32_t)f, pi ? frames + f * nc : NULL};
-            OK(lm_cuda_frame(r, &s, pi ? codes : frames + f * nc, pi ? lq : lref + (size_t)f * nc * Va));
-            if (!pi) continue;
-            for (int k = 0; k < nc; k++) {
-                const float *a = lref + ((size_t)f * nc + k) * Va, *b = lq + (size_t)k * Va;
-                for (int i = 0; i < Va; i++) pr->nonfinite |= !isfinite(b[i]);
-                double d = kl(a, b, Va);
-                int same = argmax(a, Va) == argmax(b, Va);
-                if (k == 0) k0 += d, pr->kl0_max = fmax(pr->kl0_max, d), a0 += same;
-                else k1 += d, pr->kl1_max = fmax(pr->kl1_max, d), a1 += same;
+        lm_cuda_req *r = NULL;
+        /* quantised: the 8-row kernel first (same teacher forcing), then the default kernel */
+        for (int impl = pi ? 1 : 0; impl >= 0; impl--) {
+            hmc_gemv_quant_set_impl(impl);
+            if (r) lm_cuda_req_free(r);
+            OK(lm_cuda_req_new(m, 2, 1024, &r));
+            double t0 = hm_now();
+            OK(lm_cuda_prefill(r, tok, mask, S, 10, NULL));
+            pr->prefill_ms = (hm_now() - t0) * 1e3;
+            double k0 = 0, k1 = 0, x0 = 0, x1 = 0;
+            int a0 = 0, a1 = 0;
+            for (int f = 0; f < F; f++) {
+                if (f > 0) OK(lm_cuda_extend(r, frames + (f - 1) * nc));
+                lm_cuda_sampling s = {1.0f, 50, 1.5f, 99, (uint32_t)f, pi ? frames + f * nc : NULL};
+                OK(lm_cuda_frame(r, &s, pi ? codes : frames + f * nc, pi ? lq : lref + (size_t)f * nc * Va));
+                if (!pi) continue;
+                for (int k = 0; k < nc; k++) {
+                    const float *a = lref + ((size_t)f * nc + k) * Va, *b = lq + (size_t)k * Va;
+                    for (int i = 0; i < Va; i++) pr->nonfinite |= !isfinite(b[i]);
+                    double d = kl(a, b, Va);
+                    int same = argmax(a, Va) == argmax(b, Va);
+                    if (k == 0) k0 += d, x0 = fmax(x0, d), a0 += same;
+                    else k1 += d, x1 = fmax(x1, d), a1 += same;
+                }
             }
+            if (impl) {
+                pr->okl0 = k0 / F, pr->okl1 = k1 / (F * (nc - 1.0));
+                pr->otop0 = (double)a0 / F, pr->otop1 = (double)a1 / (F * (nc - 1.0));
+                pr->ms_old = frames_ms(r, 100);
+                continue;
+            }
+            pr->kl0_mean = k0 / F, pr->kl1_mean = k1 / (F * (nc - 1.0)), pr->kl0_max = x0, pr->kl1_max = x1;
+            pr->top0 = (double)a0 / F, pr->top1 = (double)a1 / (F * (nc - 1.0));
         }
-        pr->kl0_mean = k0 / F, pr->kl1_mean = k1 / (F * (nc - 1.0));
-        pr->top0 = (double)a0 / F, pr->top1 = (double)a1 / (F * (nc - 1.0));
-        pr->ms = frames_ms(r, 50);
+        pr->ms = frames_ms(r, 100);
         {
             lm_cuda_prof pf;
             lm_cuda_sampling ps = {1.0f, 50, 1.5f, 42, 30000, NULL};
@@ -475,44 +631,63 @@ static int guard(int F)
                 else printf(" %s %.3f ms;", pf.name[i], pf.ms[i]);
             printf("\n");
         }
-        if (pi) { /* A/B: the quantised GEMV's own L2 prefetch on (fresh request: graphs record it) */
+        { /* A/B: the rotary epilogue off (a separate rope + append op after the qkv GEMV) */
+            lm_cuda_tune tu, t0;
+            lm_cuda_get_tune(m, &tu);
+            t0 = tu, tu.fuse_rope = 0;
+            lm_cuda_set_tune(m, &tu);
             lm_cuda_req *r2;
-            hmc_gemv_quant_set_self_prefetch(1);
             OK(lm_cuda_req_new(m, 2, 1024, &r2));
             OK(lm_cuda_prefill(r2, tok, mask, S, 10, NULL));
-            pr->ms_pf = frames_ms(r2, 50);
+            frames_ms(r2, F); /* to the positions the others were timed at */
+            pr->ms_nofuse = frames_ms(r2, 100);
             lm_cuda_req_free(r2);
-            hmc_gemv_quant_set_self_prefetch(0);
-            hmc_gemv_quant_set_multi_acc(1); /* A/B: several MMA accumulator chains */
+            lm_cuda_set_tune(m, &t0);
+        }
+        /* A/B of the streaming kernel (for both types) and its settings: 1 resident block per SM;
+         * the auto rules 1..4 */
+        for (int k = 0; pi && k < 6; k++) {
+            lm_cuda_req *r2;
+            hmc_gemv_quant_set_impl(2);
+            if (k == 1) hmc_gemv_quant_set_stream_blocks_per_sm(1);
+            else if (k > 1) hmc_gemv_quant_set_auto_rule(k - 1);
             OK(lm_cuda_req_new(m, 2, 1024, &r2));
             OK(lm_cuda_prefill(r2, tok, mask, S, 10, NULL));
-            pr->ms_ma = frames_ms(r2, 50);
+            frames_ms(r2, F);
+            pr->ms_ab[k] = frames_ms(r2, 100);
             lm_cuda_req_free(r2);
-            hmc_gemv_quant_set_multi_acc(0);
+            hmc_gemv_quant_set_stream_blocks_per_sm(0);
+            hmc_gemv_quant_set_auto_rule(0);
+            hmc_gemv_quant_set_impl(0);
         }
         pr->used = used_bytes() - base;
         lm_cuda_req_free(r);
         lm_cuda_free(m);
         half_sizes(&cfg, pr);
         printf("%-5s resident %.3f GB (backbone %.3f, depth %.3f), device memory in use with a B=2 request of 1024 "
-               "positions %.3f GB, prefill %d rows %.1f ms, %.3f ms/frame (GEMV self-prefetch on %.3f, multi-acc %.3f)\n",
+               "positions %.3f GB, prefill %d rows %.1f ms, %.3f ms/frame (rotary epilogue off %.3f; 8-row quantised "
+               "GEMV %.3f; streaming GEMV %.3f, with 1 block per SM %.3f, auto rules 1..4: %.3f %.3f %.3f %.3f)\n",
                qname(pr->t), pr->res[0] / 1e9, pr->res[1] / 1e9, pr->res[2] / 1e9, pr->used / 1e9, S, pr->prefill_ms,
-               pr->ms, pr->ms_pf, pr->ms_ma);
+               pr->ms, pr->ms_nofuse, pr->ms_old, pr->ms_ab[0], pr->ms_ab[1], pr->ms_ab[2], pr->ms_ab[3], pr->ms_ab[4],
+               pr->ms_ab[5]);
     }
     /* bounds: fp8 is near-lossless, NVFP4 (4.5 bits) visibly not; non-finite logits fail both */
     const double kl_bound[3] = {0, 5e-3, 5e-2};
     printf("\nquality guard: random 3B+300M model, %d frames teacher-forced with the bf16 model's own samples "
            "(CFG 1.5, top-k 50), KL(bf16 || quant) of softmax(CFG logits), temperature 1, vocab %d; device %s\n",
            F, Va, p.name);
-    printf("| precision | resident GB (whole / backbone / depth) | weights read per frame GB | ms/frame B=2 | floor ms "
-           "| KL c0 mean / max | KL c1..7 mean / max | top-1 agree c0 / c1..7 | device mem in use GB |\n"
-           "|---|---|---|---|---|---|---|---|---|\n");
+    printf("| precision | resident GB (whole / backbone / depth) | weights read per frame GB | ms/frame B=2 (8-row "
+           "quantised GEMV / default / default, rope not fused) | floor ms | KL c0 mean / max | KL c1..7 mean / max | "
+           "top-1 agree c0 / c1..7 | 8-row kernel: KL c0 / c1..7 mean, top-1 c0 / c1..7 | device mem in use GB |\n"
+           "|---|---|---|---|---|---|---|---|---|---|\n");
     for (int pi = 0; pi < 3; pi++) {
         prec_row *pr = &rows[pi];
-        printf("| %s | %.2f / %.2f / %.2f | %.2f | %.3f | %.3f | %.2e / %.2e | %.2e / %.2e | %.1f%% / %.1f%% | %.2f |\n",
-               qname(pr->t), pr->res[0] / 1e9, pr->res[1] / 1e9, pr->res[2] / 1e9, pr->fbytes / 1e9, pr->ms,
-               pr->fbytes / bw * 1e3, pr->kl0_mean, pr->kl0_max, pr->kl1_mean, pr->kl1_max, 100 * pr->top0,
-               100 * pr->top1, pr->used / 1e9);
+        printf("| %s | %.2f / %.2f / %.2f | %.2f | %.3f / %.3f / %.3f | %.3f | %.2e / %.2e | %.2e / %.2e | %.1f%% / "
+               "%.1f%% | %.2e / %.2e, %.1f%% / %.1f%% | %.2f |\n",
+               qname(pr->t), pr->res[0] / 1e9, pr->res[1] / 1e9, pr->res[2] / 1e9, pr->fbytes / 1e9,
+               pi ? pr->ms_old : pr->ms, pr->ms, pr->ms_nofuse, pr->fbytes / bw * 1e3, pr->kl0_mean, pr->kl0_max,
+               pr->kl1_mean, pr->kl1_max, 100 * pr->top0, 100 * pr->top1, pr->okl0, pr->okl1, 100 * pr->otop0,
+               100 * pr->otop1, pr->used / 1e9);
     }
     for (int pi = 1; pi < 3; pi++) {
         prec_row *pr = &rows[pi];

@@ -11,10 +11,21 @@
  *            default 96 frames; bf16 with and without fused residual units, fp32), then the
  *            timing of one 744-frame window (eager and as a CUDA graph, plus a per-op table) against the
  *            tensor-core floor (FLOPs / a measured 8192³ bf16 GEMM) and the bandwidth floor
- *            (vcc_min_bytes / a measured device-to-device copy).
+ *            (vcc_min_bytes / a measured device-to-device copy); time tiles against the whole
+ *            window (744 frames, bf16 and fp32; timed as "untiled (before)") and small forced
+ *            tiles against the CPU;
+ *   mem      where a vocoder process's device memory goes at the release's sizes (context,
+ *            cuBLASLt, weights, workspace, the stage's buffers, first decode, CUDA graph:
+ *            cudaMemGetInfo steps, and nvidia-smi's figure for this process) and the graph's
+ *            window time; `mem untiled`: the same with every stage over the whole window.
+ *   xfade    the segment cross-fade hmc_crossfade(_rows) (kernels/crossfade_cuda.cu) against
+ *            cpu_crossfade bit for bit: n = 1, 2, 3, small, odd, around the released overlap
+ *            (199680), one and two rows with strides, in place (out = prev, out = next), inside a
+ *            CUDA graph, and the vocoder stage's exact call (tail [2, O] into the window [2, seg]).
  * Error = relative L2 ‖gpu − ref‖ / ‖ref‖; the CPU is fed exactly the values the GPU saw
  * (bf16-rounded inputs where the GPU reads bf16).  Exits 1 on any failure (2 on a hard error).
- * Run from the repo root:  gpu_vocoder [seed] [ops] [fixture] [full]   (none named: all) */
+ * Run from the repo root:  gpu_vocoder [seed] [ops] [fixture] [full] [xfade]   (none named: all)
+ *                    or:  gpu_vocoder mem [untiled]   (alone: it measures its own process) */
 
 #include <cuda_runtime.h>
 #include <time.h>
@@ -25,6 +36,8 @@
 /* The CPU decoder lives in the vocoder stage library, which the Makefile's gpu_* rule does not
  * link: compile it into this program (vocoder_cuda.cu calls its loader too). */
 #include "../stages/vocoder/vocoder.c"
+#include "codec_plan.h"
+#include "crossfade.h"
 #include "safetensors.h"
 
 #define FIX "tests/fixtures/codec"
@@ -278,6 +291,117 @@ static void ops(void)
     gemm_reset();
 }
 
+/* ---- xfade: the segment cross-fade, bit for bit ------------------------------------------------ */
+
+/* Audio-like values of mixed magnitudes (loud, quiet, exact zeros, subnormals): the fade must
+ * round every one of them as the CPU does. */
+static float *xf_samples(size_t n)
+{
+    float *v = hm_malloc(sizeof(float) * (n ? n : 1));
+    for (size_t i = 0; i < n; i++) {
+        float u = urand();
+        switch (i % 7) {
+        case 0: v[i] = 20.0f * u; break;
+        case 1: v[i] = 1e-3f * u; break;
+        case 2: v[i] = (i % 14 == 2) ? 0.0f : 3e-39f * u; break; /* zero or subnormal */
+        case 3: v[i] = 1e6f * u; break;
+        default: v[i] = u;
+        }
+    }
+    return v;
+}
+
+/* hmc_crossfade(_rows) against cpu_crossfade on `rows` rows of n samples.  alias: 0 a separate
+ * out (rows padded and poisoned: nothing outside the n samples may be written), 1 out == prev,
+ * 2 out == next.  graph: enqueue inside a CUDA graph capture and replay it.  Counts samples whose
+ * bits differ (and writes outside the rows); any is a failure. */
+static void check_xfade(size_t n, int rows, int alias, int graph)
+{
+    const size_t ldp = rows > 1 ? n + 3 : n, ldn = rows > 1 ? 2 * n + 5 : n, ldo0 = rows > 1 ? n + 1 : n;
+    float *P = xf_samples((size_t)rows * ldp), *Q = xf_samples((size_t)rows * ldn);
+    float *pd = gpu_up(P, (size_t)rows * ldp, HMC_F32), *qd = gpu_up(Q, (size_t)rows * ldn, HMC_F32), *od = NULL;
+    size_t ldo = ldo0;
+    if (alias == 1) od = pd, ldo = ldp;
+    else if (alias == 2) od = qd, ldo = ldn;
+    else od = gpu_poison((size_t)rows * ldo, HMC_F32);
+    cudaStream_t st;
+    CU(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    if (graph) {
+        cudaGraph_t gr;
+        cudaGraphExec_t ex;
+        CU(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
+        OK(hmc_crossfade_rows(pd, ldp, qd, ldn, od, ldo, n, rows, st));
+        CU(cudaStreamEndCapture(st, &gr));
+        CU(cudaGraphInstantiate(&ex, gr, 0));
+        CU(cudaGraphLaunch(ex, st));
+        CU(cudaStreamSynchronize(st));
+        CU(cudaGraphExecDestroy(ex));
+        CU(cudaGraphDestroy(gr));
+    } else if (rows == 1) {
+        OK(hmc_crossfade(pd, qd, n, od, st));
+    } else {
+        OK(hmc_crossfade_rows(pd, ldp, qd, ldn, od, ldo, n, rows, st));
+    }
+    CU(cudaStreamSynchronize(st));
+    float *g = gpu_down(od, (size_t)rows * ldo, HMC_F32), *ref = hm_malloc(sizeof(float) * (n ? n : 1));
+    const float *keep = alias == 1 ? P : alias == 2 ? Q : NULL; /* what the padding must still hold */
+    size_t bad = 0, outside = 0;
+    double maxd = 0;
+    for (int r = 0; r < rows; r++) {
+        cpu_crossfade(P + (size_t)r * ldp, Q + (size_t)r * ldn, n, ref);
+        const float *gr = g + (size_t)r * ldo;
+        for (size_t i = 0; i < n; i++)
+            if (memcmp(&gr[i], &ref[i], 4)) bad++, maxd = fmax(maxd, fabs((double)gr[i] - ref[i]));
+        for (size_t i = n; i < ldo; i++) /* each row's padding */
+            outside += keep ? memcmp(&gr[i], &keep[(size_t)r * ldo + i], 4) != 0 : !isnan(gr[i]);
+    }
+    int ok = !bad && !outside;
+    ok ? n_pass++ : n_fail++;
+    char sh[96];
+    snprintf(sh, sizeof sh, "n %zu x %d rows%s%s", n, rows, alias == 1 ? ", out = prev" : alias == 2 ? ", out = next" : "",
+             graph ? ", graph" : "");
+    printf("%-4s %-14s %-46s %zu of %zu differ bitwise (max |d| %.3g)%s\n", ok ? "PASS" : "FAIL", "xfade", sh, bad,
+           n * (size_t)rows, maxd, outside ? ", WROTE OUTSIDE THE ROWS" : "");
+    fflush(stdout);
+    free(P); free(Q); free(g); free(ref);
+    CU(cudaFree(pd)); CU(cudaFree(qd));
+    if (!alias) CU(cudaFree(od));
+    CU(cudaStreamDestroy(st));
+}
+
+static void xfade_phase(void)
+{
+    codec_plan p; /* the released geometry: 1428480-sample segments, 199680 cross-faded */
+    OK(codec_plan_make(1, 48000, &p));
+    const size_t O = p.ovl_samples;
+    const size_t sizes[] = {1, 2, 3, 4, 5, 17, 255, 256, 257, 1001, 4097, O - 1, O, O + 1};
+    for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) check_xfade(sizes[k], 1, 0, 0);
+    for (int alias = 0; alias <= 2; alias++) {
+        check_xfade(3, 1, alias, 0);
+        check_xfade(1001, 1, alias, 0);
+        check_xfade(O, 2, alias, 0); /* both channels of the released overlap, strided rows */
+    }
+    check_xfade(O, 2, 2, 1);
+    check_xfade(0, 1, 0, 0); /* nothing to do, nothing written */
+    /* the stage's exact layout: prev = the song's tail [2, O], next = the window [2, seg], faded in place */
+    const size_t L = p.seg_samples;
+    float *T = xf_samples(2 * O), *W = xf_samples(2 * L);
+    float *td = gpu_up(T, 2 * O, HMC_F32), *wd = gpu_up(W, 2 * L, HMC_F32);
+    OK(hmc_crossfade_rows(td, O, wd, L, wd, L, O, 2, 0));
+    float *g = gpu_down(wd, 2 * L, HMC_F32), *ref = hm_malloc(sizeof(float) * L);
+    size_t bad = 0;
+    for (int c = 0; c < 2; c++) {
+        memcpy(ref, W + (size_t)c * L, sizeof(float) * L);
+        cpu_crossfade(T + (size_t)c * O, ref, O, ref);
+        bad += memcmp(g + (size_t)c * L, ref, sizeof(float) * L) != 0;
+    }
+    bad ? n_fail++ : n_pass++;
+    printf("%-4s %-14s %-46s %s\n", bad ? "FAIL" : "PASS", "xfade", "stage layout: tail [2, 199680] into window [2, 1428480]",
+           bad ? "differs from cpu_crossfade in place" : "whole windows identical (faded head + untouched rest)");
+    free(T); free(W); free(g); free(ref);
+    CU(cudaFree(td)); CU(cudaFree(wd));
+}
+
 /* ---- fixture ---------------------------------------------------------------------------------- */
 
 static void fixture(hmc_dtype t)
@@ -327,6 +451,21 @@ static void fixture(hmc_dtype t)
     for (int c = 0; c < 2; c++) memcpy(lead + c * keep, pcm + c * ns, sizeof(float) * keep);
     snprintf(sh, sizeof sh, "n_keep %zu of %zu %s", keep, ns, dn(t));
     report("fixture/keep", sh, pkh, lead, 2 * keep, 0.0);
+    /* time tiles with a seam inside the window (tiles of 7 new frames after a first one of 7 + the
+     * 42-frame halo) and every stage over the whole window: the same samples up to the GEMMs' row
+     * count (the release-size seams: `full`) */
+    for (int k = 0; k < 2; k++) {
+        vcc_set_tiling(g, k, 7);
+        OK(vcc_decode_window(g, ld, n, keep, pk, 0));
+        float *pt = gpu_down(pk, 2 * keep, HMC_F32);
+        char d[200];
+        OK(vcc_describe(g, n, d, sizeof d));
+        snprintf(sh, sizeof sh, "%s %s", k ? "7-frame tiles" : "untiled", dn(t));
+        printf("     (%s)\n", d);
+        report("fixture/tiles", sh, pt, lead, 2 * keep, t == HMC_F32 ? 1e-6 : 1e-5);
+        free(pt);
+    }
+    vcc_set_tiling(g, 1, 0);
     free(lat); free(ref); free(tm); free(pcm); free(sub); free(cref); free(pkh); free(lead);
     CU(cudaFree(ld)); CU(cudaFree(pd)); CU(cudaFree(pk));
     vcc_free(g);
@@ -382,19 +521,27 @@ static void full(uint64_t seed)
         t0 = hm_now();
         OK(voc_decode_window(cpu, lat, ncpu, ns, ref));
         double cpu_s = hm_now() - t0;
-        for (int k = 0; k < 3; k++) { /* bf16 fused, bf16 unfused, f32 */
+        for (int k = 0; k < 5; k++) { /* bf16 fused, bf16 unfused, f32; then 300-sample tiles (bf16, f32) */
             float *pd = gpu_poison(2 * ns, HMC_F32);
             if (k < 2) vcc_set_fused(g[0], k == 0);
-            OK(vcc_decode_window(g[k == 2], ld, ncpu, ns, pd, 0));
+            if (k >= 3) vcc_set_tiling(g[k == 4], 1, 300);
+            OK(vcc_decode_window(g[k == 2 || k == 4], ld, ncpu, ns, pd, 0));
             float *pcm = gpu_down(pd, 2 * ns, HMC_F32);
             char sh[96];
             snprintf(sh, sizeof sh, "release widths, %d frames (CPU %.1f s) %s", ncpu, cpu_s,
-                     k == 0 ? "bf16 fused" : k == 1 ? "bf16 unfused" : "f32");
-            report("full/cpu", sh, pcm, ref, 2 * ns, k == 2 ? 1e-4 : 3e-2);
+                     k == 0 ? "bf16 fused" : k == 1 ? "bf16 unfused" : k == 2 ? "f32" : k == 3 ? "bf16 300-sample tiles" : "f32 300-sample tiles");
+            if (k >= 3) {
+                char d[200];
+                OK(vcc_describe(g[k == 4], ncpu, d, sizeof d));
+                printf("     (%s)\n", d);
+            }
+            report("full/cpu", sh, pcm, ref, 2 * ns, k == 2 || k == 4 ? 1e-4 : 3e-2);
             free(pcm);
             CU(cudaFree(pd));
         }
         vcc_set_fused(g[0], 1);
+        vcc_set_tiling(g[0], 1, 0);
+        vcc_set_tiling(g[1], 1, 0);
         free(ref);
     }
 
@@ -416,14 +563,35 @@ static void full(uint64_t seed)
     float *pd;
     CU(cudaMalloc((void **)&pd, sizeof(float) * 2 * ns));
     const double fl = vcc_flops(&cfg, W), audio_ms = 1000.0 * ns / cfg.sample_rate;
-    double ms[3][2] = {{0}};
-    static char prof[3][4096];
-    int finite[3] = {1, 1, 1};
+    /* time tiles (default) against every stage over the whole window, one 744-frame window */
+    for (int k = 0; k < 2; k++) {
+        float *pt[2];
+        for (int u = 0; u < 2; u++) {
+            vcc_set_tiling(g[k], u == 0, 0);
+            OK(vcc_decode_window(g[k], ld, W, ns, pd, s));
+            CU(cudaStreamSynchronize(s));
+            pt[u] = gpu_down(pd, 2 * ns, HMC_F32);
+        }
+        size_t diff = 0;
+        for (size_t i = 0; i < 2 * ns; i++) diff += memcmp(&pt[0][i], &pt[1][i], 4) != 0;
+        char d[200], sh[120];
+        vcc_set_tiling(g[k], 1, 0);
+        OK(vcc_reserve(g[k], W));
+        OK(vcc_describe(g[k], W, d, sizeof d));
+        printf("     (%s)\n", d);
+        snprintf(sh, sizeof sh, "tiled vs untiled, %d frames %s (%zu of %zu differ)", W, k ? "f32" : "bf16", diff, 2 * ns);
+        report("full/tiles", sh, pt[0], pt[1], 2 * ns, 1e-5);
+        free(pt[0]), free(pt[1]);
+    }
+    double ms[4][2] = {{0}};
+    static char prof[4][4096];
+    int finite[4] = {1, 1, 1, 1};
     const int reps = 5;
-    const char *cname[3] = {"bf16 weights", "f32 weights", "bf16 weights, unfused"};
-    for (int kk = 0; kk < 3; kk++) { /* bf16 (fused residual units), f32, bf16 unfused */
+    const char *cname[4] = {"bf16 weights", "f32 weights", "bf16 weights, unfused", "bf16 weights, untiled (before)"};
+    for (int kk = 0; kk < 4; kk++) { /* bf16 (fused residual units), f32, bf16 unfused, bf16 whole window */
         const int k = kk == 1;
-        vcc_set_fused(g[0], kk == 0);
+        vcc_set_fused(g[0], kk != 2);
+        vcc_set_tiling(g[k], kk != 3, 0);
         OK(vcc_decode_window(g[k], ld, W, ns, pd, s)); /* warm-up: workspace, GEMM plans */
         CU(cudaStreamSynchronize(s));
         CU(cudaEventRecord(e0, s));
@@ -458,15 +626,16 @@ static void full(uint64_t seed)
             }
         free(pcm);
     }
+    vcc_set_tiling(g[0], 1, 0);
     printf("\ndevice: %s (%d SMs); random release-size vocoder, one window = %d frames x 2 rows -> 2 x %zu samples "
-           "(%.2f s of audio); outputs %s / %s / %s (bf16 / fp32 / bf16 unfused)\n",
+           "(%.2f s of audio); outputs %s / %s / %s / %s (bf16 / fp32 / bf16 unfused / bf16 untiled)\n",
            prop.name, prop.multiProcessorCount, W, ns, audio_ms / 1000, finite[0] ? "finite" : "NON-FINITE",
-           finite[1] ? "finite" : "NON-FINITE", finite[2] ? "finite" : "NON-FINITE");
+           finite[1] ? "finite" : "NON-FINITE", finite[2] ? "finite" : "NON-FINITE", finite[3] ? "finite" : "NON-FINITE");
     printf("measured: cuBLASLt bf16 GEMM %d^3 %.3f ms = %.1f TFLOP/s (tensor-core peak); D2D copy %.0f GB/s\n", G, gms,
            peak / 1e12, bw / 1e9);
     printf("| vocoder window | ms | TFLOP | TFLOP/s | tc floor ms | x tc floor | bw floor ms | x bw floor | RTF |\n");
     printf("|---|---|---|---|---|---|---|---|---|\n");
-    for (int kk = 0; kk < 3; kk++)
+    for (int kk = 0; kk < 4; kk++)
         for (int gr = 0; gr < 2; gr++) {
             hmc_dtype t = kk == 1 ? HMC_F32 : HMC_BF16;
             double tc = fl / peak * 1e3, bwf = vcc_min_bytes(&cfg, W, t) / bw * 1e3, m = ms[kk][gr];
@@ -476,7 +645,7 @@ static void full(uint64_t seed)
         }
     printf("(tc floor = FLOPs / bf16 peak also for fp32 weights; bw floor = each conv's input read + output written "
            "once, %s activations, + weights)\n", "bf16 (fp32 for the fp32 rows)");
-    for (int kk = 0; kk < 3; kk++)
+    for (int kk = 0; kk < 4; kk++)
         printf("\nper op, %s (eager, an event after every op; in = quantise + first conv, upN = "
                "block N, out = x2 repeat + conv + PReLU + conv ->1):\n%s", cname[kk], prof[kk]);
     vcc_set_fused(g[0], 1);
@@ -490,18 +659,110 @@ static void full(uint64_t seed)
     gemm_reset();
 }
 
+/* ---- mem: a vocoder process's device memory, step by step ------------------------------------- */
+
+/* Builds what the vocoder stage holds with backend cuda, bf16 (the model at the release's sizes,
+ * its workspace for one 744-frame window, the latents and PCM buffers) in this fresh process and
+ * prints where each MiB went (cudaMemGetInfo after every step; the device must be otherwise idle),
+ * nvidia-smi's figure for the process, then one window's time as a CUDA graph.  tiling 0: every
+ * stage over the whole window (the layout before time tiles). */
+static int mem_phase(int tiling)
+{
+    const hm_codec_config cfg = release_cfg();
+    const int W = 744, H = cfg.latent_hidden_dim;
+    const char *what[8] = {"CUDA context (cudaFree(0))", "cuBLASLt handle + its 32 MiB workspace (first GEMM)",
+                           "weights (bf16; biases fp32)", "workspace for one window (activations, im2col)",
+                           "the stage's latents [744, 256] + PCM [2, 1428480] (fp32)",
+                           "first decode (GEMM plans, kernels loaded on first use)", "one window as a CUDA graph", ""};
+    size_t u[8];
+    CU(cudaFree(0));
+    u[0] = gpu_mem_used();
+    void *a = gpu_poison(64 * 64, HMC_BF16);
+    float *y = gpu_poison(64 * 64, HMC_F32);
+    OK(hmc_gemm(a, a, HMC_BF16, y, 64, 64, 64, 0, 0));
+    CU(cudaDeviceSynchronize());
+    CU(cudaFree(a));
+    CU(cudaFree(y));
+    u[1] = gpu_mem_used();
+    vcc_model *m;
+    OK(vcc_init_random(&cfg, HMC_BF16, 5, &m));
+    u[2] = gpu_mem_used();
+    vcc_set_tiling(m, tiling, 0);
+    OK(vcc_reserve(m, W));
+    u[3] = gpu_mem_used();
+    const size_t ns = (size_t)W * vcc_hop(m);
+    float *lat = rvec((size_t)W * 2 * H, 2.0f), *ld = gpu_up(lat, (size_t)W * 2 * H, HMC_F32), *pd;
+    CU(cudaMalloc((void **)&pd, sizeof(float) * 2 * ns));
+    u[4] = gpu_mem_used();
+    cudaStream_t s;
+    CU(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    OK(vcc_decode_window(m, ld, W, ns, pd, s));
+    CU(cudaStreamSynchronize(s));
+    u[5] = gpu_mem_used();
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    CU(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+    OK(vcc_decode_window(m, ld, W, ns, pd, s));
+    CU(cudaStreamEndCapture(s, &graph));
+    CU(cudaGraphInstantiate(&exec, graph, 0));
+    CU(cudaGraphLaunch(exec, s));
+    CU(cudaStreamSynchronize(s));
+    u[6] = gpu_mem_used();
+    const long smi = gpu_smi_mib();
+    cudaEvent_t e0, e1;
+    CU(cudaEventCreate(&e0));
+    CU(cudaEventCreate(&e1));
+    const int reps = 10;
+    CU(cudaEventRecord(e0, s));
+    for (int i = 0; i < reps; i++) CU(cudaGraphLaunch(exec, s));
+    CU(cudaEventRecord(e1, s));
+    const double ms = elapsed_ms(e0, e1) / reps;
+    float *pcm = gpu_down(pd, 2 * ns, HMC_F32);
+    int finite = 1;
+    for (size_t i = 0; i < 2 * ns && finite; i++) finite = isfinite(pcm[i]);
+    struct cudaDeviceProp prop;
+    CU(cudaGetDeviceProperties(&prop, 0));
+    char d[200];
+    OK(vcc_describe(m, W, d, sizeof d));
+    printf("mem: %s, random release-size vocoder, bf16, %s\n(%s)\n", prop.name, tiling ? "time tiles" : "untiled (before)", d);
+    printf("| step | device MiB used after | + MiB | model's own count |\n|---|---|---|---|\n");
+    for (int i = 0; i < 7; i++) {
+        char own[48] = "";
+        if (i == 2) snprintf(own, sizeof own, "%.1f MiB", vcc_weight_bytes(m) / 1048576.0);
+        if (i == 3) snprintf(own, sizeof own, "%.1f MiB", vcc_workspace_bytes(m) / 1048576.0);
+        printf("| %s | %.1f | %.1f | %s |\n", what[i], u[i] / 1048576.0, (u[i] - (i ? u[i - 1] : 0)) / 1048576.0, own);
+    }
+    printf("| **process, nvidia-smi** | **%ld** | | |\n", smi);
+    printf("mem %s: process %ld MiB (nvidia-smi), workspace %.1f MiB, window %.2f ms as a graph, output %s\n",
+           tiling ? "tiled" : "untiled", smi, vcc_workspace_bytes(m) / 1048576.0, ms, finite ? "finite" : "NON-FINITE");
+    free(lat);
+    free(pcm);
+    CU(cudaGraphExecDestroy(exec));
+    CU(cudaGraphDestroy(graph));
+    CU(cudaFree(ld));
+    CU(cudaFree(pd));
+    CU(cudaStreamDestroy(s));
+    vcc_free(m);
+    hmc_gemm_shutdown();
+    return finite ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
     uint64_t seed = (uint64_t)time(NULL);
-    int phases = 0; /* bits: 1 ops, 2 fixture, 4 full */
-    const char *names[3] = {"ops", "fixture", "full"};
+    if (argc >= 2 && !strcmp(argv[1], "mem")) { /* a process of its own: nothing else on the device */
+        g_rng = 12345;
+        return mem_phase(argc >= 3 && !strcmp(argv[2], "untiled") ? 0 : 1);
+    }
+    int phases = 0; /* bits: 1 ops, 2 fixture, 4 full, 8 xfade */
+    const char *names[4] = {"ops", "fixture", "full", "xfade"};
     for (int i = 1; i < argc; i++) {
         int hit = 0;
-        for (int k = 0; k < 3; k++)
+        for (int k = 0; k < 4; k++)
             if (!strcmp(argv[i], names[k])) phases |= 1 << k, hit = 1;
         if (!hit) seed = strtoull(argv[i], NULL, 0);
     }
-    if (!phases) phases = 7;
+    if (!phases) phases = 15;
     g_rng = seed * 2654435761u + 1;
     printf("gpu_vocoder: seed %llu\n", (unsigned long long)seed);
     double t0 = hm_now();
@@ -511,6 +772,7 @@ int main(int argc, char **argv)
         fixture(HMC_BF16);
     }
     if (phases & 4) full(seed);
+    if (phases & 8) xfade_phase();
     printf("gpu_vocoder: %d passed, %d failed (%.1f s)\n", n_pass, n_fail, hm_now() - t0);
     hmc_gemm_shutdown();
     return n_fail ? 1 : 0;

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "codec_plan.h"
+#include "crossfade.h"
 #include "hm.h"
 #include "safetensors.h"
 #include "../stages/vocoder/audio_out.h"
@@ -112,7 +113,7 @@ static void reference_xfade(float *const *segs, int nseg, size_t L, size_t O, si
             continue;
         }
         for (size_t i = 0; i < O; i++) {
-            double r = i == O - 1 ? 1.0 : (double)i / (double)(O - 1);
+            double r = i == O - 1 ? 1.0 : (double)i * (1.0 / (double)(O - 1)); /* numpy: arange * step */
             out[len - O + i] = (float)((double)out[len - O + i] * (1.0 - r) + (double)segs[s][i] * r);
         }
         memcpy(out + len, segs[s] + O, sizeof(float) * (L - O));
@@ -162,6 +163,47 @@ static void test_xfade(void **state)
         }
     xfade x;
     assert_int_equal(xfade_init(&x, 2, 10, 5), HM_ERR);
+}
+
+/* The cuda vocoder's protocol (stages/vocoder/service.c, the fade on the device) replayed on the
+ * host: an external xfade, the caller fading each window's head in place with its own copy of the
+ * tail, emitting [0, L - O) with xfade_emit and the tail at the end.  Must give exactly what
+ * xfade_push / xfade_finish give, limit included. */
+static void test_xfade_external(void **state)
+{
+    const size_t L = 40, O = 9;
+    for (int nseg = 1; nseg <= 3; nseg++)
+        for (size_t limit = 5; limit < 120; limit += 23) {
+            xfade a, b;
+            assert_int_equal(xfade_init(&a, 2, L, O), HM_OK);
+            assert_int_equal(xfade_init_external(&b, 2, L, O), HM_OK);
+            assert_null(b.buf);
+            collect ca = {{hm_malloc(sizeof(float) * 200), hm_malloc(sizeof(float) * 200)}, 0, 200};
+            collect cb = {{hm_malloc(sizeof(float) * 200), hm_malloc(sizeof(float) * 200)}, 0, 200};
+            float win[2 * 40], tail[2 * 9];
+            for (int s = 0; s < nseg; s++) {
+                if (s == nseg - 1 || limit < (size_t)(s + 1) * (L - O)) /* known before anything could pass it */
+                    xfade_set_limit(&a, limit), xfade_set_limit(&b, limit);
+                for (size_t i = 0; i < 2 * L; i++) win[i] = sinf(0.29f * (float)(i + 11 * s)) - 0.2f * (float)s;
+                assert_int_equal(xfade_push(&a, win, L, collect_sink, &ca), HM_OK);
+                for (int c = 0; c < 2; c++) {
+                    if (b.have_tail) cpu_crossfade(tail + c * O, win + c * L, O, win + c * L);
+                    memcpy(tail + c * O, win + c * L + (L - O), sizeof(float) * O);
+                }
+                b.have_tail = 1;
+                const float *ch[2] = {win, win + L};
+                assert_int_equal(xfade_emit(&b, ch, L - O, collect_sink, &cb), HM_OK);
+            }
+            assert_int_equal(xfade_finish(&a, collect_sink, &ca), HM_OK);
+            const float *ch[2] = {tail, tail + O};
+            assert_int_equal(xfade_emit(&b, ch, O, collect_sink, &cb), HM_OK);
+            assert_int_equal(cb.n, ca.n);
+            assert_int_equal(cb.n, HM_MIN(limit, (size_t)nseg * (L - O) + O));
+            for (int c = 0; c < 2; c++) assert_memory_equal(cb.buf[c], ca.buf[c], sizeof(float) * ca.n);
+            xfade_free(&a);
+            xfade_free(&b);
+            for (int c = 0; c < 2; c++) free(ca.buf[c]), free(cb.buf[c]);
+        }
 }
 
 /* ---- noise ---- */
@@ -400,6 +442,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_plan),          cmocka_unit_test(test_xfade),
+        cmocka_unit_test(test_xfade_external),
         cmocka_unit_test(test_noise_seeded),  cmocka_unit_test(test_noise_replay),
         cmocka_unit_test(test_softmax),
         cmocka_unit_test(test_writer_round_trip), cmocka_unit_test(test_writer_errors),

@@ -417,7 +417,8 @@ int bb_service_setup(stage_t *st, const hm_pipeline_cfg *cfg, int replica, void 
 #ifdef HM_CUDA
     if (!strcmp(sc->backend, "cuda")) {
         lm_cuda_opts o = {HMC_BF16, version, LM_CUDA_PART_BACKBONE};
-        if (lm_cuda_precision(sc->precision, &o.wdt) || lm_cuda_load(cfg->model_dir, &o, &s->gm)) return HM_ERR;
+        if (hmc_context_trim() || lm_cuda_precision(sc->precision, &o.wdt) || lm_cuda_load(cfg->model_dir, &o, &s->gm))
+            return HM_ERR;
         lc = lm_cuda_config(s->gm);
         kind = POOL_CUDA;
         LOG_INFO("backend cuda, %s weights, backbone half: %.2f GB on the device", sc->precision[0] ? sc->precision : "bf16", lm_cuda_resident_bytes(s->gm) / 1e9);

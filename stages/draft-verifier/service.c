@@ -501,7 +501,8 @@ int dv_service_setup(stage_t *st, const hm_pipeline_cfg *cfg, int replica, void 
                       strcmp(cfg->stage[HM_STAGE_BACKBONE].backend, "cuda") ? "host" : "device");
     if (!strcmp(sc->backend, "cuda")) {
         lm_cuda_opts o = {HMC_BF16, version, LM_CUDA_PART_DEPTH};
-        if (lm_cuda_precision(sc->precision, &o.wdt) || lm_cuda_load(cfg->model_dir, &o, &s->gm)) return HM_ERR;
+        if (hmc_context_trim() || lm_cuda_precision(sc->precision, &o.wdt) || lm_cuda_load(cfg->model_dir, &o, &s->gm))
+            return HM_ERR;
         /* max_seq 1: the depth requests never use their backbone cache */
         for (int b = 1; b <= 2; b++)
             if (lm_cuda_req_new(s->gm, b, 1, &s->gr[b])) return HM_ERR;

@@ -374,7 +374,7 @@ int fm_service_setup(stage_t *st, const hm_pipeline_cfg *cfg, int replica, void 
 #ifdef HM_CUDA
     if (!strcmp(sc->backend, "cuda")) {
         int wdt;
-        if (fmc_precision(sc->precision, &wdt) || fm_load_cond(cfg->model_dir, &s->model) ||
+        if (hmc_context_trim() || fmc_precision(sc->precision, &wdt) || fm_load_cond(cfg->model_dir, &s->model) ||
             fmc_load(cfg->model_dir, wdt, &s->gm))
             return HM_ERR;
         /* attention: the flash kernel with bf16 weights, cuBLASLt GEMMs with fp32; one CUDA graph

@@ -20,7 +20,7 @@
 
 /* ---- cross-fade ---------------------------------------------------------------------------- */
 
-int xfade_init(xfade *x, int channels, size_t seg_len, size_t overlap)
+int xfade_init_external(xfade *x, int channels, size_t seg_len, size_t overlap)
 {
     memset(x, 0, sizeof *x);
     if (channels < 1 || channels > AUDIO_MAX_CH || seg_len < 1 || 2 * overlap >= seg_len)
@@ -29,6 +29,12 @@ int xfade_init(xfade *x, int channels, size_t seg_len, size_t overlap)
     x->seg_len = seg_len;
     x->overlap = overlap;
     x->limit = SIZE_MAX;
+    return HM_OK;
+}
+
+int xfade_init(xfade *x, int channels, size_t seg_len, size_t overlap)
+{
+    if (xfade_init_external(x, channels, seg_len, overlap)) return HM_ERR;
     x->tail = hm_malloc(sizeof(float) * (size_t)channels * (overlap ? overlap : 1));
     x->buf = hm_malloc(sizeof(float) * (size_t)channels * seg_len);
     return HM_OK;
@@ -43,16 +49,21 @@ void xfade_free(xfade *x)
 
 void xfade_set_limit(xfade *x, size_t total) { x->limit = total; }
 
-/* Hand n staged samples (x->buf rows, stride seg_len) to the sink, clipped to the limit. */
-static int emit(xfade *x, size_t n, audio_sink_fn sink, void *ctx)
+int xfade_emit(xfade *x, const float *const *ch, size_t n, audio_sink_fn sink, void *ctx)
 {
     size_t room = x->limit > x->emitted ? x->limit - x->emitted : 0;
     if (n > room) n = room;
     if (!n) return HM_OK;
-    const float *ch[AUDIO_MAX_CH];
-    for (int c = 0; c < x->channels; c++) ch[c] = x->buf + (size_t)c * x->seg_len;
     x->emitted += n;
     return sink ? sink(ctx, ch, n) : HM_OK;
+}
+
+/* Hand n staged samples (x->buf rows, stride seg_len) to the sink, clipped to the limit. */
+static int emit(xfade *x, size_t n, audio_sink_fn sink, void *ctx)
+{
+    const float *ch[AUDIO_MAX_CH];
+    for (int c = 0; c < x->channels; c++) ch[c] = x->buf + (size_t)c * x->seg_len;
+    return xfade_emit(x, ch, n, sink, ctx);
 }
 
 int xfade_push(xfade *x, const float *seg, size_t seg_stride, audio_sink_fn sink, void *ctx)

@@ -35,6 +35,13 @@ void xfade_set_limit(xfade *x, size_t total);
 int xfade_push(xfade *x, const float *seg, size_t seg_stride, audio_sink_fn sink, void *ctx);
 /* No more segments: emit the held tail (up to the limit). */
 int xfade_finish(xfade *x, audio_sink_fn sink, void *ctx);
+/* For a caller that fades elsewhere (the cuda vocoder keeps the tail and fades on the device):
+ * xfade_init without the host buffers.  Such an xfade takes xfade_set_limit and xfade_emit only
+ * (never _push or _finish); have_tail is the caller's to keep.  Free with xfade_free. */
+int xfade_init_external(xfade *x, int channels, size_t seg_len, size_t overlap);
+/* Hand n final samples (ch[c]: channel c) to sink, clipped to the limit and counted as emitted,
+ * as _push and _finish do with theirs. */
+int xfade_emit(xfade *x, const float *const *ch, size_t n, audio_sink_fn sink, void *ctx);
 
 /* ---- writer ---- */
 typedef enum { AUDIO_FMT_DEFAULT = -1, AUDIO_PCM16 = 0, AUDIO_PCM24, AUDIO_F32 } audio_sample_fmt;

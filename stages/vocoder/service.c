@@ -9,8 +9,14 @@
  * Backend cuda (HM_CUDA builds, stages.vocoder.backend: cuda, precision bf16 | fp32): the window
  * is decoded on the GPU (kernels/vocoder_cuda).  Its latents are either in the flow-matching
  * stage's host shm pool (copied up first) or, when flow-matching runs on cuda too, in its device
- * pool (read in place after pool_wait).  The PCM comes back to a pinned host buffer, and the
- * cross-fade and the file writing stay on the host as in the CPU path. */
+ * pool (read in place after pool_wait).  The cross-fade runs on the device too (hmc_crossfade_rows,
+ * bit-identical to the host's cpu_crossfade): each song keeps its previous window's last 199680
+ * samples per channel in device memory, the new window's head is faded with them in place, and
+ * only the samples that are then final come back to a pinned host buffer, which the host just
+ * writes to the file (the new tail stays on the device until the next window or the end marker).
+ * HM_VOC_HOST_FADE=1 in the stage's environment brings the whole window back and fades on the
+ * host as the CPU backend does: only for checks (profiling/gpu-check vocoder compares the two
+ * files, which must be identical). */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,7 +44,10 @@ typedef struct {
     char reply[DESC_MAX_ENDPOINT + 1];
     char out[4096];
     audio_writer *w;
-    xfade xf;
+    xfade xf;               /* the host fade; with the device fade only its limit and have_tail */
+#ifdef HM_CUDA
+    float *tail_dev;        /* device fade: [2, ovl], the previous window's last samples */
+#endif
     int windows_done;
     double last_used;
 } voc_req;
@@ -55,8 +64,20 @@ typedef struct {
     cudaStream_t stream;
     float *lat_dev;        /* [CODEC_WIN_FRAMES, C]: host latents copied up */
     float *pcm_dev;        /* [2, seg] */
+    int host_fade;         /* HM_VOC_HOST_FADE: the whole window to the host, faded there (checks) */
 #endif
 } voc_service;
+
+/* Backend cuda fades on the device, unless HM_VOC_HOST_FADE asks for the host path. */
+static int device_fade(const voc_service *s)
+{
+#ifdef HM_CUDA
+    return s->gm && !s->host_fade;
+#else
+    (void)s;
+    return 0;
+#endif
+}
 
 static voc_req *find_req(voc_service *s, uint64_t req)
 {
@@ -69,6 +90,9 @@ static void drop_req(voc_req *r)
 {
     if (r->w) audio_writer_abort(r->w);
     xfade_free(&r->xf);
+#ifdef HM_CUDA
+    if (r->tail_dev) cudaFree(r->tail_dev); /* (synchronises the device: the song's work is done) */
+#endif
     memset(r, 0, sizeof *r);
 }
 
@@ -81,9 +105,12 @@ static void fail_req(voc_service *s, voc_req *r, const char *msg)
 
 #ifdef HM_CUDA
 /* The window on the GPU: latents from a device pool slot (wait for its producer's event) or from
- * host memory (copy up), decode, PCM back to s->pcm.  Synchronous, so the slot is free to go
- * back when this returns. */
-static int decode_window_cuda(voc_service *s, const desc_t *in, const void *ptr)
+ * host memory (copy up), decode into s->pcm_dev.  Host fade: the whole window back to s->pcm
+ * [2, seg].  Device fade: the head [0, ovl) faded in place with r's tail (from the second window
+ * on), the final samples [0, seg - ovl) of each channel back to s->pcm (row stride seg), the new
+ * tail [seg - ovl, seg) kept in r->tail_dev.  Synchronous, so the slot is free to go back when
+ * this returns. */
+static int decode_window_cuda(voc_service *s, voc_req *r, const desc_t *in, const void *ptr)
 {
     const float *lat = ptr;
     const size_t lat_bytes = sizeof(float) * CODEC_WIN_FRAMES * (size_t)s->C;
@@ -95,18 +122,47 @@ static int decode_window_cuda(voc_service *s, const desc_t *in, const void *ptr)
         lat = s->lat_dev;
     }
     if (vcc_decode_window(s->gm, lat, CODEC_WIN_FRAMES, s->seg, s->pcm_dev, s->stream)) return HM_ERR;
-    cudaError_t e = cudaMemcpyAsync(s->pcm, s->pcm_dev, sizeof(float) * 2 * s->seg, cudaMemcpyDeviceToHost, s->stream);
+    const size_t L = s->seg, O = s->ovl, row = sizeof(float) * L;
+    cudaError_t e;
+    if (!device_fade(s)) {
+        e = cudaMemcpyAsync(s->pcm, s->pcm_dev, 2 * row, cudaMemcpyDeviceToHost, s->stream);
+    } else {
+        if (r->xf.have_tail && hmc_crossfade_rows(r->tail_dev, O, s->pcm_dev, L, s->pcm_dev, L, O, 2, s->stream))
+            return HM_ERR;
+        e = cudaMemcpy2DAsync(s->pcm, row, s->pcm_dev, row, sizeof(float) * (L - O), 2, cudaMemcpyDeviceToHost, s->stream);
+        if (e == cudaSuccess)
+            e = cudaMemcpy2DAsync(r->tail_dev, sizeof(float) * O, s->pcm_dev + (L - O), row, sizeof(float) * O, 2,
+                                  cudaMemcpyDeviceToDevice, s->stream);
+    }
     if (e == cudaSuccess) e = cudaStreamSynchronize(s->stream);
-    return e == cudaSuccess ? HM_OK : hm_err("vocoder: cuda decode: %s", cudaGetErrorString(e));
+    if (e != cudaSuccess) return hm_err("vocoder: cuda decode: %s", cudaGetErrorString(e));
+    if (device_fade(s)) r->xf.have_tail = 1;
+    return HM_OK;
+}
+
+/* Device fade, end of the song: the tail [2, ovl] to the host and out (up to the limit). */
+static int finish_device_fade(voc_service *s, voc_req *r)
+{
+    if (!r->xf.have_tail) return HM_OK;
+    const size_t L = s->seg, O = s->ovl;
+    cudaError_t e = cudaMemcpy2DAsync(s->pcm, sizeof(float) * L, r->tail_dev, sizeof(float) * O, sizeof(float) * O, 2,
+                                      cudaMemcpyDeviceToHost, s->stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(s->stream);
+    if (e != cudaSuccess) return hm_err("vocoder: cuda tail to the host: %s", cudaGetErrorString(e));
+    r->xf.have_tail = 0;
+    const float *ch[2] = {s->pcm, s->pcm + L};
+    return xfade_emit(&r->xf, ch, O, audio_writer_sink, r->w);
 }
 #endif
 
-/* One window of latents (ptr: pool_map's pointer, host or device) -> s->pcm [2, seg]. */
-static int decode_window(voc_service *s, const desc_t *in, const void *ptr)
+/* One window of latents (ptr: pool_map's pointer, host or device) -> s->pcm [2, seg] (with the
+ * device fade: its final part, see decode_window_cuda). */
+static int decode_window(voc_service *s, voc_req *r, const desc_t *in, const void *ptr)
 {
 #ifdef HM_CUDA
-    if (s->gm) return decode_window_cuda(s, in, ptr);
+    if (s->gm) return decode_window_cuda(s, r, in, ptr);
 #endif
+    (void)r;
     if (in->buf.kind != DESC_BUF_SHM && in->buf.kind != DESC_BUF_INLINE)
         return hm_err("vocoder (backend cpu): latents in device memory; run flow-matching on the cpu backend too");
     return voc_decode_window(s->model, ptr, CODEC_WIN_FRAMES, s->seg, s->pcm);
@@ -160,7 +216,17 @@ static void on_latents(voc_service *s, const desc_t *in)
             pool_release(in);
             return fail_req(s, r, hm_errmsg());
         }
-        if (xfade_init(&r->xf, 2, s->seg, s->ovl) || audio_writer_open(r->out, s->sr, 2, sf, &r->w)) {
+        int rc = device_fade(s) ? xfade_init_external(&r->xf, 2, s->seg, s->ovl) : xfade_init(&r->xf, 2, s->seg, s->ovl);
+#ifdef HM_CUDA
+        if (!rc && device_fade(s)) {
+            cudaError_t e = cudaMalloc((void **)&r->tail_dev, sizeof(float) * 2 * s->ovl);
+            if (e != cudaSuccess) {
+                r->tail_dev = NULL;
+                rc = hm_err("vocoder: device cross-fade tail: %s", cudaGetErrorString(e));
+            }
+        }
+#endif
+        if (rc || audio_writer_open(r->out, s->sr, 2, sf, &r->w)) {
             pool_release(in);
             return fail_req(s, r, hm_errmsg());
         }
@@ -183,10 +249,18 @@ static void on_latents(voc_service *s, const desc_t *in)
         }
         double t0 = hm_now();
         HM_NVTX_PUSH("voc_window");
-        int rc = decode_window(s, in, ptr);
+        int rc = decode_window(s, r, in, ptr);
         HM_NVTX_POP();
         pool_release(in);
-        if (rc || xfade_push(&r->xf, s->pcm, s->seg, audio_writer_sink, r->w)) return fail_req(s, r, hm_errmsg());
+        if (!rc) {
+            if (device_fade(s)) { /* faded already: the window's final samples, stride seg */
+                const float *ch[2] = {s->pcm, s->pcm + s->seg};
+                rc = xfade_emit(&r->xf, ch, s->seg - s->ovl, audio_writer_sink, r->w);
+            } else {
+                rc = xfade_push(&r->xf, s->pcm, s->seg, audio_writer_sink, r->w);
+            }
+        }
+        if (rc) return fail_req(s, r, hm_errmsg());
         stage_stat_time(s->st, "window", hm_now() - t0);
         r->windows_done++;
         desc_t pr;
@@ -204,7 +278,12 @@ static void on_latents(voc_service *s, const desc_t *in)
             return fail_req(s, r, m);
         }
         size_t frames = 0;
-        int rc = xfade_finish(&r->xf, audio_writer_sink, r->w);
+        int rc;
+#ifdef HM_CUDA
+        if (device_fade(s)) rc = finish_device_fade(s, r);
+        else
+#endif
+            rc = xfade_finish(&r->xf, audio_writer_sink, r->w);
         if (rc) return fail_req(s, r, hm_errmsg());
         rc = audio_writer_close(r->w, &frames);
         r->w = NULL;
@@ -276,7 +355,8 @@ int voc_service_setup(stage_t *st, const hm_pipeline_cfg *cfg, int replica, void
 #ifdef HM_CUDA
     if (!strcmp(sc->backend, "cuda")) {
         hmc_dtype wdt;
-        if (vcc_precision(sc->precision, &wdt) || vcc_load(cfg->model_dir, wdt, &s->gm)) return HM_ERR;
+        if (hmc_context_trim() || vcc_precision(sc->precision, &wdt) || vcc_load(cfg->model_dir, wdt, &s->gm))
+            return HM_ERR;
         cc = vcc_config(s->gm);
         LOG_INFO("backend cuda, %s weights", wdt == HMC_F32 ? "fp32" : "bf16");
     } else
@@ -307,6 +387,9 @@ int voc_service_setup(stage_t *st, const hm_pipeline_cfg *cfg, int replica, void
         if (e == cudaSuccess) e = cudaMallocHost((void **)&s->pcm, sizeof(float) * 2 * s->seg);
         if (e != cudaSuccess) return hm_err("vocoder: cuda buffers: %s", cudaGetErrorString(e));
         if (vcc_reserve(s->gm, CODEC_WIN_FRAMES)) return HM_ERR; /* the workspace now, not at the first song */
+        const char *hf = getenv("HM_VOC_HOST_FADE");
+        s->host_fade = hf && *hf && strcmp(hf, "0");
+        LOG_INFO("cross-fade on the %s", s->host_fade ? "host (HM_VOC_HOST_FADE)" : "device");
     } else
 #endif
         s->pcm = hm_malloc(2 * s->seg * sizeof(float));
