@@ -33,7 +33,7 @@ int g_outer_none;    /* cuBLASLt had no outer-vector algorithm once: auto stops 
                         is a heuristic query; cuBLASLt 13.1 on H100 has none) */
 
 constexpr int MAX_PLANS = 256;
-constexpr size_t WORKSPACE = 32u << 20;
+constexpr size_t WORKSPACE = 16u << 20;
 cublasLtHandle_t g_lt;
 void *g_ws;
 plan g_plans[MAX_PLANS];
