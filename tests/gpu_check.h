@@ -4,12 +4,15 @@
 #define HM_GPU_CHECK_H
 
 #include <cuda_runtime_api.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "hm.h"
+#include "modelcfg.h"
 
 #define CU(x)                                                                                      \
     do {                                                                                           \
@@ -26,6 +29,49 @@
             exit(2);                                                                               \
         }                                                                                          \
     } while (0)
+
+/* PASS / FAIL lines of a checker: printed as they come, counted, and kept for the summary it prints
+ * last (every line, or only the failures when g_chk.fail_only; gpu_keep adds a note). */
+static struct {
+    int pass, fail, fail_only;
+    size_t len;
+    char sum[16384];
+} g_chk;
+static inline void gpu_keep(const char *tag, const char *line)
+{
+    if (g_chk.len + strlen(line) + 8 < sizeof g_chk.sum)
+        g_chk.len += (size_t)snprintf(g_chk.sum + g_chk.len, sizeof g_chk.sum - g_chk.len, "%s%s%s\n", tag,
+                                      *tag ? " " : "", line);
+}
+static inline void gpu_verdict(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static inline void gpu_verdict(int ok, const char *fmt, ...)
+{
+    char line[600];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    ok ? g_chk.pass++ : g_chk.fail++;
+    printf("%-4s %s\n", ok ? "PASS" : "FAIL", line);
+    fflush(stdout);
+    if (!ok || !g_chk.fail_only) gpu_keep(ok ? "PASS" : "FAIL", line);
+}
+
+/* The released LM's shapes (3B backbone, 300M decoder: MODEL.md) for the random-weight models of
+ * the benchmarks; exits when the built-in flavors are missing. */
+static inline hm_lm_config gpu_lm_cfg_3b(void)
+{
+    hm_lm_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    const hm_flavor *fb = hm_flavor_builtin("llama-3B"), *fd = hm_flavor_builtin("llama-300M");
+    if (!fb || !fd) {
+        fprintf(stderr, "no built-in flavors\n");
+        exit(2);
+    }
+    cfg.backbone = *fb, cfg.decoder = *fd;
+    cfg.text_vocab_size = 128256, cfg.audio_vocab_size = 8197, cfg.audio_num_codebooks = 8, cfg.muq_dim = 512;
+    return cfg;
+}
 
 static uint64_t g_rng; /* seed it (non-zero) before the first draw */
 static inline float urand(void) /* uniform(-1, 1), xorshift64 */
@@ -201,6 +247,21 @@ static inline size_t gpu_mem_used(void)
     size_t fr, tot;
     CU(cudaMemGetInfo(&fr, &tot));
     return tot - fr;
+}
+
+/* The first two rows of a stage's memory table: u[0] after the context (cudaFree(0)), u[1] after
+ * cuBLASLt's handle and workspace (one small GEMM). */
+static inline void gpu_mem_base(size_t u[2])
+{
+    CU(cudaFree(0));
+    u[0] = gpu_mem_used();
+    void *a = gpu_poison(64 * 64, HMC_BF16);
+    float *y = (float *)gpu_poison(64 * 64, HMC_F32);
+    OK(hmc_gemm(a, a, HMC_BF16, y, 64, 64, 64, 0, 0));
+    CU(cudaDeviceSynchronize());
+    CU(cudaFree(a));
+    CU(cudaFree(y));
+    u[1] = gpu_mem_used();
 }
 
 /* This process's device memory as nvidia-smi reports it (MiB; -1 when it cannot tell): what the

@@ -820,20 +820,12 @@ static int mem_phase(int sharing)
     cfg.num_layers_2 = 6, cfg.in_channels = 1024, cfg.out_channels = 256;
     const int T = CODEC_WIN_FRAMES, C = cfg.out_channels, steps = 10;
     const float guidance = 1.25f;
-    const char *what[8] = {"CUDA context (cudaFree(0))", "cuBLASLt handle + its 32 MiB workspace (first GEMM)",
+    const char *what[8] = {"CUDA context (cudaFree(0))", "cuBLASLt handle + its workspace (first GEMM)",
                            "weights (bf16; norms, tables fp32)", "the stage's cond [744, 512] + ctx, noise, out [744, 256]",
                            "first window, eager (workspace, GEMM plans, kernels loaded on first use)",
                            "second window: captured + instantiated as a CUDA graph", "third window (graph replay)", ""};
     size_t u[8];
-    CU(cudaFree(0));
-    u[0] = gpu_mem_used();
-    void *a = gpu_poison(64 * 64, HMC_BF16);
-    float *y = gpu_poison(64 * 64, HMC_F32);
-    OK(hmc_gemm(a, a, HMC_BF16, y, 64, 64, 64, 0, 0));
-    CU(cudaDeviceSynchronize());
-    CU(cudaFree(a));
-    CU(cudaFree(y));
-    u[1] = gpu_mem_used();
+    gpu_mem_base(u);
     fmc_model *m;
     OK(fmc_init_random(&cfg, HMC_BF16, 7, &m));
     CU(cudaDeviceSynchronize());

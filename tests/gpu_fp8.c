@@ -33,25 +33,6 @@
 
 #include "gpu_check.h"
 
-static int n_pass, n_fail;
-static char g_sum[16384];
-static size_t g_len;
-
-static void verdict(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void verdict(int ok, const char *fmt, ...)
-{
-    char line[600];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
-    ok ? n_pass++ : n_fail++;
-    printf("%-4s %s\n", ok ? "PASS" : "FAIL", line);
-    fflush(stdout);
-    if (g_len + strlen(line) + 8 < sizeof g_sum)
-        g_len += (size_t)snprintf(g_sum + g_len, sizeof g_sum - g_len, "%s %s\n", ok ? "PASS" : "FAIL", line);
-}
-
 static void note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void note(const char *fmt, ...)
 {
@@ -62,13 +43,13 @@ static void note(const char *fmt, ...)
     va_end(ap);
     printf("%s\n", line);
     fflush(stdout);
-    if (g_len + strlen(line) + 4 < sizeof g_sum) g_len += (size_t)snprintf(g_sum + g_len, sizeof g_sum - g_len, "%s\n", line);
+    gpu_keep("", line);
 }
 
 static int finish(void)
 {
-    printf("\n==== gpu_fp8 summary ====\n%s%d passed, %d failed\n", g_sum, n_pass, n_fail);
-    return n_fail ? 1 : 0;
+    printf("\n==== gpu_fp8 summary ====\n%s%d passed, %d failed\n", g_chk.sum, g_chk.pass, g_chk.fail);
+    return g_chk.fail ? 1 : 0;
 }
 
 static double rel_l2(const float *a, const float *ref, size_t n)
@@ -122,7 +103,7 @@ static void check_twin(int N, int K)
     CU(cudaMemcpy(sd, ds, sizeof(float) * N, cudaMemcpyDeviceToHost));
     size_t bad = 0;
     for (size_t i = 0; i < (size_t)N * K; i++) bad += q[i] != qd[i];
-    verdict(!bad && !memcmp(s, sd, sizeof(float) * N), "CPU twin == device: fp8 %dx%d (%zu bytes differ, scales %s)", N,
+    gpu_verdict(!bad && !memcmp(s, sd, sizeof(float) * N), "CPU twin == device: fp8 %dx%d (%zu bytes differ, scales %s)", N,
             K, bad, memcmp(s, sd, sizeof(float) * N) ? "differ" : "equal");
     CU(cudaFree(dq)); CU(cudaFree(ds));
     free(q), free(qd), free(s), free(sd);
@@ -140,7 +121,7 @@ static void check_twin(int N, int K)
     CU(cudaMemcpy(&tsd, dts, sizeof(float), cudaMemcpyDeviceToHost));
     bad = 0;
     for (size_t i = 0; i < wb; i++) bad += h4[i] != d4h[i];
-    verdict(!bad && ts == tsd, "CPU twin == device: nvfp4 %dx%d (%zu bytes differ, tensor scale %.9g vs %.9g)", N, K, bad,
+    gpu_verdict(!bad && ts == tsd, "CPU twin == device: nvfp4 %dx%d (%zu bytes differ, tensor scale %.9g vs %.9g)", N, K, bad,
             (double)ts, (double)tsd);
     CU(cudaFree(d4)); CU(cudaFree(dts)); CU(cudaFree(dw));
     free(h4), free(d4h), free(w);
@@ -165,7 +146,7 @@ static void check_gemm(int M, int N, int K, int acc, int mode)
     const int used = hmc_gemm_fp8_last_mode();
     hmc_gemm_fp8_set_mode(0);
     if (rc != HM_OK) {
-        verdict(0, "gemm fp8 M=%d N=%d K=%d acc=%d mode %d: %s", M, N, K, acc, mode, hm_errmsg());
+        gpu_verdict(0, "gemm fp8 M=%d N=%d K=%d acc=%d mode %d: %s", M, N, K, acc, mode, hm_errmsg());
         return;
     }
     uint8_t *hw = hm_malloc((size_t)N * K), *hx = hm_malloc((size_t)M * K);
@@ -190,7 +171,7 @@ static void check_gemm(int M, int N, int K, int acc, int mode)
         }
     }
     const double e = rel_l2(gy, ref, (size_t)M * N);
-    verdict(e <= 1e-3, "gemm fp8 M=%d N=%d K=%d acc=%d asked mode %d ran %s: rel L2 %.2e (<= 1e-3)", M, N, K, acc, mode,
+    gpu_verdict(e <= 1e-3, "gemm fp8 M=%d N=%d K=%d acc=%d asked mode %d ran %s: rel L2 %.2e (<= 1e-3)", M, N, K, acc, mode,
             used == 1 ? "outer-vector scales" : "epilogue", e);
     free(hw), free(hx), free(hws), free(hxs), free(gy), free(ref), free(wf), free(xf), free(y0), free(w), free(x);
     CU(cudaFree(dw)); CU(cudaFree(dx)); CU(cudaFree(wq)); CU(cudaFree(xq)); CU(cudaFree(ws)); CU(cudaFree(xs));
@@ -299,18 +280,6 @@ static int ops(void)
     return 0;
 }
 
-static void released_cfg(hm_lm_config *cfg)
-{
-    memset(cfg, 0, sizeof *cfg);
-    const hm_flavor *fb = hm_flavor_builtin("llama-3B"), *fd = hm_flavor_builtin("llama-300M");
-    if (!fb || !fd) {
-        fprintf(stderr, "no built-in flavors\n");
-        exit(2);
-    }
-    cfg->backbone = *fb, cfg->decoder = *fd;
-    cfg->text_vocab_size = 128256, cfg->audio_vocab_size = 8197, cfg->audio_num_codebooks = 8, cfg->muq_dim = 512;
-}
-
 /* a prompt of S rows: text tokens, then audio frames (every codebook) */
 static void prompt(int S, int nc, int Vt, int Va, int32_t **tok, uint8_t **mask)
 {
@@ -362,7 +331,7 @@ static void run_prefill(lm_cuda *m, int S, int reps, run_out *o)
 static int prefill(int S)
 {
     hm_lm_config cfg;
-    released_cfg(&cfg);
+    cfg = gpu_lm_cfg_3b();
     const int nc = 8, Va = cfg.audio_vocab_size, D = cfg.backbone.embed_dim;
     struct cudaDeviceProp p;
     CU(cudaGetDeviceProperties(&p, 0));
@@ -407,8 +376,8 @@ static int prefill(int S)
         note("| %s | %.2f | %.2e | %.2e | %.2e | %.2e | %.2e |", names[i], x->ms, eh[i], el[i], rel_l2(x->h, ref.h, 2 * D),
              rel_l2(x->logits, ref.logits, (size_t)nc * Va), kl(ref.logits, x->logits, Va));
     }
-    verdict(eh[1] <= 0.1 && el[1] <= 0.1, "FP8 GEMM prefill vs dequantise path: hidden %.2e, logits %.2e (<= 0.1)", eh[1], el[1]);
-    verdict(eh[2] <= 0.1 && el[2] <= 0.1, "FP8 GEMM (epilogue) vs dequantise path: hidden %.2e, logits %.2e (<= 0.1)", eh[2],
+    gpu_verdict(eh[1] <= 0.1 && el[1] <= 0.1, "FP8 GEMM prefill vs dequantise path: hidden %.2e, logits %.2e (<= 0.1)", eh[1], el[1]);
+    gpu_verdict(eh[2] <= 0.1 && el[2] <= 0.1, "FP8 GEMM (epilogue) vs dequantise path: hidden %.2e, logits %.2e (<= 0.1)", eh[2],
             el[2]);
     note("default prefill_fp8 = %d; speed-up of the FP8 GEMM path: %.2fx", def, deq.ms / f8.ms);
     return 0;
@@ -458,7 +427,7 @@ static int roundtrip(const char *dir, const char *qdir, const char *prec)
     for (int pf8 = 0; pf8 <= (t == HMC_FP8); pf8++) {
         OK(trace(dir, t, pf8, F, la, ca));
         if (trace(qdir, t, pf8, F, lb, cb) != HM_OK) {
-            verdict(0, "%s: load of the pre-quantised %s: %s", prec, qdir, hm_errmsg());
+            gpu_verdict(0, "%s: load of the pre-quantised %s: %s", prec, qdir, hm_errmsg());
             continue;
         }
         size_t diff = 0, diff0 = 0;
@@ -466,7 +435,7 @@ static int roundtrip(const char *dir, const char *qdir, const char *prec)
             const int d = memcmp(la + i, lb + i, sizeof(float)) != 0;
             diff += d, diff0 += i < n0 ? d : 0;
         }
-        verdict(!diff && !memcmp(ca, cb, sizeof(int32_t) * F * nc),
+        gpu_verdict(!diff && !memcmp(ca, cb, sizeof(int32_t) * F * nc),
                 "%s %s (prefill %s): pre-quantised file vs quantise-at-load, %d frames: %zu of %zu logits differ (frame 0: "
                 "%zu of %zu), codes %s",
                 prec, cfg.dir, pf8 ? "FP8 GEMM" : "dequantise", F, diff, nl, diff0, n0,
@@ -482,7 +451,7 @@ static int roundtrip(const char *dir, const char *qdir, const char *prec)
     lm_cuda_opts o = {HMC_BF16, NULL, 0};
     lm_cuda *m = NULL;
     const int rc = lm_cuda_load(qdir, &o, &m);
-    verdict(rc != HM_OK, "loading the %s file as bf16 is refused (%s)", prec, rc != HM_OK ? hm_errmsg() : "loaded!");
+    gpu_verdict(rc != HM_OK, "loading the %s file as bf16 is refused (%s)", prec, rc != HM_OK ? hm_errmsg() : "loaded!");
     if (m) lm_cuda_free(m);
     free(la), free(lb), free(l2), free(ca), free(cb), free(c2);
     return 0;

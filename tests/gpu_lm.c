@@ -273,12 +273,7 @@ static int bench(void)
     gemv_bench("audio head", 8197, 3072, HMC_IN_RMSNORM, 0, bw);
     }
 
-    hm_lm_config cfg;
-    memset(&cfg, 0, sizeof cfg);
-    const hm_flavor *fb = hm_flavor_builtin("llama-3B"), *fd = hm_flavor_builtin("llama-300M");
-    if (!fb || !fd) { fprintf(stderr, "no built-in flavors\n"); return 2; }
-    cfg.backbone = *fb, cfg.decoder = *fd;
-    cfg.text_vocab_size = 128256, cfg.audio_vocab_size = 8197, cfg.audio_num_codebooks = 8, cfg.muq_dim = 512;
+    hm_lm_config cfg = gpu_lm_cfg_3b();
     lm_cuda_opts o = {HMC_BF16};
     double t0 = hm_now();
     lm_cuda *m;
@@ -395,12 +390,7 @@ static int frames_ab(void)
     struct cudaDeviceProp p;
     CU(cudaGetDeviceProperties(&p, 0));
     double bw = gpu_copy_bandwidth();
-    hm_lm_config cfg;
-    memset(&cfg, 0, sizeof cfg);
-    const hm_flavor *fb = hm_flavor_builtin("llama-3B"), *fd = hm_flavor_builtin("llama-300M");
-    if (!fb || !fd) { fprintf(stderr, "no built-in flavors\n"); return 2; }
-    cfg.backbone = *fb, cfg.decoder = *fd;
-    cfg.text_vocab_size = 128256, cfg.audio_vocab_size = 8197, cfg.audio_num_codebooks = 8, cfg.muq_dim = 512;
+    hm_lm_config cfg = gpu_lm_cfg_3b();
     lm_cuda_opts o = {HMC_BF16};
     lm_cuda *m;
     OK(lm_cuda_random(&cfg, 1234, &o, &m));
@@ -452,12 +442,7 @@ static int sampler_ab(void)
 {
     struct cudaDeviceProp p;
     CU(cudaGetDeviceProperties(&p, 0));
-    hm_lm_config cfg;
-    memset(&cfg, 0, sizeof cfg);
-    const hm_flavor *fb = hm_flavor_builtin("llama-3B"), *fd = hm_flavor_builtin("llama-300M");
-    if (!fb || !fd) { fprintf(stderr, "no built-in flavors\n"); return 2; }
-    cfg.backbone = *fb, cfg.decoder = *fd;
-    cfg.text_vocab_size = 128256, cfg.audio_vocab_size = 8197, cfg.audio_num_codebooks = 8, cfg.muq_dim = 512;
+    hm_lm_config cfg = gpu_lm_cfg_3b();
     lm_cuda_opts o = {HMC_BF16};
     lm_cuda *m;
     OK(lm_cuda_random(&cfg, 1234, &o, &m));

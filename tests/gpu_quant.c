@@ -35,24 +35,6 @@
 
 #include "gpu_check.h"
 
-static int n_pass, n_fail;
-static char g_summary[8192];
-static size_t g_sum_len;
-
-static void verdict(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void verdict(int ok, const char *fmt, ...)
-{
-    char line[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
-    ok ? n_pass++ : n_fail++;
-    printf("%-4s %s\n", ok ? "PASS" : "FAIL", line);
-    if (!ok && g_sum_len + strlen(line) + 8 < sizeof g_summary)
-        g_sum_len += (size_t)snprintf(g_summary + g_sum_len, sizeof g_summary - g_sum_len, "FAIL %s\n", line);
-}
-
 /* ---- CPU decoding of the device formats (ops_cuda.h / gemv_quant.cu layouts) ---- */
 static float e4m3_f(uint8_t b)
 {
@@ -157,7 +139,7 @@ static void check_gemv(hmc_dtype t, int N, int K, int rows, int mode, int acc, i
     }
     int nf = 0;
     double err = rel_l2(g, ref, (size_t)rows * nout, &nf);
-    verdict(!nf && err <= 2e-3, "gemv %-5s N=%5d K=%5d rows=%d %-7s%s%s v%d  rel L2 %.2e (<= 2e-3)%s", qname(t), N, K,
+    gpu_verdict(!nf && err <= 2e-3, "gemv %-5s N=%5d K=%5d rows=%d %-7s%s%s v%d  rel L2 %.2e (<= 2e-3)%s", qname(t), N, K,
             rows, mode == 1 ? "rmsnorm" : mode == 2 ? "swiglu" : "plain", acc ? " +=" : "", oswi ? " ->swiglu" : "",
             variant, err, nf ? " NON-FINITE" : "");
     cudaFree(wb), cudaFree(wq), cudaFree(sc), cudaFree(xd), cudaFree(nsd), cudaFree(yd);
@@ -217,7 +199,7 @@ static void check_rope(hmc_dtype t, int H, int KVH, int hd, int B, int T, int us
         dk = fmax(dk, fabs((double)ck1[i] - ck2[i])), dv = fmax(dv, fabs((double)cv1[i] - cv2[i]));
         nz += ck2[i] != 0.0f;
     }
-    verdict(dq <= 1e-6 * mq && dk <= 1e-2 && dv == 0.0 && nz > 0,
+    gpu_verdict(dq <= 1e-6 * mq && dk <= 1e-2 && dv == 0.0 && nz > 0,
             "gemv %-5s + rotary epilogue (H %d, KVH %d, hd %d, B %d, T %d, pos %s) vs gemv + hmc_rope_append: max |diff| q "
             "%.2g (|q| %.2g), k cache %.2g (bf16), v cache %.2g", qname(t), H, KVH, hd, B, T, use_pos_dev ? "device" : "add",
             dq, mq, dk, dv);
@@ -253,7 +235,7 @@ static void check_old_new(hmc_dtype t, int N, int K, int rows, int mode, int osw
     float *g1 = gpu_down(y1, (size_t)rows * nout, HMC_F32), *g2 = gpu_down(y2, (size_t)rows * nout, HMC_F32);
     int nf = 0;
     double e = rel_l2(g2, g1, (size_t)rows * nout, &nf);
-    verdict(!nf && e <= 1e-5, "gemv %-5s N=%5d K=%5d rows=%d%s%s streaming vs 8-row kernel: rel L2 %.2e (<= 1e-5, fp32 "
+    gpu_verdict(!nf && e <= 1e-5, "gemv %-5s N=%5d K=%5d rows=%d%s%s streaming vs 8-row kernel: rel L2 %.2e (<= 1e-5, fp32 "
             "summation order)", qname(t), N, K, rows, mode == 1 ? " rmsnorm" : mode == 2 ? " swiglu" : "",
             oswi ? " ->swiglu" : "", e);
     cudaFree(wb), cudaFree(wq), cudaFree(sc), cudaFree(xd), cudaFree(nsd), cudaFree(y1), cudaFree(y2);
@@ -275,7 +257,7 @@ static void check_format(hmc_dtype t, int N, int K)
     float *w = decode(wq, sc, t, N, K);
     int nf = 0;
     double eq = rel_l2(w, w0, (size_t)N * K, &nf), ed = rel_l2(wd, w, (size_t)N * K, &nf);
-    verdict(!nf && ed <= 4e-3, "dequantise %-5s N=%d K=%d  rel L2 vs CPU decode %.2e (<= 4e-3, bf16 rounding)", qname(t),
+    gpu_verdict(!nf && ed <= 4e-3, "dequantise %-5s N=%d K=%d  rel L2 vs CPU decode %.2e (<= 4e-3, bf16 rounding)", qname(t),
             N, K, ed);
     printf("     quantisation error of %s (uniform random weights): rel L2 %.3e\n", qname(t), eq);
     cudaFree(wb), cudaFree(wq), cudaFree(sc), cudaFree(dq);
@@ -516,7 +498,7 @@ static void check_halves(const hm_lm_config *cfg, const int32_t *tok, const uint
     lm_cuda_sampling s = {1.0f, 50, 1.5f, 7, 0, NULL};
     int e1 = lm_cuda_frame(rb, &s, codes, NULL), e2 = lm_cuda_prefill(rd, tok, mask, S, -1, NULL),
         e3 = lm_cuda_extend(rd, codes);
-    verdict(e1 == HM_ERR && e2 == HM_ERR && e3 == HM_ERR,
+    gpu_verdict(e1 == HM_ERR && e2 == HM_ERR && e3 == HM_ERR,
             "an entry of the half that is not loaded returns an error (frame on backbone-only, prefill/extend on "
             "depth-only): %d %d %d", e1, e2, e3);
     float *hd;
@@ -548,7 +530,7 @@ static void check_halves(const hm_lm_config *cfg, const int32_t *tok, const uint
     lm_cuda_req_free(r);
     lm_cuda_free(ma);
     for (int i = 0; i < nc * Va; i++) maxd = fmax(maxd, fabs((double)lsplit[i] - lwhole[i]));
-    verdict(!memcmp(split, whole, sizeof(int32_t) * nc * F) && maxd == 0.0,
+    gpu_verdict(!memcmp(split, whole, sizeof(int32_t) * nc * F) && maxd == 0.0,
             "backbone-only + depth-only models reproduce the whole model: %d frames, codes %s, last logits max |diff| %.3g",
             F, memcmp(split, whole, sizeof(int32_t) * nc * F) ? "DIFFER" : "equal", maxd);
     cudaFree(hd);
@@ -557,12 +539,7 @@ static void check_halves(const hm_lm_config *cfg, const int32_t *tok, const uint
 
 static int guard(int F)
 {
-    hm_lm_config cfg;
-    memset(&cfg, 0, sizeof cfg);
-    const hm_flavor *fb = hm_flavor_builtin("llama-3B"), *fd = hm_flavor_builtin("llama-300M");
-    if (!fb || !fd) { fprintf(stderr, "no built-in flavors\n"); return 2; }
-    cfg.backbone = *fb, cfg.decoder = *fd;
-    cfg.text_vocab_size = 128256, cfg.audio_vocab_size = 8197, cfg.audio_num_codebooks = 8, cfg.muq_dim = 512;
+    hm_lm_config cfg = gpu_lm_cfg_3b();
     const int nc = 8, Va = cfg.audio_vocab_size, S = 64;
     struct cudaDeviceProp p;
     CU(cudaGetDeviceProperties(&p, 0));
@@ -691,7 +668,7 @@ static int guard(int F)
     }
     for (int pi = 1; pi < 3; pi++) {
         prec_row *pr = &rows[pi];
-        verdict(!pr->nonfinite && pr->kl0_mean <= kl_bound[pi] && pr->kl1_mean <= kl_bound[pi],
+        gpu_verdict(!pr->nonfinite && pr->kl0_mean <= kl_bound[pi] && pr->kl1_mean <= kl_bound[pi],
                 "guard %-5s mean KL c0 %.2e, c1..7 %.2e (<= %.0e), finite logits", qname(pr->t), pr->kl0_mean,
                 pr->kl1_mean, kl_bound[pi]);
     }
@@ -703,6 +680,7 @@ int main(int argc, char **argv)
 {
     CU(cudaSetDevice(0));
     const char *mode = argc >= 2 ? argv[1] : "all";
+    g_chk.fail_only = 1; /* the summary lists the failures (the table has the rest) */
     int F = argc >= 3 ? atoi(argv[2]) : 200;
     if (F < 1) F = 200;
     if (!strcmp(mode, "ops") || !strcmp(mode, "all")) ops();
@@ -711,9 +689,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: gpu_quant ops | guard [FRAMES] | all [FRAMES]\n");
         return 2;
     }
-    printf("\n==== gpu_quant summary: %d passed, %d failed ====\n", n_pass, n_fail);
+    printf("\n==== gpu_quant summary: %d passed, %d failed ====\n", g_chk.pass, g_chk.fail);
     if (g_tab_len) printf("%s", g_table);
-    printf("%s", g_summary);
+    printf("%s", g_chk.sum);
     hmc_gemm_shutdown();
-    return n_fail ? 1 : 0;
+    return g_chk.fail ? 1 : 0;
 }

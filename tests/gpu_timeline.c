@@ -153,12 +153,7 @@ int main(int argc, char **argv)
     CU(cudaGetDeviceProperties(&p, 0));
     const double bw = gpu_copy_bandwidth();
 
-    hm_lm_config cfg;
-    memset(&cfg, 0, sizeof cfg);
-    const hm_flavor *fb = hm_flavor_builtin("llama-3B"), *fd = hm_flavor_builtin("llama-300M");
-    if (!fb || !fd) { fprintf(stderr, "no built-in flavors\n"); return 2; }
-    cfg.backbone = *fb, cfg.decoder = *fd;
-    cfg.text_vocab_size = 128256, cfg.audio_vocab_size = 8197, cfg.audio_num_codebooks = 8, cfg.muq_dim = 512;
+    hm_lm_config cfg = gpu_lm_cfg_3b();
     lm_cuda_opts o = {wdt};
     lm_cuda *m;
     OK(lm_cuda_random(&cfg, 1234, &o, &m));

@@ -670,20 +670,12 @@ static int mem_phase(int tiling)
 {
     const hm_codec_config cfg = release_cfg();
     const int W = 744, H = cfg.latent_hidden_dim;
-    const char *what[8] = {"CUDA context (cudaFree(0))", "cuBLASLt handle + its 32 MiB workspace (first GEMM)",
+    const char *what[8] = {"CUDA context (cudaFree(0))", "cuBLASLt handle + its workspace (first GEMM)",
                            "weights (bf16; biases fp32)", "workspace for one window (activations, im2col)",
                            "the stage's latents [744, 256] + PCM [2, 1428480] (fp32)",
                            "first decode (GEMM plans, kernels loaded on first use)", "one window as a CUDA graph", ""};
     size_t u[8];
-    CU(cudaFree(0));
-    u[0] = gpu_mem_used();
-    void *a = gpu_poison(64 * 64, HMC_BF16);
-    float *y = gpu_poison(64 * 64, HMC_F32);
-    OK(hmc_gemm(a, a, HMC_BF16, y, 64, 64, 64, 0, 0));
-    CU(cudaDeviceSynchronize());
-    CU(cudaFree(a));
-    CU(cudaFree(y));
-    u[1] = gpu_mem_used();
+    gpu_mem_base(u);
     vcc_model *m;
     OK(vcc_init_random(&cfg, HMC_BF16, 5, &m));
     u[2] = gpu_mem_used();
