@@ -17,16 +17,22 @@
  * each chunk's (m, l) into a weight in shared memory, then reads the chunk sums as float4 with
  * many loads in flight (they used to be a chain of dependent loads: the long-context tail).
  * Optionally blocks first ask L2 for a share of the next op's weights (pf; measured slower in a
- * whole frame on an H100, so the engine leaves it off). */
+ * whole frame on an H100, so the engine leaves it off).
+ * Decode (B*T <= 4) launches a second instance: 16 warps of 4 keys (hd <= 128; 8 warps of 1 key
+ * above, the decoder's <= 8 keys), a quarter of the chunks.  A query with at most `single` keys
+ * (hmc_attention_set_single; the position is only known on the device) is done by chunk block 0
+ * alone in one pass (warps split the keys, one shared-memory merge, the output written directly:
+ * no partial sums, no counter), its first keys loaded together with the position; longer ones
+ * take the split path above.  The split kernel's chain of dependent global round trips (position,
+ * keys, partial sums + counter, (m, l), chunk sums) costs more than its parallelism gains at
+ * short contexts (docs/PERF.md). */
 #include "common_cuda.h"
 #include "ops_cuda.h"
 
 namespace {
 
 constexpr int CH_MIN = 16;  /* chunk lengths are multiples of this */
-constexpr int NW = 4;       /* warps per block */
 constexpr int GMAX = 4;     /* query heads per kv head */
-constexpr int KU = 4;       /* keys per warp step */
 
 __host__ __device__ __forceinline__ int chunk_len(int nkeys, int nch)
 {
@@ -36,6 +42,29 @@ __host__ __device__ __forceinline__ int chunk_len(int nkeys, int nch)
 
 constexpr int NCH_MAX = 64; /* chunks per query at most (the work buffer is sized for this) */
 int g_max_chunks = NCH_MAX; /* tuning knob (hmc_attention_set_max_chunks) */
+/* Decode (B*T <= 4): a query with at most this many keys is done in one pass by one block
+ * (measured on an H100, docs/PERF.md); 0: the split path only (hmc_attention_set_single). */
+constexpr int SINGLE_DEFAULT = 512;
+int g_single = -1; /* < 0: not set yet (HM_ATTN_SINGLE, else SINGLE_DEFAULT) */
+constexpr int PER_HEAD_DEFAULT = 1;
+int g_per_head = -1; /* one pass: a block per query head (1) or per kv head (0); HM_ATTN_PER_HEAD */
+/* A decode launch whose longest query may exceed `single` (the backbone's graph) uses the decode
+ * kernel only with staging (1: the one pass copies all its keys to shared memory first, one round
+ * trip); else the split kernel.  HM_ATTN_STAGE. */
+constexpr int STAGE_DEFAULT = 0;
+int g_stage = -1;
+constexpr int SMEM_MAX = 227 * 1024; /* dynamic shared memory a block may have (sm_90) */
+
+/* 16 bytes global -> shared, asynchronously (cp.async; waited for by cp_async_wait_all) */
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem)
+{
+    const unsigned sa = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(sa), "l"(gmem));
+}
+__device__ __forceinline__ void cp_async_wait_all()
+{
+    asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
+}
 
 /* chunks per query: up to max_ch, fewer when many queries (prefill) already fill the machine */
 int chunks_for(int B, int T, int KVH, int max_keys, int max_ch)
@@ -68,12 +97,18 @@ __device__ __forceinline__ void load4(const __nv_bfloat16 *p, float *o)
     o[0] = a.x, o[1] = a.y, o[2] = b.x, o[3] = b.y;
 }
 
-template <typename CT, int J>
+/* NW warps a block, KU keys a warp step; ngrid chunk blocks a query (nch of them for the split).
+ * SP (the decode kernel): a query with at most `single` keys is one pass by chunk block 0 over all
+ * G query heads, or with per_head (ngrid >= G) by blocks 0..G-1, one query head each; the other
+ * blocks leave at once; no partial sums, no counter.  Blocks that may start at key 0 load their
+ * first keys together with the position (speculatively, keys below max_seq; what lies past the
+ * query's keys is zeroed once the position is known, reloaded if the block's chunk starts later). */
+template <typename CT, int J, int NW, int KU, bool SP, bool STG>
 __global__ void __launch_bounds__(NW * 32)
 attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, const int *pos_dev, int pos_add,
                   const CT *__restrict__ kc, const CT *__restrict__ vc, int max_seq, int nch,
                   float *__restrict__ work, int *__restrict__ counters, float *__restrict__ out,
-                  const char *pf, size_t pf_bytes)
+                  const char *pf, size_t pf_bytes, int ngrid, int single, int per_head)
 {
     pdl_trigger();
     if (pf_bytes) { /* this block's share of the next op's weights, 4 KB pieces over all threads */
@@ -86,10 +121,31 @@ attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, 
         }
     }
     pdl_wait();
-    const int c = blockIdx.x % nch, t = blockIdx.x / nch, kvh = blockIdx.y, b = blockIdx.z, B = gridDim.z;
+    const int c = blockIdx.x % ngrid, t = blockIdx.x / ngrid, kvh = blockIdx.y, b = blockIdx.z, B = gridDim.z;
     const int G = H / KVH, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const float scale = rsqrtf((float)hd);
     const int pos0 = (pos_dev ? *pos_dev : 0) + pos_add;
+    const size_t head_off = ((size_t)b * KVH + kvh) * max_seq;
+    float kv[KU][J][4], vv[KU][J][4];
+    const CT *kbase = kc + head_off * hd, *vbase = vc + head_off * hd; /* key 0 (the cache, or staged) */
+    /* keys kb.. below lim into kd, vd (zeros from lim on) */
+    auto load_keys = [&](int kb, int lim, float (&kd)[KU][J][4], float (&vd)[KU][J][4]) {
+#pragma unroll
+        for (int u = 0; u < KU; u++)
+#pragma unroll
+            for (int j = 0; j < J; j++) {
+                int d = lane * 4 + 128 * j, key = kb + u;
+                if (key < lim && d < hd) {
+                    load4(kbase + (size_t)key * hd + d, kd[u][j]);
+                    load4(vbase + (size_t)key * hd + d, vd[u][j]);
+                } else {
+#pragma unroll
+                    for (int e = 0; e < 4; e++) kd[u][j][e] = 0.0f, vd[u][j][e] = 0.0f;
+                }
+            }
+    };
+    const bool spec = SP && (c == 0 || (per_head && c < G)); /* may start at key 0 */
+    if (spec) load_keys(warp * KU, max_seq, kv, vv);
 
     /* this lane's slice of each query head (loads issued before the position arrives) */
     float q[GMAX][J][4];
@@ -108,10 +164,31 @@ attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, 
         }
 
     const int nkeys = pos0 + t + 1;
-    const int CH = chunk_len(nkeys, nch);
-    const int nchunks = (nkeys + CH - 1) / CH;
-    const int k0 = c * CH, k1 = min(nkeys, k0 + CH);
-    if (k0 >= k1) return;
+    const bool one = SP && nkeys <= single, ph = one && per_head && ngrid >= G;
+    const int gsel = ph ? c : -1; /* the one query head of this block, or all (-1) */
+    int nchunks = 1, k0 = 0, k1 = nkeys;
+    if (one) {
+        if (c >= (ph ? G : 1)) return;
+    } else {
+        const int CH = chunk_len(nkeys, nch);
+        nchunks = (nkeys + CH - 1) / CH;
+        k0 = c * CH, k1 = min(nkeys, k0 + CH);
+        if (k0 >= k1) return;
+    }
+    extern __shared__ float sh[];
+    if constexpr (STG) {
+        if (one) { /* every key into shared memory at once: K rows, then V rows (16-byte pieces) */
+            CT *ks = reinterpret_cast<CT *>(sh), *vs = ks + (size_t)nkeys * hd;
+            const int n16 = (int)((size_t)nkeys * hd * sizeof(CT) / 16);
+            for (int i = threadIdx.x; i < n16; i += NW * 32) {
+                cp_async16(reinterpret_cast<char *>(ks) + 16 * (size_t)i, reinterpret_cast<const char *>(kbase) + 16 * (size_t)i);
+                cp_async16(reinterpret_cast<char *>(vs) + 16 * (size_t)i, reinterpret_cast<const char *>(vbase) + 16 * (size_t)i);
+            }
+            cp_async_wait_all();
+            __syncthreads();
+            kbase = ks, vbase = vs;
+        }
+    }
 #pragma unroll
     for (int g = 0; g < GMAX; g++)
 #pragma unroll
@@ -129,28 +206,12 @@ attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, 
             for (int e = 0; e < 4; e++) acc[g][j][e] = 0.0f;
     }
 
-    const size_t head_off = ((size_t)b * KVH + kvh) * max_seq;
-    float kv[KU][J][4], vv[KU][J][4];
-    auto load_keys = [&](int kb, float (&kd)[KU][J][4], float (&vd)[KU][J][4]) {
-#pragma unroll
-        for (int u = 0; u < KU; u++)
-#pragma unroll
-            for (int j = 0; j < J; j++) {
-                int d = lane * 4 + 128 * j, key = kb + u;
-                if (key < k1 && d < hd) {
-                    load4(kc + (head_off + key) * hd + d, kd[u][j]);
-                    load4(vc + (head_off + key) * hd + d, vd[u][j]);
-                } else {
-#pragma unroll
-                    for (int e = 0; e < 4; e++) kd[u][j][e] = 0.0f, vd[u][j][e] = 0.0f;
-                }
-            }
-    };
     /* fold the KU keys in kv, vv starting at kb into the running softmax of each query head */
     auto consume = [&](int kb) {
 #pragma unroll
         for (int g = 0; g < GMAX; g++) {
             if (g >= G) break;
+            if (gsel >= 0 && g != gsel) continue;
             float s[KU];
 #pragma unroll
             for (int u = 0; u < KU; u++) {
@@ -185,30 +246,43 @@ attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, 
             m[g] = mn;
         }
     };
-    load_keys(k0 + warp * KU, kv, vv);
-    if constexpr (J == 1) { /* registers allow the next step's keys in flight (hd <= 128) */
+    if (spec && k0 == 0) { /* past the query's keys: stale cache rows (maybe NaN), zeroed */
+#pragma unroll
+        for (int u = 0; u < KU; u++)
+            if (warp * KU + u >= k1)
+#pragma unroll
+                for (int j = 0; j < J; j++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) kv[u][j][e] = 0.0f, vv[u][j][e] = 0.0f;
+    } else {
+        load_keys(k0 + warp * KU, k1, kv, vv);
+    }
+    if constexpr (J * KU <= 4) { /* registers allow the next step's keys in flight (hd <= 128) */
         for (int kb = k0 + warp * KU; kb < k1; kb += NW * KU) {
             float kn[KU][J][4], vn[KU][J][4];
-            load_keys(kb + NW * KU, kn, vn); /* zeros past k1 */
+            load_keys(kb + NW * KU, k1, kn, vn); /* zeros past k1 */
             consume(kb);
 #pragma unroll
             for (int u = 0; u < KU; u++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) kv[u][0][e] = kn[u][0][e], vv[u][0][e] = vn[u][0][e];
+                for (int j = 0; j < J; j++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) kv[u][j][e] = kn[u][j][e], vv[u][j][e] = vn[u][j][e];
         }
     } else {
         for (int kb = k0 + warp * KU; kb < k1; kb += NW * KU) {
             consume(kb);
-            if (kb + NW * KU < k1) load_keys(kb + NW * KU, kv, vv);
+            if (kb + NW * KU < k1) load_keys(kb + NW * KU, k1, kv, vv);
         }
     }
 
     /* merge the warps: shared [NW][G] (m, l) and [NW][G][hd] acc */
-    extern __shared__ float sh[];
+    if constexpr (STG) __syncthreads(); /* over the staged keys */
     float *sm = sh, *sl = sh + NW * GMAX, *sacc = sh + 2 * NW * GMAX;
 #pragma unroll
     for (int g = 0; g < GMAX; g++) {
         if (g >= G) break;
+        if (gsel >= 0 && g != gsel) continue;
         if (lane == 0) sm[warp * GMAX + g] = m[g], sl[warp * GMAX + g] = l[g];
 #pragma unroll
         for (int j = 0; j < J; j++) {
@@ -221,6 +295,7 @@ attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, 
     __syncthreads();
     for (int i = threadIdx.x; i < G * hd; i += blockDim.x) {
         int g = i / hd, d = i % hd;
+        if (gsel >= 0 && g != gsel) continue;
         float M = -INFINITY;
         for (int w = 0; w < NW; w++) M = fmaxf(M, sm[w * GMAX + g]);
         float L = 0.0f, A = 0.0f;
@@ -293,14 +368,23 @@ attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, 
     }
 }
 
-template <typename CT, int J>
+/* the most keys the staged one pass holds in shared memory */
+int stage_keys(int hd, size_t csize) { return (int)(SMEM_MAX / (2 * (size_t)hd * csize)); }
+
+template <typename CT, int J, int NW, int KU, bool SP, bool STG = false>
 int launch(const hmc_attn_args *a, int nch, cudaStream_t s)
 {
-    dim3 grid(nch * a->T, a->KVH, a->B);
+    const int G = a->H / a->KVH, ngrid = SP && nch < G ? G : nch; /* room for a block per query head */
+    dim3 grid(ngrid * a->T, a->KVH, a->B);
     size_t smem = (size_t)(2 * NW * GMAX + NW * GMAX * a->hd) * sizeof(float);
+    int single = g_single;
+    if (STG) {
+        single = HM_MIN(single, stage_keys(a->hd, sizeof(CT)));
+        smem = HM_MAX(smem, 2 * (size_t)single * a->hd * sizeof(CT));
+    }
     static size_t smem_set = 48 * 1024;
     if (smem > smem_set) {
-        CK(cudaFuncSetAttribute(attn_chunk_kernel<CT, J>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        CK(cudaFuncSetAttribute(attn_chunk_kernel<CT, J, NW, KU, SP, STG>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         smem_set = smem;
     }
     /* the counters sit after room for NCH_MAX chunks: the same place whatever the chunk knob */
@@ -311,17 +395,25 @@ int launch(const hmc_attn_args *a, int nch, cudaStream_t s)
         const uintptr_t p0 = ((uintptr_t)a->pf + 15) & ~(uintptr_t)15, p1 = ((uintptr_t)a->pf + a->pf_bytes) & ~(uintptr_t)15;
         if (p1 > p0) pf = p0, pf_bytes = p1 - p0;
     }
-    return launch_pdl(attn_chunk_kernel<CT, J>, grid, dim3(NW * 32), smem, s, a->qkv, a->T, a->H, a->KVH, a->hd,
+    return launch_pdl(attn_chunk_kernel<CT, J, NW, KU, SP, STG>, grid, dim3(NW * 32), smem, s, a->qkv, a->T, a->H, a->KVH, a->hd,
                       a->pos_dev, a->pos_add, (const CT *)a->k_cache, (const CT *)a->v_cache, a->max_seq, nch, a->work,
-                      counters, a->out, (const char *)pf, pf_bytes);
+                      counters, a->out, (const char *)pf, pf_bytes, ngrid, single, g_per_head);
 }
 
 template <typename CT>
 int launch_j(const hmc_attn_args *a, int nch, cudaStream_t s)
 {
-    if (a->hd <= 128) return launch<CT, 1>(a, nch, s);
-    if (a->hd <= 256) return launch<CT, 2>(a, nch, s);
-    return launch<CT, 3>(a, nch, s);
+    const bool dec = g_single > 0 && a->B * a->T <= 4;
+    if (dec && a->max_keys <= g_single) { /* every query of the graph in one pass (the decoder) */
+        if (a->hd <= 128) return launch<CT, 1, 16, 4, true>(a, (nch + 3) / 4, s);
+        if (a->hd <= 256) return launch<CT, 2, 8, 1, true>(a, nch, s);
+        return launch<CT, 3, 8, 1, true>(a, nch, s);
+    }
+    if (dec && g_stage && a->hd <= 128 && a->hd * sizeof(CT) % 16 == 0)
+        return launch<CT, 1, 16, 4, true, true>(a, (nch + 3) / 4, s);
+    if (a->hd <= 128) return launch<CT, 1, 4, 4, false>(a, nch, s);
+    if (a->hd <= 256) return launch<CT, 2, 4, 4, false>(a, nch, s);
+    return launch<CT, 3, 4, 4, false>(a, nch, s);
 }
 
 } // namespace
@@ -334,6 +426,13 @@ extern "C" size_t hmc_attention_work_bytes(int B, int T, int H, int KVH, int hd,
 
 extern "C" void hmc_attention_set_max_chunks(int n) { g_max_chunks = n < 1 ? 1 : n > NCH_MAX ? NCH_MAX : n; }
 
+extern "C" void hmc_attention_set_single(int max_keys, int per_head, int stage)
+{
+    g_single = max_keys < 0 ? 0 : max_keys;
+    g_per_head = per_head ? 1 : 0;
+    g_stage = stage ? 1 : 0;
+}
+
 extern "C" int hmc_attention(const hmc_attn_args *a, cudaStream_t s)
 {
     if (a->hd % 4 || a->hd > 384)
@@ -343,6 +442,19 @@ extern "C" int hmc_attention(const hmc_attn_args *a, cudaStream_t s)
                       a->H, a->KVH, GMAX);
     if (a->max_keys > a->max_seq) return hm_err("%s:%d: attention: max_keys > max_seq", __FILE__, __LINE__);
     if (a->B * a->T <= 0) return HM_OK;
+    if (g_single < 0) {
+        const char *e = getenv("HM_ATTN_SINGLE");
+        g_single = e ? atoi(e) : SINGLE_DEFAULT;
+        if (g_single < 0) g_single = 0;
+    }
+    if (g_per_head < 0) {
+        const char *e = getenv("HM_ATTN_PER_HEAD");
+        g_per_head = e ? atoi(e) != 0 : PER_HEAD_DEFAULT;
+    }
+    if (g_stage < 0) {
+        const char *e = getenv("HM_ATTN_STAGE");
+        g_stage = e ? atoi(e) != 0 : STAGE_DEFAULT;
+    }
     int nch = chunks_for(a->B, a->T, a->KVH, a->max_keys, g_max_chunks);
     if (a->ct == HMC_BF16) CKH(launch_j<__nv_bfloat16>(a, nch, s));
     else if (a->ct == HMC_F32) CKH(launch_j<float>(a, nch, s));

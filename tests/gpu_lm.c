@@ -16,6 +16,10 @@
  *       Same model: ms per frame (B = 2, CFG 1.5, top-k 50, ~200 positions) with the first exact
  *       sampler kernel and the single-pass one (kernels/sample.cu, hmc_sample_set_impl), each
  *       twice, and without sampling, in one run.
+ *   gpu_lm attn
+ *       Same model: ms per frame (B = 2) with decode attention's split path only, then one pass up
+ *       to 512 keys: the decoder only, the backbone too (staged; a block per query head, per kv
+ *       head), at 200..3800 positions (hmc_attention_set_single); the split path again last.
  * Prints a summary table last; exit status 1 on a failed check. */
 #include <cJSON.h>
 #include <cuda_runtime.h>
@@ -436,6 +440,42 @@ static int frames_ab(void)
     return 0;
 }
 
+/* Decode attention: whole frames (graphs, B = 2) with the split path only, one pass up to 4096
+ * keys, and the default one-pass threshold, at several context lengths (where one pass stops
+ * paying). */
+static int frames_attn(void)
+{
+    hm_lm_config cfg = gpu_lm_cfg_3b();
+    lm_cuda_opts o = {HMC_BF16};
+    lm_cuda *m;
+    OK(lm_cuda_random(&cfg, 1234, &o, &m));
+    const int nc = 8, S2 = 3800;
+    int32_t *tok = hm_calloc((size_t)S2 * (nc + 1), sizeof(int32_t));
+    uint8_t *mask = hm_calloc((size_t)S2 * (nc + 1), 1);
+    for (int s = 0; s < S2; s++) tok[s * (nc + 1) + nc] = (s * 7919) % 128256, mask[s * (nc + 1) + nc] = 1;
+    lm_cuda_tune def;
+    lm_cuda_get_tune(m, &def);
+    const int pos[] = {200, 400, 600, 3800};
+    const int single[] = {0, 512, 512, 512, 0}, per_head[] = {0, 1, 1, 0, 0}, stage[] = {0, 0, 1, 1, 0};
+    printf("| one pass up to (keys), per query head, staged | ms/frame");
+    for (int i = 0; i < 4; i++) printf(" | %d pos", pos[i]);
+    printf(" |\n|---|---|---|---|---|---|\n");
+    for (int k = 0; k < 5; k++) {
+        hmc_attention_set_single(single[k], per_head[k], stage[k]);
+        printf("| %d, %d, %d | ", single[k], per_head[k], stage[k]);
+        for (int i = 0; i < 4; i++) {
+            printf(" | %.3f", tune_frames(m, &def, 2, pos[i], tok, mask));
+            fflush(stdout);
+        }
+        printf(" |\n");
+    }
+    hmc_attention_set_single(512, 1, 0);
+    lm_cuda_free(m);
+    free(tok), free(mask);
+    hmc_gemm_shutdown();
+    return 0;
+}
+
 /* Whole frames with each sampler kernel (A/B/A/B in one run) and without sampling: the
  * sampler's in-graph cost before and after. */
 static int sampler_ab(void)
@@ -480,6 +520,7 @@ int main(int argc, char **argv)
     if (argc >= 5 && !strcmp(argv[1], "fixture")) return fixture(argv[2], argv[3], argv[4]);
     if (argc >= 2 && !strcmp(argv[1], "bench")) return bench();
     if (argc >= 2 && !strcmp(argv[1], "frames")) return frames_ab();
+    if (argc >= 2 && !strcmp(argv[1], "attn")) return frames_attn();
     if (argc >= 2 && !strcmp(argv[1], "sampler")) return sampler_ab();
     if (argc >= 5 && !strcmp(argv[1], "gemv")) { /* one shape, 20 plain launches (for ncu) */
         int N = atoi(argv[2]), K = atoi(argv[3]), v = atoi(argv[4]);

@@ -372,20 +372,35 @@ static void check_gemv_rope(int B, int T, int H, int KVH, int hd, int pos0, hmc_
     free(gk), free(gv);
 }
 
+/* check_attention's engine-like settings: cache rows (and max_keys, as the graphs are recorded
+ * for the longest context) beyond the query's keys, filled with NaN; the position read from the
+ * device */
+static int g_att_extra, g_att_posdev;
+
 static void check_attention(int B, int T, int H, int KVH, int hd, int pos0, hmc_dtype ct)
 {
-    const int W = (H + 2 * KVH) * hd, S = pos0 + T, max_seq = S + 5;
+    const int W = (H + 2 * KVH) * hd, S = pos0 + T, max_seq = S + 5 + g_att_extra;
+    const int max_keys = g_att_extra ? max_seq : S;
     size_t nq = (size_t)B * T * W, nc = (size_t)B * KVH * max_seq * hd;
     float *qkv = rvec(nq, 1.0f), *kc = rvec(nc, 1.0f), *vc = rvec(nc, 1.0f);
+    if (g_att_extra) /* rows past the keys: what a kernel reading them unmasked would show */
+        for (int bh = 0; bh < B * KVH; bh++)
+            for (size_t i = (size_t)S * hd; i < (size_t)max_seq * hd; i++)
+                kc[(size_t)bh * max_seq * hd + i] = vc[(size_t)bh * max_seq * hd + i] = NAN;
     /* make the scores spread: larger q */
     for (size_t i = 0; i < nq; i++) qkv[i] *= 3.0f;
     float *qd = dev_f32(qkv, nq);
     void *kd = to_dev(kc, nc, ct), *vd = to_dev(vc, nc, ct);
     float *work;
-    CU(cudaMalloc((void **)&work, hmc_attention_work_bytes(B, T, H, KVH, hd, S)));
-    CU(cudaMemset(work, 0, hmc_attention_work_bytes(B, T, H, KVH, hd, S)));
+    CU(cudaMalloc((void **)&work, hmc_attention_work_bytes(B, T, H, KVH, hd, max_keys)));
+    CU(cudaMemset(work, 0, hmc_attention_work_bytes(B, T, H, KVH, hd, max_keys)));
     float *od = dev_poison((size_t)B * T * H * hd);
-    hmc_attn_args a = {qd, B, T, H, KVH, hd, NULL, pos0, kd, vd, ct, max_seq, S, od, work};
+    int *posd = NULL;
+    if (g_att_posdev) {
+        CU(cudaMalloc((void **)&posd, sizeof(int)));
+        CU(cudaMemcpy(posd, &pos0, sizeof(int), cudaMemcpyHostToDevice));
+    }
+    hmc_attn_args a = {qd, B, T, H, KVH, hd, posd, posd ? 0 : pos0, kd, vd, ct, max_seq, max_keys, od, work};
     a.pf = vd, a.pf_bytes = nc * hmc_dtype_size(ct); /* a prefetch hint changes nothing */
     OK(hmc_attention(&a, 0));
     /* again into a re-poisoned output: the merge counters must be back at zero */
@@ -401,9 +416,10 @@ static void check_attention(int B, int T, int H, int KVH, int hd, int pos0, hmc_
         cpu_attention(q, k, v, ref + (size_t)b * T * H * hd, T, S, H, KVH, hd, 1, pos0);
     }
     char sh[96];
-    snprintf(sh, sizeof sh, "%s B=%d T=%d H=%d/%d hd=%d keys=%d", dtn(ct), B, T, H, KVH, hd, S);
+    snprintf(sh, sizeof sh, "%s B=%d T=%d H=%d/%d hd=%d keys=%d%s", dtn(ct), B, T, H, KVH, hd, S,
+             g_att_extra ? " (max_keys +)" : "");
     report("attention", sh, g, ref, (size_t)B * T * H * hd, 1e-4);
-    cudaFree(qd), cudaFree(kd), cudaFree(vd), cudaFree(work), cudaFree(od);
+    cudaFree(posd), cudaFree(qd), cudaFree(kd), cudaFree(vd), cudaFree(work), cudaFree(od);
     free(qkv), free(kc), free(vc), free(g), free(ref), free(q), free(k), free(v);
 }
 
@@ -603,6 +619,35 @@ int main(int argc, char **argv)
     check_attention(2, 37, 24, 8, 128, 300, HMC_BF16);  /* prefill chunk, causal */
     check_attention(2, 21, 4, 2, 16, 0, HMC_F32);       /* tiny backbone prompt */
     check_attention(2, 1, 4, 2, 12, 7, HMC_F32);        /* tiny decoder */
+    /* the decode launches around the one-pass threshold, as the engine makes them (position on
+     * the device, max_keys the longest context, NaN in the cache past the keys) */
+    for (int v = 0; v < 4; v++) { /* one pass per query head, per kv head (staged), unstaged, split only */
+        const int th = v < 3 ? 512 : 0;
+        printf("(attention: one pass up to %d keys, %s, %s)\n", th, v == 1 ? "per kv head" : "per query head",
+               v < 2 ? "staged" : "not staged");
+        hmc_attention_set_single(th, v != 1, v < 2);
+        g_att_extra = 300, g_att_posdev = 1;
+        const int keys[] = {1, 7, 8, 9, 64, 65, 200, 447, 448, 449, th - 1, th, th + 1};
+        for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+            if (keys[i] < 1) continue;
+            check_attention(2, 1, 24, 8, 128, keys[i] - 1, HMC_BF16); /* backbone, G = 3 */
+            check_attention(1, 1, 24, 8, 128, keys[i] - 1, HMC_BF16);
+        }
+        for (int k = 1; k <= 8; k++) check_attention(2, 1, 8, 4, 384, k - 1, HMC_BF16); /* decoder, G = 2 */
+        check_attention(2, 2, 8, 4, 384, 0, HMC_BF16);  /* decoder step 1 (B*T = 4) */
+        check_attention(1, 2, 8, 4, 384, 5, HMC_BF16);
+        check_attention(2, 1, 8, 4, 384, 7, HMC_F32);
+        check_attention(2, 1, 16, 4, 64, 199, HMC_F32); /* G = 4 */
+        check_attention(2, 1, 8, 8, 128, 199, HMC_BF16); /* G = 1 */
+        check_attention(1, 1, 4, 2, 12, 6, HMC_F32);
+        check_attention(2, 1, 4, 2, 256, 40, HMC_F32);  /* hd 256 */
+        check_attention(2, 1, 24, 8, 128, 3799, HMC_BF16); /* the split path of the same launch */
+        g_att_extra = 0, g_att_posdev = 0;
+        check_attention(2, 1, 24, 8, 128, 3799, HMC_BF16);
+        check_attention(2, 1, 24, 8, 128, 8191, HMC_BF16);
+        check_attention(2, 37, 24, 8, 128, 300, HMC_BF16);  /* prefill: never one pass */
+    }
+    hmc_attention_set_single(512, 1, 0);
     check_embed(40, 2, 8, 8197, 4096, 3072, HMC_BF16);
     check_embed(21, 2, 8, 69, 1024, 64, HMC_F32);
     check_sample(8197, 2);
