@@ -18,14 +18,15 @@
  * many loads in flight (they used to be a chain of dependent loads: the long-context tail).
  * Optionally blocks first ask L2 for a share of the next op's weights (pf; measured slower in a
  * whole frame on an H100, so the engine leaves it off).
- * Decode (B*T <= 4) launches a second instance: 16 warps of 4 keys (hd <= 128; 8 warps of 1 key
- * above, the decoder's <= 8 keys), a quarter of the chunks.  A query with at most `single` keys
- * (hmc_attention_set_single; the position is only known on the device) is done by chunk block 0
- * alone in one pass (warps split the keys, one shared-memory merge, the output written directly:
- * no partial sums, no counter), its first keys loaded together with the position; longer ones
- * take the split path above.  The split kernel's chain of dependent global round trips (position,
- * keys, partial sums + counter, (m, l), chunk sums) costs more than its parallelism gains at
- * short contexts (docs/PERF.md). */
+ * Decode (B*T <= 4) launches whose queries have at most `single` keys (the depth decoder's <= 8)
+ * use a second instance: 8 warps of 1 key (hd > 128; 16 warps of 4 keys up to 128), a block per
+ * query head (or per kv head), all keys in one pass: warps split the keys, one shared-memory
+ * merge, the output written directly (no partial sums, no counter), the first keys loaded
+ * together with the position.  The position is only known on the device, so the instance can
+ * also choose per query (one pass up to `single` keys, else the split above with a quarter of the
+ * chunks); for the backbone's graph that is off by default (hmc_attention_set_single's `any`):
+ * on an H100 one block's chain of key steps at 200 keys took longer than the split's round trips
+ * (docs/PERF.md). */
 #include "common_cuda.h"
 #include "ops_cuda.h"
 
@@ -48,23 +49,12 @@ constexpr int SINGLE_DEFAULT = 512;
 int g_single = -1; /* < 0: not set yet (HM_ATTN_SINGLE, else SINGLE_DEFAULT) */
 constexpr int PER_HEAD_DEFAULT = 1;
 int g_per_head = -1; /* one pass: a block per query head (1) or per kv head (0); HM_ATTN_PER_HEAD */
-/* A decode launch whose longest query may exceed `single` (the backbone's graph) uses the decode
- * kernel only with staging (1: the one pass copies all its keys to shared memory first, one round
- * trip); else the split kernel.  HM_ATTN_STAGE. */
-constexpr int STAGE_DEFAULT = 0;
-int g_stage = -1;
-constexpr int SMEM_MAX = 227 * 1024; /* dynamic shared memory a block may have (sm_90) */
-
-/* 16 bytes global -> shared, asynchronously (cp.async; waited for by cp_async_wait_all) */
-__device__ __forceinline__ void cp_async16(void *smem, const void *gmem)
-{
-    const unsigned sa = (unsigned)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(sa), "l"(gmem));
-}
-__device__ __forceinline__ void cp_async_wait_all()
-{
-    asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
-}
+/* A decode launch whose longest query may exceed `single` (the backbone's graph, recorded for the
+ * longest context) takes the decode kernel, which picks one pass or split on the device, only
+ * with `any` (measured slower on an H100 at 200..3800 keys, docs/PERF.md); else the split kernel.
+ * HM_ATTN_ANY. */
+constexpr int ANY_DEFAULT = 0;
+int g_any = -1;
 
 /* chunks per query: up to max_ch, fewer when many queries (prefill) already fill the machine */
 int chunks_for(int B, int T, int KVH, int max_keys, int max_ch)
@@ -103,7 +93,7 @@ __device__ __forceinline__ void load4(const __nv_bfloat16 *p, float *o)
  * blocks leave at once; no partial sums, no counter.  Blocks that may start at key 0 load their
  * first keys together with the position (speculatively, keys below max_seq; what lies past the
  * query's keys is zeroed once the position is known, reloaded if the block's chunk starts later). */
-template <typename CT, int J, int NW, int KU, bool SP, bool STG>
+template <typename CT, int J, int NW, int KU, bool SP>
 __global__ void __launch_bounds__(NW * 32)
 attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, const int *pos_dev, int pos_add,
                   const CT *__restrict__ kc, const CT *__restrict__ vc, int max_seq, int nch,
@@ -127,7 +117,7 @@ attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, 
     const int pos0 = (pos_dev ? *pos_dev : 0) + pos_add;
     const size_t head_off = ((size_t)b * KVH + kvh) * max_seq;
     float kv[KU][J][4], vv[KU][J][4];
-    const CT *kbase = kc + head_off * hd, *vbase = vc + head_off * hd; /* key 0 (the cache, or staged) */
+    const CT *kbase = kc + head_off * hd, *vbase = vc + head_off * hd; /* key 0 of this kv head */
     /* keys kb.. below lim into kd, vd (zeros from lim on) */
     auto load_keys = [&](int kb, int lim, float (&kd)[KU][J][4], float (&vd)[KU][J][4]) {
 #pragma unroll
@@ -174,20 +164,6 @@ attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, 
         nchunks = (nkeys + CH - 1) / CH;
         k0 = c * CH, k1 = min(nkeys, k0 + CH);
         if (k0 >= k1) return;
-    }
-    extern __shared__ float sh[];
-    if constexpr (STG) {
-        if (one) { /* every key into shared memory at once: K rows, then V rows (16-byte pieces) */
-            CT *ks = reinterpret_cast<CT *>(sh), *vs = ks + (size_t)nkeys * hd;
-            const int n16 = (int)((size_t)nkeys * hd * sizeof(CT) / 16);
-            for (int i = threadIdx.x; i < n16; i += NW * 32) {
-                cp_async16(reinterpret_cast<char *>(ks) + 16 * (size_t)i, reinterpret_cast<const char *>(kbase) + 16 * (size_t)i);
-                cp_async16(reinterpret_cast<char *>(vs) + 16 * (size_t)i, reinterpret_cast<const char *>(vbase) + 16 * (size_t)i);
-            }
-            cp_async_wait_all();
-            __syncthreads();
-            kbase = ks, vbase = vs;
-        }
     }
 #pragma unroll
     for (int g = 0; g < GMAX; g++)
@@ -277,7 +253,7 @@ attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, 
     }
 
     /* merge the warps: shared [NW][G] (m, l) and [NW][G][hd] acc */
-    if constexpr (STG) __syncthreads(); /* over the staged keys */
+    extern __shared__ float sh[];
     float *sm = sh, *sl = sh + NW * GMAX, *sacc = sh + 2 * NW * GMAX;
 #pragma unroll
     for (int g = 0; g < GMAX; g++) {
@@ -368,23 +344,15 @@ attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, 
     }
 }
 
-/* the most keys the staged one pass holds in shared memory */
-int stage_keys(int hd, size_t csize) { return (int)(SMEM_MAX / (2 * (size_t)hd * csize)); }
-
-template <typename CT, int J, int NW, int KU, bool SP, bool STG = false>
+template <typename CT, int J, int NW, int KU, bool SP>
 int launch(const hmc_attn_args *a, int nch, cudaStream_t s)
 {
     const int G = a->H / a->KVH, ngrid = SP && nch < G ? G : nch; /* room for a block per query head */
     dim3 grid(ngrid * a->T, a->KVH, a->B);
     size_t smem = (size_t)(2 * NW * GMAX + NW * GMAX * a->hd) * sizeof(float);
-    int single = g_single;
-    if (STG) {
-        single = HM_MIN(single, stage_keys(a->hd, sizeof(CT)));
-        smem = HM_MAX(smem, 2 * (size_t)single * a->hd * sizeof(CT));
-    }
     static size_t smem_set = 48 * 1024;
     if (smem > smem_set) {
-        CK(cudaFuncSetAttribute(attn_chunk_kernel<CT, J, NW, KU, SP, STG>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        CK(cudaFuncSetAttribute(attn_chunk_kernel<CT, J, NW, KU, SP>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         smem_set = smem;
     }
     /* the counters sit after room for NCH_MAX chunks: the same place whatever the chunk knob */
@@ -395,22 +363,22 @@ int launch(const hmc_attn_args *a, int nch, cudaStream_t s)
         const uintptr_t p0 = ((uintptr_t)a->pf + 15) & ~(uintptr_t)15, p1 = ((uintptr_t)a->pf + a->pf_bytes) & ~(uintptr_t)15;
         if (p1 > p0) pf = p0, pf_bytes = p1 - p0;
     }
-    return launch_pdl(attn_chunk_kernel<CT, J, NW, KU, SP, STG>, grid, dim3(NW * 32), smem, s, a->qkv, a->T, a->H, a->KVH, a->hd,
+    return launch_pdl(attn_chunk_kernel<CT, J, NW, KU, SP>, grid, dim3(NW * 32), smem, s, a->qkv, a->T, a->H, a->KVH, a->hd,
                       a->pos_dev, a->pos_add, (const CT *)a->k_cache, (const CT *)a->v_cache, a->max_seq, nch, a->work,
-                      counters, a->out, (const char *)pf, pf_bytes, ngrid, single, g_per_head);
+                      counters, a->out, (const char *)pf, pf_bytes, ngrid, g_single, g_per_head);
 }
 
 template <typename CT>
 int launch_j(const hmc_attn_args *a, int nch, cudaStream_t s)
 {
-    const bool dec = g_single > 0 && a->B * a->T <= 4;
-    if (dec && a->max_keys <= g_single) { /* every query of the graph in one pass (the decoder) */
+    /* decode: every query of the graph in one pass (the decoder's <= 8 keys), or with g_any the
+     * device's choice: 16 warps of 4 keys (hd <= 128; a quarter of the chunks keeps the warps of
+     * a long context's split as many), 8 warps of 1 key above */
+    if (g_single > 0 && a->B * a->T <= 4 && (a->max_keys <= g_single || g_any)) {
         if (a->hd <= 128) return launch<CT, 1, 16, 4, true>(a, (nch + 3) / 4, s);
         if (a->hd <= 256) return launch<CT, 2, 8, 1, true>(a, nch, s);
         return launch<CT, 3, 8, 1, true>(a, nch, s);
     }
-    if (dec && g_stage && a->hd <= 128 && a->hd * sizeof(CT) % 16 == 0)
-        return launch<CT, 1, 16, 4, true, true>(a, (nch + 3) / 4, s);
     if (a->hd <= 128) return launch<CT, 1, 4, 4, false>(a, nch, s);
     if (a->hd <= 256) return launch<CT, 2, 4, 4, false>(a, nch, s);
     return launch<CT, 3, 4, 4, false>(a, nch, s);
@@ -426,11 +394,11 @@ extern "C" size_t hmc_attention_work_bytes(int B, int T, int H, int KVH, int hd,
 
 extern "C" void hmc_attention_set_max_chunks(int n) { g_max_chunks = n < 1 ? 1 : n > NCH_MAX ? NCH_MAX : n; }
 
-extern "C" void hmc_attention_set_single(int max_keys, int per_head, int stage)
+extern "C" void hmc_attention_set_single(int max_keys, int per_head, int any)
 {
     g_single = max_keys < 0 ? 0 : max_keys;
     g_per_head = per_head ? 1 : 0;
-    g_stage = stage ? 1 : 0;
+    g_any = any ? 1 : 0;
 }
 
 extern "C" int hmc_attention(const hmc_attn_args *a, cudaStream_t s)
@@ -451,9 +419,9 @@ extern "C" int hmc_attention(const hmc_attn_args *a, cudaStream_t s)
         const char *e = getenv("HM_ATTN_PER_HEAD");
         g_per_head = e ? atoi(e) != 0 : PER_HEAD_DEFAULT;
     }
-    if (g_stage < 0) {
-        const char *e = getenv("HM_ATTN_STAGE");
-        g_stage = e ? atoi(e) != 0 : STAGE_DEFAULT;
+    if (g_any < 0) {
+        const char *e = getenv("HM_ATTN_ANY");
+        g_any = e ? atoi(e) != 0 : ANY_DEFAULT;
     }
     int nch = chunks_for(a->B, a->T, a->KVH, a->max_keys, g_max_chunks);
     if (a->ct == HMC_BF16) CKH(launch_j<__nv_bfloat16>(a, nch, s));

@@ -181,14 +181,14 @@ size_t hmc_attention_work_bytes(int B, int T, int H, int KVH, int hd, int max_ke
 /* Chunks per query at most (1..64, default 64: the work buffer is always sized for 64).  Tuning
  * knob, read at launch (graph capture). */
 void hmc_attention_set_max_chunks(int n);
-/* Decode launches (B*T <= 4): a query with at most max_keys keys runs in one pass (a block per
- * query head if per_head, else per kv head; no partial sums); max_keys 0: always the split path.
- * A launch whose max_keys exceeds it (the backbone's graph, recorded for the longest context)
- * decides on the device only with stage (the one pass first copies its keys to shared memory,
- * so at most ~450 keys at hd 128 bf16); without, it takes the split path.  Defaults 512, 1, 0, or
- * the environment's HM_ATTN_SINGLE / HM_ATTN_PER_HEAD / HM_ATTN_STAGE at the first launch.  Read
- * at launch (graph capture). */
-void hmc_attention_set_single(int max_keys, int per_head, int stage);
+/* Decode launches (B*T <= 4) whose queries have at most max_keys keys (the launch's max_keys: the
+ * depth decoder's) run in one pass (a block per query head if per_head, else per kv head; no
+ * partial sums, no counter); max_keys 0: always the split path.  A launch that may have longer
+ * queries (the backbone's graph, recorded for the longest context) takes the split path, or with
+ * `any` a kernel that chooses per query on the device (one pass up to max_keys; slower on an
+ * H100, docs/PERF.md).  Defaults 512, 1, 0, or the environment's HM_ATTN_SINGLE /
+ * HM_ATTN_PER_HEAD / HM_ATTN_ANY at the first launch.  Read at launch (graph capture). */
+void hmc_attention_set_single(int max_keys, int per_head, int any);
 int hmc_attention(const hmc_attn_args *a, cudaStream_t stream);
 
 /* ---- embeddings (kernels/embed.cu) ------------------------------------------------------------

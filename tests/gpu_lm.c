@@ -18,8 +18,8 @@
  *       twice, and without sampling, in one run.
  *   gpu_lm attn
  *       Same model: ms per frame (B = 2) with decode attention's split path only, then one pass up
- *       to 512 keys: the decoder only, the backbone too (staged; a block per query head, per kv
- *       head), at 200..3800 positions (hmc_attention_set_single); the split path again last.
+ *       to 512 keys: the decoder only, the backbone too (chosen on the device; a block per query
+ *       head, per kv head), at 200..3800 positions (hmc_attention_set_single); split only again.
  * Prints a summary table last; exit status 1 on a failed check. */
 #include <cJSON.h>
 #include <cuda_runtime.h>
@@ -456,13 +456,13 @@ static int frames_attn(void)
     lm_cuda_tune def;
     lm_cuda_get_tune(m, &def);
     const int pos[] = {200, 400, 600, 3800};
-    const int single[] = {0, 512, 512, 512, 0}, per_head[] = {0, 1, 1, 0, 0}, stage[] = {0, 0, 1, 1, 0};
-    printf("| one pass up to (keys), per query head, staged | ms/frame");
+    const int single[] = {0, 512, 512, 512, 0}, per_head[] = {0, 1, 1, 0, 0}, any[] = {0, 0, 1, 1, 0};
+    printf("| one pass up to (keys), per query head, backbone too | ms/frame");
     for (int i = 0; i < 4; i++) printf(" | %d pos", pos[i]);
     printf(" |\n|---|---|---|---|---|---|\n");
     for (int k = 0; k < 5; k++) {
-        hmc_attention_set_single(single[k], per_head[k], stage[k]);
-        printf("| %d, %d, %d | ", single[k], per_head[k], stage[k]);
+        hmc_attention_set_single(single[k], per_head[k], any[k]);
+        printf("| %d, %d, %d | ", single[k], per_head[k], any[k]);
         for (int i = 0; i < 4; i++) {
             printf(" | %.3f", tune_frames(m, &def, 2, pos[i], tok, mask));
             fflush(stdout);
