@@ -144,6 +144,24 @@ static inline double gpu_relerr(const float *g, const float *r, size_t n, int *n
     return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
+/* KL(p || q) of softmax(a), softmax(b) over n, in double (entries where p's log is not finite are
+ * skipped: they carry no mass). */
+static inline double gpu_kl(const float *a, const float *b, int n)
+{
+    double ma = -INFINITY, mb = -INFINITY;
+    for (int i = 0; i < n; i++) ma = fmax(ma, a[i]), mb = fmax(mb, b[i]);
+    double sa = 0, sb = 0;
+    for (int i = 0; i < n; i++) sa += exp(a[i] - ma), sb += exp(b[i] - mb);
+    const double la = ma + log(sa), lb = mb + log(sb);
+    double k = 0;
+    for (int i = 0; i < n; i++) {
+        double lp = a[i] - la;
+        if (!isfinite(lp)) continue;
+        k += exp(lp) * (lp - (b[i] - lb));
+    }
+    return k;
+}
+
 /* Device-to-device copy bandwidth in bytes/s (read + write counted), best of 10 copies of
  * 2 GiB: the ceiling a bandwidth-bound kernel is measured against. */
 static inline double gpu_copy_bandwidth(void)

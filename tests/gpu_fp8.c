@@ -33,6 +33,13 @@
 
 #include "gpu_check.h"
 
+/* relative L2 of a against ref (infinite or NaN when a has a non-finite entry: fails any bound) */
+static double fp8_rel(const float *a, const float *ref, size_t n)
+{
+    int nf;
+    return gpu_relerr(a, ref, n, &nf);
+}
+
 static void note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void note(const char *fmt, ...)
 {
@@ -52,28 +59,7 @@ static int finish(void)
     return g_chk.fail ? 1 : 0;
 }
 
-static double rel_l2(const float *a, const float *ref, size_t n)
-{
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (!isfinite(a[i])) return INFINITY;
-        double d = (double)a[i] - ref[i];
-        num += d * d, den += (double)ref[i] * ref[i];
-    }
-    return den > 0 ? sqrt(num / den) : sqrt(num);
-}
 
-static double kl(const float *a, const float *b, int n)
-{
-    double ma = -INFINITY, mb = -INFINITY;
-    for (int i = 0; i < n; i++) ma = fmax(ma, a[i]), mb = fmax(mb, b[i]);
-    double sa = 0, sb = 0;
-    for (int i = 0; i < n; i++) sa += exp(a[i] - ma), sb += exp(b[i] - mb);
-    const double la = ma + log(sa), lb = mb + log(sb);
-    double k = 0;
-    for (int i = 0; i < n; i++) k += exp(a[i] - la) * ((a[i] - la) - (b[i] - lb));
-    return k;
-}
 
 /* random bf16 matrix: host bits + device copy */
 static uint16_t *rand_bf16(size_t n, float scale, void **dev)
@@ -170,7 +156,7 @@ static void check_gemm(int M, int N, int K, int acc, int mode)
             ref[(size_t)m * N + n] = (float)(a * hxs[m] * hws[n] + (acc ? y0[(size_t)m * N + n] : 0.0));
         }
     }
-    const double e = rel_l2(gy, ref, (size_t)M * N);
+    const double e = fp8_rel(gy, ref, (size_t)M * N);
     gpu_verdict(e <= 1e-3, "gemm fp8 M=%d N=%d K=%d acc=%d asked mode %d ran %s: rel L2 %.2e (<= 1e-3)", M, N, K, acc, mode,
             used == 1 ? "outer-vector scales" : "epilogue", e);
     free(hw), free(hx), free(hws), free(hxs), free(gy), free(ref), free(wf), free(xf), free(y0), free(w), free(x);
@@ -372,9 +358,9 @@ static int prefill(int S)
     double eh[3], el[3];
     for (int i = 0; i < 3; i++) {
         const run_out *x = rows[i];
-        eh[i] = rel_l2(x->h, deq.h, 2 * D), el[i] = rel_l2(x->logits, deq.logits, (size_t)nc * Va);
-        note("| %s | %.2f | %.2e | %.2e | %.2e | %.2e | %.2e |", names[i], x->ms, eh[i], el[i], rel_l2(x->h, ref.h, 2 * D),
-             rel_l2(x->logits, ref.logits, (size_t)nc * Va), kl(ref.logits, x->logits, Va));
+        eh[i] = fp8_rel(x->h, deq.h, 2 * D), el[i] = fp8_rel(x->logits, deq.logits, (size_t)nc * Va);
+        note("| %s | %.2f | %.2e | %.2e | %.2e | %.2e | %.2e |", names[i], x->ms, eh[i], el[i], fp8_rel(x->h, ref.h, 2 * D),
+             fp8_rel(x->logits, ref.logits, (size_t)nc * Va), gpu_kl(ref.logits, x->logits, Va));
     }
     gpu_verdict(eh[1] <= 0.1 && el[1] <= 0.1, "FP8 GEMM prefill vs dequantise path: hidden %.2e, logits %.2e (<= 0.1)", eh[1], el[1]);
     gpu_verdict(eh[2] <= 0.1 && el[2] <= 0.1, "FP8 GEMM (epilogue) vs dequantise path: hidden %.2e, logits %.2e (<= 0.1)", eh[2],

@@ -284,18 +284,7 @@ static void check_rope(int B, int T, int H, int KVH, int hd, int pos0, hmc_dtype
     snprintf(sh, sizeof sh, "B=%d T=%d H=%d/%d hd=%d pos=%d%s", B, T, H, KVH, hd, pos0, use_pos_dev ? " (dev)" : "");
     report("rope q", sh, gq, rq, n, 1e-5);
     /* whole caches (untouched entries must stay as they were) */
-    float *gk = hm_malloc(nc * 4), *gv = hm_malloc(nc * 4);
-    if (ct == HMC_F32) {
-        CU(cudaMemcpy(gk, kc, nc * 4, cudaMemcpyDeviceToHost));
-        CU(cudaMemcpy(gv, vc, nc * 4, cudaMemcpyDeviceToHost));
-    } else {
-        uint16_t *h = hm_malloc(nc * 2);
-        CU(cudaMemcpy(h, kc, nc * 2, cudaMemcpyDeviceToHost));
-        for (size_t i = 0; i < nc; i++) gk[i] = hm_bf16_to_f32(h[i]);
-        CU(cudaMemcpy(h, vc, nc * 2, cudaMemcpyDeviceToHost));
-        for (size_t i = 0; i < nc; i++) gv[i] = hm_bf16_to_f32(h[i]);
-        free(h);
-    }
+    float *gk = gpu_down(kc, nc, ct), *gv = gpu_down(vc, nc, ct);
     snprintf(sh, sizeof sh, "%s cache B=%d T=%d KVH=%d hd=%d", dtn(ct), B, T, KVH, hd);
     report("rope k->cache", sh, gk, kinit, nc, 1e-5);
     report("v->cache", sh, gv, vinit, nc, 1e-6);
@@ -347,18 +336,7 @@ static void check_gemv_rope(int B, int T, int H, int KVH, int hd, int pos0, hmc_
                 }
             }
         }
-    float *gk = hm_malloc(nc * 4), *gv = hm_malloc(nc * 4);
-    if (t == HMC_F32) {
-        CU(cudaMemcpy(gk, kc, nc * 4, cudaMemcpyDeviceToHost));
-        CU(cudaMemcpy(gv, vc, nc * 4, cudaMemcpyDeviceToHost));
-    } else {
-        uint16_t *h = hm_malloc(nc * 2);
-        CU(cudaMemcpy(h, kc, nc * 2, cudaMemcpyDeviceToHost));
-        for (size_t i = 0; i < nc; i++) gk[i] = hm_bf16_to_f32(h[i]);
-        CU(cudaMemcpy(h, vc, nc * 2, cudaMemcpyDeviceToHost));
-        for (size_t i = 0; i < nc; i++) gv[i] = hm_bf16_to_f32(h[i]);
-        free(h);
-    }
+    float *gk = gpu_down(kc, nc, t), *gv = gpu_down(vc, nc, t);
     char sh[96];
     snprintf(sh, sizeof sh, "%s B=%d T=%d H=%d/%d hd=%d pos=%d%s v%d", dtn(t), B, T, H, KVH, hd, pos0,
              use_pos_dev ? " (dev)" : "", variant);

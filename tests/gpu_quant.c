@@ -71,16 +71,6 @@ static float *bf16_dev_to_f32(const void *d, size_t n)
     free(h);
     return f;
 }
-static double rel_l2(const float *a, const float *ref, size_t n, int *nonfinite)
-{
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (!isfinite(a[i])) { *nonfinite = 1; return INFINITY; }
-        double d = (double)a[i] - ref[i];
-        num += d * d, den += (double)ref[i] * ref[i];
-    }
-    return den > 0 ? sqrt(num / den) : sqrt(num);
-}
 static const char *qname(hmc_dtype t)
 {
     return t == HMC_FP8 ? "fp8" : t == HMC_NVFP4 ? "nvfp4" : t == HMC_BF16 ? "bf16" : "f32";
@@ -138,7 +128,7 @@ static void check_gemv(hmc_dtype t, int N, int K, int rows, int mode, int acc, i
         }
     }
     int nf = 0;
-    double err = rel_l2(g, ref, (size_t)rows * nout, &nf);
+    double err = gpu_relerr(g, ref, (size_t)rows * nout, &nf);
     gpu_verdict(!nf && err <= 2e-3, "gemv %-5s N=%5d K=%5d rows=%d %-7s%s%s v%d  rel L2 %.2e (<= 2e-3)%s", qname(t), N, K,
             rows, mode == 1 ? "rmsnorm" : mode == 2 ? "swiglu" : "plain", acc ? " +=" : "", oswi ? " ->swiglu" : "",
             variant, err, nf ? " NON-FINITE" : "");
@@ -234,7 +224,7 @@ static void check_old_new(hmc_dtype t, int N, int K, int rows, int mode, int osw
     hmc_gemv_quant_set_impl(0);
     float *g1 = gpu_down(y1, (size_t)rows * nout, HMC_F32), *g2 = gpu_down(y2, (size_t)rows * nout, HMC_F32);
     int nf = 0;
-    double e = rel_l2(g2, g1, (size_t)rows * nout, &nf);
+    double e = gpu_relerr(g2, g1, (size_t)rows * nout, &nf);
     gpu_verdict(!nf && e <= 1e-5, "gemv %-5s N=%5d K=%5d rows=%d%s%s streaming vs 8-row kernel: rel L2 %.2e (<= 1e-5, fp32 "
             "summation order)", qname(t), N, K, rows, mode == 1 ? " rmsnorm" : mode == 2 ? " swiglu" : "",
             oswi ? " ->swiglu" : "", e);
@@ -255,9 +245,9 @@ static void check_format(hmc_dtype t, int N, int K)
     CU(cudaDeviceSynchronize());
     float *w0 = bf16_dev_to_f32(wb, (size_t)N * K), *wd = bf16_dev_to_f32(dq, (size_t)N * K);
     float *w = decode(wq, sc, t, N, K);
-    int nf = 0;
-    double eq = rel_l2(w, w0, (size_t)N * K, &nf), ed = rel_l2(wd, w, (size_t)N * K, &nf);
-    gpu_verdict(!nf && ed <= 4e-3, "dequantise %-5s N=%d K=%d  rel L2 vs CPU decode %.2e (<= 4e-3, bf16 rounding)", qname(t),
+    int nf = 0, nf2 = 0;
+    double eq = gpu_relerr(w, w0, (size_t)N * K, &nf), ed = gpu_relerr(wd, w, (size_t)N * K, &nf2);
+    gpu_verdict(!nf && !nf2 && ed <= 4e-3, "dequantise %-5s N=%d K=%d  rel L2 vs CPU decode %.2e (<= 4e-3, bf16 rounding)", qname(t),
             N, K, ed);
     printf("     quantisation error of %s (uniform random weights): rel L2 %.3e\n", qname(t), eq);
     cudaFree(wb), cudaFree(wq), cudaFree(sc), cudaFree(dq);
@@ -418,22 +408,6 @@ static double used_bytes(void)
     return (double)(tot - fr);
 }
 
-/* KL(p || q) of softmax(a), softmax(b) over n, in double */
-static double kl(const float *a, const float *b, int n)
-{
-    double ma = -INFINITY, mb = -INFINITY;
-    for (int i = 0; i < n; i++) ma = fmax(ma, a[i]), mb = fmax(mb, b[i]);
-    double sa = 0, sb = 0;
-    for (int i = 0; i < n; i++) sa += exp(a[i] - ma), sb += exp(b[i] - mb);
-    const double la = ma + log(sa), lb = mb + log(sb);
-    double k = 0;
-    for (int i = 0; i < n; i++) {
-        double lp = a[i] - la;
-        if (!isfinite(lp)) continue;
-        k += exp(lp) * (lp - (b[i] - lb));
-    }
-    return k;
-}
 static int argmax(const float *a, int n)
 {
     int b = 0;
@@ -581,7 +555,7 @@ static int guard(int F)
                 for (int k = 0; k < nc; k++) {
                     const float *a = lref + ((size_t)f * nc + k) * Va, *b = lq + (size_t)k * Va;
                     for (int i = 0; i < Va; i++) pr->nonfinite |= !isfinite(b[i]);
-                    double d = kl(a, b, Va);
+                    double d = gpu_kl(a, b, Va);
                     int same = argmax(a, Va) == argmax(b, Va);
                     if (k == 0) k0 += d, x0 = fmax(x0, d), a0 += same;
                     else k1 += d, x1 = fmax(x1, d), a1 += same;
