@@ -804,9 +804,12 @@ static int load_template(tok_t *t, const cJSON *p)
             it->ids = hm_malloc((k ? k : 1) * sizeof *it->ids);
             const cJSON *x;
             cJSON_ArrayForEach(x, ids) {
-                if (json_id(x, &it->ids[it->n]) != HM_OK)
+                if (json_id(x, &it->ids[it->n]) != HM_OK) {
+                    /* the item is not counted in pp->n yet: the template's free would miss its ids */
+                    free(it->ids), it->ids = NULL, it->n = 0;
                     return hm_err("post_processor TemplateProcessing: bad id for '%s'",
                                   name->valuestring);
+                }
                 it->n++;
             }
         } else {
