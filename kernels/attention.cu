@@ -13,9 +13,13 @@
  * attention is one launch; a single chunk writes its output directly.
  * Lane mapping: lane owns dims lane*4 + 128*j (j < J), so hd must be a multiple of 4 and ≤ 128*J.
  * A warp's next KU keys are loaded before the current ones are scored (hd <= 128: two steps in
- * flight), q is loaded while the position is still on its way, and the final merge first turns
- * each chunk's (m, l) into a weight in shared memory, then reads the chunk sums as float4 with
- * many loads in flight (they used to be a chain of dependent loads: the long-context tail).
+ * flight), q is loaded while the position is still on its way, and the final merge loads every
+ * chunk's (m, l) in one round, turns them into weights in shared memory, then reads the chunk
+ * sums as float4, 8 chunks at a time all in flight.  Decode launches with hd <= 128 stage the
+ * keys of a long query (>= 1024 by default) in shared memory instead: 32-key tiles of K and V, two
+ * in flight, each one bulk copy (the register path's ~2 warp steps in flight per warp capped
+ * the long-context rate at ~30% of copy bandwidth).  HM_ATTN_STAMP=1 records each phase's time
+ * per block (hmc_attention_stamp_report), which is how both were found (docs/PERF.md).
  * Optionally blocks first ask L2 for a share of the next op's weights (pf; measured slower in a
  * whole frame on an H100, so the engine leaves it off).
  * Decode (B*T <= 4) launches whose queries have at most `single` keys (the depth decoder's <= 8)
@@ -55,6 +59,32 @@ int g_per_head = -1; /* one pass: a block per query head (1) or per kv head (0);
  * HM_ATTN_ANY. */
 constexpr int ANY_DEFAULT = 0;
 int g_any = -1;
+/* Where a decode block lets the next kernel be scheduled (HM_ATTN_TRIGGER, A/B knob): 0 at its
+ * start; 1 after its keys are scored (the next GEMV's early weight loads then do not queue ahead
+ * of this kernel's dependent loads); 2 at exit. */
+int g_trigger = -1;
+/* Phase stamps (HM_ATTN_STAMP=1, diagnostics): thread 0 of each block of the last decode launch
+ * writes %globaltimer at entry, after the wait, once its keys are known, after the warps' merge,
+ * after the chunk's partial sums are out, after the counter, and at the end (the merging block). */
+constexpr int STAMP_BLOCKS = 2048, NSTAMP = 7;
+__device__ unsigned long long g_stamp[STAMP_BLOCKS][NSTAMP];
+int g_stamp_on = -1;
+/* Decode split launches (hd <= 128) stage the keys of a query with at least g_bk_min keys in
+ * shared memory by bulk copies (BK; on an H100 -3% a frame at 3800 positions, -7% at 7900, no
+ * change below ~1000: docs/PERF.md).  HM_ATTN_BULK, HM_ATTN_BULK_MIN, hmc_attention_set_bulk. */
+constexpr int BULK_MIN_DEFAULT = 1024;
+int g_bulk = -1;
+int g_bk_min = BULK_MIN_DEFAULT;
+
+__device__ __forceinline__ void stamp(int on, int i)
+{
+    if (!on || threadIdx.x) return;
+    const unsigned blk = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+    if (blk >= STAMP_BLOCKS) return;
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)::"memory");
+    g_stamp[blk][i] = t;
+}
 
 /* chunks per query: up to max_ch, fewer when many queries (prefill) already fill the machine */
 int chunks_for(int B, int T, int KVH, int max_keys, int max_ch)
@@ -87,20 +117,34 @@ __device__ __forceinline__ void load4(const __nv_bfloat16 *p, float *o)
     o[0] = a.x, o[1] = a.y, o[2] = b.x, o[3] = b.y;
 }
 
+/* Bulk-copy key tiles of the decode split kernel (hd <= 128, rows a multiple of 16 bytes): keys a
+ * tile, stages in flight (2 x 2 x 32 x 128 bf16 = 32 KB a block) */
+constexpr int BK_TILE = 32, BK_STAGES = 2;
+/* floats of the warps' merge area at the start of the dynamic shared memory (16-byte multiple) */
+__host__ __device__ __forceinline__ int merge_floats(int NW, int hd) { return (2 * NW * GMAX + NW * GMAX * hd + 3) & ~3; }
+
 /* NW warps a block, KU keys a warp step; ngrid chunk blocks a query (nch of them for the split).
  * SP (the decode kernel): a query with at most `single` keys is one pass by chunk block 0 over all
  * G query heads, or with per_head (ngrid >= G) by blocks 0..G-1, one query head each; the other
  * blocks leave at once; no partial sums, no counter.  Blocks that may start at key 0 load their
  * first keys together with the position (speculatively, keys below max_seq; what lies past the
  * query's keys is zeroed once the position is known, reloaded if the block's chunk starts later). */
-template <typename CT, int J, int NW, int KU, bool SP>
+template <typename CT, int J, int NW, int KU, bool SP, bool BK = false>
 __global__ void __launch_bounds__(NW * 32)
 attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, const int *pos_dev, int pos_add,
                   const CT *__restrict__ kc, const CT *__restrict__ vc, int max_seq, int nch,
                   float *__restrict__ work, int *__restrict__ counters, float *__restrict__ out,
-                  const char *pf, size_t pf_bytes, int ngrid, int single, int per_head)
+                  const char *pf, size_t pf_bytes, int ngrid, int single, int per_head, int trig, int bk_min)
 {
-    pdl_trigger();
+    const int stm = (trig >> 4) & 1;
+    trig &= 15;
+    if (stm && threadIdx.x == 0) {
+        const unsigned blk = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+        if (blk < STAMP_BLOCKS)
+            for (int i = 0; i < NSTAMP; i++) g_stamp[blk][i] = 0;
+    }
+    stamp(stm, 0);
+    if (trig == 0) pdl_trigger();
     if (pf_bytes) { /* this block's share of the next op's weights, 4 KB pieces over all threads */
         const size_t nblk = (size_t)gridDim.x * gridDim.y * gridDim.z,
                      blk = blockIdx.x + (size_t)gridDim.x * (blockIdx.y + (size_t)gridDim.y * blockIdx.z);
@@ -111,6 +155,7 @@ attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, 
         }
     }
     pdl_wait();
+    stamp(stm, 1);
     const int c = blockIdx.x % ngrid, t = blockIdx.x / ngrid, kvh = blockIdx.y, b = blockIdx.z, B = gridDim.z;
     const int G = H / KVH, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const float scale = rsqrtf((float)hd);
@@ -165,6 +210,7 @@ attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, 
         k0 = c * CH, k1 = min(nkeys, k0 + CH);
         if (k0 >= k1) return;
     }
+    stamp(stm, 2);
 #pragma unroll
     for (int g = 0; g < GMAX; g++)
 #pragma unroll
@@ -222,6 +268,57 @@ attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, 
             m[g] = mn;
         }
     };
+    extern __shared__ __align__(16) float sh[];
+    if (BK && nkeys >= bk_min) {
+        /* keys [k0, k1) through BK_STAGES shared-memory stages of BK_TILE keys, each tile's K and
+         * V rows one bulk copy each (contiguous in the cache), so the copies in flight hold no
+         * registers: a block keeps BK_STAGES tiles requested (32 KB at hd 128, bf16) where the
+         * register path kept ~2 warp steps.  Thread 0 issues; a tile's stage is refilled after
+         * every warp has scored it. */
+        constexpr size_t es = sizeof(CT);
+        __shared__ uint64_t bars[BK_STAGES];
+        CT *tiles = reinterpret_cast<CT *>(sh + merge_floats(NW, hd)); /* [stage][K|V][BK_TILE][hd] */
+        const int ntile = (k1 - k0 + BK_TILE - 1) / BK_TILE;
+        auto issue = [&](int tt) {
+            const int kt = k0 + tt * BK_TILE, n = min(BK_TILE, k1 - kt), st = tt % BK_STAGES;
+            const uint32_t bytes = (uint32_t)((size_t)n * hd * es);
+            CT *dk = tiles + (size_t)st * 2 * BK_TILE * hd;
+            mbar_expect(&bars[st], 2 * bytes);
+            bulk_load(dk, kbase + (size_t)kt * hd, bytes, &bars[st]);
+            bulk_load(dk + (size_t)BK_TILE * hd, vbase + (size_t)kt * hd, bytes, &bars[st]);
+        };
+        if (threadIdx.x == 0) {
+            for (int i = 0; i < BK_STAGES; i++) mbar_init(&bars[i], 1);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+            /* the barriers to the copy engine; the cache rows the previous kernel wrote (generic
+             * stores) to the copy engine's reads */
+            asm volatile("fence.mbarrier_init.release.cluster;\nfence.proxy.async;" ::: "memory");
+#endif
+            for (int tt = 0; tt < BK_STAGES && tt < ntile; tt++) issue(tt);
+        }
+        __syncthreads();
+        for (int tt = 0; tt < ntile; tt++) {
+            const int kt = k0 + tt * BK_TILE, n = min(BK_TILE, k1 - kt), st = tt % BK_STAGES;
+            const CT *tk = tiles + (size_t)st * 2 * BK_TILE * hd, *tv = tk + (size_t)BK_TILE * hd;
+            mbar_wait(&bars[st], (uint32_t)((tt / BK_STAGES) & 1));
+            for (int kb = warp * KU; kb < n; kb += NW * KU) {
+#pragma unroll
+                for (int u = 0; u < KU; u++) {
+                    const int d = lane * 4;
+                    if (kb + u < n && d < hd) {
+                        load4(tk + (size_t)(kb + u) * hd + d, kv[u][0]);
+                        load4(tv + (size_t)(kb + u) * hd + d, vv[u][0]);
+                    } else {
+#pragma unroll
+                        for (int e = 0; e < 4; e++) kv[u][0][e] = 0.0f, vv[u][0][e] = 0.0f;
+                    }
+                }
+                consume(kt + kb);
+            }
+            __syncthreads(); /* every warp is done with the stage */
+            if (threadIdx.x == 0 && tt + BK_STAGES < ntile) issue(tt + BK_STAGES);
+        }
+    } else {
     if (spec && k0 == 0) { /* past the query's keys: stale cache rows (maybe NaN), zeroed */
 #pragma unroll
         for (int u = 0; u < KU; u++)
@@ -251,9 +348,10 @@ attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, 
             if (kb + NW * KU < k1) load_keys(kb + NW * KU, k1, kv, vv);
         }
     }
+    }
 
+    if (trig == 1) pdl_trigger();
     /* merge the warps: shared [NW][G] (m, l) and [NW][G][hd] acc */
-    extern __shared__ float sh[];
     float *sm = sh, *sl = sh + NW * GMAX, *sacc = sh + 2 * NW * GMAX;
 #pragma unroll
     for (int g = 0; g < GMAX; g++) {
@@ -269,6 +367,7 @@ attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, 
         }
     }
     __syncthreads();
+    stamp(stm, 3);
     for (int i = threadIdx.x; i < G * hd; i += blockDim.x) {
         int g = i / hd, d = i % hd;
         if (gsel >= 0 && g != gsel) continue;
@@ -299,60 +398,70 @@ attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, 
     __shared__ int last;
     __threadfence();
     __syncthreads();
+    stamp(stm, 4);
     if (threadIdx.x == 0) {
         int *cnt = counters + ((size_t)b * KVH + kvh) * T + t;
         last = atomicAdd(cnt, 1) == nchunks - 1;
         if (last) *cnt = 0; /* every chunk has arrived: ready for the next launch */
     }
     __syncthreads();
+    stamp(stm, 5);
     if (!last) return;
     __threadfence();
     /* chunk weights: warp g (one per query head; G <= GMAX = NW) takes the max over the chunks'
      * m, then f_c = exp(m_c - M) and L = Σ l_c f_c */
     __shared__ float fw[GMAX][64], Ls[GMAX];
     const size_t row0 = (((size_t)b * H + kvh * G) * T + t) * nch; /* chunk 0 of head kvh*G */
-    if (warp < G) {
-        const float *ml = work + (size_t)B * H * T * nch * hd + (row0 + (size_t)warp * T * nch) * 2;
-        float M = -INFINITY;
-        for (int cc = lane; cc < nchunks; cc += 32) M = fmaxf(M, __ldcg(ml + 2 * cc));
-        M = warp_max(M);
-        float L = 0.0f;
-        for (int cc = lane; cc < nchunks; cc += 32) {
-            const float f = __expf(__ldcg(ml + 2 * cc) - M);
-            L += __ldcg(ml + 2 * cc + 1) * f;
-            fw[warp][cc] = f;
-        }
-        L = warp_sum(L);
+    if (warp < G) { /* (m, l) of chunks lane and lane + 32 (nchunks <= NCH_MAX = 64), one round of loads */
+        const float2 *ml = reinterpret_cast<const float2 *>(work + (size_t)B * H * T * nch * hd) + row0 +
+                           (size_t)warp * T * nch;
+        const float2 none = make_float2(-INFINITY, 0.0f);
+        const float2 a = lane < nchunks ? __ldcg(ml + lane) : none, b2 = lane + 32 < nchunks ? __ldcg(ml + lane + 32) : none;
+        const float M = warp_max(fmaxf(a.x, b2.x));
+        const float fa = lane < nchunks ? __expf(a.x - M) : 0.0f, fb = lane + 32 < nchunks ? __expf(b2.x - M) : 0.0f;
+        const float L = warp_sum(a.y * fa + b2.y * fb);
+        fw[warp][lane] = fa, fw[warp][lane + 32] = fb;
         if (lane == 0) Ls[warp] = L;
     }
     __syncthreads();
-    /* 4 dims a thread (hd % 4 == 0): float4 loads of the chunk sums, 16 chunks in flight */
+    /* 4 dims a thread (hd % 4 == 0): float4 loads of the chunk sums, 8 chunks at a time all in
+     * flight (a loop over the run-time count kept them one at a time: ~5 us of a 200-key launch's
+     * 13 on an H100); summed in chunk order as before (the chunks past nchunks add 0 * 0) */
     const int hd4 = hd / 4;
     for (int i = threadIdx.x; i < G * hd4; i += blockDim.x) {
         const int g = i / hd4, d = (i % hd4) * 4, h = kvh * G + g;
         const float *wp = work + (row0 + (size_t)g * T * nch) * hd + d;
         float4 A = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll 16
-        for (int cc = 0; cc < nchunks; cc++) {
-            const float4 v = __ldcg(reinterpret_cast<const float4 *>(wp + (size_t)cc * hd));
-            const float f = fw[g][cc];
-            A.x += v.x * f, A.y += v.y * f, A.z += v.z * f, A.w += v.w * f;
+        for (int c0 = 0; c0 < nchunks; c0 += 8) {
+            float4 v[8];
+#pragma unroll
+            for (int u = 0; u < 8; u++)
+                v[u] = c0 + u < nchunks ? __ldcg(reinterpret_cast<const float4 *>(wp + (size_t)(c0 + u) * hd))
+                                        : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+            for (int u = 0; u < 8; u++) {
+                const float f = c0 + u < nchunks ? fw[g][c0 + u] : 0.0f;
+                A.x += v[u].x * f, A.y += v[u].y * f, A.z += v[u].z * f, A.w += v[u].w * f;
+            }
         }
         const float inv = 1.0f / Ls[g];
         float *o = out + ((size_t)b * T + t) * H * hd + (size_t)h * hd + d;
         o[0] = A.x * inv, o[1] = A.y * inv, o[2] = A.z * inv, o[3] = A.w * inv;
     }
+    __syncthreads();
+    stamp(stm, 6);
 }
 
-template <typename CT, int J, int NW, int KU, bool SP>
+template <typename CT, int J, int NW, int KU, bool SP, bool BK = false>
 int launch(const hmc_attn_args *a, int nch, cudaStream_t s)
 {
     const int G = a->H / a->KVH, ngrid = SP && nch < G ? G : nch; /* room for a block per query head */
     dim3 grid(ngrid * a->T, a->KVH, a->B);
-    size_t smem = (size_t)(2 * NW * GMAX + NW * GMAX * a->hd) * sizeof(float);
+    size_t smem = (size_t)merge_floats(NW, a->hd) * sizeof(float);
+    if (BK) smem += (size_t)BK_STAGES * 2 * BK_TILE * a->hd * sizeof(CT);
     static size_t smem_set = 48 * 1024;
     if (smem > smem_set) {
-        CK(cudaFuncSetAttribute(attn_chunk_kernel<CT, J, NW, KU, SP>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        CK(cudaFuncSetAttribute(attn_chunk_kernel<CT, J, NW, KU, SP, BK>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         smem_set = smem;
     }
     /* the counters sit after room for NCH_MAX chunks: the same place whatever the chunk knob */
@@ -363,9 +472,11 @@ int launch(const hmc_attn_args *a, int nch, cudaStream_t s)
         const uintptr_t p0 = ((uintptr_t)a->pf + 15) & ~(uintptr_t)15, p1 = ((uintptr_t)a->pf + a->pf_bytes) & ~(uintptr_t)15;
         if (p1 > p0) pf = p0, pf_bytes = p1 - p0;
     }
-    return launch_pdl(attn_chunk_kernel<CT, J, NW, KU, SP>, grid, dim3(NW * 32), smem, s, a->qkv, a->T, a->H, a->KVH, a->hd,
+    return launch_pdl(attn_chunk_kernel<CT, J, NW, KU, SP, BK>, grid, dim3(NW * 32), smem, s, a->qkv, a->T, a->H, a->KVH, a->hd,
                       a->pos_dev, a->pos_add, (const CT *)a->k_cache, (const CT *)a->v_cache, a->max_seq, nch, a->work,
-                      counters, a->out, (const char *)pf, pf_bytes, ngrid, g_single, g_per_head);
+                      counters, a->out, (const char *)pf, pf_bytes, ngrid, g_single, g_per_head,
+                      (a->B * a->T <= 4 ? g_trigger : 0) | (a->B * a->T <= 4 && g_stamp_on > 0 ? 16 : 0),
+                      g_bk_min);
 }
 
 template <typename CT>
@@ -379,7 +490,10 @@ int launch_j(const hmc_attn_args *a, int nch, cudaStream_t s)
         if (a->hd <= 256) return launch<CT, 2, 8, 1, true>(a, nch, s);
         return launch<CT, 3, 8, 1, true>(a, nch, s);
     }
-    if (a->hd <= 128) return launch<CT, 1, 4, 4, false>(a, nch, s);
+    if (a->hd <= 128) {
+        if (g_bulk && a->B * a->T <= 4 && (a->hd * sizeof(CT)) % 16 == 0) return launch<CT, 1, 4, 4, false, true>(a, nch, s);
+        return launch<CT, 1, 4, 4, false>(a, nch, s);
+    }
     if (a->hd <= 256) return launch<CT, 2, 4, 4, false>(a, nch, s);
     return launch<CT, 3, 4, 4, false>(a, nch, s);
 }
@@ -393,6 +507,12 @@ extern "C" size_t hmc_attention_work_bytes(int B, int T, int H, int KVH, int hd,
 }
 
 extern "C" void hmc_attention_set_max_chunks(int n) { g_max_chunks = n < 1 ? 1 : n > NCH_MAX ? NCH_MAX : n; }
+
+extern "C" void hmc_attention_set_bulk(int on, int min_keys)
+{
+    g_bulk = on != 0;
+    g_bk_min = min_keys < 0 ? BULK_MIN_DEFAULT : min_keys;
+}
 
 extern "C" void hmc_attention_set_single(int max_keys, int per_head, int any)
 {
@@ -423,9 +543,51 @@ extern "C" int hmc_attention(const hmc_attn_args *a, cudaStream_t s)
         const char *e = getenv("HM_ATTN_ANY");
         g_any = e ? atoi(e) != 0 : ANY_DEFAULT;
     }
+    if (g_bulk < 0) {
+        const char *e = getenv("HM_ATTN_BULK");
+        g_bulk = e ? atoi(e) != 0 : 1;
+        const char *m = getenv("HM_ATTN_BULK_MIN");
+        if (m) g_bk_min = atoi(m);
+    }
+    if (g_stamp_on < 0) {
+        const char *e = getenv("HM_ATTN_STAMP");
+        g_stamp_on = e && atoi(e) > 0;
+    }
+    if (g_trigger < 0) {
+        const char *e = getenv("HM_ATTN_TRIGGER");
+        g_trigger = e ? atoi(e) : 0;
+        if (g_trigger < 0 || g_trigger > 2) g_trigger = 0;
+    }
     int nch = chunks_for(a->B, a->T, a->KVH, a->max_keys, g_max_chunks);
     if (a->ct == HMC_BF16) CKH(launch_j<__nv_bfloat16>(a, nch, s));
     else if (a->ct == HMC_F32) CKH(launch_j<float>(a, nch, s));
     else return hm_err("%s:%d: attention: bad cache dtype", __FILE__, __LINE__);
     return HM_OK;
+}
+
+/* Print the phase stamps of the last stamped decode launch (HM_ATTN_STAMP=1): per phase the
+ * earliest, median and latest block, in us after the earliest block's return from the wait. */
+extern "C" void hmc_attention_stamp_report(FILE *f)
+{
+    static unsigned long long h[STAMP_BLOCKS][NSTAMP];
+    if (cudaDeviceSynchronize() != cudaSuccess || cudaMemcpyFromSymbol(h, g_stamp, sizeof h) != cudaSuccess) {
+        fprintf(f, "attention stamps: unavailable\n");
+        return;
+    }
+    unsigned long long t0 = ~0ull;
+    for (int b = 0; b < STAMP_BLOCKS; b++)
+        if (h[b][1] && h[b][1] < t0) t0 = h[b][1];
+    static const char *name[NSTAMP] = {"entry", "after wait", "keys known", "warps merged", "chunk out + fence",
+                                       "counter", "merged out (last)"};
+    static double v[STAMP_BLOCKS];
+    for (int i = 0; i < NSTAMP; i++) {
+        int n = 0;
+        for (int b = 0; b < STAMP_BLOCKS; b++)
+            if (h[b][i]) v[n++] = ((double)h[b][i] - (double)t0) / 1e3;
+        if (!n) continue;
+        for (int a = 1; a < n; a++) /* insertion sort: a few hundred blocks */
+            for (int c = a; c > 0 && v[c - 1] > v[c]; c--) { double x = v[c]; v[c] = v[c - 1]; v[c - 1] = x; }
+        fprintf(f, "attention stamp %-18s blocks %4d  min %7.2f  median %7.2f  max %7.2f us\n", name[i], n, v[0],
+                v[n / 2], v[n - 1]);
+    }
 }

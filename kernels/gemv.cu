@@ -17,7 +17,9 @@
  * step's loads before the wait too (early; kept on, ~0.1%); before waiting a block may ask L2 for
  * the rows of its next round (self-prefetch), and blocks out of rows may prefetch a share of the
  * next op's weights into L2 (hmc_gemv_args.pf): both faster for a GEMV alone, slower in a frame
- * on an H100, so off. */
+ * on an H100, so off.  Also A/B knobs, off: HM_GEMV_PRELOAD=0 (no loads before the wait: +1.6% a
+ * frame), HM_GEMV_KVPF=n (the qkv GEMV asks L2 for the layer's newest n cached keys and values
+ * before its wait: <= 0.6% either way); hmc_gemv_set_stamp records each block's phases. */
 #include "common_cuda.h"
 #include "ops_cuda.h"
 
@@ -90,6 +92,7 @@ __device__ __forceinline__ void l2_prefetch_share(const char *p, size_t bytes, i
     }
 }
 
+
 /* Rotary epilogue of the qkv GEMV (see hmc_gemv_args.rope); freqs == nullptr: off. */
 struct rope_ep {
     const float *freqs;
@@ -104,8 +107,34 @@ struct gemv_ext {
     size_t pf_bytes;
     int self_pf;     /* rounds of this block's own rows asked from L2 before the wait */
     int early;       /* double-buffered variants: the second step's loads before the wait too */
+    int late;        /* A/B knob (HM_GEMV_PRELOAD=0): no loads before the wait */
+    int stamp;       /* diagnostics: phase stamps of this launch (hmc_gemv_set_stamp) */
+    int kv_pf;       /* with the rotary epilogue: ask L2 for at most this many of the layer's cached
+                      * keys and values (the attention's next reads) before the wait; 0 off */
     rope_ep rope;
 };
+
+/* The attention after a qkv GEMV with the rotary epilogue reads every cached key and value of
+ * the layer; they were written by earlier launches, so this block's share of the B*KVH rows of
+ * K and V below the position (at most cap keys, the newest) is asked from L2 before the wait.
+ * The position is read without waiting for the previous kernel: a stale value only makes the
+ * hint miss (nothing is read into registers). */
+__device__ __forceinline__ void kv_prefetch(const rope_ep &e, int rows, int cap, int blk, int nblk)
+{
+    if (!e.pos_dev) return;
+    const int pos = *(volatile const int *)e.pos_dev + e.pos_add, nk = pos < cap ? pos : cap;
+    if (nk <= 0) return;
+    const size_t es = e.cache_f32 ? 4 : 2, row = (size_t)e.hd * es, bytes = (size_t)nk * row;
+    if (row % 16) return; /* the bulk prefetch takes whole 16-byte units */
+    const int heads = rows / e.T * e.KVH; /* B * KVH ranges in each of K and V */
+    constexpr size_t PIECE = 4096;
+    const size_t per = (bytes + PIECE - 1) / PIECE, n = per * heads * 2;
+    for (size_t c = (size_t)blk + (size_t)threadIdx.x * nblk; c < n; c += (size_t)nblk * blockDim.x) {
+        const size_t h = c / per, piece = c % per, len = HM_MIN(PIECE, bytes - piece * PIECE) & ~(size_t)15;
+        const char *base = (const char *)(h & 1 ? e.vc : e.kc) + ((h >> 1) * e.max_seq + (size_t)(pos - nk)) * row;
+        if (len) l2_prefetch(base + piece * PIECE, (uint32_t)len);
+    }
+}
 
 /* Rows n0 = 2i', n0 + 1 of the qkv output hold an interleaved pair of one head: rotate q and k
  * pairs by pos · freqs[i] (as rope_append_kernel, to the bit) and store k, v into the cache. */
@@ -222,6 +251,20 @@ __device__ __forceinline__ void rows_rs(float *rs, int in_mode, const float (*re
  * (or the next pair's first) are issued before the current ones are used.  KS > 1 merges the
  * segments' partial sums in shared memory.  All loads of a step are independent, so a warp keeps
  * RPW·U·512 bytes in flight. */
+/* Phase stamps (diagnostics, hmc_gemv_set_stamp): thread 0 of each block of a stamped launch
+ * writes %globaltimer at entry, after the wait, after staging the activations, at the end. */
+constexpr int GSTAMP_BLOCKS = 1024;
+__device__ unsigned long long g_gstamp[GSTAMP_BLOCKS][4];
+int g_stamp_next;
+
+__device__ __forceinline__ void gstamp(int on, int i)
+{
+    if (!on || threadIdx.x || blockIdx.x >= GSTAMP_BLOCKS) return;
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)::"memory");
+    g_gstamp[blockIdx.x][i] = t;
+}
+
 template <typename WT, int R, int U, int KS, bool DB>
 __global__ void __launch_bounds__(WARPS * 32)
 gemv_kernel(const WT *__restrict__ W, const float *__restrict__ wscale, int N, int K,
@@ -255,9 +298,12 @@ gemv_kernel(const WT *__restrict__ W, const float *__restrict__ wscale, int N, i
             }
         }
     };
+    gstamp(ex.stamp, 0);
     pdl_trigger();
     /* first loads (weights only) before waiting for the previous op and staging its output */
+    if (ex.late) pdl_wait();
     load_step(cur, base + grp, s0 + lane);
+    if (ex.kv_pf && ex.rope.freqs) kv_prefetch(ex.rope, R, ex.kv_pf, blockIdx.x, gridDim.x);
     /* and the rows of the next rounds into L2 (lane i: row i of the pair, this warp's segment) */
     for (int j = 1; j <= ex.self_pf; j++) {
         const int pp = base + grp + j * stride, n = pp * RPW + lane;
@@ -273,7 +319,9 @@ gemv_kernel(const WT *__restrict__ W, const float *__restrict__ wscale, int N, i
         else load_step(nxt, base + grp + stride, s0 + lane);
     }
     pdl_wait();
+    gstamp(ex.stamp, 1);
     stage_x<R>(xs, x, ldx, K, in_mode, nscale, red);
+    gstamp(ex.stamp, 2);
     float rs[R];
     rows_rs<R>(rs, in_mode, red, K, eps);
 
@@ -378,6 +426,7 @@ gemv_kernel(const WT *__restrict__ W, const float *__restrict__ wscale, int N, i
     }
     /* out of rows: a share of the next op's weights into L2 while the other blocks finish */
     if (ex.pf_bytes) l2_prefetch_share(ex.pf, ex.pf_bytes, blockIdx.x, gridDim.x);
+    gstamp(ex.stamp, 3);
 }
 
 int g_force_variant; /* benchmark knob: replaces the auto choice when non-zero */
@@ -396,6 +445,20 @@ gemv_ext make_ext(const hmc_gemv_args *a)
     }
     e.self_pf = g_self_pf;
     e.early = g_early;
+    static int late = -1;
+    if (late < 0) {
+        const char *v = getenv("HM_GEMV_PRELOAD");
+        late = v && atoi(v) == 0;
+    }
+    e.late = late;
+    e.stamp = g_stamp_next;
+    static int kv_pf = -1;
+    if (kv_pf < 0) {
+        const char *v = getenv("HM_GEMV_KVPF");
+        kv_pf = v ? atoi(v) : 0;
+        if (kv_pf < 0) kv_pf = 0;
+    }
+    e.kv_pf = kv_pf;
     if (a->rope) {
         const hmc_rope_args *r = a->rope;
         e.rope = {r->freqs, r->pos_dev, r->pos_add, r->T, r->H, r->KVH, r->hd, r->max_seq, r->ct == HMC_F32,
@@ -428,43 +491,6 @@ int launch(const hmc_gemv_args *a, cudaStream_t s)
  * for the previous op (they are weights only).  No registers hold loads in flight, so the
  * whole ~NS*48 KB per SM stays requested continuously. */
 constexpr int BULK_STAGE_BYTES = 6144; /* per row per stage: 8 rows -> 48 KB */
-
-__device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
-
-__device__ __forceinline__ void mbar_init(uint64_t *bar, int count)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(bar)), "r"(count));
-#endif
-}
-__device__ __forceinline__ void mbar_expect(uint64_t *bar, uint32_t bytes)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)), "r"(bytes) : "memory");
-#endif
-}
-__device__ __forceinline__ void bulk_load(void *dst, const void *src, uint32_t bytes, uint64_t *bar)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                     smem_u32(dst)),
-                 "l"(src), "r"(bytes), "r"(smem_u32(bar))
-                 : "memory");
-#endif
-}
-__device__ __forceinline__ void mbar_wait(uint64_t *bar, uint32_t parity)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("{\n"
-                 ".reg .pred p;\n"
-                 "WAIT_%=:\n"
-                 "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
-                 "@!p bra WAIT_%=;\n"
-                 "}\n" ::"r"(smem_u32(bar)),
-                 "r"(parity)
-                 : "memory");
-#endif
-}
 
 template <typename WT, int R>
 __global__ void __launch_bounds__(WARPS * 32, 1)
@@ -655,6 +681,33 @@ extern "C" int hmc_quantize_fp8(const void *W, int N, int K, void *W8, float *sc
 }
 
 extern "C" void hmc_gemv_set_blocks_per_sm(int n) { g_bps = n > 0 ? n : 1; }
+extern "C" void hmc_gemv_set_stamp(int on) { g_stamp_next = on != 0; }
+
+/* Print the phase stamps of the last stamped launch: per phase the earliest, median and latest
+ * block, in us after the earliest block's entry. */
+extern "C" void hmc_gemv_stamp_report(FILE *f)
+{
+    static unsigned long long h[GSTAMP_BLOCKS][4];
+    if (cudaDeviceSynchronize() != cudaSuccess || cudaMemcpyFromSymbol(h, g_gstamp, sizeof h) != cudaSuccess) {
+        fprintf(f, "gemv stamps: unavailable\n");
+        return;
+    }
+    unsigned long long t0 = ~0ull;
+    for (int b = 0; b < GSTAMP_BLOCKS; b++)
+        if (h[b][0] && h[b][0] < t0) t0 = h[b][0];
+    static const char *name[4] = {"entry", "after wait", "x staged", "end"};
+    static double v[GSTAMP_BLOCKS];
+    for (int i = 0; i < 4; i++) {
+        int n = 0;
+        for (int b = 0; b < GSTAMP_BLOCKS; b++)
+            if (h[b][i] && h[b][0] >= t0) v[n++] = ((double)h[b][i] - (double)t0) / 1e3;
+        if (!n) continue;
+        for (int a = 1; a < n; a++)
+            for (int c = a; c > 0 && v[c - 1] > v[c]; c--) { double x = v[c]; v[c] = v[c - 1]; v[c - 1] = x; }
+        fprintf(f, "gemv stamp %-12s blocks %4d  min %7.2f  median %7.2f  max %7.2f us\n", name[i], n, v[0], v[n / 2],
+                v[n - 1]);
+    }
+}
 extern "C" void hmc_gemv_force_variant(int v) { g_force_variant = v; }
 extern "C" void hmc_gemv_set_self_prefetch(int rounds) { g_self_pf = rounds > 0 ? rounds : 0; }
 extern "C" void hmc_gemv_set_early_loads(int on) { g_early = on != 0; }

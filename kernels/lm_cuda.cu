@@ -689,7 +689,26 @@ int gemv_tuned(const lm_cuda *m, int role, hmc_gemv_args *g, cudaStream_t st)
     hmc_gemv_set_self_prefetch((m->tune.self_pf >> role) & 1);
     hmc_gemv_set_early_loads(m->tune.early);
     if (m->tune.variant && (g->wdt == HMC_BF16 || g->wdt == HMC_F32)) g->variant = m->tune.variant;
+    /* diagnostics: HM_GEMV_STAMP=<role + 1> stamps that role's launches (hmc_gemv_stamp_report) */
+    static int stamp_role = -2;
+    if (stamp_role == -2) {
+        const char *e = getenv("HM_GEMV_STAMP");
+        stamp_role = e ? atoi(e) - 1 : -1;
+    }
+    hmc_gemv_set_stamp(role == stamp_role);
+    /* A/B: HM_GEMV_VARIANT_<ROLE> (QKV, O, W13, W2, HEAD) forces a bf16 variant for one role */
+    static int role_variant[G_HEAD + 1] = {-1};
+    if (role_variant[0] < 0) {
+        static const char *names[] = {"HM_GEMV_VARIANT_QKV", "HM_GEMV_VARIANT_O", "HM_GEMV_VARIANT_W13",
+                                      "HM_GEMV_VARIANT_W2", "HM_GEMV_VARIANT_HEAD"};
+        for (int i = 0; i <= G_HEAD; i++) {
+            const char *e = getenv(names[i]);
+            role_variant[i] = e ? atoi(e) : 0;
+        }
+    }
+    if (role_variant[role] > 0 && g->wdt == HMC_BF16) g->variant = role_variant[role];
     int rc = hmc_gemv(g, st);
+    hmc_gemv_set_stamp(0);
     hmc_gemv_set_self_prefetch(0);
     hmc_gemv_set_early_loads(0);
     return rc;
@@ -735,7 +754,9 @@ int layer_fwd(lm_cuda_req *r, const xfm *X, int l, scratch *s, int B, int T, con
     hmc_attn_args aa = {s->qkv, B, T, X->H, X->KVH, X->hd, pos_dev, pos_add, kc, vc, t, max_seq, max_keys,
                         s->att, s->work};
     if (!gemm && m->tune.attn_pf) aa.pf = L->wo, aa.pf_bytes = b_o;
-    if (!gemm) hmc_attention_set_max_chunks(m->tune.attn_chunks > 0 ? m->tune.attn_chunks : 64);
+    static int env_chunks = -1; /* A/B: HM_LM_ATTN_CHUNKS overrides the tuned chunk count */
+    if (env_chunks < 0) env_chunks = getenv("HM_LM_ATTN_CHUNKS") ? atoi(getenv("HM_LM_ATTN_CHUNKS")) : 0;
+    if (!gemm) hmc_attention_set_max_chunks(env_chunks > 0 ? env_chunks : m->tune.attn_chunks > 0 ? m->tune.attn_chunks : 64);
     OP(r, P_BB_ATTN + c0, 0, hmc_attention(&aa, st));
     hmc_attention_set_max_chunks(64);
     if (!gemm) {

@@ -12,6 +12,7 @@
 
 #include <cuda_runtime.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 
 #ifdef __cplusplus
@@ -189,7 +190,17 @@ void hmc_attention_set_max_chunks(int n);
  * H100, docs/PERF.md).  Defaults 512, 1, 0, or the environment's HM_ATTN_SINGLE /
  * HM_ATTN_PER_HEAD / HM_ATTN_ANY at the first launch.  Read at launch (graph capture). */
 void hmc_attention_set_single(int max_keys, int per_head, int any);
+/* Decode launches of the split kernel with head_dim <= 128: on (the default), a query with at
+ * least min_keys keys (< 0: the default, 1024) has its keys staged in shared memory by bulk
+ * copies instead of warp loads into registers.  Defaults from HM_ATTN_BULK, HM_ATTN_BULK_MIN. */
+void hmc_attention_set_bulk(int on, int min_keys);
 int hmc_attention(const hmc_attn_args *a, cudaStream_t stream);
+/* Diagnostics: HM_ATTN_STAMP=1 makes decode launches stamp their phases (%globaltimer);
+ * this prints the last launch's (call after the work, it synchronises the device). */
+void hmc_attention_stamp_report(FILE *f);
+/* Diagnostics: stamp the phases of the GEMV launches made while on; print the last one's. */
+void hmc_gemv_set_stamp(int on);
+void hmc_gemv_stamp_report(FILE *f);
 
 /* ---- embeddings (kernels/embed.cu) ------------------------------------------------------------
  * Prompt rows: x[b*S + s, D] = Σ_k mask[s,k] · audio[tok[s,k] + k·Va] + mask[s,nc] · text row,

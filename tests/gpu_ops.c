@@ -625,6 +625,31 @@ int main(int argc, char **argv)
         check_attention(2, 1, 24, 8, 128, 8191, HMC_BF16);
         check_attention(2, 37, 24, 8, 128, 300, HMC_BF16);  /* prefill: never one pass */
     }
+    /* decode keys staged by bulk copies (hmc_attention_set_bulk), as the engine launches it:
+     * position on the device, max_keys the longest context, NaN in the cache past the keys;
+     * from key 0 on, from the default 1024 on, and off */
+    hmc_attention_set_single(0, 1, 0); /* the split kernel for every key count */
+    const int bk_min[] = {0, -1, 0};
+    for (int v = 0; v < 3; v++) {
+        printf("(attention: bulk key tiles %s from %d keys)\n", v < 2 ? "on" : "off", bk_min[v]);
+        hmc_attention_set_bulk(v < 2, bk_min[v]);
+        g_att_extra = 300, g_att_posdev = 1;
+        const int keys[] = {1, 15, 16, 17, 31, 32, 33, 200, 1023, 1024, 1025, 3800};
+        for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+            check_attention(2, 1, 24, 8, 128, keys[i] - 1, HMC_BF16); /* backbone, G = 3 */
+            check_attention(1, 1, 24, 8, 128, keys[i] - 1, HMC_F32);
+        }
+        check_attention(2, 2, 24, 8, 128, 1099, HMC_BF16); /* B*T = 4, causal */
+        check_attention(2, 1, 16, 4, 64, 1999, HMC_F32);   /* G = 4, hd 64 */
+        check_attention(2, 1, 8, 8, 128, 1999, HMC_BF16);  /* G = 1 */
+        check_attention(1, 1, 4, 2, 12, 1100, HMC_F32);    /* hd 12 f32: 48-byte rows */
+        check_attention(1, 1, 4, 2, 12, 1100, HMC_BF16);   /* hd 12 bf16: 24-byte rows, no bulk */
+        check_attention(2, 1, 4, 2, 16, 1040, HMC_F32);    /* the tiny fixture's backbone */
+        g_att_extra = 0, g_att_posdev = 0;
+        check_attention(2, 1, 24, 8, 128, 8191, HMC_BF16);
+        check_attention(2, 37, 24, 8, 128, 1300, HMC_BF16); /* prefill: register path */
+    }
+    hmc_attention_set_bulk(1, -1);
     hmc_attention_set_single(512, 1, 0);
     check_embed(40, 2, 8, 8197, 4096, 3072, HMC_BF16);
     check_embed(21, 2, 8, 69, 1024, 64, HMC_F32);

@@ -288,6 +288,12 @@ int main(int argc, char **argv)
         fclose(fo);
         printf("\nwrote %s\n", path);
     }
+    /* diagnostics (HM_ATTN_STAMP / HM_GEMV_STAMP): phases of the frame's last stamped launches */
+    if (getenv("HM_ATTN_STAMP") || getenv("HM_GEMV_STAMP")) {
+        run_frames(r, 3, &counter);
+        if (getenv("HM_ATTN_STAMP")) hmc_attention_stamp_report(stdout);
+        if (getenv("HM_GEMV_STAMP")) hmc_gemv_stamp_report(stdout);
+    }
     lm_cuda_req_free(r);
     lm_cuda_free(m);
     free(tok), free(mask), free(eag), free(op), free(per_op);
