@@ -18,7 +18,8 @@
  * sums as float4, 8 chunks at a time all in flight.  Decode launches with hd <= 128 stage the
  * keys of a long query (>= 1024 by default) in shared memory instead: 32-key tiles of K and V, two
  * in flight, each one bulk copy (the register path's ~2 warp steps in flight per warp capped
- * the long-context rate at ~30% of copy bandwidth).  HM_ATTN_STAMP=1 records each phase's time
+ * the long-context rate at ~30% of copy bandwidth); those launches have 8 warps a block over
+ * half the chunks.  HM_ATTN_STAMP=1 records each phase's time
  * per block (hmc_attention_stamp_report), which is how both were found (docs/PERF.md).
  * Optionally blocks first ask L2 for a share of the next op's weights (pf; measured slower in a
  * whole frame on an H100, so the engine leaves it off).
@@ -491,7 +492,10 @@ int launch_j(const hmc_attn_args *a, int nch, cudaStream_t s)
         return launch<CT, 3, 8, 1, true>(a, nch, s);
     }
     if (a->hd <= 128) {
-        if (g_bulk && a->B * a->T <= 4 && (a->hd * sizeof(CT)) % 16 == 0) return launch<CT, 1, 4, 4, false, true>(a, nch, s);
+        /* 8 warps a block over half the chunks (as many warps): a bulk block's tiles are shared by
+         * twice the warps (H100: -1% a frame at 2000-7900 positions, same below) */
+        if (g_bulk && a->B * a->T <= 4 && (a->hd * sizeof(CT)) % 16 == 0)
+            return launch<CT, 1, 8, 4, false, true>(a, (nch + 1) / 2, s);
         return launch<CT, 1, 4, 4, false>(a, nch, s);
     }
     if (a->hd <= 256) return launch<CT, 2, 4, 4, false>(a, nch, s);
