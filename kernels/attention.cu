@@ -16,7 +16,7 @@
  * flight), q is loaded while the position is still on its way, and the final merge loads every
  * chunk's (m, l) in one round, turns them into weights in shared memory, then reads the chunk
  * sums as float4, 8 chunks at a time all in flight.  Decode launches with hd <= 128 stage the
- * keys of a long query (>= 1024 by default) in shared memory instead: 32-key tiles of K and V, two
+ * keys of a long query (>= 512 by default) in shared memory instead: 32-key tiles of K and V, two
  * in flight, each one bulk copy (the register path's ~2 warp steps in flight per warp capped
  * the long-context rate at ~30% of copy bandwidth); those launches have 8 warps a block over
  * half the chunks.  HM_ATTN_STAMP=1 records each phase's time
@@ -71,9 +71,10 @@ constexpr int STAMP_BLOCKS = 2048, NSTAMP = 7;
 __device__ unsigned long long g_stamp[STAMP_BLOCKS][NSTAMP];
 int g_stamp_on = -1;
 /* Decode split launches (hd <= 128) stage the keys of a query with at least g_bk_min keys in
- * shared memory by bulk copies (BK; on an H100 -3% a frame at 3800 positions, -7% at 7900, no
- * change below ~1000: docs/PERF.md).  HM_ATTN_BULK, HM_ATTN_BULK_MIN, hmc_attention_set_bulk. */
-constexpr int BULK_MIN_DEFAULT = 1024;
+ * shared memory by bulk copies (BK; on an H100 -5.5% a frame at 3800 positions, -9.4% at 7900,
+ * -0.5% at 600, no change at 200: docs/PERF.md).  HM_ATTN_BULK, HM_ATTN_BULK_MIN,
+ * hmc_attention_set_bulk. */
+constexpr int BULK_MIN_DEFAULT = 512;
 int g_bulk = -1;
 int g_bk_min = BULK_MIN_DEFAULT;
 

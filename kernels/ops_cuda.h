@@ -191,7 +191,7 @@ void hmc_attention_set_max_chunks(int n);
  * HM_ATTN_PER_HEAD / HM_ATTN_ANY at the first launch.  Read at launch (graph capture). */
 void hmc_attention_set_single(int max_keys, int per_head, int any);
 /* Decode launches of the split kernel with head_dim <= 128: on (the default), a query with at
- * least min_keys keys (< 0: the default, 1024) has its keys staged in shared memory by bulk
+ * least min_keys keys (< 0: the default, 512) has its keys staged in shared memory by bulk
  * copies instead of warp loads into registers.  Defaults from HM_ATTN_BULK, HM_ATTN_BULK_MIN. */
 void hmc_attention_set_bulk(int on, int min_keys);
 int hmc_attention(const hmc_attn_args *a, cudaStream_t stream);

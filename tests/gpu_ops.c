@@ -627,14 +627,14 @@ int main(int argc, char **argv)
     }
     /* decode keys staged by bulk copies (hmc_attention_set_bulk), as the engine launches it:
      * position on the device, max_keys the longest context, NaN in the cache past the keys;
-     * from key 0 on, from the default 1024 on, and off */
+     * from key 0 on, from the default 512 on, and off */
     hmc_attention_set_single(0, 1, 0); /* the split kernel for every key count */
     const int bk_min[] = {0, -1, 0};
     for (int v = 0; v < 3; v++) {
         printf("(attention: bulk key tiles %s from %d keys)\n", v < 2 ? "on" : "off", bk_min[v]);
         hmc_attention_set_bulk(v < 2, bk_min[v]);
         g_att_extra = 300, g_att_posdev = 1;
-        const int keys[] = {1, 15, 16, 17, 31, 32, 33, 200, 1023, 1024, 1025, 3800};
+        const int keys[] = {1, 15, 16, 17, 31, 32, 33, 200, 511, 512, 513, 1025, 3800};
         for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
             check_attention(2, 1, 24, 8, 128, keys[i] - 1, HMC_BF16); /* backbone, G = 3 */
             check_attention(1, 1, 24, 8, 128, keys[i] - 1, HMC_F32);
