@@ -290,11 +290,10 @@ attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, 
             bulk_load(dk + (size_t)BK_TILE * hd, vbase + (size_t)kt * hd, bytes, &bars[st]);
         };
         if (threadIdx.x == 0) {
-            for (int i = 0; i < BK_STAGES; i++) mbar_init(&bars[i], 1);
+            mbar_init_stages(bars, BK_STAGES);
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-            /* the barriers to the copy engine; the cache rows the previous kernel wrote (generic
-             * stores) to the copy engine's reads */
-            asm volatile("fence.mbarrier_init.release.cluster;\nfence.proxy.async;" ::: "memory");
+            /* the cache rows the previous kernel wrote (generic stores) before the copy engine's reads */
+            asm volatile("fence.proxy.async;" ::: "memory");
 #endif
             for (int tt = 0; tt < BK_STAGES && tt < ntile; tt++) issue(tt);
         }

@@ -137,6 +137,14 @@ __device__ __forceinline__ void mbar_init(uint64_t *bar, int count)
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(bar)), "r"(count));
 #endif
 }
+/* n stage barriers of one arrival each, made visible to the copy engine (one thread) */
+__device__ __forceinline__ void mbar_init_stages(uint64_t *bars, int n)
+{
+    for (int i = 0; i < n; i++) mbar_init(&bars[i], 1);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+#endif
+}
 __device__ __forceinline__ void mbar_expect(uint64_t *bar, uint32_t bytes)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900

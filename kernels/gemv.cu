@@ -523,10 +523,7 @@ gemv_bulk_kernel(const WT *__restrict__ W, const float *__restrict__ wscale, int
     };
     pdl_trigger();
     if (threadIdx.x == 0) {
-        for (int i = 0; i < NS; i++) mbar_init(&bars[i], 1);
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-#endif
+        mbar_init_stages(bars, NS);
         for (int t = 0; t < NS && t < ntiles; t++) issue(t);
     }
     pdl_wait();

@@ -83,6 +83,53 @@ __device__ void block_argmax(float v, int i, float *sv, int *si, float *ov, int 
     *ov = v, *oi = i;
 }
 
+/* The kk-th largest order key of z[0..V): radix select, 8 bits at a time from the top (256-bin
+ * shared histograms); among keys matching the digits found so far, the digit d where (count of
+ * larger digits) < kk <= (count of digits >= d).  Called by the whole block; sample_kernel_v1's
+ * select and sample_kernel's slow path. */
+template <int P>
+__device__ __forceinline__ uint32_t radix_kth(const float (&z)[P], int V, unsigned kk, unsigned *hist, unsigned *sel)
+{
+    uint32_t T = 0, hmask = 0;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        if (threadIdx.x < 256) hist[threadIdx.x] = 0;
+        __syncthreads();
+#pragma unroll
+        for (int j = 0; j < P; j++) {
+            const uint32_t key = order_key(z[j]);
+            if (threadIdx.x + j * NT < V && (key & hmask) == T) atomicAdd(&hist[(key >> shift) & 255u], 1u);
+        }
+        __syncthreads();
+        if (threadIdx.x < 32) {
+            const int lane = threadIdx.x;
+            unsigned s = 0; /* lane owns digits 255-8*lane down to 248-8*lane */
+            for (int i = 0; i < 8; i++) s += hist[255 - 8 * lane - i];
+            unsigned incl = s;
+            for (int o = 1; o < 32; o <<= 1) {
+                const unsigned v = __shfl_up_sync(0xffffffffu, incl, o);
+                if (lane >= o) incl += v;
+            }
+            unsigned above = incl - s;
+            if (above < kk && kk <= incl) {
+                for (int i = 0; i < 8; i++) {
+                    const unsigned d = 255 - 8 * lane - i, h = hist[d];
+                    if (above + h >= kk) {
+                        sel[0] = d, sel[1] = kk - above;
+                        break;
+                    }
+                    above += h;
+                }
+            }
+        }
+        __syncthreads();
+        T |= sel[0] << shift;
+        hmask |= 255u << shift;
+        kk = sel[1];
+        __syncthreads();
+    }
+    return T;
+}
+
 /* The first exact version (one radix select with shared-atomic histograms, ~21 us a draw on
  * H100), kept for A/B timing: hmc_sample_set_impl(1). */
 __global__ void __launch_bounds__(NT)
@@ -144,51 +191,13 @@ sample_kernel_v1(const float *__restrict__ logits, int B, int V, const hmc_sampl
         if (threadIdx.x == 0) codes[slot] = 0;
         return;
     }
-    /* k-th largest key, 8 bits at a time from the top: among keys matching the digits found so
-     * far, the digit d where (count of larger digits) < kk <= (count of digits >= d) */
+    /* T = the k-th largest order key (radix_kth); the kept entries are the keys >= T */
     uint32_t key[PER];
 #pragma unroll
     for (int j = 0; j < PER; j++) key[j] = threadIdx.x + j * NT < V ? order_key(g[j]) : 0u;
-    __shared__ unsigned hist[256];
-    __shared__ unsigned sel_digit, sel_kk;
-    uint32_t T = 0, hmask = 0;
+    __shared__ unsigned hist[256], sel[2];
     const bool all = k <= 0 || k >= V;
-    unsigned kk = (unsigned)(all ? V : k);
-    for (int shift = 24; shift >= 0 && !all; shift -= 8) {
-        if (threadIdx.x < 256) hist[threadIdx.x] = 0;
-        __syncthreads();
-#pragma unroll
-        for (int j = 0; j < PER; j++)
-            if (threadIdx.x + j * NT < V && (key[j] & hmask) == T) atomicAdd(&hist[(key[j] >> shift) & 255u], 1u);
-        __syncthreads();
-        if (threadIdx.x < 32) {
-            const int lane = threadIdx.x;
-            unsigned s = 0; /* lane owns digits 255-8*lane down to 248-8*lane */
-            for (int i = 0; i < 8; i++) s += hist[255 - 8 * lane - i];
-            unsigned incl = s;
-            for (int o = 1; o < 32; o <<= 1) {
-                unsigned v = __shfl_up_sync(0xffffffffu, incl, o);
-                if (lane >= o) incl += v;
-            }
-            unsigned excl = incl - s;
-            if (excl < kk && kk <= incl) {
-                unsigned above = excl;
-                for (int i = 0; i < 8; i++) {
-                    unsigned d = 255 - 8 * lane - i, h = hist[d];
-                    if (above + h >= kk) {
-                        sel_digit = d, sel_kk = kk - above;
-                        break;
-                    }
-                    above += h;
-                }
-            }
-        }
-        __syncthreads();
-        T |= sel_digit << shift;
-        hmask |= 255u << shift;
-        kk = sel_kk;
-        __syncthreads();
-    }
+    const uint32_t T = all ? 0u : radix_kth<PER>(g, V, (unsigned)k, hist, sel);
     /* gather the kept entries (unordered, one shared atomic each), then put them in index order:
      * each entry's rank is the number of kept indices below it (n is small: top-k) */
     __shared__ double kp_u[KEEP_MAX], kp[KEEP_MAX];
@@ -318,51 +327,6 @@ __device__ int block_argmax_index(unsigned long long v, unsigned long long *s)
         v = w > v ? w : v;
     }
     return v ? (int)(0xffffffffu - (uint32_t)v) : 0;
-}
-
-/* The k-th largest order key of z[0..V) (the first version's radix select: 4 passes of 8 bits,
- * 256-bin shared histograms).  Called by the whole block; the slow path of sample_kernel. */
-template <int P>
-__device__ __forceinline__ uint32_t radix_kth(const float (&z)[P], int V, unsigned kk, unsigned *hist, unsigned *sel)
-{
-    uint32_t T = 0, hmask = 0;
-    for (int shift = 24; shift >= 0; shift -= 8) {
-        if (threadIdx.x < 256) hist[threadIdx.x] = 0;
-        __syncthreads();
-#pragma unroll
-        for (int j = 0; j < P; j++) {
-            const uint32_t key = order_key(z[j]);
-            if (threadIdx.x + j * NT < V && (key & hmask) == T) atomicAdd(&hist[(key >> shift) & 255u], 1u);
-        }
-        __syncthreads();
-        if (threadIdx.x < 32) {
-            const int lane = threadIdx.x;
-            unsigned s = 0; /* lane owns digits 255-8*lane down to 248-8*lane */
-            for (int i = 0; i < 8; i++) s += hist[255 - 8 * lane - i];
-            unsigned incl = s;
-            for (int o = 1; o < 32; o <<= 1) {
-                const unsigned v = __shfl_up_sync(0xffffffffu, incl, o);
-                if (lane >= o) incl += v;
-            }
-            unsigned above = incl - s;
-            if (above < kk && kk <= incl) {
-                for (int i = 0; i < 8; i++) {
-                    const unsigned d = 255 - 8 * lane - i, h = hist[d];
-                    if (above + h >= kk) {
-                        sel[0] = d, sel[1] = kk - above;
-                        break;
-                    }
-                    above += h;
-                }
-            }
-        }
-        __syncthreads();
-        T |= sel[0] << shift;
-        hmask |= 255u << shift;
-        kk = sel[1];
-        __syncthreads();
-    }
-    return T;
 }
 
 /* which entries the draw considers (see sample_kernel): mode 0 every finite z, 1 d = zmax - z

@@ -269,6 +269,22 @@ static inline size_t gpu_mem_used(void)
 
 /* The first two rows of a stage's memory table: u[0] after the context (cudaFree(0)), u[1] after
  * cuBLASLt's handle and workspace (one small GEMM). */
+/* The table of a `mem` check: device MiB in use after each of the 7 steps what[i] (u[i] bytes)
+ * with the model's own count of step 2 (weights) and of step ws_step (its workspace), then the
+ * process's whole use from nvidia-smi. */
+static inline void gpu_mem_table(const char *const what[7], const size_t u[7], double weights, int ws_step,
+                                 const char *ws_label, double workspace, long smi)
+{
+    printf("| step | device MiB used after | + MiB | model's own count |\n|---|---|---|---|\n");
+    for (int i = 0; i < 7; i++) {
+        char own[48] = "";
+        if (i == 2) snprintf(own, sizeof own, "%.1f MiB", weights / 1048576.0);
+        if (i == ws_step) snprintf(own, sizeof own, "%s%.1f MiB", ws_label, workspace / 1048576.0);
+        printf("| %s | %.1f | %.1f | %s |\n", what[i], u[i] / 1048576.0, (u[i] - (i ? u[i - 1] : 0)) / 1048576.0, own);
+    }
+    printf("| **process, nvidia-smi** | **%ld** | | |\n", smi);
+}
+
 static inline void gpu_mem_base(size_t u[2])
 {
     CU(cudaFree(0));

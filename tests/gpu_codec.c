@@ -870,14 +870,7 @@ static int mem_phase(int sharing)
     CU(cudaGetDeviceProperties(&prop, 0));
     printf("mem: %s, random release-size flow matching (bf16, flash attention, graphs on), %s\n", prop.name,
            sharing ? "shared scratch" : "separate buffers (before)");
-    printf("| step | device MiB used after | + MiB | model's own count |\n|---|---|---|---|\n");
-    for (int i = 0; i < 7; i++) {
-        char own[48] = "";
-        if (i == 2) snprintf(own, sizeof own, "%.1f MiB", fmc_weight_bytes(m) / 1048576.0);
-        if (i == 4) snprintf(own, sizeof own, "workspace %.1f MiB", fmc_workspace_bytes(m) / 1048576.0);
-        printf("| %s | %.1f | %.1f | %s |\n", what[i], u[i] / 1048576.0, (u[i] - (i ? u[i - 1] : 0)) / 1048576.0, own);
-    }
-    printf("| **process, nvidia-smi** | **%ld** | | |\n", smi);
+    gpu_mem_table(what, u, (double)fmc_weight_bytes(m), 4, "workspace ", (double)fmc_workspace_bytes(m), smi);
     printf("mem %s: process %ld MiB (nvidia-smi), workspace %.1f MiB, window %.1f ms as a graph, latents %s "
            "(sum of squares %.6e: the same in both layouts)\n",
            sharing ? "shared" : "separate", smi, fmc_workspace_bytes(m) / 1048576.0, ms, finite ? "finite" : "NON-FINITE", sum);

@@ -717,14 +717,7 @@ static int mem_phase(int tiling)
     char d[200];
     OK(vcc_describe(m, W, d, sizeof d));
     printf("mem: %s, random release-size vocoder, bf16, %s\n(%s)\n", prop.name, tiling ? "time tiles" : "untiled (before)", d);
-    printf("| step | device MiB used after | + MiB | model's own count |\n|---|---|---|---|\n");
-    for (int i = 0; i < 7; i++) {
-        char own[48] = "";
-        if (i == 2) snprintf(own, sizeof own, "%.1f MiB", vcc_weight_bytes(m) / 1048576.0);
-        if (i == 3) snprintf(own, sizeof own, "%.1f MiB", vcc_workspace_bytes(m) / 1048576.0);
-        printf("| %s | %.1f | %.1f | %s |\n", what[i], u[i] / 1048576.0, (u[i] - (i ? u[i - 1] : 0)) / 1048576.0, own);
-    }
-    printf("| **process, nvidia-smi** | **%ld** | | |\n", smi);
+    gpu_mem_table(what, u, (double)vcc_weight_bytes(m), 3, "", (double)vcc_workspace_bytes(m), smi);
     printf("mem %s: process %ld MiB (nvidia-smi), workspace %.1f MiB, window %.2f ms as a graph, output %s\n",
            tiling ? "tiled" : "untiled", smi, vcc_workspace_bytes(m) / 1048576.0, ms, finite ? "finite" : "NON-FINITE");
     free(lat);
