@@ -578,20 +578,7 @@ extern "C" void hmc_attention_stamp_report(FILE *f)
         fprintf(f, "attention stamps: unavailable\n");
         return;
     }
-    unsigned long long t0 = ~0ull;
-    for (int b = 0; b < STAMP_BLOCKS; b++)
-        if (h[b][1] && h[b][1] < t0) t0 = h[b][1];
     static const char *name[NSTAMP] = {"entry", "after wait", "keys known", "warps merged", "chunk out + fence",
                                        "counter", "merged out (last)"};
-    static double v[STAMP_BLOCKS];
-    for (int i = 0; i < NSTAMP; i++) {
-        int n = 0;
-        for (int b = 0; b < STAMP_BLOCKS; b++)
-            if (h[b][i]) v[n++] = ((double)h[b][i] - (double)t0) / 1e3;
-        if (!n) continue;
-        for (int a = 1; a < n; a++) /* insertion sort: a few hundred blocks */
-            for (int c = a; c > 0 && v[c - 1] > v[c]; c--) { double x = v[c]; v[c] = v[c - 1]; v[c - 1] = x; }
-        fprintf(f, "attention stamp %-18s blocks %4d  min %7.2f  median %7.2f  max %7.2f us\n", name[i], n, v[0],
-                v[n / 2], v[n - 1]);
-    }
+    hmc_stamp_summary(f, "attention", &h[0][0], STAMP_BLOCKS, NSTAMP, 1, name);
 }

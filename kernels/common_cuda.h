@@ -174,6 +174,11 @@ __device__ __forceinline__ void mbar_wait(uint64_t *bar, uint32_t parity)
 #endif
 }
 
+/* Prints per-block phase stamps (kernels' %globaltimer diagnostics): per phase the earliest,
+ * median and latest block in us after the earliest stamp `ref` (device.cu). */
+void hmc_stamp_summary(FILE *f, const char *who, const unsigned long long *h, int nblk, int nst, int ref,
+                       const char *const *names);
+
 /* 1 unless HM_NO_PDL is set (for A/B timing). */
 int hmc_pdl_enabled(void);
 

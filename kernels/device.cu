@@ -15,3 +15,27 @@ extern "C" int hmc_context_trim(void)
     CK(cudaDeviceSetLimit(cudaLimitStackSize, HMC_STACK_BYTES));
     return HM_OK;
 }
+
+/* Summary of per-block phase stamps (h: nblk rows of nst %globaltimer values, 0 = not reached):
+ * per phase the earliest, median and latest block, in us after the earliest block's stamp `ref`. */
+void hmc_stamp_summary(FILE *f, const char *who, const unsigned long long *h, int nblk, int nst, int ref,
+                       const char *const *names)
+{
+    unsigned long long t0 = ~0ull;
+    for (int b = 0; b < nblk; b++)
+        if (h[(size_t)b * nst + ref] && h[(size_t)b * nst + ref] < t0) t0 = h[(size_t)b * nst + ref];
+    double *v = (double *)hm_malloc(sizeof(double) * (size_t)nblk);
+    for (int i = 0; i < nst; i++) {
+        int n = 0;
+        for (int b = 0; b < nblk; b++) {
+            const unsigned long long t = h[(size_t)b * nst + i];
+            if (t) v[n++] = ((double)t - (double)t0) / 1e3;
+        }
+        if (!n) continue;
+        for (int a = 1; a < n; a++) /* insertion sort: a few hundred blocks */
+            for (int c = a; c > 0 && v[c - 1] > v[c]; c--) { double x = v[c]; v[c] = v[c - 1]; v[c - 1] = x; }
+        fprintf(f, "%s stamp %-18s blocks %4d  min %7.2f  median %7.2f  max %7.2f us\n", who, names[i], n, v[0],
+                v[n / 2], v[n - 1]);
+    }
+    free(v);
+}

@@ -689,21 +689,8 @@ extern "C" void hmc_gemv_stamp_report(FILE *f)
         fprintf(f, "gemv stamps: unavailable\n");
         return;
     }
-    unsigned long long t0 = ~0ull;
-    for (int b = 0; b < GSTAMP_BLOCKS; b++)
-        if (h[b][0] && h[b][0] < t0) t0 = h[b][0];
     static const char *name[4] = {"entry", "after wait", "x staged", "end"};
-    static double v[GSTAMP_BLOCKS];
-    for (int i = 0; i < 4; i++) {
-        int n = 0;
-        for (int b = 0; b < GSTAMP_BLOCKS; b++)
-            if (h[b][i] && h[b][0] >= t0) v[n++] = ((double)h[b][i] - (double)t0) / 1e3;
-        if (!n) continue;
-        for (int a = 1; a < n; a++)
-            for (int c = a; c > 0 && v[c - 1] > v[c]; c--) { double x = v[c]; v[c] = v[c - 1]; v[c - 1] = x; }
-        fprintf(f, "gemv stamp %-12s blocks %4d  min %7.2f  median %7.2f  max %7.2f us\n", name[i], n, v[0], v[n / 2],
-                v[n - 1]);
-    }
+    hmc_stamp_summary(f, "gemv", &h[0][0], GSTAMP_BLOCKS, 4, 0, name);
 }
 extern "C" void hmc_gemv_force_variant(int v) { g_force_variant = v; }
 extern "C" void hmc_gemv_set_self_prefetch(int rounds) { g_self_pf = rounds > 0 ? rounds : 0; }
