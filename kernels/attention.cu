@@ -238,14 +238,7 @@ attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, 
             if (gsel >= 0 && g != gsel) continue;
             float s[KU];
 #pragma unroll
-            for (int u = 0; u < KU; u++) {
-                float d = 0.0f;
-#pragma unroll
-                for (int j = 0; j < J; j++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) d += q[g][j][e] * kv[u][j][e];
-                s[u] = d;
-            }
+            for (int u = 0; u < KU; u++) s[u] = dot_j4<J>(q[g], kv[u]);
 #pragma unroll
             for (int u = 0; u < KU; u++) s[u] = warp_sum(s[u]);
             float mn = m[g];
@@ -254,19 +247,13 @@ attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, 
                 if (kb + u < k1) mn = fmaxf(mn, s[u]);
             float corr = __expf(m[g] - mn); /* m = -inf the first time: exp(-inf) = 0 */
             l[g] *= corr;
-#pragma unroll
-            for (int j = 0; j < J; j++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) acc[g][j][e] *= corr;
+            float p[KU];
 #pragma unroll
             for (int u = 0; u < KU; u++) {
-                float p = kb + u < k1 ? __expf(s[u] - mn) : 0.0f;
-                l[g] += p;
-#pragma unroll
-                for (int j = 0; j < J; j++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) acc[g][j][e] += p * vv[u][j][e];
+                p[u] = kb + u < k1 ? __expf(s[u] - mn) : 0.0f;
+                l[g] += p[u];
             }
+            fold_values<J, KU>(acc[g], corr, p, vv);
             m[g] = mn;
         }
     };

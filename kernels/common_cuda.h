@@ -86,6 +86,36 @@ __device__ __forceinline__ float warp_max(float v)
     return v;
 }
 
+/* Σ a[j][e] · b[j][e]: a lane's share of a dot product over J 4-wide slices (a head's dims in
+ * the decode attentions), summed in this order. */
+template <int J>
+__device__ __forceinline__ float dot_j4(const float (&a)[J][4], const float (&b)[J][4])
+{
+    float d = 0.0f;
+#pragma unroll
+    for (int j = 0; j < J; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) d += a[j][e] * b[j][e];
+    return d;
+}
+
+/* One online-softmax step of a lane's output slices: acc = acc · corr + Σ_u p[u] · v[u] (in u
+ * order). */
+template <int J, int U>
+__device__ __forceinline__ void fold_values(float (&acc)[J][4], float corr, const float (&p)[U], const float (&v)[U][J][4])
+{
+#pragma unroll
+    for (int j = 0; j < J; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[j][e] *= corr;
+#pragma unroll
+    for (int u = 0; u < U; u++)
+#pragma unroll
+        for (int j = 0; j < J; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[j][e] += p[u] * v[u][j][e];
+}
+
 /* Block-wide sum for blockDim.x a multiple of 32, at most 1024; every thread gets the result.
  * `red` is 32 floats of shared memory. */
 __device__ __forceinline__ float block_sum(float v, float *red)

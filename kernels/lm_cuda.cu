@@ -23,6 +23,8 @@ constexpr int PREFILL_CHUNK = 128; /* prompt positions per prefill pass (bounds 
 /* fp8 weights: prefill by the FP8 GEMM (1) or dequantise + bf16 GEMM (0) unless HM_LM_FP8_PREFILL
  * says otherwise (lm_cuda_tune.prefill_fp8; docs/PERF.md has the measurement) */
 constexpr int PREFILL_FP8_DEFAULT = 1;
+/* lm_cuda_tune.persist's default (bit 0 backbone, bit 1 decoder; docs/PERF.md) */
+constexpr int LM_CUDA_PERSIST_DEFAULT = 0;
 
 struct layer_w {
     void *wqkv, *wo, *w13, *w2;
@@ -49,12 +51,13 @@ struct scratch {
 
 enum {
     P_EMBED, P_BB_QKV, P_BB_ROPE, P_BB_ATTN, P_BB_O, P_BB_W13, P_BB_W2, P_BB_NORM, P_C0, P_SAMPLE, P_DEC_IN,
-    P_DEC_QKV, P_DEC_ROPE, P_DEC_ATTN, P_DEC_O, P_DEC_W13, P_DEC_W2, P_HEADS, P_COUNT
+    P_DEC_QKV, P_DEC_ROPE, P_DEC_ATTN, P_DEC_O, P_DEC_W13, P_DEC_W2, P_HEADS, P_BB_STACK, P_DEC_STACK, P_COUNT
 };
 const char *const P_NAMES[P_COUNT] = {"embed frame", "bb qkv gemv", "bb rope+kv", "bb attention", "bb o gemv",
                                       "bb w1|w3 gemv", "bb w2 gemv", "bb final norm", "c0 head gemv", "cfg+sample x8",
                                       "dec input+proj", "dec qkv gemv", "dec rope+kv", "dec attention", "dec o gemv",
-                                      "dec w1|w3 gemv", "dec w2 gemv", "audio heads x7"};
+                                      "dec w1|w3 gemv", "dec w2 gemv", "audio heads x7",
+                                      "bb layers (persistent)", "dec layers (persistent)"};
 
 struct prof_state {
     int on;
@@ -109,8 +112,13 @@ struct lm_cuda_req {
     int text_cap;
     int uses_extend, uses_frame;
     cudaGraphExec_t g_extend, g_frame;
+    /* decode layer stacks as persistent programs (lm_cuda_tune.persist): the backbone's, and the
+     * depth decoder's for each step with one position per row (steps 2 .. nc - 1) */
+    hmc_persist *pp_bb, *pp_dec[8];
     prof_state *prof;
 };
+
+static double xfm_bytes(const xfm *X, hmc_dtype t);
 
 namespace {
 
@@ -613,6 +621,13 @@ int model_init(lm_cuda *m, const hm_lm_config *cfg, const lm_cuda_opts *o)
 {
     m->cfg = *cfg;
     m->tune = {1, 0, 0, 0, 0, 1, 32}; /* measured best on an H100 (docs/PERF.md; the L2 prefetch hints were slower) */
+    m->tune.persist = LM_CUDA_PERSIST_DEFAULT;
+    if (const char *e = getenv("HM_LM_PERSIST")) {
+        char *end;
+        long v = strtol(e, &end, 0);
+        if (*e == '\0' || *end || v < 0 || v > 3) return hm_err("HM_LM_PERSIST='%s' (0..3: bit 0 backbone, bit 1 decoder)", e);
+        m->tune.persist = (int)v;
+    }
     /* fp8 prefill: the FP8 GEMM or dequantise + bf16 GEMM (HM_LM_FP8_PREFILL=gemm|dequant) */
     m->tune.prefill_fp8 = PREFILL_FP8_DEFAULT;
     if (const char *e = getenv("HM_LM_FP8_PREFILL")) {
@@ -809,6 +824,53 @@ int scratch_alloc(scratch *s, const xfm *X, int B, int T, int max_keys, hmc_dtyp
     return HM_OK;
 }
 
+/* The phases of a decode layer stack over B rows at one position each (hmc_persist): per layer
+ * qkv (+ rotary, cache append), attention, o (+=), w1|w3 (SwiGLU), w2 (+=), on scratch s. */
+int persist_program(lm_cuda_req *r, const xfm *X, scratch *s, void **kc, void **vc, int max_seq, const int *pos_dev,
+                    int pos_add, hmc_persist **out)
+{
+    const int L = X->f.num_layers, D = X->D, I = X->I, HD = X->H * X->hd;
+    hmc_pp_phase *ph = (hmc_pp_phase *)hm_calloc((size_t)L * 5, sizeof *ph);
+    for (int l = 0; l < L; l++) {
+        const layer_w *W = &X->L[l];
+        hmc_pp_phase *P = ph + 5 * l;
+        for (int i = 0; i < 5; i++)
+            P[i].H = X->H, P[i].KVH = X->KVH, P[i].hd = X->hd, P[i].max_seq = max_seq, P[i].freqs = X->freqs,
+            P[i].pos_dev = pos_dev, P[i].pos_add = pos_add, P[i].kc = kc[l], P[i].vc = vc[l], P[i].eps = X->f.norm_eps;
+        P[0].type = HMC_PP_GEMV, P[0].w = W->wqkv, P[0].N = X->qkvw, P[0].K = D, P[0].x = s->x, P[0].ldx = D;
+        P[0].in_mode = HMC_IN_RMSNORM, P[0].nscale = W->sa_norm, P[0].y = s->qkv, P[0].ldy = X->qkvw;
+        P[0].out = HMC_PP_ROPE;
+        P[1].type = HMC_PP_ATTN, P[1].x = s->qkv, P[1].ldx = X->qkvw, P[1].y = s->att, P[1].ldy = HD;
+        P[2].type = HMC_PP_GEMV, P[2].w = W->wo, P[2].N = D, P[2].K = HD, P[2].x = s->att, P[2].ldx = HD;
+        P[2].y = s->x, P[2].ldy = D, P[2].out = HMC_PP_ADD;
+        P[3].type = HMC_PP_GEMV, P[3].w = W->w13, P[3].N = 2 * I, P[3].K = D, P[3].x = s->x, P[3].ldx = D;
+        P[3].in_mode = HMC_IN_RMSNORM, P[3].nscale = W->mlp_norm, P[3].y = s->gu, P[3].ldy = I;
+        P[3].out = HMC_PP_SWIGLU;
+        P[4].type = HMC_PP_GEMV, P[4].w = W->w2, P[4].N = D, P[4].K = I, P[4].x = s->gu, P[4].ldx = I;
+        P[4].y = s->x, P[4].ldy = D, P[4].out = HMC_PP_ADD;
+    }
+    int rc = hmc_persist_create(out, ph, L * 5, r->B, max_seq);
+    free(ph);
+    return rc;
+}
+
+/* The request's persistent programs, as lm_cuda_tune.persist asks: bf16 weights only (the
+ * kernel streams bf16 rows); a program the kernel cannot take is an error. */
+int persist_setup(lm_cuda_req *r)
+{
+    const lm_cuda *m = r->m;
+    const int want = m->tune.persist, nc = m->cfg.audio_num_codebooks;
+    if (!want) return HM_OK;
+    if (m->qdt != HMC_BF16)
+        return hm_err("lm_cuda: persistent layer stacks (HM_LM_PERSIST=%d) need bf16 weights", want);
+    if ((want & 1) && (m->parts & LM_CUDA_PART_BACKBONE))
+        CKH(persist_program(r, &m->bb, &r->sd_bb, r->bk, r->bv, r->max_seq, r->pos_dev, 0, &r->pp_bb));
+    if (want & 2)
+        for (int i = 2; i < nc; i++)
+            CKH(persist_program(r, &m->dec, &r->sd_dec, r->dk, r->dv, nc, nullptr, i, &r->pp_dec[i]));
+    return HM_OK;
+}
+
 /* backbone step over one frame (graph body) */
 int extend_body(lm_cuda_req *r)
 {
@@ -822,9 +884,12 @@ int extend_body(lm_cuda_req *r)
                        s->x, r->st));
     /* the frame graph that usually follows starts with the codebook-0 head */
     const size_t c0_bytes = hmc_weight_bytes(m->qdt, c->audio_vocab_size, X->D);
-    for (int l = 0; l < X->f.num_layers; l++)
-        CKH(layer_fwd(r, X, l, s, r->B, 1, r->pos_dev, 0, r->bk[l], r->bv[l], r->max_seq, r->max_seq, 0, m->c0_head,
-                      c0_bytes));
+    if (r->pp_bb)
+        OP(r, P_BB_STACK, (double)xfm_bytes(X, m->qdt), hmc_persist_run(r->pp_bb, r->st));
+    else
+        for (int l = 0; l < X->f.num_layers; l++)
+            CKH(layer_fwd(r, X, l, s, r->B, 1, r->pos_dev, 0, r->bk[l], r->bv[l], r->max_seq, r->max_seq, 0,
+                          m->c0_head, c0_bytes));
     OP(r, P_BB_NORM, 0, hmc_rmsnorm(s->x, X->norm, r->h_last, HMC_F32, r->B, X->D, X->f.norm_eps, r->st));
     CKH(hmc_add_counter(r->pos_dev, 1, r->st));
     return HM_OK;
@@ -864,8 +929,11 @@ int frame_body(lm_cuda_req *r)
         const int pos_add = i == 1 ? 0 : i;
         const char *head = (const char *)m->audio_head + (size_t)(i - 1) * mat_stride(qt, Va, Dd);
         const float *head_s = m->s_ah ? m->s_ah + (size_t)(i - 1) * hmc_weight_scales(qt, Va) : nullptr;
-        for (int l = 0; l < X->f.num_layers; l++)
-            CKH(layer_fwd(r, X, l, s, B, T, nullptr, pos_add, r->dk[l], r->dv[l], nc, nc, 1, head, head_bytes));
+        if (T == 1 && r->pp_dec[i])
+            OP(r, P_DEC_STACK, (double)xfm_bytes(X, qt), hmc_persist_run(r->pp_dec[i], st));
+        else
+            for (int l = 0; l < X->f.num_layers; l++)
+                CKH(layer_fwd(r, X, l, s, B, T, nullptr, pos_add, r->dk[l], r->dv[l], nc, nc, 1, head, head_bytes));
         /* last position of each row → final norm (fused) → audio head i-1 */
         hmc_gemv_args gh = {head, qt, Va, Dd, head_s, s->x + (size_t)(T - 1) * Dd, T * Dd, B, HMC_IN_RMSNORM, X->norm,
                             X->f.norm_eps, r->logits, Va, 0};
@@ -1007,6 +1075,13 @@ extern "C" void lm_cuda_set_tune(lm_cuda *m, const lm_cuda_tune *t)
     m->tune = *t;
 }
 
+extern "C" void lm_cuda_persist_stamp_report(const lm_cuda_req *r, FILE *f)
+{
+    if (r->pp_bb) fprintf(f, "-- backbone layers --\n"), hmc_persist_stamp_report(r->pp_bb, f);
+    for (int i = 0; i < 8; i++)
+        if (r->pp_dec[i]) fprintf(f, "-- decoder layers, step %d --\n", i), hmc_persist_stamp_report(r->pp_dec[i], f);
+}
+
 extern "C" const hm_lm_config *lm_cuda_config(const lm_cuda *m) { return &m->cfg; }
 
 static double xfm_bytes(const xfm *X, hmc_dtype t)
@@ -1069,6 +1144,7 @@ extern "C" int lm_cuda_req_new(lm_cuda *m, int B, int max_seq, lm_cuda_req **out
     TRY(dev_alloc((void **)&r->muq_dev, sizeof(float) * HM_MAX(c->muq_dim, 1)));
     TRY(scratch_alloc(&r->sd_bb, &m->bb, B, 1, max_seq, m->wdt));
     TRY(scratch_alloc(&r->sd_dec, &m->dec, B, 2, nc, m->wdt));
+    TRY(persist_setup(r));
     if (rc == HM_OK && cudaMemset(r->pos_dev, 0, sizeof(int)) != cudaSuccess)
         rc = hm_err("%s:%d: memset failed", __FILE__, __LINE__);
     if (rc == HM_OK && cudaMemset(r->codes_dev, 0, sizeof(int32_t) * 8) != cudaSuccess)
@@ -1088,6 +1164,8 @@ extern "C" void lm_cuda_req_free(lm_cuda_req *r)
     if (r->st) cudaStreamSynchronize(r->st);
     if (r->g_extend) cudaGraphExecDestroy(r->g_extend);
     if (r->g_frame) cudaGraphExecDestroy(r->g_frame);
+    hmc_persist_destroy(r->pp_bb);
+    for (int i = 0; i < 8; i++) hmc_persist_destroy(r->pp_dec[i]);
     for (int l = 0; r->bk && l < r->m->bb.f.num_layers; l++) cudaFree(r->bk[l]), cudaFree(r->bv[l]);
     for (int l = 0; r->dk && l < r->m->dec.f.num_layers; l++) cudaFree(r->dk[l]), cudaFree(r->dv[l]);
     free(r->bk), free(r->bv), free(r->dk), free(r->dv);

@@ -161,8 +161,15 @@ typedef struct {
                          row, hmc_gemm_fp8), 0 = dequantise each matrix to bf16 + bf16 GEMM; the
                          default is the faster measured one, HM_LM_FP8_PREFILL=gemm|dequant at load
                          overrides it.  Read at each prefill. */
+    int persist;      /* decode layer stacks as one persistent kernel each (kernels/persist.cu, bf16
+                         weights, B*T <= 2): bit 0 the backbone, bit 1 the depth decoder's steps 2..;
+                         default HM_LM_PERSIST at load, else LM_CUDA_PERSIST_DEFAULT.  Read at
+                         lm_cuda_req_new. */
 } lm_cuda_tune;
 void lm_cuda_get_tune(const lm_cuda *m, lm_cuda_tune *t);
+/* Diagnostics: the phase times of the request's last persistent backbone and decoder runs
+ * (HM_PP_STAMP=1 at lm_cuda_req_new; hmc_persist_stamp_report). */
+void lm_cuda_persist_stamp_report(const lm_cuda_req *r, FILE *f);
 void lm_cuda_set_tune(lm_cuda *m, const lm_cuda_tune *t);
 
 /* Per-piece GPU time of one frame (extend + frame), run eagerly with an event around each op. */

@@ -202,6 +202,52 @@ void hmc_attention_stamp_report(FILE *f);
 void hmc_gemv_set_stamp(int on);
 void hmc_gemv_stamp_report(FILE *f);
 
+/* ---- the decode layer stack as one persistent kernel (kernels/persist.cu) -----------------------
+ * An experiment the engine leaves off (lm_cuda_tune.persist): slower than the separate kernels on
+ * an H100 (docs/PERF.md).
+ * A program of phases run by one block per SM with a grid barrier between phases: GEMV phases
+ * (bf16 weights) and attention phases, over R = 1 or 2 activation rows (decode, T = 1).  Each
+ * block streams its share of every GEMV's weight rows, in program order, through a ring of
+ * shared-memory slots filled by bulk copies, so the weights of the next phases keep arriving
+ * while a barrier, the attention or another block's tail is waited for.
+ *   GEMV: y[r, n] (out) Σ_k in(x)[r, k] · W[n, k], n < N, in = x (HMC_IN_PLAIN) or RMSNorm(x) ·
+ *   nscale (HMC_IN_RMSNORM); out: HMC_PP_STORE (=), HMC_PP_ADD (+=), HMC_PP_SWIGLU (rows 2i, 2i+1
+ *   are gate, up: y[r, i] = silu(gate) · up), HMC_PP_ROPE (the qkv projection: rows are
+ *   (H + 2 KVH) hd, interleaved q/k pairs rotated by the position, k and v appended to the
+ *   caches, as hmc_gemv's rotary epilogue).
+ *   ATTN: causal decode attention of the q rows in x (stride ldx: the qkv rows) against keys
+ *   0 .. pos of the bf16 caches kc/vc ([R][KVH][max_seq][hd]), output y [R, H hd] (stride ldy).
+ * pos = *pos_dev (if non-null) + pos_add.  Reads of one phase's output by the next use L2, so the
+ * program may chain any phases whose shapes fit (hmc_persist_create checks and says why not). */
+enum { HMC_PP_GEMV = 0, HMC_PP_ATTN = 1 };
+enum { HMC_PP_STORE = 0, HMC_PP_ADD = 1, HMC_PP_SWIGLU = 2, HMC_PP_ROPE = 3 };
+typedef struct {
+    int type;
+    const void *w; int N, K;               /* GEMV: bf16 [N, K], 16-byte aligned, K % 8 == 0 */
+    const float *x; int ldx; int in_mode;  /* input rows (GEMV: in(x); ATTN: the qkv rows) */
+    const float *nscale; float eps;
+    float *y; int ldy; int out;
+    int H, KVH, hd, max_seq;               /* HMC_PP_ROPE and ATTN */
+    const float *freqs;                    /* HMC_PP_ROPE: [hd / 2] */
+    const int *pos_dev; int pos_add;
+    void *kc, *vc;
+} hmc_pp_phase;
+typedef struct hmc_persist hmc_persist;
+/* Copy the program to the device and size its work buffers (attention partial sums, counters)
+ * for R rows and queries of at most max_keys keys.  HM_ERR (nothing allocated) when a phase does
+ * not fit the kernel. */
+int hmc_persist_create(hmc_persist **out, const hmc_pp_phase *ph, int n, int R, int max_keys);
+/* Enqueue the program (graph-capturable; programmatic dependent launch: the first weights are
+ * streamed before the previous kernel has finished). */
+int hmc_persist_run(const hmc_persist *p, cudaStream_t stream);
+void hmc_persist_destroy(hmc_persist *p);
+/* Diagnostics: HM_PP_STAMP=1 at create makes every block stamp the end of each phase and its
+ * pass of each barrier; this prints the last run's time per phase kind and the barriers' latency
+ * (synchronises the device).  Knobs read at create: HM_PP_INFLIGHT (bulk copies in flight a
+ * block, default 1), HM_PP_CHUNK_MIN (keys per attention chunk at least, default 64),
+ * HM_PP_NOMATH=1 (the weight stream alone, results garbage). */
+void hmc_persist_stamp_report(const hmc_persist *p, FILE *f);
+
 /* ---- embeddings (kernels/embed.cu) ------------------------------------------------------------
  * Prompt rows: x[b*S + s, D] = Σ_k mask[s,k] · audio[tok[s,k] + k·Va] + mask[s,nc] · text row,
  * where the text row is text[tok[s,nc]] for b = 0 and uncond (if non-NULL) for b = 1.

@@ -4,7 +4,7 @@
  * ‖gpu − cpu‖ / ‖cpu‖, with the CPU fed exactly the values the GPU saw (bf16-rounded weights,
  * caches, GEMM inputs), so the bound only covers fp32 summation order and fast exp.
  * Prints one PASS/FAIL row per case and exits 1 on any failure.  Needs a GPU.
- * usage: gpu_ops [seed] */
+ * usage: gpu_ops [seed [persist]]   (persist: only the persistent layer stack's checks) */
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdio.h>
@@ -401,6 +401,180 @@ static void check_attention(int B, int T, int H, int KVH, int hd, int pos0, hmc_
     free(qkv), free(kc), free(vc), free(g), free(ref), free(q), free(k), free(v);
 }
 
+/* The persistent layer stack (hmc_persist) against the CPU op chain: `layers` decoder layers
+ * (bf16 weights, interleaved rotary pairs, w1|w3 rows interleaved, bf16 caches with random keys
+ * before the position and NaN after it) over R rows at position pos read from the device.  The
+ * program runs twice from the same input (its barrier and merge counters must be back at 0);
+ * compared: the residual stream and both caches. */
+static void check_persist(int R, int D, int H, int KVH, int hd, int I, int layers, int pos, int max_seq)
+{
+    const int N = (H + 2 * KVH) * hd, HD = H * hd, S = pos + 1;
+    const size_t nc = (size_t)R * KVH * max_seq * hd;
+    float *freqs = hm_malloc(sizeof(float) * hd / 2);
+    cpu_rope_freqs(freqs, hd, 500000.0f, 32.0f);
+    float *fd = dev_f32(freqs, hd / 2);
+    float *x = rvec((size_t)R * D, 2.0f), *xd = dev_f32(x, (size_t)R * D);
+    float *qkvd = dev_poison((size_t)R * N), *attd = dev_poison((size_t)R * HD), *gud = dev_poison((size_t)R * I);
+    int *posd;
+    CU(cudaMalloc((void **)&posd, sizeof(int)));
+    CU(cudaMemcpy(posd, &pos, sizeof(int), cudaMemcpyHostToDevice));
+    float **W = hm_malloc(sizeof(float *) * layers * 6), **kc = hm_malloc(sizeof(float *) * layers * 2);
+    void **Wd = hm_malloc(sizeof(void *) * layers * 6), **kcd = hm_malloc(sizeof(void *) * layers * 2);
+    hmc_pp_phase *ph = hm_malloc(sizeof(hmc_pp_phase) * layers * 5);
+    memset(ph, 0, sizeof(hmc_pp_phase) * layers * 5);
+    for (int l = 0; l < layers; l++) {
+        float **w = W + 6 * l;
+        w[0] = rvec((size_t)N * D, 1.0f / sqrtf((float)D)), w[1] = rvec((size_t)D * HD, 1.0f / sqrtf((float)HD));
+        w[2] = rvec((size_t)2 * I * D, 1.0f / sqrtf((float)D)), w[3] = rvec((size_t)D * I, 1.0f / sqrtf((float)I));
+        w[4] = rvec(D, 1.0f), w[5] = rvec(D, 1.0f); /* the two norm scales */
+        const size_t wn[4] = {(size_t)N * D, (size_t)D * HD, (size_t)2 * I * D, (size_t)D * I};
+        for (int i = 0; i < 4; i++) Wd[6 * l + i] = to_dev(w[i], wn[i], HMC_BF16);
+        Wd[6 * l + 4] = dev_f32(w[4], D), Wd[6 * l + 5] = dev_f32(w[5], D);
+        for (int j = 0; j < 2; j++) {
+            kc[2 * l + j] = rvec(nc, 1.0f);
+            for (int b = 0; b < R * KVH; b++) /* what an unmasked read past the keys would show */
+                for (size_t i = (size_t)S * hd; i < (size_t)max_seq * hd; i++) kc[2 * l + j][(size_t)b * max_seq * hd + i] = NAN;
+            kcd[2 * l + j] = to_dev(kc[2 * l + j], nc, HMC_BF16);
+        }
+        hmc_pp_phase *P = ph + 5 * l;
+        for (int i = 0; i < 5; i++)
+            P[i].H = H, P[i].KVH = KVH, P[i].hd = hd, P[i].max_seq = max_seq, P[i].pos_dev = posd,
+            P[i].kc = kcd[2 * l], P[i].vc = kcd[2 * l + 1], P[i].freqs = fd;
+        P[0].type = HMC_PP_GEMV, P[0].w = Wd[6 * l], P[0].N = N, P[0].K = D, P[0].x = xd, P[0].ldx = D;
+        P[0].in_mode = HMC_IN_RMSNORM, P[0].nscale = Wd[6 * l + 4], P[0].eps = 1e-5f;
+        P[0].y = qkvd, P[0].ldy = N, P[0].out = HMC_PP_ROPE;
+        P[1].type = HMC_PP_ATTN, P[1].x = qkvd, P[1].ldx = N, P[1].y = attd, P[1].ldy = HD;
+        P[2].type = HMC_PP_GEMV, P[2].w = Wd[6 * l + 1], P[2].N = D, P[2].K = HD, P[2].x = attd, P[2].ldx = HD;
+        P[2].y = xd, P[2].ldy = D, P[2].out = HMC_PP_ADD;
+        P[3].type = HMC_PP_GEMV, P[3].w = Wd[6 * l + 2], P[3].N = 2 * I, P[3].K = D, P[3].x = xd, P[3].ldx = D;
+        P[3].in_mode = HMC_IN_RMSNORM, P[3].nscale = Wd[6 * l + 5], P[3].eps = 1e-5f;
+        P[3].y = gud, P[3].ldy = I, P[3].out = HMC_PP_SWIGLU;
+        P[4].type = HMC_PP_GEMV, P[4].w = Wd[6 * l + 3], P[4].N = D, P[4].K = I, P[4].x = gud, P[4].ldx = I;
+        P[4].y = xd, P[4].ldy = D, P[4].out = HMC_PP_ADD;
+    }
+    hmc_persist *pp;
+    OK(hmc_persist_create(&pp, ph, layers * 5, R, S));
+    OK(hmc_persist_run(pp, 0));
+    CU(cudaMemcpy(xd, x, sizeof(float) * R * D, cudaMemcpyHostToDevice));
+    OK(hmc_persist_run(pp, 0));
+    float *g = from_dev(xd, (size_t)R * D);
+    /* the CPU: layer by layer, row by row */
+    float *xn = hm_malloc(sizeof(float) * D), *qkv = hm_malloc(sizeof(float) * N), *att = hm_malloc(sizeof(float) * HD);
+    float *gu = hm_malloc(sizeof(float) * 2 * I), *gg = hm_malloc(sizeof(float) * I), *uu = hm_malloc(sizeof(float) * I);
+    float *o = hm_malloc(sizeof(float) * D), *k = hm_malloc(sizeof(float) * S * KVH * hd), *v = hm_malloc(sizeof(float) * S * KVH * hd);
+    for (int l = 0; l < layers; l++) {
+        float **w = W + 6 * l;
+        for (int b = 0; b < R; b++) {
+            float *xr = x + (size_t)b * D;
+            cpu_rmsnorm(xr, w[4], xn, 1, D, 1e-5f);
+            cpu_linear(xn, w[0], NULL, qkv, 1, D, N);
+            cpu_rope_interleaved(qkv, 1, H + KVH, hd, pos, freqs);
+            for (int h = 0; h < KVH; h++)
+                for (int d = 0; d < hd; d++) {
+                    size_t c = (((size_t)b * KVH + h) * max_seq + pos) * hd + d;
+                    kc[2 * l][c] = hm_bf16_to_f32(hm_f32_to_bf16(qkv[(H + h) * hd + d]));
+                    kc[2 * l + 1][c] = hm_bf16_to_f32(hm_f32_to_bf16(qkv[(H + KVH + h) * hd + d]));
+                }
+            cache_rows(kc[2 * l], b, KVH, max_seq, hd, S, k);
+            cache_rows(kc[2 * l + 1], b, KVH, max_seq, hd, S, v);
+            cpu_attention(qkv, k, v, att, 1, S, H, KVH, hd, 1, pos);
+            cpu_linear(att, w[1], NULL, o, 1, HD, D);
+            for (int d = 0; d < D; d++) xr[d] += o[d];
+            cpu_rmsnorm(xr, w[5], xn, 1, D, 1e-5f);
+            cpu_linear(xn, w[2], NULL, gu, 1, D, 2 * I);
+            for (int i = 0; i < I; i++) gg[i] = gu[2 * i], uu[i] = gu[2 * i + 1];
+            cpu_silu_mul(gg, uu, I);
+            cpu_linear(gg, w[3], NULL, o, 1, I, D);
+            for (int d = 0; d < D; d++) xr[d] += o[d];
+        }
+    }
+    char sh[112];
+    snprintf(sh, sizeof sh, "R=%d D=%d H=%d/%d hd=%d I=%d L=%d keys=%d", R, D, H, KVH, hd, I, layers, S);
+    report("persist x", sh, g, x, (size_t)R * D, 2e-3);
+    for (int l = 0; l < layers; l++)
+        for (int j = 0; j < 2; j++) {
+            /* only the keys: past them the cache holds NaN on both sides */
+            float *gc = gpu_down(kcd[2 * l + j], nc, HMC_BF16);
+            float *a = hm_malloc(sizeof(float) * S * KVH * hd), *bref = hm_malloc(sizeof(float) * S * KVH * hd);
+            double num = 0, den = 0;
+            for (int b = 0; b < R; b++) {
+                cache_rows(gc, b, KVH, max_seq, hd, S, a);
+                cache_rows(kc[2 * l + j], b, KVH, max_seq, hd, S, bref);
+                for (size_t i = 0; i < (size_t)S * KVH * hd; i++) {
+                    double d = (double)a[i] - bref[i];
+                    num += isfinite(d) ? d * d : 1e30, den += (double)bref[i] * bref[i];
+                }
+            }
+            const double err = sqrt(num / den);
+            const int ok = err <= 2e-3;
+            ok ? n_pass++ : n_fail++;
+            printf("%-4s %-14s %-44s err %.2e (bound 2e-03)\n", ok ? "PASS" : "FAIL", j ? "persist v$" : "persist k$", sh, err);
+            free(gc), free(a), free(bref);
+        }
+    hmc_persist_destroy(pp);
+    for (int l = 0; l < layers; l++) {
+        for (int i = 0; i < 6; i++) free(W[6 * l + i]), cudaFree(Wd[6 * l + i]);
+        for (int j = 0; j < 2; j++) free(kc[2 * l + j]), cudaFree(kcd[2 * l + j]);
+    }
+    free(W), free(kc), free(Wd), free(kcd), free(ph), free(freqs), free(x), free(g);
+    free(xn), free(qkv), free(att), free(gu), free(gg), free(uu), free(o), free(k), free(v);
+    cudaFree(fd), cudaFree(xd), cudaFree(qkvd), cudaFree(attd), cudaFree(gud), cudaFree(posd);
+}
+
+/* Timing, not a check: a program of GEMV phases only (w1|w3 and w2 shapes of the 3B backbone,
+ * `reps` pairs with their own weights, larger than L2) against the copy bandwidth of the same
+ * run: how close the ring's weight stream gets to the floor without attention or small GEMVs. */
+static void bench_persist(int reps)
+{
+    const int D = 3072, I = 8192, R = 2;
+    const double copy = gpu_copy_bandwidth();
+    float *x, *gu, *ns;
+    CU(cudaMalloc((void **)&x, sizeof(float) * R * D));
+    CU(cudaMalloc((void **)&gu, sizeof(float) * R * I));
+    CU(cudaMalloc((void **)&ns, sizeof(float) * D));
+    OK(hmc_fill_random(x, HMC_F32, (size_t)R * D, 1, 1.0f, 0));
+    OK(hmc_fill_random(ns, HMC_F32, D, 2, 1.0f, 0));
+    hmc_pp_phase *ph = hm_malloc(sizeof(hmc_pp_phase) * 2 * reps);
+    memset(ph, 0, sizeof(hmc_pp_phase) * 2 * reps);
+    void **w = hm_malloc(sizeof(void *) * 2 * reps);
+    double bytes = 0;
+    for (int i = 0; i < reps; i++) {
+        CU(cudaMalloc(&w[2 * i], (size_t)2 * I * D * 2));
+        CU(cudaMalloc(&w[2 * i + 1], (size_t)D * I * 2));
+        OK(hmc_fill_random(w[2 * i], HMC_BF16, (size_t)2 * I * D, 3 + i, 0.02f, 0));
+        OK(hmc_fill_random(w[2 * i + 1], HMC_BF16, (size_t)D * I, 100 + i, 0.01f, 0));
+        hmc_pp_phase *P = ph + 2 * i;
+        P[0].type = HMC_PP_GEMV, P[0].w = w[2 * i], P[0].N = 2 * I, P[0].K = D, P[0].x = x, P[0].ldx = D;
+        P[0].in_mode = HMC_IN_RMSNORM, P[0].nscale = ns, P[0].eps = 1e-5f, P[0].y = gu, P[0].ldy = I;
+        P[0].out = HMC_PP_SWIGLU;
+        P[1].type = HMC_PP_GEMV, P[1].w = w[2 * i + 1], P[1].N = D, P[1].K = I, P[1].x = gu, P[1].ldx = I;
+        P[1].y = x, P[1].ldy = D, P[1].out = HMC_PP_ADD;
+        bytes += 3.0 * I * D * 2;
+    }
+    hmc_persist *pp;
+    OK(hmc_persist_create(&pp, ph, 2 * reps, R, 1));
+    cudaEvent_t e0, e1;
+    CU(cudaEventCreate(&e0));
+    CU(cudaEventCreate(&e1));
+    OK(hmc_persist_run(pp, 0));
+    CU(cudaEventRecord(e0, 0));
+    const int runs = 10;
+    for (int i = 0; i < runs; i++) OK(hmc_persist_run(pp, 0));
+    CU(cudaEventRecord(e1, 0));
+    CU(cudaEventSynchronize(e1));
+    float ms;
+    CU(cudaEventElapsedTime(&ms, e0, e1));
+    const double us = ms * 1e3 / runs, bw = bytes / (us * 1e-6);
+    printf("persist bench: %d GEMV phases, %.0f MB: %.1f us a run = %.0f GB/s = %.0f%% of copy (%.0f GB/s)\n", 2 * reps,
+           bytes / 1e6, us, bw / 1e9, 100.0 * bw / copy, copy / 1e9);
+    if (getenv("HM_PP_STAMP")) hmc_persist_stamp_report(pp, stdout);
+    hmc_persist_destroy(pp);
+    for (int i = 0; i < 2 * reps; i++) cudaFree(w[i]);
+    free(w), free(ph);
+    cudaFree(x), cudaFree(gu), cudaFree(ns);
+    cudaEventDestroy(e0), cudaEventDestroy(e1);
+}
+
 static void check_embed(int S, int B, int nc, int Va, int Vt, int D, hmc_dtype t)
 {
     float *audio = rvec((size_t)nc * Va * D, 1.0f), *text = rvec((size_t)Vt * D, 1.0f), *unc = rvec(D, 1.0f);
@@ -529,6 +703,8 @@ int main(int argc, char **argv)
     g_rng = seed * 2654435761ull + 1;
     printf("gpu_ops seed %llu\n", (unsigned long long)seed);
     CU(cudaSetDevice(0));
+    const int only_persist = argc > 2 && !strcmp(argv[2], "persist");
+    if (only_persist) goto persist;
     /* GEMV at the released sizes (3B backbone, 300M decoder, heads) and the tiny fixture's */
     check_gemv(5120, 3072, 2, HMC_IN_RMSNORM, HMC_BF16, 0);  /* backbone qkv */
     check_gemv(3072, 3072, 2, HMC_IN_PLAIN, HMC_BF16, 1);    /* o_proj += */
@@ -651,11 +827,25 @@ int main(int argc, char **argv)
     }
     hmc_attention_set_bulk(1, -1);
     hmc_attention_set_single(512, 1, 0);
+persist:
+    /* the persistent layer stack: backbone and decoder shapes, short and long contexts, one row */
+    check_persist(2, 3072, 24, 8, 128, 8192, 2, 199, 8192);
+    check_persist(2, 3072, 24, 8, 128, 8192, 1, 3799, 8192);
+    check_persist(2, 3072, 24, 8, 128, 8192, 1, 8191, 8192);
+    check_persist(2, 3072, 8, 4, 384, 8192, 3, 5, 8);
+    check_persist(1, 3072, 24, 8, 128, 8192, 1, 0, 64);
+    check_persist(2, 256, 4, 2, 64, 512, 3, 130, 200);  /* rows fewer than blocks x warps */
+    check_persist(1, 64, 4, 2, 16, 128, 2, 9, 16);      /* the tiny fixture's shapes */
+    if (only_persist) {
+        bench_persist(4);
+        goto done;
+    }
     check_embed(40, 2, 8, 8197, 4096, 3072, HMC_BF16);
     check_embed(21, 2, 8, 69, 1024, 64, HMC_F32);
     check_sample(8197, 2);
     check_sample(8197, 1);
     check_sample(69, 2);
+done:
     printf("gpu_ops: %d passed, %d failed\n", n_pass, n_fail);
     return n_fail ? 1 : 0;
 }

@@ -288,11 +288,12 @@ int main(int argc, char **argv)
         fclose(fo);
         printf("\nwrote %s\n", path);
     }
-    /* diagnostics (HM_ATTN_STAMP / HM_GEMV_STAMP): phases of the frame's last stamped launches */
-    if (getenv("HM_ATTN_STAMP") || getenv("HM_GEMV_STAMP")) {
+    /* diagnostics (HM_ATTN_STAMP / HM_GEMV_STAMP / HM_PP_STAMP): phases of the frame's last stamped launches */
+    if (getenv("HM_ATTN_STAMP") || getenv("HM_GEMV_STAMP") || getenv("HM_PP_STAMP")) {
         run_frames(r, 3, &counter);
         if (getenv("HM_ATTN_STAMP")) hmc_attention_stamp_report(stdout);
         if (getenv("HM_GEMV_STAMP")) hmc_gemv_stamp_report(stdout);
+        if (getenv("HM_PP_STAMP")) lm_cuda_persist_stamp_report(r, stdout);
     }
     lm_cuda_req_free(r);
     lm_cuda_free(m);
