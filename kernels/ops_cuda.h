@@ -238,7 +238,9 @@ typedef struct hmc_persist hmc_persist;
  * not fit the kernel. */
 int hmc_persist_create(hmc_persist **out, const hmc_pp_phase *ph, int n, int R, int max_keys);
 /* Enqueue the program (graph-capturable; programmatic dependent launch: the first weights are
- * streamed before the previous kernel has finished). */
+ * streamed before the previous kernel has finished).  The grid is one block per SM and its
+ * barriers spin, so every block must be able to run at once: not under an MPS limit on the
+ * context's SMs (CUDA_MPS_ACTIVE_THREAD_PERCENTAGE). */
 int hmc_persist_run(const hmc_persist *p, cudaStream_t stream);
 void hmc_persist_destroy(hmc_persist *p);
 /* Diagnostics: HM_PP_STAMP=1 at create makes every block stamp the end of each phase and its
