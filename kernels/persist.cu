@@ -243,8 +243,9 @@ __device__ void gemv_phase(const hmc_pp_phase &P, unsigned char *ring, uint64_t 
     if (P.out == HMC_PP_ROPE) pos0 = (P.pos_dev ? __ldcg(P.pos_dev) : 0) + P.pos_add;
     const int rb = K * 2; /* bytes of a row */
     /* what the epilogues would otherwise wait for (a dependent load a tile): the residuals of the
-     * block's rows, the rotations of its pairs (read after the first tile's barrier) */
-    /* local unit index ul = j upt + k (tile j, its k-th unit) */
+     * block's rows, the rotations of its pairs, by local unit ul = j upt + k (tile j, its k-th
+     * unit).  Every warp writes its share before it counts itself done with any tile, so a
+     * tile's last warp sees all of it (the counter's fences). */
     const int nu = g.nt * g.upt;
     if (P.out == HMC_PP_ADD) {
         for (int i = tid; i < nu * R; i += CW * 32) {
@@ -278,15 +279,15 @@ __device__ void gemv_phase(const hmc_pp_phase &P, unsigned char *ring, uint64_t 
             if (q < rows) {
                 const uint4 *wr = reinterpret_cast<const uint4 *>(sl + (size_t)q * rb);
 #pragma unroll
-                for (int j = 0; j < WJ; j++) {
-                    const int w = tid + j * CW * 32;
+                for (int jw = 0; jw < WJ; jw++) {
+                    const int w = tid + jw * CW * 32;
                     if (w < KW) {
                         float f[8];
                         bf16x8(wr[w], f);
 #pragma unroll
                         for (int r = 0; r < R; r++)
 #pragma unroll
-                            for (int e = 0; e < 8; e++) acc[2 * q + r] += f[e] * xr[j][r][e];
+                            for (int e = 0; e < 8; e++) acc[2 * q + r] += f[e] * xr[jw][r][e];
                     }
                 }
             }
