@@ -247,7 +247,8 @@ void hmc_persist_destroy(hmc_persist *p);
  * pass of each barrier; this prints the last run's time per phase kind and the barriers' latency
  * (synchronises the device).  Knobs read at create: HM_PP_INFLIGHT (bulk copies in flight a
  * block, default 1), HM_PP_CHUNK_MIN (keys per attention chunk at least, default 64),
- * HM_PP_NOMATH=1 (the weight stream alone, results garbage). */
+ * HM_PP_EVICT_FIRST=0 (no L2 evict-first hint on the weight copies), HM_PP_NOMATH=1 (the weight
+ * stream alone, results garbage). */
 void hmc_persist_stamp_report(const hmc_persist *p, FILE *f);
 
 /* ---- embeddings (kernels/embed.cu) ------------------------------------------------------------
