@@ -10,6 +10,11 @@
  * issued before waiting for the previous kernel (programmatic dependent launch) and staging.
  * Kernel shapes (loads per step, warps per row pair, double buffering, or the bulk-copy engine)
  * are variants; the auto choice per shape is the fastest measured on an H200 (docs/PERF.md).
+ * Weight loads carry an L2 policy operand, evict first (hmc_gemv_evict_first; HM_GEMV_EVICT_FIRST=0
+ * gives evict-normal): a frame streams ~10 GB of weights that are read once past what the next
+ * kernels do read again from L2 (KV caches, activations, residual stream).  Measured: -8.5% a bf16
+ * frame on an H100, -10.5% on an H200; an evict-normal operand alone gives about half of that, so
+ * the cause is not only what stays in L2 (docs/PERF.md).
  * The qkv GEMV can apply the rotary embedding in its epilogue and append k, v to the cache
  * (hmc_gemv_args.rope): the rows of a warp are the interleaved pair (2i, 2i+1) a rotation needs.
  * Knobs for keeping DRAM busy across kernel boundaries (a frame is ~280 short kernels), all
@@ -61,13 +66,13 @@ __device__ __forceinline__ void wdec(const uint4 w, float *o, const __nv_fp8_e4m
     }
 }
 
-/* weights are read once: stream them past L1 */
-__device__ __forceinline__ uint4 ldw(const uint4 *p)
+/* weights are read once: stream them past L1, with an L2 policy (hmc_l2_weight_policy) */
+__device__ __forceinline__ uint4 ldw(const uint4 *p, uint64_t pol)
 {
     uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+    asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0,%1,%2,%3}, [%4], %5;"
                  : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
+                 : "l"(p), "l"(pol));
     return v;
 }
 
@@ -109,6 +114,7 @@ struct gemv_ext {
     int early;       /* double-buffered variants: the second step's loads before the wait too */
     int late;        /* A/B knob (HM_GEMV_PRELOAD=0): no loads before the wait */
     int stamp;       /* diagnostics: phase stamps of this launch (hmc_gemv_set_stamp) */
+    int evict_first; /* the weight loads ask L2 to evict them first (hmc_gemv_evict_first) */
     int kv_pf;       /* with the rotary epilogue: ask L2 for at most this many of the layer's cached
                       * keys and values (the attention's next reads) before the wait; 0 off */
     rope_ep rope;
@@ -266,7 +272,7 @@ __device__ __forceinline__ void gstamp(int on, int i)
 }
 
 template <typename WT, int R, int U, int KS, bool DB>
-__global__ void __launch_bounds__(WARPS * 32)
+__global__ void __launch_bounds__(WARPS * 32, 2) /* two blocks an SM (g_bps) */
 gemv_kernel(const WT *__restrict__ W, const float *__restrict__ wscale, int N, int K,
             const float *__restrict__ x, int ldx, int in_mode, const float *__restrict__ nscale,
             float eps, float *__restrict__ y, int ldy, int accumulate, int out_swiglu, gemv_ext ex)
@@ -286,6 +292,7 @@ gemv_kernel(const WT *__restrict__ W, const float *__restrict__ wscale, int N, i
     int base = blockIdx.x * PPB;
 
     uint4 cur[RPW][U];
+    const uint64_t pol = hmc_l2_weight_policy(ex.evict_first);
     auto load_step = [&](uint4 (&dst)[RPW][U], int pp, int w0) {
 #pragma unroll
         for (int i = 0; i < RPW; i++) {
@@ -294,7 +301,8 @@ gemv_kernel(const WT *__restrict__ W, const float *__restrict__ wscale, int N, i
 #pragma unroll
             for (int u = 0; u < U; u++) {
                 int w = w0 + u * 32;
-                dst[i][u] = (pp < npairs && n < N && w < s1) ? ldw(row + w) : make_uint4(0, 0, 0, 0);
+                const bool in = pp < npairs && n < N && w < s1;
+                dst[i][u] = in ? ldw(row + w, pol) : make_uint4(0, 0, 0, 0);
             }
         }
     };
@@ -459,6 +467,7 @@ gemv_ext make_ext(const hmc_gemv_args *a)
         if (kv_pf < 0) kv_pf = 0;
     }
     e.kv_pf = kv_pf;
+    e.evict_first = hmc_gemv_evict_first();
     if (a->rope) {
         const hmc_rope_args *r = a->rope;
         e.rope = {r->freqs, r->pos_dev, r->pos_add, r->T, r->H, r->KVH, r->hd, r->max_seq, r->ct == HMC_F32,
@@ -693,6 +702,18 @@ extern "C" void hmc_gemv_stamp_report(FILE *f)
     hmc_stamp_summary(f, "gemv", &h[0][0], GSTAMP_BLOCKS, 4, 0, name);
 }
 extern "C" void hmc_gemv_force_variant(int v) { g_force_variant = v; }
+
+/* The L2 policy of the decode GEMVs' weight loads (bf16, fp8, NVFP4 kernels). */
+static int g_evict_first = -1;
+extern "C" int hmc_gemv_evict_first(void)
+{
+    if (g_evict_first < 0) {
+        const char *v = getenv("HM_GEMV_EVICT_FIRST");
+        g_evict_first = !(v && strcmp(v, "0") == 0);
+    }
+    return g_evict_first;
+}
+extern "C" void hmc_gemv_set_evict_first(int on) { g_evict_first = on != 0; }
 extern "C" void hmc_gemv_set_self_prefetch(int rounds) { g_self_pf = rounds > 0 ? rounds : 0; }
 extern "C" void hmc_gemv_set_early_loads(int on) { g_early = on != 0; }
 

@@ -25,7 +25,8 @@
  * Two decode kernels: the 8-row kernel (weights as B, loaded into registers in fragment layout;
  * the NVFP4 default) and the streaming kernel (weights as A, staged by cp.async; the fp8 default,
  * with the rotary + KV-append epilogue of hmc_gemv_args.rope; the 8-row path runs hmc_rope_append
- * after itself instead).  hmc_gemv_quant_set_impl switches for A/B timing. */
+ * after itself instead).  hmc_gemv_quant_set_impl switches for A/B timing.  Both load the weights
+ * with the L2 policy of hmc_gemv_evict_first (evict first by default, as gemv.cu). */
 #include "common_cuda.h"
 #include "ops_cuda.h"
 
@@ -43,12 +44,13 @@ int q_multi_acc;   /* 1: several MMA accumulator chains per warp (knob, not meas
 int q_self_pf;     /* L2 prefetch of a warp's own segment beyond the loads in flight (knob; off:
                       measured slower in a whole frame on H100, 4.18 -> 4.28 ms fp8) */
 
-__device__ __forceinline__ uint4 ldw_q(const uint4 *p)
+/* weights: past L1, with the L2 policy of hmc_gemv_l2_policy (evict first by default) */
+__device__ __forceinline__ uint4 ldw_q(const uint4 *p, uint64_t pol)
 {
     uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+    asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0,%1,%2,%3}, [%4], %5;"
                  : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
+                 : "l"(p), "l"(pol));
     return v;
 }
 
@@ -186,8 +188,9 @@ __global__ void __launch_bounds__(QWARPS * 32)
 gemvq_kernel(const uint8_t *__restrict__ W, const float *__restrict__ wscale, int N, int K,
              const float *__restrict__ x, int ldx, int in_mode, const float *__restrict__ nscale, float eps,
              float *__restrict__ y, int ldy, int accumulate, int out_swiglu, int xcache, int self_pf,
-             const char *__restrict__ pf, size_t pf_bytes)
+             const char *__restrict__ pf, size_t pf_bytes, int evict_first)
 {
+    const uint64_t pol = hmc_l2_weight_policy(evict_first);
     constexpr int QK = Q == 0 ? 16 : 32;
     constexpr int PPB = QWARPS / KS;
     extern __shared__ uint4 q_smem[];
@@ -211,7 +214,7 @@ gemvq_kernel(const uint8_t *__restrict__ W, const float *__restrict__ wscale, in
         for (int u = 0; u < U; u++) {
             const int w = base + t + 4 * u;
             const bool ok = tile < ntiles && w < s1;
-            d[u] = ok ? ldw_q(rp + w) : make_uint4(0, 0, 0, 0);
+            d[u] = ok ? ldw_q(rp + w, pol) : make_uint4(0, 0, 0, 0);
             if (Q == 1)
                 ds[u] = ok ? (uint32_t)__ldg(reinterpret_cast<const unsigned short *>(bsc + (size_t)row * (K / 16)) + w)
                            : 0u;
@@ -359,7 +362,7 @@ int launch_q(const hmc_gemv_args *a, cudaStream_t s)
     }
     return launch_pdl(kern, dim3(blocks), dim3(QWARPS * 32), smem, s, (const uint8_t *)a->W, a->w_scale, a->N, a->K,
                       a->x, a->ldx, a->in_mode, a->norm_scale, a->eps, a->y, a->ldy, a->accumulate, a->out_swiglu,
-                      xcache, q_self_pf, pf, pf_bytes);
+                      xcache, q_self_pf, pf, pf_bytes, hmc_gemv_evict_first());
 }
 
 /* Warps per tile: as many as keep >= 3 steps (4·U words per row) per warp, doubled (down to 1.5
@@ -476,6 +479,16 @@ template <int BYTES> __device__ __forceinline__ void cp_async(void *dst, const v
         asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;" ::"r"(smem_addr(dst)), "l"(src), "n"(BYTES), "r"(valid)
                      : "memory");
 }
+/* a whole 16-byte weight word with an L2 policy (the form with a source size and a policy stopped
+ * the H200 with an illegal instruction, so copies that zero-fill take the plain form) */
+__device__ __forceinline__ void cp_async_w(void *dst, const void *src, bool ok, int hint, uint64_t pol)
+{
+    if (hint && ok)
+        asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;" ::"r"(smem_addr(dst)), "l"(src), "l"(pol)
+                     : "memory");
+    else
+        cp_async<16>(dst, src, ok ? 16u : 0u);
+}
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
 
@@ -484,8 +497,9 @@ __global__ void __launch_bounds__(QWARPS * 32, 2)
 gemvq3_kernel(const uint8_t *__restrict__ W, const float *__restrict__ wscale, int N, int K,
               const float *__restrict__ x, int ldx, int R, int in_mode, const float *__restrict__ nscale, float eps,
               float *__restrict__ y, int ldy, int accumulate, int out_swiglu, int KS, int xcache, q_rope rope,
-              const char *__restrict__ pf, size_t pf_bytes)
+              const char *__restrict__ pf, size_t pf_bytes, int evict_first, int l2hint)
 {
+    const uint64_t pol = hmc_l2_weight_policy(evict_first);
     constexpr int QK = Q == 0 ? 16 : 32;          /* weights per 16-byte word */
     constexpr int STW = 16 * CW;                   /* words per stage */
     constexpr int STS = Q == 1 ? 16 * CW * 2 : 0;  /* NVFP4 block-scale bytes per stage */
@@ -518,7 +532,7 @@ gemvq3_kernel(const uint8_t *__restrict__ W, const float *__restrict__ wscale, i
             const int c = i * 32 + lane, r = c / CW, w = c % CW, row = tile * 16 + r;
             const bool ok = jok && row < N && w0 + w < s1;
             const uint8_t *src = ok ? W + (size_t)row * rowbytes + (size_t)(w0 + w) * 16 : W;
-            cp_async<16>(d + (size_t)(r * CW + (w ^ ((r & 1) << 2))) * 16, src, ok ? 16u : 0u);
+            cp_async_w(d + (size_t)(r * CW + (w ^ ((r & 1) << 2))) * 16, src, ok, l2hint, pol);
         }
         if (Q == 1) /* the stage's block scales: 2 bytes per word, 4-byte copies */
 #pragma unroll
@@ -669,6 +683,17 @@ gemvq3_kernel(const uint8_t *__restrict__ W, const float *__restrict__ wscale, i
 }
 
 int q2_bps = 2; /* resident blocks per SM (at most what shared memory allows) */
+/* the streaming kernel's weight copies carry the L2 policy (default; HM_GEMVQ3_L2HINT=0: plain
+ * copies).  H100, fp8 frame at 200 positions: 3.552 ms plain -> 3.390 with evict-first copies. */
+int q3_l2hint()
+{
+    static int on = -1;
+    if (on < 0) {
+        const char *v = getenv("HM_GEMVQ3_L2HINT");
+        on = !(v && strcmp(v, "0") == 0);
+    }
+    return on;
+}
 int q3_rule;    /* auto kernel shape: 0 the default, 1..4 alternatives (A/B knob) */
 
 template <int Q, int CW, int NS>
@@ -702,7 +727,7 @@ int launch_q3(const hmc_gemv_args *a, int KS, cudaStream_t s)
     }
     return launch_pdl(kern, dim3(blocks), dim3(QWARPS * 32), smem, s, (const uint8_t *)a->W, a->w_scale, a->N, a->K,
                       a->x, a->ldx, R, a->in_mode, a->norm_scale, a->eps, a->y, a->ldy, a->accumulate, a->out_swiglu,
-                      KS, xcache, rp, pf, pf_bytes);
+                      KS, xcache, rp, pf, pf_bytes, hmc_gemv_evict_first(), q3_l2hint());
 }
 
 /* Kernel shape of the streaming kernel: variant 1..12 = KS 1/2/4/8 warps per tile with (CW, NS) =

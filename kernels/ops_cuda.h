@@ -60,6 +60,10 @@ void hmc_gemv_set_self_prefetch(int rounds);
 /* 1: the double-buffered variants (1, 3, 5) also issue their second step's loads before waiting
  * for the previous kernel (default 0).  Tuning knob, read at launch. */
 void hmc_gemv_set_early_loads(int on);
+/* 1 (default; HM_GEMV_EVICT_FIRST=0 turns it off): the decode GEMVs (bf16, fp8, NVFP4) load their
+ * weights with an L2 evict-first policy, 0: evict-normal.  Read at launch (graph capture). */
+int hmc_gemv_evict_first(void);
+void hmc_gemv_set_evict_first(int on);
 int hmc_gemv(const hmc_gemv_args *a, cudaStream_t stream);
 
 /* Quantize a bf16 weight [N, K] to fp8 e4m3 with one fp32 scale per output row

@@ -127,19 +127,6 @@ __device__ __forceinline__ gshape gemv_shape(const hmc_pp_phase &P)
     return g;
 }
 
-/* bulk_load (common_cuda.h) with an L2 hint that the weights go first: they are read once */
-__device__ __forceinline__ void bulk_load_evict_first(void *dst, const void *src, uint32_t bytes, uint64_t *bar)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    uint64_t pol;
-    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;" ::"r"(
-                     smem_u32(dst)),
-                 "l"(src), "r"(bytes), "r"(smem_u32(bar)), "l"(pol)
-                 : "memory");
-#endif
-}
-
 /* The producer: lane 0 of the last warp streams every GEMV phase's rows of this block. */
 __device__ void producer(const pp_params &pp, unsigned char *ring, uint64_t *full, uint64_t *empty)
 {
