@@ -9,7 +9,7 @@
  * the epilogue (interleaved w1/w3 rows -> silu(gate)·up output).  The first weight loads are
  * issued before waiting for the previous kernel (programmatic dependent launch) and staging.
  * Kernel shapes (loads per step, warps per row pair, double buffering, or the bulk-copy engine)
- * are variants; the auto choice per shape is the fastest measured on an H200 (docs/PERF.md).
+ * are variants; the auto choice per shape is the fastest measured (docs/PERF.md).
  * Weight loads carry an L2 policy operand, evict first (hmc_gemv_evict_first; HM_GEMV_EVICT_FIRST=0
  * gives evict-normal): a frame streams ~10 GB of weights that are read once past what the next
  * kernels do read again from L2 (KV caches, activations, residual stream).  Measured: -8.5% a bf16
@@ -634,8 +634,10 @@ int launch_variant(const hmc_gemv_args *a, cudaStream_t s)
     if (v == 0) {
         /* auto: enough warps per row pair that each lane has at most ~2 steps of 8 words */
         const int KW = a->K / E;
-        /* measured on H200 (docs/PERF.md): K 3072 bf16: N <= 6144 -> 4, wider -> 1; K 8192 -> 5 */
-        v = KW > 512 ? 5 : a->N <= 6144 ? 4 : 1;
+        /* K 3072 bf16 -> 4, K 8192 -> 5.  First measured on an H200 (wider than 6144 rows -> 1);
+         * with the evict-first loads w1|w3 on 4 measured -0.8% a frame on an H100, the heads
+         * the same either way (docs/PERF.md) */
+        v = KW > 512 ? 5 : 4;
     }
     switch (v) {
     case 1: return launch<WT, R, 4, 1, true>(a, s);
