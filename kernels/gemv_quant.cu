@@ -44,7 +44,7 @@ int q_multi_acc;   /* 1: several MMA accumulator chains per warp (knob, not meas
 int q_self_pf;     /* L2 prefetch of a warp's own segment beyond the loads in flight (knob; off:
                       measured slower in a whole frame on H100, 4.18 -> 4.28 ms fp8) */
 
-/* weights: past L1, with the L2 policy of hmc_gemv_l2_policy (evict first by default) */
+/* weights: past L1, with the L2 policy of hmc_l2_weight_policy (evict first by default) */
 __device__ __forceinline__ uint4 ldw_q(const uint4 *p, uint64_t pol)
 {
     uint4 v;
