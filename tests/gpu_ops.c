@@ -728,10 +728,11 @@ int main(int argc, char **argv)
     hmc_gemv_set_early_loads(0), hmc_gemv_set_self_prefetch(0);
     /* the weight loads' L2 policy (evict first by default) must not change results either */
     printf("(GEMV weight loads with an evict-normal L2 policy)\n");
+    const int ef = hmc_gemv_evict_first();
     hmc_gemv_set_evict_first(0);
     check_gemv_v(3072, 3072, 2, HMC_IN_RMSNORM, HMC_BF16, 1, 0);
     check_gemv_v(1000, 3072, 4, HMC_IN_RMSNORM, HMC_FP8, 0, 0);
-    hmc_gemv_set_evict_first(1);
+    hmc_gemv_set_evict_first(ef); /* as the environment set it */
     check_gemv_swiglu_out(16384, 3072, 2, HMC_BF16, 0);
     check_gemv_swiglu_out(16384, 3072, 4, HMC_BF16, 0);
     check_gemv_swiglu_out(192, 64, 1, HMC_F32, 0);
