@@ -11,6 +11,7 @@
 #include "ops_cuda.h"
 
 #include <cublasLt.h>
+#include <stdlib.h>
 #include <string.h>
 
 namespace {
@@ -33,7 +34,17 @@ int g_outer_none;    /* cuBLASLt had no outer-vector algorithm once: auto stops 
                         is a heuristic query; cuBLASLt 13.1 on H100 has none) */
 
 constexpr int MAX_PLANS = 256;
-constexpr size_t WORKSPACE = 16u << 20;
+/* cuBLASLt's workspace (HM_GEMM_WS_MB, default 16 MiB) */
+size_t gemm_ws_bytes()
+{
+    static size_t v;
+    if (!v) {
+        const char *e = getenv("HM_GEMM_WS_MB");
+        v = (size_t)(e && atoi(e) > 0 ? atoi(e) : 16) << 20;
+    }
+    return v;
+}
+#define WORKSPACE gemm_ws_bytes()
 cublasLtHandle_t g_lt;
 void *g_ws;
 plan g_plans[MAX_PLANS];

@@ -147,9 +147,10 @@ int hmc_convert(const float *x, void *y, hmc_dtype yt, size_t n, cudaStream_t st
 int hmc_fill_random(void *p, hmc_dtype t, size_t n, uint64_t seed, float scale, cudaStream_t stream);
 
 /* Shrinks what the current device's context reserves (kernels/device.cu: the per-thread stack
- * limit down to HMC_STACK_BYTES; the driver raises it for a kernel that needs more).  Each stage
- * process calls it once before it loads its model.  HM_OK, or HM_ERR when no device answers. */
-#define HMC_STACK_BYTES 128
+ * limit down to HMC_STACK_BYTES, or HM_STACK_BYTES; the driver raises it for a kernel that needs
+ * more).  Each stage process calls it once before it loads its model.  HM_OK, or HM_ERR when no
+ * device answers. */
+#define HMC_STACK_BYTES 0
 int hmc_context_trim(void);
 
 /* ---- RoPE + KV append (kernels/rope.cu) -------------------------------------------------------

@@ -23,8 +23,15 @@ extern "C" {
  * goes through a column buffer of at most VCC_COL_BYTES (row chunks of the GEMM).  Release sizes,
  * bf16, H100: workspace 311 MiB instead of 2790 MiB, window 22.4 ms instead of 20.8 ms (graph). */
 #define VCC_TILE_MAX_C 256
-#define VCC_TILE_BYTES ((size_t)128 << 20)
-#define VCC_COL_BYTES ((size_t)64 << 20)
+#define VCC_TILE_BYTES voc_budget("HM_VOC_TILE_MB", 128)
+#define VCC_COL_BYTES voc_budget("HM_VOC_COL_MB", 64)
+/* a budget in MiB, from the environment (A/B of memory against window time) or the default */
+static size_t voc_budget(const char *env, int def_mib)
+{
+    const char *e = getenv(env);
+    const int v = e && atoi(e) > 0 ? atoi(e) : def_mib;
+    return (size_t)v << 20;
+}
 enum { PK_START, PK_IM2COL, PK_GEMM, PK_EPI, PK_GEMM1, PK_RESID, PK_FUSED, PK_CONVERT, PK_GEMM_UP, PK_OADD, PK_OUT1, PK_QUANT, PK_N };
 static const char *const pk_name[PK_N] = {"", "im2col", "GEMM conv k>1", "bias+PReLU", "GEMM conv k1", "bias+PReLU+resid",
                                           "fused res unit", "to bf16", "GEMM upsample", "overlap-add", "conv ->1", "quantise"};

@@ -1,7 +1,9 @@
 /* gpu_ctx.c - what a CUDA context costs in device memory, and what hmc_context_trim saves.
  *   gpu_ctx            memory used (cudaMemGetInfo) before / after the context, after the trim
  *   gpu_ctx keep       the same without the trim (each stage process pays one context)
- * Then a kernel of the project is launched to show the trimmed context still runs it. */
+ * Then kernels of the project run in the trimmed context: one without a stack frame, then the
+ * sampler at V = 16384, whose kernel needs 104 bytes of stack a thread: it must run and draw the
+ * maximum (top-k 1), and the driver must have raised the limit to at least what it needs. */
 #include <cuda_runtime.h>
 #include <stdio.h>
 #include <string.h>
@@ -31,8 +33,8 @@ int main(int argc, char **argv)
     printf("context: %.1f MiB used on the device (stack %zu B/thread, malloc heap %zu KiB, printf fifo %zu KiB)\n", c0,
            st, heap >> 10, fifo >> 10);
     if (trim) {
-        const size_t sweep[] = {512, 128, 64, 1024};
-        for (int i = 0; i < 4; i++) {
+        const size_t sweep[] = {512, 128, 64, 32, 0, 1024};
+        for (int i = 0; i < 6; i++) {
             CU(cudaDeviceSetLimit(cudaLimitStackSize, sweep[i]));
             printf("stack limit %4zu B/thread: %.1f MiB used\n", sweep[i], used_mib());
         }
@@ -40,13 +42,37 @@ int main(int argc, char **argv)
         CU(cudaDeviceGetLimit(&st, cudaLimitStackSize));
         printf("after hmc_context_trim: %.1f MiB (%+.1f; stack %zu B/thread)\n", used_mib(), used_mib() - c0, st);
     }
-    /* a project kernel and a cuBLASLt GEMM still run */
+    /* a project kernel still runs */
     float *x;
     CU(cudaMalloc((void **)&x, sizeof(float) * 4096));
     OK(hmc_fill_random(x, HMC_F32, 4096, 3, 1.0f, 0));
     CU(cudaDeviceSynchronize());
-    printf("after a kernel: %.1f MiB\n", used_mib());
+    CU(cudaDeviceGetLimit(&st, cudaLimitStackSize));
+    printf("after a kernel without a stack frame: %.1f MiB (stack %zu B/thread)\n", used_mib(), st);
     cudaFree(x);
-    printf("PASS context %s\n", trim ? "trimmed" : "as created");
-    return 0;
+    /* one that needs a stack: the limit must rise to it */
+    enum { V = 16384, WANT = 9999 };
+    float *lg, *hl = (float *)hm_malloc(sizeof(float) * V);
+    for (int i = 0; i < V; i++) hl[i] = (float)(i % 97) * 0.01f;
+    hl[WANT] = 5.0f;
+    hmc_sample_params hp = {1.0f, 1.0f, 1, 7, 0, {-1, -1, -1, -1, -1, -1, -1, -1}}, *dp;
+    uint32_t *cnt;
+    int32_t *codes, got = -1;
+    CU(cudaMalloc((void **)&lg, sizeof(float) * V));
+    CU(cudaMalloc((void **)&dp, sizeof hp));
+    CU(cudaMalloc((void **)&cnt, sizeof(uint32_t)));
+    CU(cudaMalloc((void **)&codes, sizeof(int32_t) * 8));
+    CU(cudaMemcpy(lg, hl, sizeof(float) * V, cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(dp, &hp, sizeof hp, cudaMemcpyHostToDevice));
+    CU(cudaMemset(cnt, 0, sizeof(uint32_t)));
+    OK(hmc_sample(lg, 1, V, dp, cnt, 0, NULL, codes, 0));
+    CU(cudaDeviceSynchronize());
+    CU(cudaMemcpy(&got, codes, sizeof got, cudaMemcpyDeviceToHost));
+    CU(cudaDeviceGetLimit(&st, cudaLimitStackSize));
+    printf("after the sampler at V = %d (its kernel has a stack frame): %.1f MiB (stack %zu B/thread), drew %d (want %d)\n", V,
+           used_mib(), st, got, WANT);
+    const int ok = got == WANT && st > 0; /* from 0: raised for the sampler */
+    cudaFree(lg), cudaFree(dp), cudaFree(cnt), cudaFree(codes), free(hl);
+    printf("%s context %s\n", ok ? "PASS" : "FAIL", trim ? "trimmed" : "as created");
+    return ok ? 0 : 1;
 }
