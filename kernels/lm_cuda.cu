@@ -722,7 +722,21 @@ int gemv_tuned(const lm_cuda *m, int role, hmc_gemv_args *g, cudaStream_t st)
         }
     }
     if (role_variant[role] > 0 && g->wdt == HMC_BF16) g->variant = role_variant[role];
+    /* A/B: HM_GEMV_BPS_<ROLE> = resident blocks per SM for one role's bf16 launches (the next
+     * kernel's blocks land beside a 1-block launch and start their loads early) */
+    static int role_bps[G_HEAD + 1] = {-1};
+    if (role_bps[0] < 0) {
+        static const char *names[] = {"HM_GEMV_BPS_QKV", "HM_GEMV_BPS_O", "HM_GEMV_BPS_W13", "HM_GEMV_BPS_W2",
+                                      "HM_GEMV_BPS_HEAD"};
+        for (int i = 0; i <= G_HEAD; i++) {
+            const char *e = getenv(names[i]);
+            role_bps[i] = e ? atoi(e) : 0;
+        }
+    }
+    const int bps = role_bps[role] > 0 && (g->wdt == HMC_BF16 || g->wdt == HMC_F32) ? role_bps[role] : 0;
+    if (bps) hmc_gemv_set_blocks_per_sm(bps);
     int rc = hmc_gemv(g, st);
+    if (bps) hmc_gemv_set_blocks_per_sm(2);
     hmc_gemv_set_stamp(0);
     hmc_gemv_set_self_prefetch(0);
     hmc_gemv_set_early_loads(0);
