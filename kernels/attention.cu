@@ -31,9 +31,13 @@
  * also choose per query (one pass up to `single` keys, else the split above with a quarter of the
  * chunks); for the backbone's graph that is off by default (hmc_attention_set_single's `any`):
  * on an H100 one block's chain of key steps at 200 keys took longer than the split's round trips
- * (docs/PERF.md). */
+ * (docs/PERF.md).  Opt-in (HM_ATTN_CLUSTER): short decode contexts with the chunks of a query as a
+ * thread-block cluster, merged through distributed shared memory; on an H100 1.3 us faster at 200
+ * keys, slower from a few hundred on (docs/PERF.md), so off by default. */
 #include "common_cuda.h"
 #include "ops_cuda.h"
+
+#include <cooperative_groups.h>
 
 namespace {
 
@@ -79,6 +83,10 @@ int g_stamp_on = -1;
  * -0.5% at 600, no change at 200: docs/PERF.md).  HM_ATTN_BULK, HM_ATTN_BULK_MIN,
  * hmc_attention_set_bulk. */
 constexpr int BULK_MIN_DEFAULT = 512;
+/* Decode launches whose keys never exceed g_cluster x g_cluster_keys: chunks merged in a cluster of
+ * g_cluster blocks (8 or 16; 0 off) through distributed shared memory.  HM_ATTN_CLUSTER,
+ * HM_ATTN_CLUSTER_KEYS. */
+int g_cluster = -1, g_cluster_keys = 64;
 int g_bulk = -1;
 int g_bk_min = BULK_MIN_DEFAULT;
 
@@ -135,7 +143,12 @@ __host__ __device__ __forceinline__ int merge_floats(int NW, int hd) { return (2
  * blocks leave at once; no partial sums, no counter.  Blocks that may start at key 0 load their
  * first keys together with the position (speculatively, keys below max_seq; what lies past the
  * query's keys is zeroed once the position is known, reloaded if the block's chunk starts later). */
-template <typename CT, int J, int NW, int KU, bool SP, bool BK = false>
+/* CL > 0 (decode, T = 1, hd <= 128): the nch = CL chunk blocks of a (kv head, batch row) are one
+ * thread-block cluster; each block leaves its (m, l) and chunk sums in its shared memory and,
+ * after a cluster barrier, block r merges its share of the G x hd outputs from every block's
+ * shared memory (distributed shared memory), instead of the work buffer, fence, counter and
+ * last-block merge through L2.  Blocks without keys take part with m = -inf. */
+template <typename CT, int J, int NW, int KU, bool SP, bool BK = false, int CL = 0>
 __global__ void __launch_bounds__(NW * 32)
 attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, const int *pos_dev, int pos_add,
                   const CT *__restrict__ kc, const CT *__restrict__ vc, int max_seq, int nch,
@@ -214,7 +227,8 @@ attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, 
         const int CH = chunk_len(nkeys, nch);
         nchunks = (nkeys + CH - 1) / CH;
         k0 = c * CH, k1 = min(nkeys, k0 + CH);
-        if (k0 >= k1) return;
+        if (CL) k0 = min(k0, nkeys), k1 = max(k1, k0); /* an empty chunk still joins the cluster's merge */
+        else if (k0 >= k1) return;
     }
     stamp(stm, 2);
 #pragma unroll
@@ -348,6 +362,7 @@ attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, 
     }
 
     if (trig == 1) pdl_trigger();
+    __shared__ float cl_ml[CL > 0 ? GMAX : 1][2], cl_acc[CL > 0 ? GMAX * 128 : 1]; /* the block's merged chunk */
     /* merge the warps: shared [NW][G] (m, l) and [NW][G][hd] acc */
     float *sm = sh, *sl = sh + NW * GMAX, *sacc = sh + 2 * NW * GMAX;
 #pragma unroll
@@ -378,7 +393,10 @@ attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, 
             A += sacc[((size_t)w * GMAX + g) * hd + d] * f;
         }
         int h = kvh * G + g;
-        if (nchunks == 1) {
+        if (CL) {
+            cl_acc[g * hd + d] = A;
+            if (d == 0) cl_ml[g][0] = M, cl_ml[g][1] = L;
+        } else if (nchunks == 1) {
             out[((size_t)b * T + t) * H * hd + (size_t)h * hd + d] = A / L;
         } else { /* work: chunk sums [B][H][T][nch][hd], then (m, l) [B][H][T][nch][2] */
             const size_t row = (((size_t)b * H + h) * T + t) * nch + c;
@@ -388,6 +406,33 @@ attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, 
                 ml[0] = M, ml[1] = L;
             }
         }
+    }
+    if constexpr (CL > 0) {
+        namespace cg = cooperative_groups;
+        cg::cluster_group cluster = cg::this_cluster();
+        cluster.sync(); /* every block's (m, l) and sums are in its shared memory */
+        const int r = (int)cluster.block_rank(), n = G * hd, per = (n + CL - 1) / CL;
+        for (int i = r * per + threadIdx.x; i < min(n, (r + 1) * per); i += blockDim.x) {
+            const int g = i / hd, d = i % hd;
+            float mc[CL], lc[CL], ac[CL];
+#pragma unroll
+            for (int q = 0; q < CL; q++) { /* all loads in flight before the sums */
+                const float *rml = cluster.map_shared_rank(&cl_ml[g][0], q);
+                mc[q] = rml[0], lc[q] = rml[1], ac[q] = *cluster.map_shared_rank(&cl_acc[i], q);
+            }
+            float M = -INFINITY;
+#pragma unroll
+            for (int q = 0; q < CL; q++) M = fmaxf(M, mc[q]);
+            float L = 0.0f, A = 0.0f;
+#pragma unroll
+            for (int q = 0; q < CL; q++) { /* in chunk order, as the last-block merge */
+                const float f = mc[q] == -INFINITY ? 0.0f : __expf(mc[q] - M);
+                L += lc[q] * f, A += ac[q] * f;
+            }
+            out[((size_t)b * T + t) * H * hd + (size_t)(kvh * G + g) * hd + d] = A / L;
+        }
+        cluster.sync(); /* no block leaves while another may still read its shared memory */
+        return;
     }
     if (nchunks == 1) return;
 
@@ -449,7 +494,7 @@ attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, 
     stamp(stm, 6);
 }
 
-template <typename CT, int J, int NW, int KU, bool SP, bool BK = false>
+template <typename CT, int J, int NW, int KU, bool SP, bool BK = false, int CL = 0>
 int launch(const hmc_attn_args *a, int nch, cudaStream_t s)
 {
     const int G = a->H / a->KVH, ngrid = SP && nch < G ? G : nch; /* room for a block per query head */
@@ -458,8 +503,21 @@ int launch(const hmc_attn_args *a, int nch, cudaStream_t s)
     if (BK) smem += (size_t)BK_STAGES * 2 * BK_TILE * a->hd * sizeof(CT);
     static size_t smem_set = 48 * 1024;
     if (smem > smem_set) {
-        CK(cudaFuncSetAttribute(attn_chunk_kernel<CT, J, NW, KU, SP, BK>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        CK(cudaFuncSetAttribute(attn_chunk_kernel<CT, J, NW, KU, SP, BK, CL>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         smem_set = smem;
+    }
+    if constexpr (CL > 0) {
+        static int big_set;
+        if (CL > 8 && !big_set) {
+            CK(cudaFuncSetAttribute(attn_chunk_kernel<CT, J, NW, KU, SP, BK, CL>,
+                                    cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+            big_set = 1;
+        }
+        return launch_pdl_cluster(attn_chunk_kernel<CT, J, NW, KU, SP, BK, CL>, grid, dim3(NW * 32), smem, s, CL,
+                                  a->qkv, a->T, a->H, a->KVH, a->hd, a->pos_dev, a->pos_add, (const CT *)a->k_cache,
+                                  (const CT *)a->v_cache, a->max_seq, nch, a->work, (int *)nullptr, a->out,
+                                  (const char *)nullptr, (size_t)0, ngrid, g_single, g_per_head,
+                                  g_trigger | (g_stamp_on > 0 ? 16 : 0), g_bk_min);
     }
     /* the counters sit after room for NCH_MAX chunks: the same place whatever the chunk knob */
     const int nmax = chunks_for(a->B, a->T, a->KVH, a->max_keys, NCH_MAX);
@@ -488,6 +546,11 @@ int launch_j(const hmc_attn_args *a, int nch, cudaStream_t s)
         if (a->hd <= 256) return launch<CT, 2, 8, 1, true>(a, nch, s);
         return launch<CT, 3, 8, 1, true>(a, nch, s);
     }
+    if (a->hd <= 128 && g_cluster > 0 && a->T == 1 && a->B <= 4 && a->max_keys <= g_cluster * g_cluster_keys) {
+        /* a short decode context: the chunks of a (kv head, row) as one cluster (HM_ATTN_CLUSTER) */
+        if (g_cluster == 8) return launch<CT, 1, 4, 4, false, false, 8>(a, 8, s);
+        return launch<CT, 1, 4, 4, false, false, 16>(a, 16, s);
+    }
     if (a->hd <= 128) {
         /* 8 warps a block over half the chunks (as many warps): a bulk block's tiles are shared by
          * twice the warps (H100: -1% a frame at 2000-7900 positions, same below) */
@@ -513,6 +576,12 @@ extern "C" void hmc_attention_set_bulk(int on, int min_keys)
 {
     g_bulk = on != 0;
     g_bk_min = min_keys < 0 ? BULK_MIN_DEFAULT : min_keys;
+}
+
+extern "C" void hmc_attention_set_cluster(int blocks, int keys_per_block)
+{
+    g_cluster = blocks == 8 || blocks == 16 ? blocks : 0;
+    if (keys_per_block > 0) g_cluster_keys = keys_per_block;
 }
 
 extern "C" void hmc_attention_set_single(int max_keys, int per_head, int any)
@@ -549,6 +618,12 @@ extern "C" int hmc_attention(const hmc_attn_args *a, cudaStream_t s)
         g_bulk = e ? atoi(e) != 0 : 1;
         const char *m = getenv("HM_ATTN_BULK_MIN");
         if (m) g_bk_min = atoi(m);
+    }
+    if (g_cluster < 0) {
+        const char *e = getenv("HM_ATTN_CLUSTER"), *k = getenv("HM_ATTN_CLUSTER_KEYS");
+        g_cluster = e ? atoi(e) : 0;
+        if (g_cluster != 8 && g_cluster != 16) g_cluster = 0;
+        if (k && atoi(k) > 0) g_cluster_keys = atoi(k);
     }
     if (g_stamp_on < 0) {
         const char *e = getenv("HM_ATTN_STAMP");

@@ -251,4 +251,21 @@ static inline int launch_pdl(void (*kern)(KArgs...), dim3 grid, dim3 block, size
     return HM_OK;
 }
 
+/* launch_pdl with thread-block clusters of clx blocks along x (gridDim.x a multiple of clx) */
+template <typename... KArgs, typename... Args>
+static inline int launch_pdl_cluster(void (*kern)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s,
+                                     int clx, Args... args)
+{
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = smem, cfg.stream = s;
+    cudaLaunchAttribute at[2];
+    at[0].id = cudaLaunchAttributeClusterDimension;
+    at[0].val.clusterDim.x = (unsigned)clx, at[0].val.clusterDim.y = 1, at[0].val.clusterDim.z = 1;
+    at[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[1].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at, cfg.numAttrs = hmc_pdl_enabled() ? 2 : 1;
+    CK(cudaLaunchKernelEx(&cfg, kern, static_cast<KArgs>(args)...));
+    return HM_OK;
+}
+
 #endif

@@ -195,6 +195,12 @@ void hmc_attention_set_max_chunks(int n);
  * H100, docs/PERF.md).  Defaults 512, 1, 0, or the environment's HM_ATTN_SINGLE /
  * HM_ATTN_PER_HEAD / HM_ATTN_ANY at the first launch.  Read at launch (graph capture). */
 void hmc_attention_set_single(int max_keys, int per_head, int any);
+/* Decode launches (T = 1, head_dim <= 128) whose max_keys is at most blocks x keys_per_block:
+ * the chunks of a (kv head, row) run as one thread-block cluster of `blocks` (8 or 16; 0 off)
+ * and merge through distributed shared memory (no work buffer, counter or last-block merge).
+ * keys_per_block <= 0 keeps the current value.  Defaults from HM_ATTN_CLUSTER (0),
+ * HM_ATTN_CLUSTER_KEYS (64). */
+void hmc_attention_set_cluster(int blocks, int keys_per_block);
 /* Decode launches of the split kernel with head_dim <= 128: on (the default), a query with at
  * least min_keys keys (< 0: the default, 512) has its keys staged in shared memory by bulk
  * copies instead of warp loads into registers.  Defaults from HM_ATTN_BULK, HM_ATTN_BULK_MIN. */

@@ -801,6 +801,28 @@ int main(int argc, char **argv)
         check_attention(2, 1, 24, 8, 128, 8191, HMC_BF16);
         check_attention(2, 37, 24, 8, 128, 300, HMC_BF16);  /* prefill: never one pass */
     }
+    /* the chunks of a short decode context merged in a thread-block cluster (hmc_attention_set_cluster),
+     * as the engine launches them (position on the device, NaN past the keys), max_keys up to the
+     * cluster's reach; one pass off so that every backbone launch takes the cluster */
+    hmc_attention_set_single(0, 1, 0);
+    for (int cl = 8; cl <= 16; cl += 8) {
+        printf("(attention: chunks merged in a cluster of %d blocks)\n", cl);
+        hmc_attention_set_cluster(cl, 64);
+        g_att_extra = 300, g_att_posdev = 1;
+        const int keys[] = {1, 2, 15, 16, 17, 64, 200, 511, 700};
+        for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+            if (keys[i] + 5 + 300 > cl * 64) continue; /* max_keys past the cluster's reach: the split */
+            check_attention(2, 1, 24, 8, 128, keys[i] - 1, HMC_BF16); /* backbone, G = 3 */
+            check_attention(1, 1, 24, 8, 128, keys[i] - 1, HMC_BF16);
+        }
+        check_attention(2, 1, 16, 4, 64, 199, HMC_F32);  /* G = 4 */
+        check_attention(2, 1, 8, 8, 128, 199, HMC_BF16); /* G = 1 */
+        check_attention(2, 1, 4, 2, 12, 6, HMC_F32);     /* tiny */
+        g_att_extra = 0, g_att_posdev = 0;
+        check_attention(2, 1, 24, 8, 128, 200, HMC_BF16);
+        check_attention(2, 37, 24, 8, 128, 300, HMC_BF16); /* prefill: never the cluster */
+    }
+    hmc_attention_set_cluster(0, 64);
     /* decode keys staged by bulk copies (hmc_attention_set_bulk), as the engine launches it:
      * position on the device, max_keys the longest context, NaN in the cache past the keys;
      * from key 0 on, from the default 512 on, and off */

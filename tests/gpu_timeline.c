@@ -2,7 +2,8 @@
  * Nsight Systems trace shows, on a machine that has no nsys).
  *   gpu_timeline [bf16|fp8|nvfp4] [positions] [csv]
  * A random model of the released shapes (3B backbone, 300M decoder) generated on the device, one
- * request with CFG (B = 2) and `positions` prompt positions (default 200).  Two recordings:
+ * request with CFG (B = 2) and `positions` prompt positions (default 200), its KV capacity 8192
+ * positions or GPU_TIMELINE_CAP (the graphs are recorded for it).  Two recordings:
  *  1. one eager frame with an event pair around each op (lm_cuda_profile_frame): the runtime API
  *     records put every kernel between its op's two cudaEventRecord calls, so each kernel gets
  *     its op's piece ("bb qkv gemv", ...) and weight bytes;
@@ -159,7 +160,11 @@ int main(int argc, char **argv)
     OK(lm_cuda_random(&cfg, 1234, &o, &m));
     const double fbytes = lm_cuda_frame_bytes(m);
     lm_cuda_req *r;
-    OK(lm_cuda_req_new(m, 2, 8192, &r));
+    /* the request's capacity (the graphs are recorded for it: max_keys); GPU_TIMELINE_CAP, e.g. the
+     * ~900 positions of a 60 s song, else the model's whole context */
+    const char *ce = getenv("GPU_TIMELINE_CAP");
+    const int cap = ce && atoi(ce) > S ? atoi(ce) : 8192;
+    OK(lm_cuda_req_new(m, 2, cap, &r));
     const int nc = 8;
     int32_t *tok = hm_calloc((size_t)S * (nc + 1), sizeof(int32_t));
     uint8_t *mask = hm_calloc((size_t)S * (nc + 1), 1);
