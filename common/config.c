@@ -46,6 +46,7 @@ void hm_config_defaults(hm_pipeline_cfg *c)
         snprintf(s->control, sizeof s->control, "ipc://{run_dir}/%s.ctl", k_stage_names[i]);
         s->pool_slots = 8;
         s->watchdog_ms = 120000; /* CPU stages compute whole codec windows between loop turns */
+        s->first_window_yield_ms = 1000;
     }
 }
 
@@ -193,6 +194,7 @@ static const field k_stage[] = {
     F_I64(hm_stage_cfg, "pool_slot_bytes", pool_slot_bytes, 0, 64.0 * (1 << 30)),
     F_ENUM(hm_stage_cfg, "precision", precision, "|fp32|bf16|fp8|nvfp4"),
     F_INT(hm_stage_cfg, "watchdog_ms", watchdog_ms, 0, 3600000),
+    F_INT(hm_stage_cfg, "first_window_yield_ms", first_window_yield_ms, 0, 60000),
 };
 
 static int enum_ok(const char *choices, const char *v)
@@ -388,6 +390,7 @@ int hm_config_write(const hm_pipeline_cfg *c, const char *path)
         fprintf(f, "    control: %s\n", QS(s->control));
         fprintf(f, "    pool_slots: %d\n    pool_slot_bytes: %lld\n    precision: %s\n    watchdog_ms: %d\n",
                 s->pool_slots, (long long)s->pool_slot_bytes, QS(s->precision), s->watchdog_ms);
+        fprintf(f, "    first_window_yield_ms: %d\n", s->first_window_yield_ms);
     }
 #undef QS
     int bad = ferror(f);

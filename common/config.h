@@ -26,6 +26,9 @@ typedef struct {
     int64_t pool_slot_bytes;/* output buffer pool: bytes per slot (0 = the stage picks) */
     char precision[16];     /* weights: "fp32" | "bf16" | "fp8" | "nvfp4" ("" = backend default) */
     int watchdog_ms;        /* the launcher restarts a stage silent for this long (0 = off) */
+    int first_window_yield_ms; /* draft-verifier, with it and flow-matching on cuda: after a song's
+                             * first codec window of frames, wait up to this long for flow-matching
+                             * to finish that window before the next frame (0 = never wait) */
 } hm_stage_cfg;
 
 typedef struct {

@@ -46,6 +46,7 @@ static void test_errors(void **state)
     expect_error("generation: [1, 2]\n", "generation: expected a mapping");
     expect_error("a: [\n", "YAML syntax error");
     expect_error("model_dir: *x\n", "");
+    expect_error("stages:\n  draft-verifier:\n    first_window_yield_ms: -1\n", "first_window_yield_ms");
     (void)state;
 }
 
@@ -66,7 +67,7 @@ static void test_overrides(void **state)
 
 static void test_write_round_trip(void **state)
 {
-    const char *y = "backend: cuda\nmodel_dir: \"/m/a \\\"q\\\"\"\ngeneration:\n  seed: 77\n  cfg: 1.25\nstages:\n  vocoder:\n    replicas: 2\n";
+    const char *y = "backend: cuda\nmodel_dir: \"/m/a \\\"q\\\"\"\ngeneration:\n  seed: 77\n  cfg: 1.25\nstages:\n  vocoder:\n    replicas: 2\n  draft-verifier:\n    first_window_yield_ms: 250\n";
     hm_pipeline_cfg a, b;
     if (hm_config_parse(y, strlen(y), "p.yaml", &a)) fail_msg("%s", hm_errmsg());
     char path[64];
@@ -78,6 +79,8 @@ static void test_write_round_trip(void **state)
     assert_int_equal(b.gen.seed, 77);
     assert_float_equal(b.gen.cfg, 1.25, 0);
     assert_int_equal(b.stage[HM_STAGE_VOCODER].replicas, 2);
+    assert_int_equal(b.stage[HM_STAGE_DRAFT_VERIFIER].first_window_yield_ms, 250);
+    assert_int_equal(b.stage[HM_STAGE_BACKBONE].first_window_yield_ms, 1000); /* the default */
     assert_string_equal(b.stage[HM_STAGE_BACKBONE].backend, "cuda");
     assert_string_equal(b.stage[HM_STAGE_TOKENIZER].endpoint, a.stage[HM_STAGE_TOKENIZER].endpoint);
     (void)state;

@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "codec_plan.h"
 #include "depth.h"
 #include "desc.h"
 #include "hm.h"
@@ -62,6 +63,8 @@ typedef struct {
     double t0;
     pool_t *cpool;          /* backend cuda: the codes pool holding the in-flight EXTEND's codes */
     uint32_t cslot, cgen;   /* ... its slot and generation (cpool NULL: none in flight) */
+    double hold_until, hold_t0; /* paused after the first codec window's frames (0: not paused) */
+    int yielded;            /* ... that pause is over (once a song) */
 } dv_req;
 
 typedef struct {
@@ -75,6 +78,8 @@ typedef struct {
     dv_req reqs[DV_MAX_REQUESTS];
     int32_t codes[64];
     int max_seq;            /* the backbone's positions */
+    double yield_s;         /* first_window_yield_ms (0: never pause) */
+    char notify[DESC_MAX_ENDPOINT + 1]; /* our endpoint, for flow-matching's "window 0 done" */
 #ifdef HM_CUDA
     lm_cuda *gm;            /* backend cuda: the engine (model stays NULL) */
     lm_cuda_req *gr[3];     /* ... one depth request per row count B (1, 2), reused by every song */
@@ -200,7 +205,10 @@ static void flush_down(dv_service *s, dv_req *r)
         desc_set_tensor(&d, DESC_DT_I32, 2, shape);
         desc_set_inline(&d, r->frames + (size_t)r->sent_down * s->ncb, (uint64_t)n * s->ncb * 4);
         desc_set_i64(&d, "first", r->sent_down);
-        if (r->sent_down == 0) hm_service_copy_params(&d, &r->params, NULL, 0);
+        if (r->sent_down == 0) {
+            hm_service_copy_params(&d, &r->params, NULL, 0);
+            if (s->yield_s > 0) desc_set_str(&d, "notify", s->notify);
+        }
         int rc = tp_send(sock, NULL, &d, ZMQ_DONTWAIT);
         desc_free(&d);
         if (rc != HM_OK) return; /* not connected: retried by the tick */
@@ -336,6 +344,10 @@ static void on_hidden(dv_service *s, dv_req *r, const desc_t *in)
     r->rng.frame = (uint64_t)r->nframes;
     float *lg = r->logits ? r->logits + (size_t)r->nframes * s->ncb * s->V : NULL;
     int rc, extend_sent = 0;
+    /* this frame completes the song's first codec window: no EXTEND goes out early, the next frame
+     * waits for flow-matching (see dv_on_notice) */
+    const int hold = s->yield_s > 0 && !r->yielded && r->mode == MODE_GENERATE &&
+                     r->nframes + 1 == CODEC_WIN_CODES && r->nframes + 1 < r->max_frames;
 #ifdef HM_CUDA
     if (s->gm) {
         /* h is a device pointer into the backbone's slot: our stream waits for its writes.  The
@@ -346,7 +358,7 @@ static void on_hidden(dv_service *s, dv_req *r, const desc_t *in)
         lm_cuda_req *gr = s->gr[r->B];
         lm_cuda_sampling smp = {r->sp.temperature, r->sp.topk, r->sp.cfg_scale, r->rng.seed, (uint32_t)r->nframes, NULL};
         uint32_t cslot = 0;
-        int fast = !lg && pool_acquire(s->cpool, 0, &cslot) == HM_OK;
+        int fast = !lg && !hold && pool_acquire(s->cpool, 0, &cslot) == HM_OK;
         rc = pool_wait(in, lm_cuda_stream(gr));
         if (!rc && fast) {
             rc = lm_cuda_depth_frame_async(gr, h, &smp, pool_slot_ptr(s->cpool, cslot));
@@ -393,7 +405,23 @@ static void on_hidden(dv_service *s, dv_req *r, const desc_t *in)
     }
     if (r->nframes >= r->max_frames) return finish(s, r);
     flush_down(s, r);
+    if (hold) { /* the GPU is flow-matching's until its window 0 is done (or yield_s passed) */
+        r->hold_t0 = hm_now();
+        r->hold_until = r->hold_t0 + s->yield_s;
+        return;
+    }
     if (!extend_sent) send_extend(s, r);
+}
+
+/* The pause after the first window's frames ends: flow-matching said that window is done, or
+ * the wait ran out. */
+static void resume(dv_service *s, dv_req *r, int timed_out)
+{
+    r->hold_until = 0;
+    r->yielded = 1;
+    stage_stat_time(s->st, "first_window_wait", hm_now() - r->hold_t0);
+    if (timed_out) stage_stat_add(s->st, "first_window_wait_timeouts", 1);
+    send_extend(s, r);
 }
 
 static void on_backbone(dv_service *s, const desc_t *in)
@@ -427,6 +455,15 @@ static int dv_on_prompt_msg(stage_t *st, int sock, const tp_peer_t *from, desc_t
     (void)st;
     (void)sock;
     (void)from;
+    if (in->type == DESC_REPLY) { /* flow-matching: a song's first window is done */
+        dv_service *s = user;
+        const char *stage = "";
+        desc_get_str(in, "stage", &stage);
+        dv_req *r = find_req(s, in->req_id);
+        if (r && r->hold_until > 0 && !r->done && !strcmp(stage, "flow-matching") && desc_i64_or(in, "window", -1) == 0)
+            resume(s, r, 0);
+        return HM_OK; /* late or stray notices change nothing */
+    }
     on_prompt(user, in);
     return HM_OK;
 }
@@ -449,6 +486,16 @@ static void dv_tick(stage_t *st, void *user)
         dv_req *r = &s->reqs[i];
         if (!r->used) continue;
         if (r->done) { flush_down(s, r); continue; }
+        if (r->hold_until > 0) {
+            if (now >= r->hold_until) {
+                LOG_WARN("request %llx: flow-matching did not report its first window in %.1f s; going on",
+                         (unsigned long long)r->req, s->yield_s);
+                resume(s, r, 1);
+            } else {
+                flush_down(s, r);
+            }
+            continue;
+        }
         if (r->waiting && now - r->sent_at > (r->sent_at == 0 ? 0.2 : s->timeout_s)) {
             if (r->sent_at != 0) {
                 LOG_WARN("request %llx: no answer from the backbone for %.0f s; refilling", (unsigned long long)r->req, now - r->sent_at);
@@ -524,6 +571,15 @@ int dv_service_setup(stage_t *st, const hm_pipeline_cfg *cfg, int replica, void 
     s->D = lc->backbone.embed_dim;
     if (s->ncb > 64) return hm_err("more than 64 codebooks");
     hm_stage_endpoint(cfg, HM_STAGE_DRAFT_VERIFIER, replica, url, sizeof url);
+    /* pause for the first window only where both stages share the GPU and flow-matching can
+     * reach our endpoint (not a wildcard bind) */
+    if (cfg->stage[HM_STAGE_DRAFT_VERIFIER].first_window_yield_ms > 0 &&
+        !strcmp(cfg->stage[HM_STAGE_DRAFT_VERIFIER].backend, "cuda") &&
+        !strcmp(cfg->stage[HM_STAGE_FLOW_MATCHING].backend, "cuda") && !strchr(url, '*') &&
+        strlen(url) < sizeof s->notify) {
+        s->yield_s = cfg->stage[HM_STAGE_DRAFT_VERIFIER].first_window_yield_ms / 1000.0;
+        snprintf(s->notify, sizeof s->notify, "%s", url);
+    }
     tp_endpoint_t ep = {"draft-verifier", url, TP_BIND, ZMQ_PULL};
     if (stage_add_socket(st, &ep, dv_on_prompt_msg, s) < 0) return HM_ERR;
     s->nbb = cfg->stage[HM_STAGE_BACKBONE].replicas;

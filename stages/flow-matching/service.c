@@ -203,6 +203,10 @@ static void advance(fm_service *s, fm_req *r)
         desc_set_str(&pr, "stage", "flow-matching");
         desc_set_i64(&pr, "window", k);
         tp_send_url(r->reply, &pr); /* progress is best effort */
+        /* the song's first window is done on the device: the draft-verifier that paused for it
+         * (its FRAMES named a "notify" endpoint) goes on */
+        const char *nt = NULL;
+        if (k == 0 && desc_get_str(&r->params, "notify", &nt) == HM_OK && nt[0]) tp_send_url(nt, &pr);
         desc_free(&pr);
     }
     if (r->final && r->windows_done >= ready) {
@@ -306,6 +310,9 @@ static void on_frames(fm_service *s, const desc_t *in)
         r->final = 1;
         if (r->n < 1) return fail_req(s, r, "the song has no codes");
     }
+    /* a window these codes complete runs now, not at the next tick (up to 50 ms later: the
+     * first audio waits for window 0) */
+    if (codec_plan_windows_ready(r->n, r->final) > r->windows_done) advance(s, r);
 }
 
 static int fm_on_msg(stage_t *st, int sock, const tp_peer_t *from, desc_t *in, void *user)
