@@ -128,7 +128,9 @@ static int cuda_window(fm_service *s, fm_req *r, int k, uint32_t slot)
     const size_t wc = (size_t)W * C * sizeof(float);
     cudaStream_t st = s->stream;
     int L;
+    double t0 = hm_now();
     if (fm_window_inputs(s->model, s->win, r->noise, k, s->hcond, s->hnoise, &L)) return HM_ERR;
+    stage_stat_time(s->st, "window_inputs", hm_now() - t0); /* host: conditioning and start noise */
     if (cuda_ck(cudaMemcpyAsync(s->dcond, s->hcond, (size_t)W * D * sizeof(float), cudaMemcpyHostToDevice, st), "cond upload") ||
         cuda_ck(cudaMemcpyAsync(s->dnoise, s->hnoise, wc, cudaMemcpyHostToDevice, st), "noise upload") ||
         (L && cuda_ck(cudaMemcpyAsync(s->dctx, r->dctx, (size_t)L * C * sizeof(float), cudaMemcpyDeviceToDevice, st),

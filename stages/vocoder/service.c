@@ -252,6 +252,7 @@ static void on_latents(voc_service *s, const desc_t *in)
         int rc = decode_window(s, r, in, ptr);
         HM_NVTX_POP();
         pool_release(in);
+        const double t1 = hm_now();
         if (!rc) {
             if (device_fade(s)) { /* faded already: the window's final samples, stride seg */
                 const float *ch[2] = {s->pcm, s->pcm + s->seg};
@@ -261,6 +262,7 @@ static void on_latents(voc_service *s, const desc_t *in)
             }
         }
         if (rc) return fail_req(s, r, hm_errmsg());
+        stage_stat_time(s->st, "window_write", hm_now() - t1); /* host: cross-fade and the file */
         stage_stat_time(s->st, "window", hm_now() - t0);
         r->windows_done++;
         desc_t pr;
