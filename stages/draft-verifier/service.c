@@ -16,7 +16,13 @@
  * the frame: the backbone queues its next step behind ours on the GPU, so the hop between the
  * two processes leaves no GPU idle time.  Sampling on the GPU (kernels/sample.cu) is the CPU's
  * Philox + inverse CDF: the same seed gives the same song on either backend (for the same
- * logits).  This process loads only the depth half of the model when lm_cuda supports it. */
+ * logits).  This process loads only the depth half of the model when lm_cuda supports it.
+ *
+ * The first audio of a song waits for its first codec window.  With flow-matching on cuda too,
+ * the song pauses after the frame that completes that window (372 frames) until flow-matching
+ * reports the window done (a REPLY to the `notify` endpoint the first FRAMES carried), at most
+ * first_window_yield_ms: the window then has the GPU to itself instead of sharing it with the
+ * next frames (H200, fp8: first audio 1.73 -> 1.53 s, docs/PERF.md). */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
@@ -345,7 +351,7 @@ static void on_hidden(dv_service *s, dv_req *r, const desc_t *in)
     float *lg = r->logits ? r->logits + (size_t)r->nframes * s->ncb * s->V : NULL;
     int rc, extend_sent = 0;
     /* this frame completes the song's first codec window: no EXTEND goes out early, the next frame
-     * waits for flow-matching (see dv_on_notice) */
+     * waits for flow-matching's report (dv_on_prompt_msg, resume) */
     const int hold = s->yield_s > 0 && !r->yielded && r->mode == MODE_GENERATE &&
                      r->nframes + 1 == CODEC_WIN_CODES && r->nframes + 1 < r->max_frames;
 #ifdef HM_CUDA

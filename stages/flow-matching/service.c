@@ -1,9 +1,11 @@
 /* service.c - the flow-matching stage: codes -> latents, one codec window at a time.
  *
  * FRAMES arrive as draft-verifier produces them (or all at once from `heartmula detokenize`).
- * A window runs as soon as its 372 codes exist (codec_plan_windows_ready); the last windows, which
- * depend on the song's final length through the reference's repetition padding, run when the
- * FRAMES marked final arrives.  Each window's latents [744, C] go to the vocoder through this
+ * A window runs as soon as its 372 codes exist (codec_plan_windows_ready), from the FRAMES that
+ * completes it; the last windows, which depend on the song's final length through the reference's
+ * repetition padding, run when the FRAMES marked final arrives (one window per timer turn).  When
+ * the song's first FRAMES named a `notify` endpoint, the REPLY that reports window 0 goes there
+ * too: draft-verifier holds the song's next frame until then (docs/PROTOCOL.md).  Each window's latents [744, C] go to the vocoder through this
  * stage's shm pool, followed by an end marker (LATENTS without a buffer, "final" = 1) carrying the
  * window count and the output length.  The previous window's latents stay here as the next
  * window's in-context frames.
