@@ -1,7 +1,9 @@
 /* codec_cuda.cu - HeartCodec flow matching on the GPU: weight upload, the DiT estimator's kernels
  * (im2col conv, bias/act, modulated norms, gated residual, RoPE, tiled attention, timestep
  * features), the estimator and the Euler + CFG solver (see codec_cuda.h; CPU twin fm.c).
- * GEMMs go through hmc_gemm (kernels/gemm.cu, cuBLASLt). */
+ * GEMMs go through hmc_gemm (kernels/gemm.cu, cuBLASLt).  The weights sit in one device allocation
+ * (a sizing pass of the loader first); a solve reads its timestep conditioning from an adaLN table
+ * per step count, so the adaLN weights may stay in host memory (fmc_set_adaln_host). */
 #include "codec_cuda.h"
 #include "common_cuda.h"
 
@@ -23,6 +25,7 @@ extern "C" {
 #define FMC_TIME_FEATURES 512 /* PixArt flow_t_size */
 #define FMC_PROJ_K 3
 #define FMC_GRAPHS 4
+#define FMC_ADA_TABLES 4
 
 namespace {
 
@@ -544,6 +547,13 @@ struct fmc_model {
     stack s1, s2;
     void **allocs;
     size_t *alloc_n;       /* elements of each allocation (weights: fmc_weight_get) */
+    /* The weights live in one allocation (a sizing pass of the loader counts them first): one
+     * cudaMalloc per tensor rounds each up to the allocator's granularity, 55 MiB at the release's
+     * sizes.  The adaLN matrices stay separate (fmc_set_adaln_host frees them). */
+    char *arena;
+    size_t arena_cap, arena_used;
+    int sizing;   /* the sizing pass: dalloc counts, nothing is allocated or written */
+    int no_arena; /* dalloc takes its own cudaMalloc (the adaLN matrices) */
     hmc_dtype *alloc_t;
     int nalloc, capalloc;
     /* workspace, sized for ws_M rows / ws_B batch rows / ws_steps solver steps */
@@ -577,6 +587,21 @@ struct fmc_model {
     void *lt_ws;
     FmcAttPlan att[16];
     int natt;
+    /* adaLN tables: the timestep conditioning (emb, mod of both stacks) depends only on t, and a
+     * solve's t grid only on its step count, so fmc_solve computes it once per (steps, batch rows)
+     * into a device table and its estimator calls read the table.  The adaLN weights (85 M at the
+     * release's sizes) can then live in host memory (fmc_set_adaln_host): a new table uploads them
+     * for its build and frees them again. */
+    struct {
+        int steps, B;
+        float *dev; /* [steps][B*d1 emb1 | B*6*d1 mod1 | B*d2 emb2 | B*6*d2 mod2] */
+        unsigned long long used;
+    } ada[FMC_ADA_TABLES];
+    unsigned long long ada_clock;
+    int ada_off;       /* fmc_set_adaln_tables(m, 0): every estimator call computes its adaLN */
+    int ada_host;      /* the six adaLN matrices are host copies (fmc_set_adaln_host) */
+    void *ada_h[6];    /* their host copies, in ada_slot() order */
+    int ada_i[6];      /* their allocation indices (allocs[i] is NULL while on the host) */
 };
 
 namespace {
@@ -590,7 +615,16 @@ int dalloc(fmc_model *m, void **p, size_t bytes)
         m->alloc_t = (hmc_dtype *)realloc(m->alloc_t, sizeof(hmc_dtype) * (size_t)m->capalloc);
         if (!m->allocs || !m->alloc_n || !m->alloc_t) abort();
     }
-    CK(cudaMalloc(p, bytes ? bytes : 16));
+    const size_t al = (HM_MAX(bytes, (size_t)16) + 255) & ~(size_t)255;
+    if (m->sizing) {
+        *p = NULL;
+        if (!m->no_arena) m->arena_cap += al;
+    } else if (!m->no_arena && m->arena && m->arena_used + al <= m->arena_cap) {
+        *p = m->arena + m->arena_used;
+        m->arena_used += al;
+    } else {
+        CK(cudaMalloc(p, bytes ? bytes : 16));
+    }
     m->alloc_n[m->nalloc] = bytes / 4, m->alloc_t[m->nalloc] = HMC_F32; /* upload() says what it holds */
     m->allocs[m->nalloc++] = *p;
     return HM_OK;
@@ -607,6 +641,7 @@ int upload(fmc_model *m, const src *S, void **dst, const float *host, size_t n, 
 {
     CKH(dalloc(m, dst, n * hmc_dtype_size(t)));
     m->alloc_n[m->nalloc - 1] = n, m->alloc_t[m->nalloc - 1] = t;
+    if (m->sizing) return HM_OK;
     if (!host) {
         CKH(hmc_fill_random(*dst, t, n, S->seed * 1000003u + (uint64_t)m->nalloc, rscale, 0));
         return HM_OK;
@@ -750,6 +785,7 @@ int load_stack(fmc_model *m, const src *S, stack *s, int d, int heads, int hd, i
         snprintf(nm[0], 256, "%s.%s.%d.mlp.down.weight", E, blocks, i);
         if (load_mat(m, S, &b->wdown, d, s->hidden, nm[0])) return HM_ERR;
     }
+    m->no_arena = 1; /* the adaLN matrices: their own allocations (fmc_set_adaln_host frees them) */
     snprintf(nm[0], 256, "%s.%s.emb.timestep_embedder.linear_1.weight", E, adaln);
     if (load_mat(m, S, &s->l1w, d, FMC_TIME_FEATURES, nm[0])) return HM_ERR;
     snprintf(nm[0], 256, "%s.%s.emb.timestep_embedder.linear_1.bias", E, adaln);
@@ -760,6 +796,7 @@ int load_stack(fmc_model *m, const src *S, stack *s, int d, int heads, int hd, i
     if (load_f32(m, S, &s->l2b, 1, SHAPE(d), d, 0.1f, nm[0])) return HM_ERR;
     snprintf(nm[0], 256, "%s.%s.linear.weight", E, adaln);
     if (load_mat(m, S, &s->lw, 6 * d, d, nm[0])) return HM_ERR;
+    m->no_arena = 0;
     snprintf(nm[0], 256, "%s.%s.linear.bias", E, adaln);
     if (load_f32(m, S, &s->lb, 1, SHAPE(6 * (int64_t)d), 6 * (size_t)d, 0.1f, nm[0])) return HM_ERR;
     snprintf(nm[0], 256, "%s.%s", E, table);
@@ -768,6 +805,7 @@ int load_stack(fmc_model *m, const src *S, stack *s, int d, int heads, int hd, i
     if (hd / 2 > 256) return hm_err("head dim %d too large", hd);
     cpu_rope_freqs(fr, hd, FMC_ROPE_BASE, 0.0f); /* computed, never loaded or random */
     CKH(dalloc(m, (void **)&s->rope, sizeof(float) * (size_t)(hd / 2)));
+    if (m->sizing) return HM_OK;
     CK(cudaMemcpy(s->rope, fr, sizeof(float) * (size_t)(hd / 2), cudaMemcpyHostToDevice));
     return HM_OK;
 }
@@ -901,6 +939,88 @@ int adaln_forward(fmc_model *m, const stack *st, int B, float *emb, float *mod, 
     CKH(fmc_bias_act(emb, st->l2b, B, d, 1.0f, 1, 1, m->gin, m->dt, s));
     CKH(gemm(m, m->gin, st->lw, mod, B, 6 * d, d, s));
     CKH(fmc_bias_act(mod, st->lb, B, 6 * d, 1.0f, 1, 0, NULL, m->dt, s));
+    return HM_OK;
+}
+
+/* The six adaLN matrices, in the order of fmc_model.ada_h / ada_i. */
+void **ada_slot(fmc_model *m, int k)
+{
+    stack *st = k < 3 ? &m->s1 : &m->s2;
+    return k % 3 == 0 ? &st->l1w : k % 3 == 1 ? &st->l2w : &st->lw;
+}
+
+size_t alloc_bytes(const fmc_model *m, int i) { return m->alloc_n[i] * hmc_dtype_size(m->alloc_t[i]); }
+
+/* Host-resident adaLN weights back on the device (for a table build or a direct estimator call);
+ * ada_down frees them again.  Both synchronous. */
+int ada_up(fmc_model *m)
+{
+    for (int k = 0; k < 6; k++) {
+        const int i = m->ada_i[k];
+        void *d = NULL;
+        CK(cudaMalloc(&d, alloc_bytes(m, i)));
+        *ada_slot(m, k) = d;
+        CK(cudaMemcpy(d, m->ada_h[k], alloc_bytes(m, i), cudaMemcpyHostToDevice));
+    }
+    return HM_OK;
+}
+
+void ada_down(fmc_model *m)
+{
+    for (int k = 0; k < 6; k++) {
+        cudaFree(*ada_slot(m, k));
+        *ada_slot(m, k) = NULL;
+    }
+}
+
+/* Floats of one step of an adaLN table for B rows. */
+size_t ada_stride(const fmc_model *m, int B) { return (size_t)B * 7 * (m->s1.d + m->s2.d); }
+
+/* The adaLN table of (steps, B), built on first use from the t grid in m->tarr (fmc_solve has
+ * uploaded it for this step count).  A full cache drops its least recently used table and, since
+ * captured solves may read it, every graph. */
+int ada_table(fmc_model *m, int steps, int B, cudaStream_t s, const float **out)
+{
+    int hit = -1, lru = 0;
+    for (int i = 0; i < FMC_ADA_TABLES; i++) {
+        if (m->ada[i].dev && m->ada[i].steps == steps && m->ada[i].B == B) hit = i;
+        if (m->ada[i].used < m->ada[lru].used) lru = i;
+    }
+    if (hit >= 0) {
+        m->ada[hit].used = ++m->ada_clock;
+        *out = m->ada[hit].dev;
+        return HM_OK;
+    }
+    auto &e = m->ada[lru];
+    if (e.dev) {
+        CK(cudaStreamSynchronize(s));
+        drop_graphs(m);
+        CK(cudaFree(e.dev));
+        e.dev = NULL;
+    }
+    const size_t stride = ada_stride(m, B);
+    const int d1 = m->s1.d, d2 = m->s2.d;
+    CK(cudaMalloc(&e.dev, sizeof(float) * stride * (size_t)steps));
+    int rc = m->ada_host ? ada_up(m) : HM_OK;
+    for (int step = 0; step < steps && rc == HM_OK; step++) {
+        float *e1 = e.dev + stride * step, *m1 = e1 + (size_t)B * d1, *e2 = m1 + (size_t)B * 6 * d1,
+              *m2 = e2 + (size_t)B * d2;
+        rc = fmc_timestep_features(m->tarr + (size_t)step * B, B, FMC_TIME_FEATURES, m->feat, s);
+        if (!rc) rc = adaln_forward(m, &m->s1, B, e1, m1, s);
+        if (!rc) rc = adaln_forward(m, &m->s2, B, e2, m2, s);
+    }
+    if (m->ada_host) {
+        cudaError_t ce = cudaStreamSynchronize(s); /* the build is done with the weights */
+        if (ce != cudaSuccess && rc == HM_OK) rc = hm_err("%s:%d: adaLN table: %s", __FILE__, __LINE__, cudaGetErrorString(ce));
+        ada_down(m);
+    }
+    if (rc) {
+        cudaFree(e.dev);
+        e.dev = NULL;
+        return hm_err_ctx("%s:%d: adaLN table for %d steps", __FILE__, __LINE__, steps);
+    }
+    e.steps = steps, e.B = B, e.used = ++m->ada_clock;
+    *out = e.dev;
     return HM_OK;
 }
 
@@ -1074,16 +1194,24 @@ int stack_forward(fmc_model *m, const stack *st, float *x, int B, int T, const f
     return HM_OK;
 }
 
-int estimator(fmc_model *m, const float *x, const float *t, int B, int T, float *out, cudaStream_t s)
+/* One estimator call; ada: this step's adaLN table row (ada_table), or NULL to compute the adaLN
+ * from t here (its weights on the device). */
+int estimator(fmc_model *m, const float *x, const float *t, int B, int T, float *out, const float *ada,
+              cudaStream_t s)
 {
     const int cin = m->in_ch, d1 = m->s1.d, d2 = m->s2.d;
-    CKH(fmc_timestep_features(t, B, FMC_TIME_FEATURES, m->feat, s));
-    CKH(adaln_forward(m, &m->s1, B, m->emb1, m->mod1, s));
-    CKH(adaln_forward(m, &m->s2, B, m->emb2, m->mod2, s));
+    const float *e1 = m->emb1, *m1 = m->mod1, *e2 = m->emb2, *m2 = m->mod2;
+    if (ada) {
+        e1 = ada, m1 = e1 + (size_t)B * d1, e2 = m1 + (size_t)B * 6 * d1, m2 = e2 + (size_t)B * d2;
+    } else {
+        CKH(fmc_timestep_features(t, B, FMC_TIME_FEATURES, m->feat, s));
+        CKH(adaln_forward(m, &m->s1, B, m->emb1, m->mod1, s));
+        CKH(adaln_forward(m, &m->s2, B, m->emb2, m->mod2, s));
+    }
     CKH(proj_forward(m, &m->pin, x, cin, NULL, 0, B, T, m->x1, s));
-    CKH(stack_forward(m, &m->s1, m->x1, B, T, m->mod1, m->emb1, s));
+    CKH(stack_forward(m, &m->s1, m->x1, B, T, m1, e1, s));
     CKH(proj_forward(m, &m->conn, x, cin, m->x1, d1, B, T, m->x2, s)); /* [estimator input | stack 1] */
-    CKH(stack_forward(m, &m->s2, m->x2, B, T, m->mod2, m->emb2, s));
+    CKH(stack_forward(m, &m->s2, m->x2, B, T, m2, e2, s));
     CKH(proj_forward(m, &m->pout, m->x2, d2, NULL, 0, B, T, out, s));
     return HM_OK;
 }
@@ -1269,7 +1397,17 @@ static int fmc_new(const hm_codec_config *cfg, int dt, const src *S, fmc_model *
     fmc_model *m = (fmc_model *)hm_calloc(1, sizeof *m);
     m->cfg = *cfg;
     m->dt = (hmc_dtype)dt;
-    if (build(m, S)) {
+    /* sizing pass (random mode reads no file, and dalloc and upload write nothing), then the arena */
+    const src none = {NULL, 0};
+    m->sizing = 1;
+    int rc = build(m, &none);
+    m->sizing = 0;
+    free(m->s1.blk), free(m->s2.blk);
+    m->s1.blk = m->s2.blk = NULL;
+    m->nalloc = 0;
+    if (!rc && cudaMalloc((void **)&m->arena, m->arena_cap) != cudaSuccess)
+        rc = hm_err("%s:%d: %.1f MiB of device memory for the weights", __FILE__, __LINE__, m->arena_cap / 1048576.0);
+    if (rc || build(m, S)) {
         char msg[512];
         snprintf(msg, sizeof msg, "%s", hm_errmsg());
         fmc_free(m);
@@ -1301,9 +1439,14 @@ extern "C" void fmc_free(fmc_model *m)
 {
     if (!m) return;
     cudaDeviceSynchronize();
-    for (int i = 0; i < m->nalloc; i++) cudaFree(m->allocs[i]);
+    for (int i = 0; i < m->nalloc; i++)
+        if (!m->arena || (char *)m->allocs[i] < m->arena || (char *)m->allocs[i] >= m->arena + m->arena_cap)
+            cudaFree(m->allocs[i]);
+    cudaFree(m->arena);
     for (int i = 0; i < 18; i++)
         if (m->ws[i]) cudaFree(m->ws[i]);
+    for (int i = 0; i < FMC_ADA_TABLES; i++) cudaFree(m->ada[i].dev);
+    for (int k = 0; k < 6; k++) free(m->ada_h[k]);
     for (int i = 0; i < m->natt; i++) {
         cublasLtMatrixLayoutDestroy(m->att[i].a);
         cublasLtMatrixLayoutDestroy(m->att[i].b);
@@ -1329,14 +1472,22 @@ extern "C" int fmc_estimator(fmc_model *m, const float *x, const float *t, int B
     if (B < 1 || T < 1 || T > (1 << 20)) return hm_err("fmc_estimator: bad batch %d x %d frames", B, T);
     if (out == x) return hm_err("fmc_estimator: out must not alias x");
     CKH(ensure_ws(m, B, T, 1));
-    return estimator(m, x, t, B, T, out, s);
+    if (!m->ada_host) return estimator(m, x, t, B, T, out, NULL, s);
+    CKH(ada_up(m)); /* adaLN weights on the host: up for this call */
+    int rc = estimator(m, x, t, B, T, out, NULL, s);
+    cudaError_t e = cudaStreamSynchronize(s);
+    ada_down(m);
+    if (e != cudaSuccess && rc == HM_OK) rc = hm_err("%s:%d: %s", __FILE__, __LINE__, cudaGetErrorString(e));
+    return rc;
 }
 
 namespace {
 /* Enqueue the whole solve (t table already on the device in m->tarr). */
 int solve_enqueue(fmc_model *m, int T, const float *cond, const float *ctx, int L, const float *noise, int steps,
-                  float guidance, float *x, const float *ah, const float *th, const float *dth, cudaStream_t s)
+                  float guidance, float *x, const float *ah, const float *th, const float *dth, const float *ada,
+                  cudaStream_t s)
 {
+    const size_t as = ada ? ada_stride(m, guidance > 1.0f ? 2 : 1) : 0;
     const int C = m->out_ch, D = m->dim, cfg = guidance > 1.0f, B = cfg ? 2 : 1;
     const size_t tc = (size_t)T * C;
     CK(cudaMemcpyAsync(x, noise, sizeof(float) * tc, cudaMemcpyDeviceToDevice, s));
@@ -1344,7 +1495,7 @@ int solve_enqueue(fmc_model *m, int T, const float *cond, const float *ctx, int 
         euler_input_kernel<<<T, 256, 0, s>>>(x, noise, ctx, cond, L, ah[step], th[(size_t)step * B], B, T, C, D, cfg,
                                              m->inp);
         CK_LAUNCH();
-        if (estimator(m, m->inp, m->tarr + (size_t)step * B, B, T, m->v, s))
+        if (estimator(m, m->inp, m->tarr + (size_t)step * B, B, T, m->v, ada ? ada + as * step : NULL, s))
             return hm_err_ctx("%s:%d: step %d", __FILE__, __LINE__, step + 1);
         euler_update_kernel<<<grid_for(tc), 256, 0, s>>>(x, m->v, tc, dth[step], guidance, cfg);
         CK_LAUNCH();
@@ -1355,11 +1506,11 @@ int solve_enqueue(fmc_model *m, int T, const float *cond, const float *ctx, int 
 
 /* Capture solve_enqueue into *exec (relaxed mode: cuBLASLt may still set things up). */
 int solve_capture(fmc_model *m, int T, const float *cond, const float *ctx, int L, const float *noise, int steps,
-                  float guidance, float *x, const float *ah, const float *th, const float *dth, cudaStream_t s,
-                  cudaGraphExec_t *exec)
+                  float guidance, float *x, const float *ah, const float *th, const float *dth, const float *ada,
+                  cudaStream_t s, cudaGraphExec_t *exec)
 {
     CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
-    int rc = solve_enqueue(m, T, cond, ctx, L, noise, steps, guidance, x, ah, th, dth, s);
+    int rc = solve_enqueue(m, T, cond, ctx, L, noise, steps, guidance, x, ah, th, dth, ada, s);
     cudaGraph_t g = NULL;
     cudaError_t e = cudaStreamEndCapture(s, &g); /* always: leaves the stream out of capture mode */
     if (rc) {
@@ -1424,8 +1575,83 @@ extern "C" void fmc_set_scratch_sharing(fmc_model *m, int on)
 extern "C" size_t fmc_weight_bytes(const fmc_model *m)
 {
     size_t b = 0;
-    for (int i = 0; i < m->nalloc; i++) b += m->alloc_n[i] * hmc_dtype_size(m->alloc_t[i]);
+    for (int i = 0; i < m->nalloc; i++)
+        if (m->allocs[i]) b += alloc_bytes(m, i);
     return b;
+}
+
+extern "C" size_t fmc_adaln_table_bytes(const fmc_model *m)
+{
+    size_t b = 0;
+    for (int i = 0; i < FMC_ADA_TABLES; i++)
+        if (m->ada[i].dev) b += sizeof(float) * ada_stride(m, m->ada[i].B) * (size_t)m->ada[i].steps;
+    return b;
+}
+
+extern "C" void fmc_set_adaln_tables(fmc_model *m, int on)
+{
+    if (m->ada_off == !on) return;
+    cudaDeviceSynchronize();
+    drop_graphs(m); /* captured with the other kernel sequence */
+    m->ada_off = !on;
+}
+
+extern "C" int fmc_set_adaln_host(fmc_model *m, int on)
+{
+    if (m->ada_host == !!on) return HM_OK;
+    CK(cudaDeviceSynchronize());
+    drop_graphs(m);
+    if (!on) { /* back to the device for good */
+        CKH(ada_up(m));
+        for (int k = 0; k < 6; k++) {
+            m->allocs[m->ada_i[k]] = *ada_slot(m, k);
+            free(m->ada_h[k]);
+            m->ada_h[k] = NULL;
+        }
+        m->ada_host = 0;
+        return HM_OK;
+    }
+    for (int k = 0; k < 6; k++) {
+        void *d = *ada_slot(m, k);
+        int i = 0;
+        while (i < m->nalloc && m->allocs[i] != d) i++;
+        if (i == m->nalloc) return hm_err("%s:%d: adaLN weight %d not found", __FILE__, __LINE__, k);
+        m->ada_i[k] = i;
+    }
+    for (int k = 0; k < 6; k++) {
+        const int i = m->ada_i[k];
+        m->ada_h[k] = hm_malloc(alloc_bytes(m, i));
+        CK(cudaMemcpy(m->ada_h[k], m->allocs[i], alloc_bytes(m, i), cudaMemcpyDeviceToHost));
+    }
+    for (int k = 0; k < 6; k++) {
+        CK(cudaFree(m->allocs[m->ada_i[k]]));
+        m->allocs[m->ada_i[k]] = NULL;
+        *ada_slot(m, k) = NULL;
+    }
+    m->ada_host = 1;
+    return HM_OK;
+}
+
+extern "C" int fmc_prepare(fmc_model *m, int T, int steps, float guidance, cudaStream_t s)
+{
+    /* a solve over a zero window builds what a real one needs (workspace, adaLN table); its
+     * output is discarded.  Graphs off for it, so no key is taken. */
+    if (T < 1 || steps < 1) return hm_err("fmc_prepare: %d frames, %d steps", T, steps);
+    const hm_codec_config *c = &m->cfg;
+    const size_t tc = (size_t)T * c->out_channels, td = (size_t)T * m->dim;
+    float *buf = NULL;
+    CK(cudaMalloc(&buf, sizeof(float) * (3 * tc + td)));
+    int rc = HM_OK;
+    if (cudaMemsetAsync(buf, 0, sizeof(float) * (3 * tc + td), s) != cudaSuccess)
+        rc = hm_err("%s:%d: fmc_prepare: memset", __FILE__, __LINE__);
+    const int g = m->use_graph;
+    m->use_graph = 0;
+    if (!rc) rc = fmc_solve(m, T, buf + 3 * tc, buf, 0, buf + tc, steps, guidance, buf + 2 * tc, s);
+    m->use_graph = g;
+    cudaError_t e = cudaStreamSynchronize(s);
+    if (e != cudaSuccess && !rc) rc = hm_err("%s:%d: fmc_prepare: %s", __FILE__, __LINE__, cudaGetErrorString(e));
+    cudaFree(buf);
+    return rc;
 }
 
 extern "C" size_t fmc_workspace_bytes(const fmc_model *m) { return m->ws_bytes + (m->lt_ws ? (32u << 20) : 0); }
@@ -1437,7 +1663,14 @@ extern "C" int fmc_weight_get(const fmc_model *m, int i, float **host, size_t *n
     if (i < 0 || i >= m->nalloc) return hm_err("fmc_weight_get: no weight %d (%d)", i, m->nalloc);
     const size_t k = m->alloc_n[i];
     float *h = (float *)hm_malloc(sizeof(float) * (k ? k : 1));
-    if (m->alloc_t[i] == HMC_F32) {
+    const void *hsrc = NULL; /* an adaLN matrix kept on the host */
+    for (int q = 0; q < 6 && m->ada_host; q++)
+        if (m->ada_i[q] == i) hsrc = m->ada_h[q];
+    if (hsrc) {
+        if (m->alloc_t[i] == HMC_F32) memcpy(h, hsrc, sizeof(float) * k);
+        else
+            for (size_t j = 0; j < k; j++) h[j] = hm_bf16_to_f32(((const uint16_t *)hsrc)[j]);
+    } else if (m->alloc_t[i] == HMC_F32) {
         cudaError_t e = cudaMemcpy(h, m->allocs[i], sizeof(float) * k, cudaMemcpyDeviceToHost);
         if (e != cudaSuccess) {
             free(h);
@@ -1462,7 +1695,8 @@ extern "C" int fmc_solve(fmc_model *m, int T, const float *cond, const float *ct
                          int steps, float guidance, float *x, cudaStream_t s)
 {
     hmc_nvtx nvtx_("fm_solve");
-    if (steps < 1) return hm_err("codec: %d flow-matching steps (need at least 1)", steps);
+    if (steps < 1 || steps > FMC_MAX_STEPS)
+        return hm_err("codec: %d flow-matching steps (1 to %d)", steps, FMC_MAX_STEPS);
     if (!isfinite(guidance) || guidance < 0.0f) return hm_err("codec: guidance %g must be a finite number >= 0", (double)guidance);
     if (T < 1 || L < 0 || L > T) return hm_err("codec: in-context length %d outside [0, %d]", L, T);
     if (x == noise || x == ctx) return hm_err("fmc_solve: latents must not alias noise or ctx");
@@ -1485,6 +1719,8 @@ extern "C" int fmc_solve(fmc_model *m, int T, const float *cond, const float *ct
     cudaError_t e = cudaMemcpyAsync(m->tarr, th, sizeof(float) * (size_t)steps * B, cudaMemcpyHostToDevice, s);
     if (e == cudaSuccess) e = cudaStreamSynchronize(s); /* th is pageable and freed below */
     if (e != cudaSuccess) rc = hm_err("%s:%d: t table upload: %s", __FILE__, __LINE__, cudaGetErrorString(e));
+    const float *ada = NULL;
+    if (!rc && (!m->ada_off || m->ada_host)) rc = ada_table(m, steps, B, s, &ada);
     if (!rc && m->use_graph && s != 0) { /* (the legacy default stream cannot be captured) */
         int hit = -1, lru = 0;
         for (int i = 0; i < FMC_GRAPHS && hit < 0; i++) {
@@ -1497,7 +1733,7 @@ extern "C" int fmc_solve(fmc_model *m, int T, const float *cond, const float *ct
         if (hit >= 0) {
             auto &k = m->graph[hit];
             k.used = ++m->gclock;
-            if (!k.exec) rc = solve_capture(m, T, cond, ctx, L, noise, steps, guidance, x, ah, th, dth, s, &k.exec);
+            if (!k.exec) rc = solve_capture(m, T, cond, ctx, L, noise, steps, guidance, x, ah, th, dth, ada, s, &k.exec);
             if (!rc) {
                 e = cudaGraphLaunch(k.exec, s);
                 if (e != cudaSuccess) rc = hm_err("%s:%d: cudaGraphLaunch: %s", __FILE__, __LINE__, cudaGetErrorString(e));
@@ -1513,7 +1749,7 @@ extern "C" int fmc_solve(fmc_model *m, int T, const float *cond, const float *ct
         k.cond = cond, k.ctx = ctx, k.noise = noise, k.x = x, k.s = s;
         k.used = ++m->gclock;
     }
-    if (!rc) rc = solve_enqueue(m, T, cond, ctx, L, noise, steps, guidance, x, ah, th, dth, s);
+    if (!rc) rc = solve_enqueue(m, T, cond, ctx, L, noise, steps, guidance, x, ah, th, dth, ada, s);
     free(th);
     free(ah);
     free(dth);

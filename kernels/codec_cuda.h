@@ -27,6 +27,8 @@
 extern "C" {
 #endif
 
+#define FMC_MAX_STEPS 1000 /* flow-matching steps a solve accepts (pipeline.yaml's bound too) */
+
 typedef struct fmc_model fmc_model;
 
 /* Load MODEL_DIR/HeartCodec-oss's estimator (config sizes from hm_codec_config_load; any float
@@ -85,6 +87,22 @@ int fmc_precision(const char *precision, int *weights_dtype);
  * config and seed by fmc_init_random list the same buffers in the same order (quality checks). */
 int fmc_weight_count(const fmc_model *m);
 int fmc_weight_get(const fmc_model *m, int i, float **host, size_t *n);
+/* adaLN tables (default on): fmc_solve computes the timestep conditioning of its t grid once per
+ * (steps, batch rows) into a device table (~2.6 MB for 10 steps with CFG at the release's sizes;
+ * FMC_ADA_TABLES kept, the least recently used dropped together with the captured graphs) and its
+ * estimator calls read it; the same kernels on the same inputs, so the latents are those of the
+ * per-call adaLN.  Off: every estimator call computes its own (A/B).  Drops captured graphs. */
+void fmc_set_adaln_tables(fmc_model *m, int on);
+/* adaLN weights in host memory (on) or on the device (off, the default).  On frees their device
+ * copies (85 M weights, 162 MiB in bf16 at the release's sizes); a new table then uploads them for
+ * its build and frees them again, and so does a direct fmc_estimator call (slow: for tests).
+ * fmc_weight_get still lists them.  Synchronous. */
+int fmc_set_adaln_host(fmc_model *m, int on);
+size_t fmc_adaln_table_bytes(const fmc_model *m);
+/* Size the workspace and build the adaLN table a solve of (T, steps, guidance) needs, with a solve
+ * over zeros (output discarded), so that the first request's window pays neither.  Synchronous. */
+int fmc_prepare(fmc_model *m, int T, int steps, float guidance, cudaStream_t stream);
+
 /* fmc_solve over one window of CODEC_WIN_FRAMES (744) frames. */
 int fmc_solve_window(fmc_model *m, const float *cond_dev, const float *ctx_dev, int L, const float *noise_dev,
                      int steps, float guidance, float *latents_dev, cudaStream_t stream);

@@ -1,6 +1,6 @@
 /* gemm.cu - cuBLASLt GEMM for the prefill path: y[M,N] (+)= x[M,K] · W[N,K]ᵀ, fp32 accumulate.
  * CPU twin: cpu_linear.  Matmul descriptors, layouts and the heuristic's algorithm are built once
- * per (M, N, K, dtype, accumulate, scale mode) and reused: a linear cache of MAX_PLANS entries that
+ * per (M, N, K, dtype, accumulate, scale mode, output row stride) and reused: a linear cache of MAX_PLANS entries that
  * evicts the least recently used plan when full (a long-lived stage sees one M per prompt length).
  * In cuBLASLt's column-major view: D[N,M] = Wᵀ-op(A = W as [K,N]) · (B = x as [K,M]).
  * hmc_gemm_fp8: the same with e4m3 operands (Hopper's FP8 GEMM takes only this TN layout) and one
@@ -17,7 +17,7 @@
 namespace {
 
 struct plan {
-    int M, N, K, accumulate;
+    int M, N, K, accumulate, ldc;
     hmc_dtype dt;
     int mode; /* fp8: FP8_OUTER (cuBLASLt applies the row scales) or FP8_EPILOGUE (unit scales, then
                  scale_kernel); else 0 */
@@ -34,13 +34,15 @@ int g_outer_none;    /* cuBLASLt had no outer-vector algorithm once: auto stops 
                         is a heuristic query; cuBLASLt 13.1 on H100 has none) */
 
 constexpr int MAX_PLANS = 256;
-/* cuBLASLt's workspace (HM_GEMM_WS_MB, default 16 MiB) */
+/* cuBLASLt's workspace: HM_GEMM_WS_MB, else what the process asked for (hmc_gemm_set_workspace_mb),
+ * else 16 MiB; fixed at the first GEMM */
+int g_ws_mb_default = 16;
 size_t gemm_ws_bytes()
 {
     static size_t v;
     if (!v) {
         const char *e = getenv("HM_GEMM_WS_MB");
-        v = (size_t)(e && atoi(e) > 0 ? atoi(e) : 16) << 20;
+        v = (size_t)(e && atoi(e) > 0 ? atoi(e) : g_ws_mb_default) << 20;
     }
     return v;
 }
@@ -76,7 +78,7 @@ int make_plan(plan *p)
     }
     CKLT(cublasLtMatrixLayoutCreate(&p->a, ab, p->K, p->N, p->K));
     CKLT(cublasLtMatrixLayoutCreate(&p->b, ab, p->K, p->M, p->K));
-    CKLT(cublasLtMatrixLayoutCreate(&p->c, CUDA_R_32F, p->N, p->M, p->N));
+    CKLT(cublasLtMatrixLayoutCreate(&p->c, CUDA_R_32F, p->N, p->M, p->ldc));
     cublasLtMatmulPreference_t pref;
     CKLT(cublasLtMatmulPreferenceCreate(&pref));
     size_t ws = WORKSPACE;
@@ -94,8 +96,9 @@ int make_plan(plan *p)
 
 /* The cached plan of (M, N, K, dt, accumulate, mode), built on first use (an error if cuBLASLt has
  * no algorithm for it: then nothing stays cached). */
-int get_plan(int M, int N, int K, hmc_dtype dt, int accumulate, int mode, plan **out)
+int get_plan(int M, int N, int K, hmc_dtype dt, int accumulate, int mode, plan **out, int ldc = 0)
 {
+    if (!ldc) ldc = N;
     if (!g_lt) {
         CKLT(cublasLtCreate(&g_lt));
         CK(cudaMalloc(&g_ws, WORKSPACE));
@@ -103,7 +106,9 @@ int get_plan(int M, int N, int K, hmc_dtype dt, int accumulate, int mode, plan *
     plan *p = nullptr;
     for (int i = 0; i < g_nplans; i++) {
         plan *q = &g_plans[i];
-        if (q->M == M && q->N == N && q->K == K && q->dt == dt && q->accumulate == accumulate && q->mode == mode) p = q;
+        if (q->M == M && q->N == N && q->K == K && q->dt == dt && q->accumulate == accumulate && q->mode == mode &&
+            q->ldc == ldc)
+            p = q;
     }
     if (!p) {
         if (g_nplans < MAX_PLANS) {
@@ -116,7 +121,7 @@ int get_plan(int M, int N, int K, hmc_dtype dt, int accumulate, int mode, plan *
             destroy_plan(p);
         }
         memset(p, 0, sizeof *p);
-        p->M = M, p->N = N, p->K = K, p->dt = dt, p->accumulate = accumulate, p->mode = mode;
+        p->M = M, p->N = N, p->K = K, p->dt = dt, p->accumulate = accumulate, p->mode = mode, p->ldc = ldc;
         if (make_plan(p) != HM_OK) {
             /* leave no half-built plan behind: free what was made, swap the last plan into this slot */
             if (p->op) cublasLtMatmulDescDestroy(p->op);
@@ -158,13 +163,25 @@ __global__ void scale_kernel(const float *t, const float *__restrict__ xs, const
 extern "C" int hmc_gemm(const void *x, const void *W, hmc_dtype dt, float *y, int M, int N, int K, int accumulate,
                         cudaStream_t stream)
 {
+    return hmc_gemm_ld(x, W, dt, y, N, M, N, K, accumulate, stream);
+}
+
+extern "C" int hmc_gemm_ld(const void *x, const void *W, hmc_dtype dt, float *y, int ldy, int M, int N, int K,
+                           int accumulate, cudaStream_t stream)
+{
     if (dt != HMC_BF16 && dt != HMC_F32) return hm_err("%s:%d: gemm: dtype must be bf16 or f32", __FILE__, __LINE__);
+    if (ldy < N) return hm_err("%s:%d: gemm: row stride %d below N %d", __FILE__, __LINE__, ldy, N);
     plan *p;
-    CKH(get_plan(M, N, K, dt, accumulate, 0, &p));
+    CKH(get_plan(M, N, K, dt, accumulate, 0, &p, ldy));
     float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     CKLT(cublasLtMatmul(g_lt, p->op, &alpha, W, p->a, x, p->b, &beta, y, p->c, y, p->c, &p->algo, g_ws, WORKSPACE,
                         stream));
     return HM_OK;
+}
+
+extern "C" void hmc_gemm_set_workspace_mb(int mib)
+{
+    if (mib > 0 && mib <= 1024) g_ws_mb_default = mib;
 }
 
 extern "C" void hmc_gemm_fp8_set_mode(int mode) { g_fp8_force = mode == FP8_OUTER || mode == FP8_EPILOGUE ? mode : 0; }

@@ -808,10 +808,14 @@ __device__ __forceinline__ float e2m1_val(uint32_t c)
     return __half2float(__ushort_as_half((unsigned short)(((c & 8u) << 12) | ((c & 7u) << 9)))) * 16384.0f;
 }
 
-__global__ void dequant_kernel(const uint8_t *__restrict__ Wq, int q, const float *__restrict__ scale, int N, int K,
-                               __nv_bfloat16 *__restrict__ out)
+/* rows n0 .. n0 + N - 1 of a [Ntot, K] weight -> out [N, K] */
+__global__ void dequant_kernel(const uint8_t *__restrict__ Wq, int q, const float *__restrict__ scale, int Ntot, int n0,
+                               int N, int K, __nv_bfloat16 *__restrict__ out)
 {
     const size_t n16 = (size_t)N * K / 16;
+    const uint8_t *bscale = Wq + (size_t)Ntot * K / 2 + (size_t)n0 * K / 16; /* nvfp4: the rows' block scales */
+    Wq += q ? (size_t)n0 * K / 2 : (size_t)n0 * K;
+    if (!q) scale += n0;
     for (size_t b = blockIdx.x * (size_t)blockDim.x + threadIdx.x; b < n16; b += (size_t)gridDim.x * blockDim.x) {
         const size_t row = b * 16 / K;
         __nv_bfloat16 o[16];
@@ -828,7 +832,7 @@ __global__ void dequant_kernel(const uint8_t *__restrict__ Wq, int q, const floa
         } else {
             const uint2 w = reinterpret_cast<const uint2 *>(Wq)[b];
             __nv_fp8_e4m3 e;
-            e.__x = Wq[(size_t)N * K / 2 + b];
+            e.__x = bscale[b];
             const float s = float(e) * scale[0];
 #pragma unroll
             for (int i = 0; i < 8; i++) {
@@ -1018,14 +1022,22 @@ extern "C" int hmc_quantize_nvfp4(const void *W, int N, int K, void *Wq, float *
     return HM_OK;
 }
 
-extern "C" int hmc_dequantize(const void *Wq, hmc_dtype t, const float *scale, int N, int K, void *out_bf16,
-                              cudaStream_t s)
+extern "C" int hmc_dequantize_rows(const void *Wq, hmc_dtype t, const float *scale, int N, int K, int n0, int rows,
+                                   void *out_bf16, cudaStream_t s)
 {
     if ((t != HMC_FP8 && t != HMC_NVFP4) || K % 16)
         return hm_err("%s:%d: dequantize: dtype %d, K %d (fp8 or nvfp4, K a multiple of 16)", __FILE__, __LINE__, (int)t, K);
-    const size_t n16 = (size_t)N * K / 16;
+    if (n0 < 0 || rows < 1 || n0 + rows > N)
+        return hm_err("%s:%d: dequantize: rows %d..%d of %d", __FILE__, __LINE__, n0, n0 + rows - 1, N);
+    const size_t n16 = (size_t)rows * K / 16;
     dequant_kernel<<<(unsigned)HM_MIN((n16 + 255) / 256, (size_t)8192), 256, 0, s>>>(
-        (const uint8_t *)Wq, t == HMC_NVFP4, scale, N, K, (__nv_bfloat16 *)out_bf16);
+        (const uint8_t *)Wq, t == HMC_NVFP4, scale, N, n0, rows, K, (__nv_bfloat16 *)out_bf16);
     CK_LAUNCH();
     return HM_OK;
+}
+
+extern "C" int hmc_dequantize(const void *Wq, hmc_dtype t, const float *scale, int N, int K, void *out_bf16,
+                              cudaStream_t s)
+{
+    return hmc_dequantize_rows(Wq, t, scale, N, K, 0, N, out_bf16, s);
 }

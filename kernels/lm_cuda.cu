@@ -661,14 +661,18 @@ int model_init(lm_cuda *m, const hm_lm_config *cfg, const lm_cuda_opts *o)
     return HM_OK;
 }
 
-/* After the weights: the bf16 scratch a quantised backbone dequantises each matrix into for the
- * prefill GEMMs (the largest backbone matrix). */
+/* After the weights: the bf16 scratch a quantised backbone dequantises its matrices into for the
+ * prefill GEMMs, one row chunk at a time: a quarter of the largest backbone matrix (25 MB at the
+ * release's sizes instead of 101; HM_LM_DEQ_CHUNKS=1 gives the whole matrix, for A/B). */
 int model_finish(lm_cuda *m)
 {
     if (!quantised(m->qdt) || !(m->parts & LM_CUDA_PART_BACKBONE)) return HM_OK;
     const xfm *X = &m->bb;
     size_t n = HM_MAX(HM_MAX((size_t)X->qkvw * X->D, (size_t)X->D * X->H * X->hd), (size_t)2 * X->I * X->D);
-    m->deq_bytes = 2 * n;
+    const char *e = getenv("HM_LM_DEQ_CHUNKS");
+    const size_t chunks = e && atoi(e) >= 1 && atoi(e) <= 64 ? (size_t)atoi(e) : 4;
+    const size_t kmax = HM_MAX(HM_MAX((size_t)X->D, (size_t)X->I), (size_t)X->H * X->hd);
+    m->deq_bytes = 2 * HM_MAX((n + chunks - 1) / chunks, 64 * kmax); /* at least 64 rows of any matrix */
     return walloc(m, &m->deq, m->deq_bytes);
 }
 
@@ -687,9 +691,17 @@ int gemm_w(lm_cuda_req *r, scratch *s, const void *W, const float *scale, float 
         CKH(hmc_quantize_fp8(x, M, K, s->xq, s->xs, r->st));
         return hmc_gemm_fp8(s->xq, s->xs, W, scale, y, M, N, K, acc, work, r->st);
     }
-    if ((size_t)N * K * 2 > m->deq_bytes) return hm_err("%s:%d: dequantise scratch too small", __FILE__, __LINE__);
-    CKH(hmc_dequantize(W, m->qdt, scale, N, K, m->deq, r->st));
-    return hmc_gemm(x, m->deq, HMC_BF16, y, M, N, K, acc, r->st);
+    /* rows of W a chunk holds (a multiple of 64 where it splits: the chunks' output columns start
+     * 256-byte aligned, as cuBLASLt's heuristic assumes of its pointers) */
+    int rows = (int)HM_MIN((size_t)N, m->deq_bytes / ((size_t)K * 2));
+    if (rows < N) rows = HM_MAX(64, rows / 64 * 64);
+    if ((size_t)rows * K * 2 > m->deq_bytes) return hm_err("%s:%d: dequantise scratch too small", __FILE__, __LINE__);
+    for (int n0 = 0; n0 < N; n0 += rows) {
+        const int nr = HM_MIN(rows, N - n0);
+        CKH(hmc_dequantize_rows(W, m->qdt, scale, N, K, n0, nr, m->deq, r->st));
+        CKH(hmc_gemm_ld(x, m->deq, HMC_BF16, y + n0, N, M, nr, K, acc, r->st));
+    }
+    return HM_OK;
 }
 
 /* ---- the layer stack ---- */

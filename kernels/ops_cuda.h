@@ -105,6 +105,10 @@ size_t hmc_weight_scales(hmc_dtype t, int N);
 int hmc_quantize_nvfp4(const void *W_bf16, int N, int K, void *Wq, float *tscale, cudaStream_t stream);
 /* out [N, K] bf16 = the weight Wq of type t (fp8 or nvfp4) with its scales (prefill's GEMM input). */
 int hmc_dequantize(const void *Wq, hmc_dtype t, const float *scale, int N, int K, void *out_bf16, cudaStream_t stream);
+/* The same for rows n0 .. n0 + rows - 1 of the [N, K] weight -> out [rows, K] (prefill in row
+ * chunks, so that the scratch holds a part of the largest matrix). */
+int hmc_dequantize_rows(const void *Wq, hmc_dtype t, const float *scale, int N, int K, int n0, int rows,
+                        void *out_bf16, cudaStream_t stream);
 /* Blackwell (sm_100 / sm_120, cuBLAS >= 12.8) NVFP4 x NVFP4 GEMM through cuBLASLt's block-scaled
  * path: y[M, N] (+)= x[M, K] · W[N, K]ᵀ with both operands NVFP4 as hmc_quantize_nvfp4 writes them
  * (x quantised the same way), their block scales re-laid into cuBLASLt's 128x4 tiles by
@@ -120,7 +124,14 @@ int hmc_gemm_nvfp4(const void *xq, const void *x_sw, const float *x_ts, const vo
  * Not thread-safe (one shared cache); the workspace is owned by the module. */
 int hmc_gemm(const void *x, const void *W, hmc_dtype dt, float *y, int M, int N, int K, int accumulate,
              cudaStream_t stream);
+/* The same with y's row stride ldy >= N (the columns of a wider output, e.g. a row chunk of W). */
+int hmc_gemm_ld(const void *x, const void *W, hmc_dtype dt, float *y, int ldy, int M, int N, int K, int accumulate,
+                cudaStream_t stream);
 void hmc_gemm_shutdown(void);
+/* cuBLASLt's workspace in MiB for this process (default 16; the environment's HM_GEMM_WS_MB wins);
+ * takes effect only before the first GEMM.  The codec stages take 4: their GEMMs are large, and
+ * the flow-matching window measured the same (114.6 / 114.3 ms, H100). */
+void hmc_gemm_set_workspace_mb(int mib);
 /* FP8 prefill GEMM (sm_90+): y[M, N] (+)= (xq[M, K] · xs[m]) · (Wq[N, K] · ws[n])ᵀ with xq and Wq
  * e4m3 (as hmc_quantize_fp8 writes them: the activations quantised per row the same way), x_scale
  * [M] and w_scale [N] fp32 (device), fp32 accumulate.  K % 16 == 0, N % 4 == 0, pointers 16-byte

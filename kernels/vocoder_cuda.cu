@@ -21,10 +21,12 @@ extern "C" {
  * tile length rounded down to whole waves of the fused residual units: see wave_unit); the wider
  * blocks before them run over the whole window (their GEMMs want the rows).  Every conv's im2col
  * goes through a column buffer of at most VCC_COL_BYTES (row chunks of the GEMM).  Release sizes,
- * bf16, H100: workspace 311 MiB instead of 2790 MiB, window 22.4 ms instead of 20.8 ms (graph). */
+ * bf16, H100: workspace 311 MiB instead of 2790 MiB at 128 / 64 MiB, 257 MiB at the 64 / 32 MiB
+ * defaults (chosen for the 7 GB goal of issue 8); window 20.8 ms untiled, 22.5 ms at 128 / 64, 24.0 ms
+ * at 64 / 32 (graph). */
 #define VCC_TILE_MAX_C 256
-#define VCC_TILE_BYTES voc_budget("HM_VOC_TILE_MB", 128)
-#define VCC_COL_BYTES voc_budget("HM_VOC_COL_MB", 64)
+#define VCC_TILE_BYTES voc_budget("HM_VOC_TILE_MB", 64)
+#define VCC_COL_BYTES voc_budget("HM_VOC_COL_MB", 32)
 /* a budget in MiB, from the environment (A/B of memory against window time) or the default */
 static size_t voc_budget(const char *env, int def_mib)
 {

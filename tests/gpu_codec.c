@@ -664,6 +664,63 @@ static void quality(void)
     printf("(quality: release-size random codec seed %llu, 10 steps CFG 1.25 L=104; fp32 window %.2f s; error over the "
            "%d generated rows)\n", (unsigned long long)seed, t32, T - L);
     free(ref);
+
+    /* adaLN tables (the default) against the per-call adaLN, and the adaLN weights on the host
+     * against on the device: the same kernels on the same inputs, so the latents must be equal
+     * to the bit (eager and as a replayed graph, CFG and not) */
+    OK(fmc_set_attention(m16, FMC_ATT_FLASH));
+    for (int cfgk = 0; cfgk < 2; cfgk++) {
+        const float gd = cfgk ? 1.25f : 1.0f;
+        const int steps = cfgk ? 10 : 4;
+        float *lat_ref, *lat_t;
+        fmc_set_adaln_tables(m16, 0);
+        OK(fmc_solve_window(m16, cond, ctx, L, noise, steps, gd, lat, st));
+        lat_ref = gpu_down(lat, (size_t)T * C, HMC_F32);
+        fmc_set_adaln_tables(m16, 1);
+        const size_t wb = fmc_weight_bytes(m16);
+        OK(fmc_set_adaln_host(m16, 1));
+        const size_t wh = fmc_weight_bytes(m16);
+        fmc_set_graphs(m16, 1);
+        size_t differ = 0;
+        for (int r = 0; r < 3; r++) { /* eager, captured, replayed */
+            OK(fmc_solve_window(m16, cond, ctx, L, noise, steps, gd, lat, st));
+            lat_t = gpu_down(lat, (size_t)T * C, HMC_F32);
+            for (size_t i = 0; i < (size_t)T * C; i++) differ += memcmp(&lat_t[i], &lat_ref[i], 4) != 0;
+            free(lat_t);
+        }
+        fmc_set_graphs(m16, 0);
+        snprintf(s, sizeof s, "%d steps %s: tables, weights on host", steps, cfgk ? "CFG 1.25" : "no CFG");
+        printf("%-4s %-16s %-40s %zu of %zu values differ; weights %.1f -> %.1f MiB, tables %.2f MiB\n",
+               differ ? "FAIL" : "PASS", "adaln", s, differ, 3 * (size_t)T * C, wb / 1048576.0, wh / 1048576.0,
+               fmc_adaln_table_bytes(m16) / 1048576.0);
+        differ ? n_fail++ : n_pass++;
+        /* a direct estimator call brings the weights up for itself: equal to the device-resident run */
+        if (cfgk) {
+            float *xe, *te, *oe;
+            const size_t nx = (size_t)2 * T * cfg.in_channels, no = (size_t)2 * T * C;
+            CU(cudaMalloc((void **)&xe, sizeof(float) * nx));
+            CU(cudaMalloc((void **)&te, sizeof(float) * 2));
+            CU(cudaMalloc((void **)&oe, sizeof(float) * no));
+            OK(hmc_fill_random(xe, HMC_F32, nx, 31, 1.0f, st));
+            const float th[2] = {0.3f, 0.3f};
+            CU(cudaMemcpy(te, th, sizeof th, cudaMemcpyHostToDevice));
+            OK(fmc_estimator(m16, xe, te, 2, T, oe, st));
+            float *oh = gpu_down(oe, no, HMC_F32);
+            OK(fmc_set_adaln_host(m16, 0));
+            OK(fmc_estimator(m16, xe, te, 2, T, oe, st));
+            float *od = gpu_down(oe, no, HMC_F32);
+            size_t dd = 0;
+            for (size_t i = 0; i < no; i++) dd += memcmp(&oh[i], &od[i], 4) != 0;
+            printf("%-4s %-16s %-40s %zu of %zu values differ\n", dd ? "FAIL" : "PASS", "adaln",
+                   "estimator, weights on host vs device", dd, no);
+            dd ? n_fail++ : n_pass++;
+            free(oh), free(od);
+            CU(cudaFree(xe)); CU(cudaFree(te)); CU(cudaFree(oe));
+        } else {
+            OK(fmc_set_adaln_host(m16, 0));
+        }
+        free(lat_ref);
+    }
     CU(cudaStreamDestroy(st));
     fmc_free(m32);
     fmc_free(m16);
@@ -812,7 +869,7 @@ static int windows(const char *path)
  * device buffers for one window, the workspace, the solve's CUDA graph: the stage turns graphs on)
  * in this fresh process and prints where each MiB went, nvidia-smi's figure for the process and
  * one 10-step CFG window's time (graph replay).  sharing 0: no shared scratch (before). */
-static int mem_phase(int sharing)
+static int mem_phase(int sharing, int ada_host)
 {
     hm_codec_config cfg;
     memset(&cfg, 0, sizeof cfg);
@@ -828,6 +885,7 @@ static int mem_phase(int sharing)
     gpu_mem_base(u);
     fmc_model *m;
     OK(fmc_init_random(&cfg, HMC_BF16, 7, &m));
+    if (ada_host) OK(fmc_set_adaln_host(m, 1)); /* as the stage */
     CU(cudaDeviceSynchronize());
     u[2] = gpu_mem_used();
     OK(fmc_set_attention(m, FMC_ATT_AUTO)); /* as the stage */
@@ -868,8 +926,8 @@ static int mem_phase(int sharing)
     for (size_t i = 0; i < (size_t)T * C; i++) finite &= isfinite(lh[i]), sum += lh[i] * (double)lh[i];
     struct cudaDeviceProp prop;
     CU(cudaGetDeviceProperties(&prop, 0));
-    printf("mem: %s, random release-size flow matching (bf16, flash attention, graphs on), %s\n", prop.name,
-           sharing ? "shared scratch" : "separate buffers (before)");
+    printf("mem: %s, random release-size flow matching (bf16, flash attention, graphs on), %s, adaLN weights %s\n",
+           prop.name, sharing ? "shared scratch" : "separate buffers (before)", ada_host ? "on the host" : "on the device");
     gpu_mem_table(what, u, (double)fmc_weight_bytes(m), 4, "workspace ", (double)fmc_workspace_bytes(m), smi);
     printf("mem %s: process %ld MiB (nvidia-smi), workspace %.1f MiB, window %.1f ms as a graph, latents %s "
            "(sum of squares %.6e: the same in both layouts)\n",
@@ -884,7 +942,15 @@ static int mem_phase(int sharing)
 
 int main(int argc, char **argv)
 {
-    if (argc >= 2 && !strcmp(argv[1], "mem")) return mem_phase(!(argc >= 3 && !strcmp(argv[2], "separate")));
+    if (argc >= 2 && !strcmp(argv[1], "mem")) { /* mem [separate] [adaln-device] */
+        int sharing = 1, ada_host = 1;
+        for (int i = 2; i < argc; i++) {
+            if (!strcmp(argv[i], "separate")) sharing = 0;
+            else if (!strcmp(argv[i], "adaln-device")) ada_host = 0;
+            else return fprintf(stderr, "gpu_codec mem: unknown option %s\n", argv[i]), 2;
+        }
+        return mem_phase(sharing, ada_host);
+    }
     if (argc == 3 && !strcmp(argv[1], "windows")) return windows(argv[2]);
     if (argc == 5 && !strcmp(argv[1], "detokcmp")) return detokcmp(argv[2], argv[3], atof(argv[4]));
     uint64_t seed = (uint64_t)time(NULL);

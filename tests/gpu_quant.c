@@ -250,6 +250,39 @@ static void check_format(hmc_dtype t, int N, int K)
     gpu_verdict(!nf && !nf2 && ed <= 4e-3, "dequantise %-5s N=%d K=%d  rel L2 vs CPU decode %.2e (<= 4e-3, bf16 rounding)", qname(t),
             N, K, ed);
     printf("     quantisation error of %s (uniform random weights): rel L2 %.3e\n", qname(t), eq);
+    /* the prefill's row chunks (lm_cuda gemm_w): rows n0.. dequantised alone equal the whole
+     * matrix's, and the chunked GEMM into y's columns (hmc_gemm_ld) equals the whole GEMM */
+    {
+        const int M = 37, rows = HM_MAX(64, N / 3 / 64 * 64);
+        void *part, *xb;
+        float *y1, *y2;
+        CU(cudaMalloc(&part, (size_t)rows * K * 2));
+        CU(cudaMalloc(&xb, (size_t)M * K * 2));
+        CU(cudaMalloc((void **)&y1, sizeof(float) * (size_t)M * N));
+        CU(cudaMalloc((void **)&y2, sizeof(float) * (size_t)M * N));
+        OK(hmc_fill_random(xb, HMC_BF16, (size_t)M * K, 78, 1.0f, 0));
+        OK(hmc_fill_random(y1, HMC_F32, (size_t)M * N, 79, 1.0f, 0));
+        CU(cudaMemcpy(y2, y1, sizeof(float) * (size_t)M * N, cudaMemcpyDeviceToDevice));
+        OK(hmc_gemm(xb, dq, HMC_BF16, y1, M, N, K, 1, 0)); /* accumulate, as o and w2 do */
+        size_t differ = 0;
+        for (int n0 = 0; n0 < N; n0 += rows) {
+            const int nr = HM_MIN(rows, N - n0);
+            OK(hmc_dequantize_rows(wq, t, sc, N, K, n0, nr, part, 0));
+            CU(cudaDeviceSynchronize());
+            float *a = bf16_dev_to_f32(part, (size_t)nr * K), *b = bf16_dev_to_f32((char *)dq + (size_t)n0 * K * 2, (size_t)nr * K);
+            for (size_t i = 0; i < (size_t)nr * K; i++) differ += a[i] != b[i];
+            free(a), free(b);
+            OK(hmc_gemm_ld(xb, part, HMC_BF16, y2 + n0, N, M, nr, K, 1, 0));
+        }
+        CU(cudaDeviceSynchronize());
+        float *g1 = gpu_down(y1, (size_t)M * N, HMC_F32), *g2 = gpu_down(y2, (size_t)M * N, HMC_F32);
+        int nf3 = 0;
+        double eg = gpu_relerr(g2, g1, (size_t)M * N, &nf3);
+        gpu_verdict(!differ && !nf3 && eg <= 1e-6, "dequantise %-5s N=%d K=%d in chunks of %d rows: %zu values differ; chunked "
+                    "GEMM (+=) vs whole: rel L2 %.2e (<= 1e-6)", qname(t), N, K, rows, differ, eg);
+        cudaFree(part), cudaFree(xb), cudaFree(y1), cudaFree(y2);
+        free(g1), free(g2);
+    }
     cudaFree(wb), cudaFree(wq), cudaFree(sc), cudaFree(dq);
     free(w0), free(wd), free(w);
 }

@@ -251,6 +251,8 @@ static void test_bad_inputs(void **state)
     window_inputs(&cond, &ctx, &noise);
     assert_int_equal(fm_solve_window(g_fm, cond, ctx, 0, noise, 0, 1.25f, out), HM_ERR);
     assert_non_null(strstr(hm_errmsg(), "steps"));
+    assert_int_equal(fm_solve_window(g_fm, cond, ctx, 0, noise, FM_MAX_STEPS + 1, 1.25f, out), HM_ERR);
+    assert_non_null(strstr(hm_errmsg(), "1001 flow-matching steps"));
     assert_int_equal(fm_solve_window(g_fm, cond, ctx, 0, noise, 10, -1.0f, out), HM_ERR);
     assert_non_null(strstr(hm_errmsg(), "guidance"));
     assert_int_equal(fm_solve_window(g_fm, cond, ctx, 0, noise, 10, NAN, out), HM_ERR);

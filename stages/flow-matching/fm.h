@@ -58,6 +58,8 @@ int fm_window(const fm_model *m, const int32_t *win_codes, const float *prev, co
 int fm_window_inputs(const fm_model *m, const int32_t *win_codes, codec_noise *noise, int k, float *cond,
                      float *noise_out, int *L);
 
+#define FM_MAX_STEPS 1000 /* flow-matching steps a solve accepts (the request and pipeline.yaml bound) */
+
 /* The general form (any T frames) behind fm_solve_window. */
 int fm_solve(const fm_model *m, int T, const float *cond, const float *ctx, int L, const float *noise, int steps,
              float guidance, float *latents_out);

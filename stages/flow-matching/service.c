@@ -17,7 +17,9 @@
  * reads the song's in-context frames from a per-song device buffer (the last 104 latent rows of
  * its previous window, never copied to the host).  The window's latents go device to device into
  * a cuda pool slot when the vocoder's backend is cuda too (its stream waits for the slot's event),
- * else to the host into the shm pool slot. */
+ * else to the host into the shm pool slot.  Device memory: the adaLN weights stay in host memory
+ * (the solve reads a table per step count, built at start for pipeline.yaml's codec_steps and
+ * codec_guidance, and on first use for others) and cuBLASLt gets a 4 MiB workspace. */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
@@ -268,7 +270,8 @@ static void on_frames(fm_service *s, const desc_t *in)
         desc_init(&r->params, DESC_NONE, in->req_id, 0);
         static const char *const skip[] = {"first", "final", "total"};
         hm_service_copy_params(&r->params, in, skip, HM_ARRAY_LEN(skip));
-        r->steps = (int)desc_i64_or(in, "codec_steps", 10);
+        const int64_t steps = desc_i64_or(in, "codec_steps", 10);
+        r->steps = steps >= 1 && steps <= FM_MAX_STEPS ? (int)steps : 0; /* 0: refused below */
         r->guidance = (float)desc_f64_or(in, "codec_guidance", 1.25);
 #ifdef HM_CUDA
         if (s->gm) {
@@ -281,7 +284,7 @@ static void on_frames(fm_service *s, const desc_t *in)
         int rc = desc_get_str(in, "noise_from", &nf) == HM_OK ? codec_noise_replay(nf, &r->noise)
                                                                : codec_noise_seeded((uint64_t)desc_i64_or(in, "seed", 0), &r->noise);
         if (rc) return fail_req(s, r, hm_errmsg());
-        if (r->steps < 1) return fail_req(s, r, "codec_steps must be at least 1");
+        if (r->steps < 1) return fail_req(s, r, "codec_steps must be in 1..1000");
         if (!(r->guidance >= 0) || r->guidance > 1e6f) return fail_req(s, r, "codec_guidance must be a number >= 0");
     }
     r->last_used = hm_now();
@@ -385,6 +388,7 @@ int fm_service_setup(stage_t *st, const hm_pipeline_cfg *cfg, int replica, void 
 #ifdef HM_CUDA
     if (!strcmp(sc->backend, "cuda")) {
         int wdt;
+        hmc_gemm_set_workspace_mb(4); /* large GEMMs: a 4 MiB cuBLASLt workspace costs them nothing */
         if (hmc_context_trim() || fmc_precision(sc->precision, &wdt) || fm_load_cond(cfg->model_dir, &s->model) ||
             fmc_load(cfg->model_dir, wdt, &s->gm))
             return HM_ERR;
@@ -402,6 +406,11 @@ int fm_service_setup(stage_t *st, const hm_pipeline_cfg *cfg, int replica, void 
             cuda_ck(cudaMalloc((void **)&s->dnoise, wc), "device buffer") ||
             cuda_ck(cudaMalloc((void **)&s->dctx, wc), "device buffer") ||
             cuda_ck(cudaMalloc((void **)&s->dout, wc), "device buffer"))
+            return HM_ERR;
+        /* the adaLN weights stay in host memory (only the t grid feeds them: one table per step
+         * count), and the workspace and the default request's table are made now, before any song */
+        if (fmc_set_adaln_host(s->gm, 1) ||
+            fmc_prepare(s->gm, CODEC_WIN_FRAMES, cfg->gen.codec_steps, (float)cfg->gen.codec_guidance, s->stream))
             return HM_ERR;
         s->pool_cuda = !strcmp(cfg->stage[HM_STAGE_VOCODER].backend, "cuda");
         if (s->pool_cuda) kind = POOL_CUDA;

@@ -357,6 +357,7 @@ int voc_service_setup(stage_t *st, const hm_pipeline_cfg *cfg, int replica, void
 #ifdef HM_CUDA
     if (!strcmp(sc->backend, "cuda")) {
         hmc_dtype wdt;
+        hmc_gemm_set_workspace_mb(4); /* large GEMMs: a 4 MiB cuBLASLt workspace costs them nothing */
         if (hmc_context_trim() || vcc_precision(sc->precision, &wdt) || vcc_load(cfg->model_dir, wdt, &s->gm))
             return HM_ERR;
         cc = vcc_config(s->gm);
