@@ -40,7 +40,8 @@ constexpr int QWARPS = 8;
 int q_sms;
 int q_bps = 4;     /* cap on resident blocks per SM (occupancy decides below it) */
 int q_impl;        /* 0: per type (fp8 streaming, NVFP4 8-row), 1: 8-row kernel, 2: streaming kernel */
-int q_multi_acc;   /* 1: several MMA accumulator chains per warp (knob, not measured yet) */
+int q_multi_acc;   /* 1: several MMA accumulator chains per warp (knob, off: within +-0.5% of a whole
+                      NVFP4 frame on an H100, docs/PERF.md; HM_GEMVQ_MULTI_ACC=1 at first launch) */
 int q_self_pf;     /* L2 prefetch of a warp's own segment beyond the loads in flight (knob; off:
                       measured slower in a whole frame on H100, 4.18 -> 4.28 ms fp8) */
 
@@ -379,10 +380,16 @@ int launch_ks(const hmc_gemv_args *a, cudaStream_t s)
         while (ks < 8 && tiles * ks < 1024 && 2 * steps >= 3 * 2 * ks) ks *= 2;
         v = ks == 1 ? 1 : ks == 2 ? 2 : ks == 4 ? 3 : 4;
     }
-    /* MMA accumulator chains per warp: 1 is what docs/PERF.md measured; the knob's 2 (fp8, 80
-     * registers) / 4 (nvfp4, 124-128) shorten the chain of dependent MMAs in a step but are not
-     * measured yet; built for 2 input rows only (the B = 2 decode; compile time) */
+    /* MMA accumulator chains per warp: 1 by default; the knob's 2 (fp8, 80 registers) / 4 (nvfp4,
+     * 124-128) shorten the chain of dependent MMAs in a step, measured within +-0.5% of a whole
+     * NVFP4 frame (docs/PERF.md); built for 2 input rows only (the B = 2 decode; compile time) */
     constexpr int MA = R != 2 ? 1 : Q == 0 ? 2 : 4;
+    static int env_read; /* HM_GEMVQ_MULTI_ACC=0|1 sets the knob's default (A/B in whole frames) */
+    if (!env_read) {
+        const char *e = getenv("HM_GEMVQ_MULTI_ACC");
+        if (e) q_multi_acc = atoi(e) != 0;
+        env_read = 1;
+    }
     switch (v) {
     case 1: return q_multi_acc ? launch_q<Q, R, 1, MA>(a, s) : launch_q<Q, R, 1, 1>(a, s);
     case 2: return q_multi_acc ? launch_q<Q, R, 2, MA>(a, s) : launch_q<Q, R, 2, 1>(a, s);
@@ -980,6 +987,12 @@ extern "C" int hmc_gemv_quant(const hmc_gemv_args *a, cudaStream_t s)
     /* the 8-row kernel: for NVFP4 (measured faster there) unless the streaming one is asked for,
      * on request, where the streaming kernel's 4-byte NVFP4 scale copies cannot go (K % 64), or
      * where the activations leave no room for its smallest stages */
+    static int impl_env; /* HM_GEMVQ_IMPL=1|2 sets hmc_gemv_quant_set_impl's default (A/B in whole frames) */
+    if (!impl_env) {
+        const char *e = getenv("HM_GEMVQ_IMPL");
+        if (e && (atoi(e) == 1 || atoi(e) == 2)) q_impl = atoi(e);
+        impl_env = 1;
+    }
     const size_t xb = ((size_t)a->rows * (a->K + 8) * 2 + 15) & ~(size_t)15, st = (size_t)QWARPS * 2 * 16 * 16 * 16;
     const int old = q_impl == 1 || (q_impl == 0 && a->wdt == HMC_NVFP4) || (a->wdt == HMC_NVFP4 && a->K % 64) ||
                     xb + st + st / 8 > 200 * 1024;

@@ -734,6 +734,18 @@ int gemv_tuned(const lm_cuda *m, int role, hmc_gemv_args *g, cudaStream_t st)
         }
     }
     if (role_variant[role] > 0 && g->wdt == HMC_BF16) g->variant = role_variant[role];
+    /* A/B: HM_GEMVQ_VARIANT_<ROLE> the same for fp8 / NVFP4 weights (gemv_quant.cu: the 8-row
+     * kernel's 1..4, the streaming kernel's 1..12) */
+    static int role_qvariant[G_HEAD + 1] = {-1};
+    if (role_qvariant[0] < 0) {
+        static const char *names[] = {"HM_GEMVQ_VARIANT_QKV", "HM_GEMVQ_VARIANT_O", "HM_GEMVQ_VARIANT_W13",
+                                      "HM_GEMVQ_VARIANT_W2", "HM_GEMVQ_VARIANT_HEAD"};
+        for (int i = 0; i <= G_HEAD; i++) {
+            const char *e = getenv(names[i]);
+            role_qvariant[i] = e ? atoi(e) : 0;
+        }
+    }
+    if (role_qvariant[role] > 0 && quantised(g->wdt)) g->variant = role_qvariant[role];
     /* A/B: HM_GEMV_BPS_<ROLE> = resident blocks per SM for one role's bf16 launches (the next
      * kernel's blocks land beside a 1-block launch and start their loads early) */
     static int role_bps[G_HEAD + 1] = {-1};
