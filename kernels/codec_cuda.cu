@@ -548,8 +548,8 @@ struct fmc_model {
     void **allocs;
     size_t *alloc_n;       /* elements of each allocation (weights: fmc_weight_get) */
     /* The weights live in one allocation (a sizing pass of the loader counts them first): one
-     * cudaMalloc per tensor rounds each up to the allocator's granularity, 55 MiB at the release's
-     * sizes.  The adaLN matrices stay separate (fmc_set_adaln_host frees them). */
+     * cudaMalloc per tensor rounds each up to the allocator's granularity, 52 MiB more at the
+     * release's sizes.  The adaLN matrices stay separate (fmc_set_adaln_host frees them). */
     char *arena;
     size_t arena_cap, arena_used;
     int sizing;   /* the sizing pass: dalloc counts, nothing is allocated or written */
@@ -951,6 +951,8 @@ void **ada_slot(fmc_model *m, int k)
 
 size_t alloc_bytes(const fmc_model *m, int i) { return m->alloc_n[i] * hmc_dtype_size(m->alloc_t[i]); }
 
+void ada_down(fmc_model *m);
+
 /* Host-resident adaLN weights back on the device (for a table build or a direct estimator call);
  * ada_down frees them again.  Both synchronous. */
 int ada_up(fmc_model *m)
@@ -958,9 +960,13 @@ int ada_up(fmc_model *m)
     for (int k = 0; k < 6; k++) {
         const int i = m->ada_i[k];
         void *d = NULL;
-        CK(cudaMalloc(&d, alloc_bytes(m, i)));
+        cudaError_t e = cudaMalloc(&d, alloc_bytes(m, i));
         *ada_slot(m, k) = d;
-        CK(cudaMemcpy(d, m->ada_h[k], alloc_bytes(m, i), cudaMemcpyHostToDevice));
+        if (e == cudaSuccess) e = cudaMemcpy(d, m->ada_h[k], alloc_bytes(m, i), cudaMemcpyHostToDevice);
+        if (e != cudaSuccess) {
+            ada_down(m); /* (declared below) leaves every slot NULL again */
+            return hm_err("%s:%d: adaLN weights to the device: %s", __FILE__, __LINE__, cudaGetErrorString(e));
+        }
     }
     return HM_OK;
 }

@@ -91,7 +91,8 @@ int fmc_weight_get(const fmc_model *m, int i, float **host, size_t *n);
  * (steps, batch rows) into a device table (~2.6 MB for 10 steps with CFG at the release's sizes;
  * FMC_ADA_TABLES kept, the least recently used dropped together with the captured graphs) and its
  * estimator calls read it; the same kernels on the same inputs, so the latents are those of the
- * per-call adaLN.  Off: every estimator call computes its own (A/B).  Drops captured graphs. */
+ * per-call adaLN.  Off: every estimator call computes its own (A/B; not while the adaLN weights are
+ * on the host, fmc_set_adaln_host).  Drops captured graphs. */
 void fmc_set_adaln_tables(fmc_model *m, int on);
 /* adaLN weights in host memory (on) or on the device (off, the default).  On frees their device
  * copies (85 M weights, 162 MiB in bf16 at the release's sizes); a new table then uploads them for
