@@ -709,8 +709,21 @@ int gemm_w(lm_cuda_req *r, scratch *s, const void *W, const float *scale, float 
 /* GEMV roles, the bits of lm_cuda_tune.self_pf */
 enum { G_QKV, G_O, G_W13, G_W2, G_HEAD };
 
+/* out[role] = the integer in the environment variable <prefix><ROLE> (ROLE: QKV, O, W13, W2, HEAD), or 0 */
+void role_env(const char *prefix, int *out)
+{
+    static const char *const roles[] = {"QKV", "O", "W13", "W2", "HEAD"};
+    for (int i = 0; i <= G_HEAD; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "%s%s", prefix, roles[i]);
+        const char *e = getenv(name);
+        out[i] = e ? atoi(e) : 0;
+    }
+}
+
 /* hmc_gemv with its role's tuning: self-prefetch on or off (a launcher setting read at launch,
- * i.e. at graph capture) and a forced kernel variant (gemv.cu's bf16 / f32 kernels only). */
+ * i.e. at graph capture) and a forced kernel variant (lm_cuda_tune.variant: gemv.cu's bf16 / f32
+ * kernels only; the per-role A/B knobs below: any weight type). */
 int gemv_tuned(const lm_cuda *m, int role, hmc_gemv_args *g, cudaStream_t st)
 {
     hmc_gemv_set_self_prefetch((m->tune.self_pf >> role) & 1);
@@ -723,40 +736,19 @@ int gemv_tuned(const lm_cuda *m, int role, hmc_gemv_args *g, cudaStream_t st)
         stamp_role = e ? atoi(e) - 1 : -1;
     }
     hmc_gemv_set_stamp(role == stamp_role);
-    /* A/B: HM_GEMV_VARIANT_<ROLE> (QKV, O, W13, W2, HEAD) forces a bf16 variant for one role */
-    static int role_variant[G_HEAD + 1] = {-1};
+    /* A/B knobs per role, read once: HM_GEMV_VARIANT_<ROLE> (QKV, O, W13, W2, HEAD) forces a bf16
+     * variant for one role; HM_GEMVQ_VARIANT_<ROLE> the same for fp8 / NVFP4 weights (gemv_quant.cu:
+     * the 8-row kernel's 1..4, the streaming kernel's 1..12); HM_GEMV_BPS_<ROLE> = resident blocks per
+     * SM for one role's bf16 launches (the next kernel's blocks land beside a 1-block launch and
+     * start their loads early) */
+    static int role_variant[G_HEAD + 1] = {-1}, role_qvariant[G_HEAD + 1], role_bps[G_HEAD + 1];
     if (role_variant[0] < 0) {
-        static const char *names[] = {"HM_GEMV_VARIANT_QKV", "HM_GEMV_VARIANT_O", "HM_GEMV_VARIANT_W13",
-                                      "HM_GEMV_VARIANT_W2", "HM_GEMV_VARIANT_HEAD"};
-        for (int i = 0; i <= G_HEAD; i++) {
-            const char *e = getenv(names[i]);
-            role_variant[i] = e ? atoi(e) : 0;
-        }
+        role_env("HM_GEMV_VARIANT_", role_variant);
+        role_env("HM_GEMVQ_VARIANT_", role_qvariant);
+        role_env("HM_GEMV_BPS_", role_bps);
     }
     if (role_variant[role] > 0 && g->wdt == HMC_BF16) g->variant = role_variant[role];
-    /* A/B: HM_GEMVQ_VARIANT_<ROLE> the same for fp8 / NVFP4 weights (gemv_quant.cu: the 8-row
-     * kernel's 1..4, the streaming kernel's 1..12) */
-    static int role_qvariant[G_HEAD + 1] = {-1};
-    if (role_qvariant[0] < 0) {
-        static const char *names[] = {"HM_GEMVQ_VARIANT_QKV", "HM_GEMVQ_VARIANT_O", "HM_GEMVQ_VARIANT_W13",
-                                      "HM_GEMVQ_VARIANT_W2", "HM_GEMVQ_VARIANT_HEAD"};
-        for (int i = 0; i <= G_HEAD; i++) {
-            const char *e = getenv(names[i]);
-            role_qvariant[i] = e ? atoi(e) : 0;
-        }
-    }
     if (role_qvariant[role] > 0 && quantised(g->wdt)) g->variant = role_qvariant[role];
-    /* A/B: HM_GEMV_BPS_<ROLE> = resident blocks per SM for one role's bf16 launches (the next
-     * kernel's blocks land beside a 1-block launch and start their loads early) */
-    static int role_bps[G_HEAD + 1] = {-1};
-    if (role_bps[0] < 0) {
-        static const char *names[] = {"HM_GEMV_BPS_QKV", "HM_GEMV_BPS_O", "HM_GEMV_BPS_W13", "HM_GEMV_BPS_W2",
-                                      "HM_GEMV_BPS_HEAD"};
-        for (int i = 0; i <= G_HEAD; i++) {
-            const char *e = getenv(names[i]);
-            role_bps[i] = e ? atoi(e) : 0;
-        }
-    }
     const int bps = role_bps[role] > 0 && (g->wdt == HMC_BF16 || g->wdt == HMC_F32) ? role_bps[role] : 0;
     if (bps) hmc_gemv_set_blocks_per_sm(bps);
     int rc = hmc_gemv(g, st);
