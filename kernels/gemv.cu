@@ -625,6 +625,20 @@ int launch_bulk(const hmc_gemv_args *a, cudaStream_t s)
                       a->ldx, a->in_mode, a->norm_scale, a->eps, a->y, a->ldy, a->accumulate, a->out_swiglu, KC, NS);
 }
 
+/* The current device's peak memory bandwidth (2 x memory clock x bus width) is above 4 TB/s. */
+bool fast_memory()
+{
+    static int fast = -1;
+    if (fast < 0) {
+        int dev = 0, khz = 0, bits = 0;
+        fast = cudaGetDevice(&dev) == cudaSuccess &&
+               cudaDeviceGetAttribute(&khz, cudaDevAttrMemoryClockRate, dev) == cudaSuccess &&
+               cudaDeviceGetAttribute(&bits, cudaDevAttrGlobalMemoryBusWidth, dev) == cudaSuccess &&
+               2.0 * khz * 1e3 * bits / 8 > 4e12;
+    }
+    return fast;
+}
+
 /* Variants (U, KS, DB) timed by gpu_lm bench; 0 = auto choice by shape. */
 template <typename WT, int R>
 int launch_variant(const hmc_gemv_args *a, cudaStream_t s)
@@ -636,8 +650,10 @@ int launch_variant(const hmc_gemv_args *a, cudaStream_t s)
         const int KW = a->K / E;
         /* K 3072 bf16 -> 4, K 8192 -> 5.  First measured on an H200 (wider than 6144 rows -> 1);
          * with the evict-first loads w1|w3 on 4 measured -0.8% a frame on an H100, the heads
-         * the same either way (docs/PERF.md) */
-        v = KW > 512 ? 5 : 4;
+         * the same either way.  Where the memory is faster than 4 TB/s (an H200), bf16 K 8192 (w2)
+         * -> 1: -0.3 / -1.2 / -0.7% a frame at 200 / 900 / 3800 positions there, while on an H100
+         * it measured no better (docs/PERF.md) */
+        v = KW > 512 ? (E == 8 && fast_memory() ? 1 : 5) : 4;
     }
     switch (v) {
     case 1: return launch<WT, R, 4, 1, true>(a, s);
