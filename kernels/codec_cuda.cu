@@ -1017,7 +1017,8 @@ int ada_table(fmc_model *m, int steps, int B, cudaStream_t s, const float **out)
     }
     if (m->ada_host) {
         cudaError_t ce = cudaStreamSynchronize(s); /* the build is done with the weights */
-        if (ce != cudaSuccess && rc == HM_OK) rc = hm_err("%s:%d: adaLN table: %s", __FILE__, __LINE__, cudaGetErrorString(ce));
+        if (ce != cudaSuccess && rc == HM_OK)
+            rc = hm_err("%s:%d: adaLN table: %s", __FILE__, __LINE__, cudaGetErrorString(ce));
         ada_down(m);
     }
     if (rc) {
@@ -1739,7 +1740,8 @@ extern "C" int fmc_solve(fmc_model *m, int T, const float *cond, const float *ct
         if (hit >= 0) {
             auto &k = m->graph[hit];
             k.used = ++m->gclock;
-            if (!k.exec) rc = solve_capture(m, T, cond, ctx, L, noise, steps, guidance, x, ah, th, dth, ada, s, &k.exec);
+            if (!k.exec)
+                rc = solve_capture(m, T, cond, ctx, L, noise, steps, guidance, x, ah, th, dth, ada, s, &k.exec);
             if (!rc) {
                 e = cudaGraphLaunch(k.exec, s);
                 if (e != cudaSuccess) rc = hm_err("%s:%d: cudaGraphLaunch: %s", __FILE__, __LINE__, cudaGetErrorString(e));

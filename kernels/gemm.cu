@@ -1,7 +1,8 @@
 /* gemm.cu - cuBLASLt GEMM for the prefill path: y[M,N] (+)= x[M,K] · W[N,K]ᵀ, fp32 accumulate.
  * CPU twin: cpu_linear.  Matmul descriptors, layouts and the heuristic's algorithm are built once
- * per (M, N, K, dtype, accumulate, scale mode, output row stride) and reused: a linear cache of MAX_PLANS entries that
- * evicts the least recently used plan when full (a long-lived stage sees one M per prompt length).
+ * per (M, N, K, dtype, accumulate, scale mode, output row stride) and reused: a linear cache of
+ * MAX_PLANS entries that evicts the least recently used plan when full (a long-lived stage sees one
+ * M per prompt length).
  * In cuBLASLt's column-major view: D[N,M] = Wᵀ-op(A = W as [K,N]) · (B = x as [K,M]).
  * hmc_gemm_fp8: the same with e4m3 operands (Hopper's FP8 GEMM takes only this TN layout) and one
  * fp32 scale per weight row and per token row, applied by cuBLASLt's outer-vector scale mode

@@ -927,7 +927,8 @@ static int mem_phase(int sharing, int ada_host)
     struct cudaDeviceProp prop;
     CU(cudaGetDeviceProperties(&prop, 0));
     printf("mem: %s, random release-size flow matching (bf16, flash attention, graphs on), %s, adaLN weights %s\n",
-           prop.name, sharing ? "shared scratch" : "separate buffers (before)", ada_host ? "on the host" : "on the device");
+           prop.name, sharing ? "shared scratch" : "separate buffers (before)",
+           ada_host ? "on the host" : "on the device");
     gpu_mem_table(what, u, (double)fmc_weight_bytes(m), 4, "workspace ", (double)fmc_workspace_bytes(m), smi);
     printf("mem %s: process %ld MiB (nvidia-smi), workspace %.1f MiB, window %.1f ms as a graph, latents %s "
            "(sum of squares %.6e: the same in both layouts)\n",

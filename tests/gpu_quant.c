@@ -269,7 +269,8 @@ static void check_format(hmc_dtype t, int N, int K)
             const int nr = HM_MIN(rows, N - n0);
             OK(hmc_dequantize_rows(wq, t, sc, N, K, n0, nr, part, 0));
             CU(cudaDeviceSynchronize());
-            float *a = bf16_dev_to_f32(part, (size_t)nr * K), *b = bf16_dev_to_f32((char *)dq + (size_t)n0 * K * 2, (size_t)nr * K);
+            float *a = bf16_dev_to_f32(part, (size_t)nr * K);
+            float *b = bf16_dev_to_f32((char *)dq + (size_t)n0 * K * 2, (size_t)nr * K);
             for (size_t i = 0; i < (size_t)nr * K; i++) differ += a[i] != b[i];
             free(a), free(b);
             OK(hmc_gemm_ld(xb, part, HMC_BF16, y2 + n0, N, M, nr, K, 1, 0));

@@ -426,7 +426,8 @@ static float linspace01(int i, int n)
 int fm_solve(const fm_model *m, int T, const float *cond, const float *ctx, int L, const float *noise, int steps,
              float guidance, float *latents_out)
 {
-    if (steps < 1 || steps > FM_MAX_STEPS) return hm_err("codec: %d flow-matching steps (1 to %d)", steps, FM_MAX_STEPS);
+    if (steps < 1 || steps > FM_MAX_STEPS)
+        return hm_err("codec: %d flow-matching steps (1 to %d)", steps, FM_MAX_STEPS);
     if (!isfinite(guidance) || guidance < 0.0f) return hm_err("codec: guidance %g must be a finite number >= 0", (double)guidance);
     if (T < 1 || L < 0 || L > T) return hm_err("codec: in-context length %d outside [0, %d]", L, T);
     if (m->cond_only) return hm_err("fm_solve: the model was loaded for the conditioning only (fm_load_cond)");
