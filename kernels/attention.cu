@@ -89,6 +89,9 @@ constexpr int BULK_MIN_DEFAULT = 512;
 int g_cluster = -1, g_cluster_keys = 64;
 int g_bulk = -1;
 int g_bk_min = BULK_MIN_DEFAULT;
+/* Split decode launches with hmc_attn_args.early_keys read the position and their keys below it
+ * before waiting on the previous kernel (default; HM_ATTN_EARLY=0: after, A/B knob). */
+int g_early = -1;
 
 __device__ __forceinline__ void stamp(int on, int i)
 {
@@ -155,7 +158,7 @@ attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, 
                   float *__restrict__ work, int *__restrict__ counters, float *__restrict__ out,
                   const char *pf, size_t pf_bytes, int ngrid, int single, int per_head, int trig, int bk_min)
 {
-    const int stm = (trig >> 4) & 1, kv_ef = (trig >> 5) & 1;
+    const int stm = (trig >> 4) & 1, kv_ef = (trig >> 5) & 1, early = (trig >> 6) & 1;
     trig &= 15;
     if (stm && threadIdx.x == 0) {
         const unsigned blk = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
@@ -173,12 +176,9 @@ attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, 
             if (len) l2_prefetch(pf + c * 4096, (uint32_t)len);
         }
     }
-    pdl_wait();
-    stamp(stm, 1);
     const int c = blockIdx.x % ngrid, t = blockIdx.x / ngrid, kvh = blockIdx.y, b = blockIdx.z, B = gridDim.z;
     const int G = H / KVH, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const float scale = rsqrtf((float)hd);
-    const int pos0 = (pos_dev ? *pos_dev : 0) + pos_add;
     const size_t head_off = ((size_t)b * KVH + kvh) * max_seq;
     float kv[KU][J][4], vv[KU][J][4];
     const CT *kbase = kc + head_off * hd, *vbase = vc + head_off * hd; /* key 0 of this kv head */
@@ -198,6 +198,52 @@ attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, 
                 }
             }
     };
+    extern __shared__ __align__(16) float sh[];
+    __shared__ uint64_t bars[BK ? BK_STAGES : 1];
+    CT *tiles = reinterpret_cast<CT *>(sh + merge_floats(NW, hd)); /* BK: [stage][K|V][BK_TILE][hd] */
+    /* BK: tile tt of the chunk [kt0, kt1) into its stage, K and V one bulk copy each (thread 0) */
+    auto issue = [&](int tt, int kt0, int kt1) {
+        const int kt = kt0 + tt * BK_TILE, n = min(BK_TILE, kt1 - kt), st = tt % BK_STAGES;
+        const uint32_t bytes = (uint32_t)((size_t)n * hd * sizeof(CT));
+        CT *dk = tiles + (size_t)st * 2 * BK_TILE * hd;
+        mbar_expect(&bars[st], 2 * bytes);
+        if (kv_ef) { /* read once a frame, as the weights: let L2 drop them first */
+            bulk_load_evict_first(dk, kbase + (size_t)kt * hd, bytes, &bars[st]);
+            bulk_load_evict_first(dk + (size_t)BK_TILE * hd, vbase + (size_t)kt * hd, bytes, &bars[st]);
+        } else {
+            bulk_load(dk, kbase + (size_t)kt * hd, bytes, &bars[st]);
+            bulk_load(dk + (size_t)BK_TILE * hd, vbase + (size_t)kt * hd, bytes, &bars[st]);
+        }
+    };
+    /* Early keys (split decode launches whose caller vouches that the position and every cache
+     * row below it were written before the previous kernel could run: the backbone's frame graph,
+     * hmc_attn_args.early_keys): the position is read and the chunk's keys below it are loaded
+     * (register path) or its first tiles requested (bulk path) before the wait, so only q and the
+     * keys the previous kernel appended are read after it.  pre_pos >= 0: done, at that position;
+     * pre_tiles: the bulk tiles already requested. */
+    int pre_pos = -1, pre_tiles = 0;
+    if constexpr (!SP && CL == 0) {
+        if (early && pos_dev) {
+            const int p = *pos_dev + pos_add, nk = p + t + 1;
+            const int CH = chunk_len(nk, nch), kb0 = c * CH, kb1 = min(nk, kb0 + CH);
+            if (BK && nk >= bk_min) {
+                if (threadIdx.x == 0 && kb0 < kb1) {
+                    mbar_init_stages(bars, BK_STAGES);
+                    const int ntile = (kb1 - kb0 + BK_TILE - 1) / BK_TILE;
+                    /* tiles wholly below the position: the appended keys are the chunk's last */
+                    while (pre_tiles < BK_STAGES && pre_tiles < ntile &&
+                           min(kb0 + (pre_tiles + 1) * BK_TILE, kb1) <= p)
+                        issue(pre_tiles++, kb0, kb1);
+                }
+            } else if (kb0 < kb1) {
+                load_keys(kb0 + warp * KU, min(kb1, p), kv, vv);
+            }
+            pre_pos = p;
+        }
+    }
+    pdl_wait();
+    stamp(stm, 1);
+    const int pos0 = pre_pos >= 0 ? pre_pos : (pos_dev ? *pos_dev : 0) + pos_add;
     const bool spec = SP && (c == 0 || (per_head && c < G)); /* may start at key 0 */
     if (spec) load_keys(warp * KU, max_seq, kv, vv);
 
@@ -275,37 +321,20 @@ attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, 
             m[g] = mn;
         }
     };
-    extern __shared__ __align__(16) float sh[];
     if (BK && nkeys >= bk_min) {
         /* keys [k0, k1) through BK_STAGES shared-memory stages of BK_TILE keys, each tile's K and
          * V rows one bulk copy each (contiguous in the cache), so the copies in flight hold no
          * registers: a block keeps BK_STAGES tiles requested (32 KB at hd 128, bf16) where the
          * register path kept ~2 warp steps.  Thread 0 issues; a tile's stage is refilled after
          * every warp has scored it. */
-        constexpr size_t es = sizeof(CT);
-        __shared__ uint64_t bars[BK_STAGES];
-        CT *tiles = reinterpret_cast<CT *>(sh + merge_floats(NW, hd)); /* [stage][K|V][BK_TILE][hd] */
         const int ntile = (k1 - k0 + BK_TILE - 1) / BK_TILE;
-        auto issue = [&](int tt) {
-            const int kt = k0 + tt * BK_TILE, n = min(BK_TILE, k1 - kt), st = tt % BK_STAGES;
-            const uint32_t bytes = (uint32_t)((size_t)n * hd * es);
-            CT *dk = tiles + (size_t)st * 2 * BK_TILE * hd;
-            mbar_expect(&bars[st], 2 * bytes);
-            if (kv_ef) { /* read once a frame, as the weights: let L2 drop them first */
-                bulk_load_evict_first(dk, kbase + (size_t)kt * hd, bytes, &bars[st]);
-                bulk_load_evict_first(dk + (size_t)BK_TILE * hd, vbase + (size_t)kt * hd, bytes, &bars[st]);
-            } else {
-                bulk_load(dk, kbase + (size_t)kt * hd, bytes, &bars[st]);
-                bulk_load(dk + (size_t)BK_TILE * hd, vbase + (size_t)kt * hd, bytes, &bars[st]);
-            }
-        };
         if (threadIdx.x == 0) {
-            mbar_init_stages(bars, BK_STAGES);
+            if (pre_pos < 0) mbar_init_stages(bars, BK_STAGES);
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
             /* the cache rows the previous kernel wrote (generic stores) before the copy engine's reads */
             asm volatile("fence.proxy.async;" ::: "memory");
 #endif
-            for (int tt = 0; tt < BK_STAGES && tt < ntile; tt++) issue(tt);
+            for (int tt = pre_tiles; tt < BK_STAGES && tt < ntile; tt++) issue(tt, k0, k1);
         }
         __syncthreads();
         for (int tt = 0; tt < ntile; tt++) {
@@ -327,7 +356,7 @@ attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, 
                 consume(kt + kb);
             }
             __syncthreads(); /* every warp is done with the stage */
-            if (threadIdx.x == 0 && tt + BK_STAGES < ntile) issue(tt + BK_STAGES);
+            if (threadIdx.x == 0 && tt + BK_STAGES < ntile) issue(tt + BK_STAGES, k0, k1);
         }
     } else {
     if (spec && k0 == 0) { /* past the query's keys: stale cache rows (maybe NaN), zeroed */
@@ -338,6 +367,18 @@ attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, 
                 for (int j = 0; j < J; j++)
 #pragma unroll
                     for (int e = 0; e < 4; e++) kv[u][j][e] = 0.0f, vv[u][j][e] = 0.0f;
+    } else if (pre_pos >= 0) { /* keys below the position came before the wait; the rest now */
+        const int kb = k0 + warp * KU;
+#pragma unroll
+        for (int u = 0; u < KU; u++)
+#pragma unroll
+            for (int j = 0; j < J; j++) {
+                const int d = lane * 4 + 128 * j, key = kb + u;
+                if (key >= pos0 && key < k1 && d < hd) {
+                    load4(kbase + (size_t)key * hd + d, kv[u][j]);
+                    load4(vbase + (size_t)key * hd + d, vv[u][j]);
+                }
+            }
     } else {
         load_keys(k0 + warp * KU, k1, kv, vv);
     }
@@ -450,10 +491,25 @@ attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, 
     stamp(stm, 5);
     if (!last) return;
     __threadfence();
+    const size_t row0 = (((size_t)b * H + kvh * G) * T + t) * nch; /* chunk 0 of head kvh*G */
+    /* 4 dims a thread (hd % 4 == 0).  A thread's first 4 dims: the sums of up to MP chunks are
+     * requested before the (m, l) below, so the merge is one round of L2 reads, not two (H100:
+     * fewer dependent round trips at the end of the launch) */
+    const int hd4 = hd / 4;
+    constexpr int MP = 16;
+    const bool pre = nchunks <= MP && (int)threadIdx.x < G * hd4;
+    float4 pv[MP];
+    if (pre) {
+        const int g = threadIdx.x / hd4, d = (threadIdx.x % hd4) * 4;
+        const float *wp = work + (row0 + (size_t)g * T * nch) * hd + d;
+#pragma unroll
+        for (int u = 0; u < MP; u++)
+            pv[u] = u < nchunks ? __ldcg(reinterpret_cast<const float4 *>(wp + (size_t)u * hd))
+                                : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
     /* chunk weights: warp g (one per query head; G <= GMAX = NW) takes the max over the chunks'
      * m, then f_c = exp(m_c - M) and L = Σ l_c f_c */
     __shared__ float fw[GMAX][64], Ls[GMAX];
-    const size_t row0 = (((size_t)b * H + kvh * G) * T + t) * nch; /* chunk 0 of head kvh*G */
     if (warp < G) { /* (m, l) of chunks lane and lane + 32 (nchunks <= NCH_MAX = 64), one round of loads */
         const float2 *ml = reinterpret_cast<const float2 *>(work + (size_t)B * H * T * nch * hd) + row0 +
                            (size_t)warp * T * nch;
@@ -466,14 +522,20 @@ attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, 
         if (lane == 0) Ls[warp] = L;
     }
     __syncthreads();
-    /* 4 dims a thread (hd % 4 == 0): float4 loads of the chunk sums, 8 chunks at a time all in
-     * flight (a loop over the run-time count kept them one at a time: ~5 us of a 200-key launch's
-     * 13 on an H100); summed in chunk order as before (the chunks past nchunks add 0 * 0) */
-    const int hd4 = hd / 4;
+    /* the rest: float4 loads of the chunk sums, 8 chunks at a time all in flight (a loop over the
+     * run-time count kept them one at a time: ~5 us of a 200-key launch's 13 on an H100); summed
+     * in chunk order either way (the chunks past nchunks add 0 * 0) */
     for (int i = threadIdx.x; i < G * hd4; i += blockDim.x) {
         const int g = i / hd4, d = (i % hd4) * 4, h = kvh * G + g;
         const float *wp = work + (row0 + (size_t)g * T * nch) * hd + d;
         float4 A = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (pre && i == (int)threadIdx.x) {
+#pragma unroll
+            for (int u = 0; u < MP; u++) {
+                const float f = u < nchunks ? fw[g][u] : 0.0f;
+                A.x += pv[u].x * f, A.y += pv[u].y * f, A.z += pv[u].z * f, A.w += pv[u].w * f;
+            }
+        } else
         for (int c0 = 0; c0 < nchunks; c0 += 8) {
             float4 v[8];
 #pragma unroll
@@ -531,7 +593,7 @@ int launch(const hmc_attn_args *a, int nch, cudaStream_t s)
                       a->pos_dev, a->pos_add, (const CT *)a->k_cache, (const CT *)a->v_cache, a->max_seq, nch, a->work,
                       counters, a->out, (const char *)pf, pf_bytes, ngrid, g_single, g_per_head,
                       (a->B * a->T <= 4 ? g_trigger : 0) | (a->B * a->T <= 4 && g_stamp_on > 0 ? 16 : 0) |
-                          (g_kv_ef > 0 ? 32 : 0),
+                          (g_kv_ef > 0 ? 32 : 0) | (a->early_keys && g_early > 0 && a->T == 1 ? 64 : 0),
                       g_bk_min);
 }
 
@@ -632,6 +694,10 @@ extern "C" int hmc_attention(const hmc_attn_args *a, cudaStream_t s)
     if (g_kv_ef < 0) {
         const char *e = getenv("HM_ATTN_EVICT_FIRST");
         g_kv_ef = !(e && strcmp(e, "0") == 0);
+    }
+    if (g_early < 0) {
+        const char *e = getenv("HM_ATTN_EARLY");
+        g_early = !(e && strcmp(e, "0") == 0);
     }
     if (g_trigger < 0) {
         const char *e = getenv("HM_ATTN_TRIGGER");

@@ -799,6 +799,9 @@ int layer_fwd(lm_cuda_req *r, const xfm *X, int l, scratch *s, int B, int T, con
     hmc_attn_args aa = {s->qkv, B, T, X->H, X->KVH, X->hd, pos_dev, pos_add, kc, vc, t, max_seq, max_keys,
                         s->att, s->work};
     if (!gemm && m->tune.attn_pf) aa.pf = L->wo, aa.pf_bytes = b_o;
+    /* only the backbone's frame graph passes pos_dev: its cache rows below the position and the
+     * position itself come from earlier graph launches */
+    aa.early_keys = !gemm && pos_dev && T == 1;
     static int env_chunks = -1; /* A/B: HM_LM_ATTN_CHUNKS overrides the tuned chunk count */
     if (env_chunks < 0) env_chunks = getenv("HM_LM_ATTN_CHUNKS") ? atoi(getenv("HM_LM_ATTN_CHUNKS")) : 0;
     if (!gemm) hmc_attention_set_max_chunks(env_chunks > 0 ? env_chunks : m->tune.attn_chunks > 0 ? m->tune.attn_chunks : 64);

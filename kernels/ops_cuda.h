@@ -193,6 +193,11 @@ typedef struct {
     float *out; float *work;
     const void *pf; size_t pf_bytes; /* optional L2 prefetch hint (e.g. the o projection's weights;
                                         slower in a whole frame on an H100: the engine passes none) */
+    int early_keys;    /* 1: the caller vouches that *pos_dev and every cache row below pos0 were
+                          written before the previous kernel in the stream could start (the
+                          backbone's frame graph: earlier launches wrote them).  A T = 1 split
+                          launch then reads them before waiting on that kernel (HM_ATTN_EARLY=0:
+                          not); only q and the rows from pos0 on are read after the wait. */
 } hmc_attn_args;
 size_t hmc_attention_work_bytes(int B, int T, int H, int KVH, int hd, int max_keys);
 /* Chunks per query at most (1..64, default 64: the work buffer is always sized for 64).  Tuning

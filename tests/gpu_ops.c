@@ -354,6 +354,11 @@ static void check_gemv_rope(int B, int T, int H, int KVH, int hd, int pos0, hmc_
  * for the longest context) beyond the query's keys, filled with NaN; the position read from the
  * device */
 static int g_att_extra, g_att_posdev;
+/* ... and g_att_early: the launch says its keys below the position are old (early_keys, as the
+ * backbone's frame graph does), while the newest keys reach the cache only through the kernel
+ * just before it (hmc_rope_append with zero angles: q unchanged, k and v appended); the device's
+ * cache holds NaN there until then, so a kernel that read them before its wait would show it */
+static int g_att_early;
 
 static void check_attention(int B, int T, int H, int KVH, int hd, int pos0, hmc_dtype ct)
 {
@@ -367,8 +372,28 @@ static void check_attention(int B, int T, int H, int KVH, int hd, int pos0, hmc_
                 kc[(size_t)bh * max_seq * hd + i] = vc[(size_t)bh * max_seq * hd + i] = NAN;
     /* make the scores spread: larger q */
     for (size_t i = 0; i < nq; i++) qkv[i] *= 3.0f;
+    if (g_att_early) /* the new keys are the rows' k and v: what the append below writes */
+        for (int b = 0; b < B; b++)
+            for (int tt = 0; tt < T; tt++)
+                for (int h = 0; h < KVH; h++) {
+                    const float *r = qkv + ((size_t)b * T + tt) * W;
+                    const size_t o = (((size_t)b * KVH + h) * max_seq + pos0 + tt) * hd;
+                    memcpy(kc + o, r + (size_t)(H + h) * hd, sizeof(float) * hd);
+                    memcpy(vc + o, r + (size_t)(H + KVH + h) * hd, sizeof(float) * hd);
+                }
     float *qd = dev_f32(qkv, nq);
     void *kd = to_dev(kc, nc, ct), *vd = to_dev(vc, nc, ct);
+    float *fzero = NULL;
+    if (g_att_early) {
+        const size_t es = hmc_dtype_size(ct);
+        for (int bh = 0; bh < B * KVH; bh++) {
+            const size_t o = ((size_t)bh * max_seq + pos0) * hd * es;
+            CU(cudaMemset((char *)kd + o, 0xff, (size_t)T * hd * es)); /* NaN until appended */
+            CU(cudaMemset((char *)vd + o, 0xff, (size_t)T * hd * es));
+        }
+        CU(cudaMalloc((void **)&fzero, sizeof(float) * hd / 2));
+        CU(cudaMemset(fzero, 0, sizeof(float) * hd / 2));
+    }
     float *work;
     CU(cudaMalloc((void **)&work, hmc_attention_work_bytes(B, T, H, KVH, hd, max_keys)));
     CU(cudaMemset(work, 0, hmc_attention_work_bytes(B, T, H, KVH, hd, max_keys)));
@@ -380,9 +405,13 @@ static void check_attention(int B, int T, int H, int KVH, int hd, int pos0, hmc_
     }
     hmc_attn_args a = {qd, B, T, H, KVH, hd, posd, posd ? 0 : pos0, kd, vd, ct, max_seq, max_keys, od, work};
     a.pf = vd, a.pf_bytes = nc * hmc_dtype_size(ct); /* a prefetch hint changes nothing */
+    a.early_keys = g_att_early;
+    hmc_rope_args ra = {qd, B, T, H, KVH, hd, posd, posd ? 0 : pos0, fzero, kd, vd, ct, max_seq};
+    if (g_att_early) OK(hmc_rope_append(&ra, 0));
     OK(hmc_attention(&a, 0));
     /* again into a re-poisoned output: the merge counters must be back at zero */
     CU(cudaMemsetAsync(od, 0xff, sizeof(float) * B * T * H * hd, 0));
+    if (g_att_early) OK(hmc_rope_append(&ra, 0));
     OK(hmc_attention(&a, 0));
     float *g = from_dev(od, (size_t)B * T * H * hd), *ref = hm_malloc(sizeof(float) * B * T * H * hd);
     float *q = hm_malloc(sizeof(float) * T * H * hd), *k = hm_malloc(sizeof(float) * S * KVH * hd),
@@ -394,10 +423,10 @@ static void check_attention(int B, int T, int H, int KVH, int hd, int pos0, hmc_
         cpu_attention(q, k, v, ref + (size_t)b * T * H * hd, T, S, H, KVH, hd, 1, pos0);
     }
     char sh[96];
-    snprintf(sh, sizeof sh, "%s B=%d T=%d H=%d/%d hd=%d keys=%d%s", dtn(ct), B, T, H, KVH, hd, S,
-             g_att_extra ? " (max_keys +)" : "");
+    snprintf(sh, sizeof sh, "%s B=%d T=%d H=%d/%d hd=%d keys=%d%s%s", dtn(ct), B, T, H, KVH, hd, S,
+             g_att_extra ? " (max_keys +)" : "", g_att_early ? " (early keys)" : "");
     report("attention", sh, g, ref, (size_t)B * T * H * hd, 1e-4);
-    cudaFree(posd), cudaFree(qd), cudaFree(kd), cudaFree(vd), cudaFree(work), cudaFree(od);
+    cudaFree(fzero), cudaFree(posd), cudaFree(qd), cudaFree(kd), cudaFree(vd), cudaFree(work), cudaFree(od);
     free(qkv), free(kc), free(vc), free(g), free(ref), free(q), free(k), free(v);
 }
 
@@ -846,6 +875,28 @@ int main(int argc, char **argv)
         g_att_extra = 0, g_att_posdev = 0;
         check_attention(2, 1, 24, 8, 128, 8191, HMC_BF16);
         check_attention(2, 37, 24, 8, 128, 1300, HMC_BF16); /* prefill: register path */
+    }
+    hmc_attention_set_bulk(1, -1);
+    /* early keys (hmc_attn_args.early_keys): the split decode launch reads the position and the
+     * keys below it before its wait, the appended ones after it (register path, bulk tiles from
+     * key 0 and from 512 keys on, as the backbone's graph launches it) */
+    for (int v = 0; v < 3; v++) {
+        printf("(attention: early keys, bulk key tiles %s from %d keys)\n", v < 2 ? "on" : "off", bk_min[v]);
+        hmc_attention_set_bulk(v < 2, bk_min[v]);
+        g_att_extra = 300, g_att_posdev = 1, g_att_early = 1;
+        const int keys[] = {1, 2, 15, 16, 17, 31, 32, 33, 64, 65, 200, 511, 512, 513, 545, 1025, 3800};
+        for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+            check_attention(2, 1, 24, 8, 128, keys[i] - 1, HMC_BF16); /* backbone, G = 3 */
+            check_attention(1, 1, 24, 8, 128, keys[i] - 1, HMC_F32);
+        }
+        check_attention(2, 1, 16, 4, 64, 1999, HMC_F32);   /* G = 4, hd 64 */
+        check_attention(2, 1, 8, 8, 128, 199, HMC_BF16);   /* G = 1 */
+        check_attention(1, 1, 4, 2, 12, 1100, HMC_BF16);   /* hd 12 bf16: no bulk */
+        check_attention(2, 1, 4, 2, 16, 40, HMC_F32);      /* the tiny fixture's backbone */
+        check_attention(2, 2, 24, 8, 128, 1099, HMC_BF16); /* T = 2: the flag is not taken */
+        g_att_extra = 0, g_att_posdev = 0;
+        check_attention(2, 1, 24, 8, 128, 8191, HMC_BF16); /* no position on the device: not taken */
+        g_att_early = 0;
     }
     hmc_attention_set_bulk(1, -1);
     hmc_attention_set_single(512, 1, 0);
