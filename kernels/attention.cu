@@ -97,6 +97,10 @@ int g_bk_min = BULK_MIN_DEFAULT;
 /* Split decode launches with hmc_attn_args.early_keys read the position and their keys below it
  * before waiting on the previous kernel (default; HM_ATTN_EARLY=0: after, A/B knob). */
 int g_early = -1;
+/* The chunk blocks count in with a full fence in every thread before the atomic (1, the first
+ * version) or with one acquire-release atomic after the block's barrier (0, default).
+ * HM_ATTN_SC_FENCE, A/B knob. */
+int g_sc_fence = -1;
 
 __device__ __forceinline__ void stamp(int on, int i)
 {
@@ -163,7 +167,7 @@ attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, 
                   float *__restrict__ work, int *__restrict__ counters, float *__restrict__ out,
                   const char *pf, size_t pf_bytes, int ngrid, int single, int per_head, int trig, int bk_min)
 {
-    const int stm = (trig >> 4) & 1, kv_ef = (trig >> 5) & 1, early = (trig >> 6) & 1;
+    const int stm = (trig >> 4) & 1, kv_ef = (trig >> 5) & 1, early = (trig >> 6) & 1, sc_fence = (trig >> 7) & 1;
     trig &= 15;
     if (stm && threadIdx.x == 0) {
         const unsigned blk = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
@@ -482,20 +486,26 @@ attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, 
     }
     if (nchunks == 1) return;
 
-    /* the last block of this (b, kvh, t) to arrive merges the chunks */
+    /* the last block of this (b, kvh, t) to arrive merges the chunks.  Default: the block's
+     * barrier, then thread 0's count-in as one acquire-release atomic at GPU scope (the barrier
+     * orders every thread's partial sums before it; the last block's reads come after its
+     * acquire); sc_fence (HM_ATTN_SC_FENCE=1, A/B knob): a full fence in every thread first. */
     __shared__ int last;
-    __threadfence();
+    if (sc_fence) __threadfence();
     __syncthreads();
     stamp(stm, 4);
     if (threadIdx.x == 0) {
         int *cnt = counters + ((size_t)b * KVH + kvh) * T + t;
-        last = atomicAdd(cnt, 1) == nchunks - 1;
+        int prev;
+        if (sc_fence) prev = atomicAdd(cnt, 1);
+        else asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], 1;" : "=r"(prev) : "l"(cnt) : "memory");
+        last = prev == nchunks - 1;
         if (last) *cnt = 0; /* every chunk has arrived: ready for the next launch */
     }
     __syncthreads();
     stamp(stm, 5);
     if (!last) return;
-    __threadfence();
+    if (sc_fence) __threadfence();
     const size_t row0 = (((size_t)b * H + kvh * G) * T + t) * nch; /* chunk 0 of head kvh*G */
     /* 4 dims a thread (hd % 4 == 0).  A thread's first 4 dims: the sums of up to MP chunks are
      * requested before the (m, l) below, so the merge is one round of L2 reads, not two (H100:
@@ -598,7 +608,8 @@ int launch(const hmc_attn_args *a, int nch, cudaStream_t s)
                       a->pos_dev, a->pos_add, (const CT *)a->k_cache, (const CT *)a->v_cache, a->max_seq, nch, a->work,
                       counters, a->out, (const char *)pf, pf_bytes, ngrid, g_single, g_per_head,
                       (a->B * a->T <= 4 ? g_trigger : 0) | (a->B * a->T <= 4 && g_stamp_on > 0 ? 16 : 0) |
-                          (g_kv_ef > 0 ? 32 : 0) | (a->early_keys && g_early > 0 && a->T == 1 ? 64 : 0),
+                          (g_kv_ef > 0 ? 32 : 0) | (a->early_keys && g_early > 0 && a->T == 1 ? 64 : 0) |
+                          (g_sc_fence > 0 ? 128 : 0),
                       g_bk_min);
 }
 
@@ -699,6 +710,10 @@ extern "C" int hmc_attention(const hmc_attn_args *a, cudaStream_t s)
     if (g_kv_ef < 0) {
         const char *e = getenv("HM_ATTN_EVICT_FIRST");
         g_kv_ef = !(e && strcmp(e, "0") == 0);
+    }
+    if (g_sc_fence < 0) {
+        const char *e = getenv("HM_ATTN_SC_FENCE");
+        g_sc_fence = e && atoi(e) > 0;
     }
     if (g_early < 0) {
         const char *e = getenv("HM_ATTN_EARLY");

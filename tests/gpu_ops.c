@@ -777,6 +777,8 @@ int main(int argc, char **argv)
     check_gemm(42, 64, 128, HMC_F32, 1);
     check_rmsnorm_silu(4, 3072);
     check_rmsnorm_silu(3, 96);
+    check_rmsnorm_silu(2, 4100); /* rows past 16 values a thread: the loop */
+    check_rmsnorm_silu(2, 4096);
     check_rope(2, 1, 24, 8, 128, 8190, HMC_BF16, 1);
     check_rope(2, 2, 8, 4, 384, 0, HMC_BF16, 0);
     check_rope(2, 5, 4, 2, 12, 17, HMC_F32, 0);
