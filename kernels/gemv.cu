@@ -185,9 +185,9 @@ __device__ __forceinline__ void rope_pair(const rope_ep &e, int n0, float (&v)[2
  * elementwise; for RMSNorm the rows are staged times the norm scale and each warp's partial sum
  * of squares goes to red[r][warp] (rows_rs() turns them into 1/rms after the barrier, and the
  * GEMV multiplies its result by it, which equals normalising first). */
-template <int R>
+template <int R, int NW = WARPS>
 __device__ __forceinline__ void stage_x(float *xs, const float *__restrict__ x, int ldx, int K, int in_mode,
-                                        const float *__restrict__ nscale, float (*red)[WARPS], int async = 0)
+                                        const float *__restrict__ nscale, float (*red)[NW], int async = 0)
 {
     const int K4 = K / 4;
     float4 *xs4 = reinterpret_cast<float4 *>(xs);
@@ -255,8 +255,8 @@ __device__ __forceinline__ void stage_x(float *xs, const float *__restrict__ x, 
 }
 
 /* 1/rms of each row from the staged partial sums (all threads, after stage_x's barrier) */
-template <int R>
-__device__ __forceinline__ void rows_rs(float *rs, int in_mode, const float (*red)[WARPS], int K, float eps)
+template <int R, int NW = WARPS>
+__device__ __forceinline__ void rows_rs(float *rs, int in_mode, const float (*red)[NW], int K, float eps)
 {
 #pragma unroll
     for (int r = 0; r < R; r++) {
@@ -264,7 +264,7 @@ __device__ __forceinline__ void rows_rs(float *rs, int in_mode, const float (*re
         if (in_mode == HMC_IN_RMSNORM) {
             float t = 0.0f;
 #pragma unroll
-            for (int w = 0; w < WARPS; w++) t += red[r][w];
+            for (int w = 0; w < NW; w++) t += red[r][w];
             rs[r] = rsqrtf(t / (float)K + eps);
         }
     }
@@ -290,18 +290,20 @@ __device__ __forceinline__ void gstamp(int on, int i)
     g_gstamp[blockIdx.x][i] = t;
 }
 
-template <typename WT, int R, int U, int KS, bool DB>
-__global__ void __launch_bounds__(WARPS * 32, 2) /* two blocks an SM (g_bps) */
+/* NW warps a block: WARPS (two blocks an SM, g_bps), or 2 x WARPS in one block an SM where two
+ * blocks' staged activations would not fit in shared memory (launch_wide) */
+template <typename WT, int R, int U, int KS, bool DB, int NW = WARPS>
+__global__ void __launch_bounds__(NW * 32, NW > WARPS ? 1 : 2)
 gemv_kernel(const WT *__restrict__ W, const float *__restrict__ wscale, int N, int K,
             const float *__restrict__ x, int ldx, int in_mode, const float *__restrict__ nscale,
             float eps, float *__restrict__ y, int ldy, int accumulate, int out_swiglu, gemv_ext ex)
 {
     constexpr int E = wtraits<WT>::E;
-    constexpr int PPB = WARPS / KS; /* row pairs per block step */
+    constexpr int PPB = NW / KS; /* row pairs per block step */
     extern __shared__ float4 xs_raw[]; /* [R][K] floats */
     float *xs = reinterpret_cast<float *>(xs_raw);
-    __shared__ float red[R][WARPS];
-    __shared__ float part[KS > 1 ? WARPS : 1][RPW][R];
+    __shared__ float red[R][NW];
+    __shared__ float part[KS > 1 ? NW : 1][RPW][R];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int grp = warp / KS, sub = warp % KS;
     const int npairs = (N + RPW - 1) / RPW;
@@ -347,10 +349,10 @@ gemv_kernel(const WT *__restrict__ W, const float *__restrict__ wscale, int N, i
     }
     pdl_wait();
     gstamp(ex.stamp, 1);
-    stage_x<R>(xs, x, ldx, K, in_mode, nscale, red, ex.stage_async);
+    stage_x<R, NW>(xs, x, ldx, K, in_mode, nscale, red, ex.stage_async);
     gstamp(ex.stamp, 2);
     float rs[R];
-    rows_rs<R>(rs, in_mode, red, K, eps);
+    rows_rs<R, NW>(rs, in_mode, red, K, eps);
 
     for (; base < npairs; base += stride) {
         const int p = base + grp;
@@ -501,6 +503,25 @@ gemv_ext make_ext(const hmc_gemv_args *a)
     return e;
 }
 
+/* One block an SM of 2 x WARPS warps: as many warps as two blocks, one copy of the activations
+ * (4 rows of K = 8192, the depth decoder's first-step w2: 128 KB, which two blocks do not fit) */
+template <typename WT, int R, int U, int KS, bool DB>
+int launch_wide(const hmc_gemv_args *a, cudaStream_t s)
+{
+    constexpr int NW = 2 * WARPS;
+    auto kern = gemv_kernel<WT, R, U, KS, DB, NW>;
+    const size_t smem = (size_t)R * a->K * sizeof(float);
+    static hmc_occupancy oc;
+    CKH(hmc_occupancy_get(&oc, kern, NW * 32, smem, "gemv (wide)"));
+    const int pairs = (a->N + RPW - 1) / RPW, ppb = NW / KS;
+    const int blocks = HM_MIN((pairs + ppb - 1) / ppb, oc.sms * HM_MAX(oc.occ, 1));
+    return launch_pdl(kern, dim3(blocks), dim3(NW * 32), smem, s, (const WT *)a->W, a->w_scale, a->N, a->K, a->x,
+                      a->ldx, a->in_mode, a->norm_scale, a->eps, a->y, a->ldy, a->accumulate, a->out_swiglu,
+                      make_ext(a));
+}
+
+int g_wide = -1; /* HM_GEMV_WIDE=0: no wide blocks (A/B knob) */
+
 template <typename WT, int R, int U, int KS, bool DB>
 int launch(const hmc_gemv_args *a, cudaStream_t s)
 {
@@ -510,6 +531,13 @@ int launch(const hmc_gemv_args *a, cudaStream_t s)
     CKH(hmc_occupancy_get(&oc, kern, WARPS * 32, smem, "gemv"));
     if (!g_sms) g_sms = oc.sms;
     const int occ = oc.occ;
+    if (g_wide < 0) {
+        const char *v = getenv("HM_GEMV_WIDE");
+        g_wide = !(v && atoi(v) == 0);
+    }
+    /* shared memory holds one block where two are asked for: one block of twice the warps */
+    if constexpr (R == 4)
+        if (g_wide && g_bps == 2 && occ == 1) return launch_wide<WT, R, U, KS, DB>(a, s);
     const int pairs = (a->N + RPW - 1) / RPW, ppb = WARPS / KS;
     const int blocks = HM_MIN((pairs + ppb - 1) / ppb, g_sms * HM_MIN(occ, g_bps));
     return launch_pdl(kern, dim3(blocks), dim3(WARPS * 32), smem, s, (const WT *)a->W, a->w_scale, a->N, a->K, a->x,

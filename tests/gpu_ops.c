@@ -735,6 +735,8 @@ int main(int argc, char **argv)
     check_gemv(8197, 3072, 2, HMC_IN_PLAIN, HMC_BF16, 0);    /* codebook0 head */
     check_gemv(8197, 3072, 1, HMC_IN_RMSNORM, HMC_BF16, 0);  /* audio head, B=1 */
     check_gemv(3072, 8192, 4, HMC_IN_SWIGLU, HMC_BF16, 1);   /* decoder step 1 (2 positions x 2 rows) */
+    check_gemv(3072, 8192, 4, HMC_IN_PLAIN, HMC_BF16, 1);    /* ... w2 += as the engine runs it: wide blocks */
+    check_gemv(3072, 8192, 4, HMC_IN_PLAIN, HMC_F32, 1);
     check_gemv(3072, 3072, 3, HMC_IN_RMSNORM, HMC_BF16, 0);
     check_gemv(48, 64, 2, HMC_IN_PLAIN, HMC_BF16, 0);        /* tiny projection */
     check_gemv(69, 48, 1, HMC_IN_RMSNORM, HMC_BF16, 0);      /* tiny head */
