@@ -508,8 +508,7 @@ attn_chunk_kernel(const float *__restrict__ qkv, int T, int H, int KVH, int hd, 
     if (sc_fence) __threadfence();
     const size_t row0 = (((size_t)b * H + kvh * G) * T + t) * nch; /* chunk 0 of head kvh*G */
     /* 4 dims a thread (hd % 4 == 0).  A thread's first 4 dims: the sums of up to MP chunks are
-     * requested before the (m, l) below, so the merge is one round of L2 reads, not two (H100:
-     * fewer dependent round trips at the end of the launch) */
+     * requested before the (m, l) below, so the merge waits for one round of L2 reads, not two */
     const int hd4 = hd / 4;
     constexpr int MP = 16;
     const bool pre = nchunks <= MP && (int)threadIdx.x < G * hd4;

@@ -27,7 +27,9 @@
  * before its wait: <= 0.6% either way); hmc_gemv_set_stamp records each block's phases.
  * Plain activation rows (o, w2, the heads without a norm) are staged by cp.async, every piece in
  * flight at once and no registers held: H100, -0.6% a bf16 frame at 200 positions, -0.9% at 900
- * (HM_GEMV_STAGE_ASYNC=0: loads through registers, 4 a thread in flight). */
+ * (HM_GEMV_STAGE_ASYNC=0: loads through registers, 4 a thread in flight).  Where two blocks'
+ * staged rows do not fit in an SM's shared memory (4 rows of K = 8192: the depth decoder's first
+ * step), one block of twice the warps runs instead (launch_wide; HM_GEMV_WIDE=0: off). */
 #include "common_cuda.h"
 #include "ops_cuda.h"
 
@@ -216,8 +218,9 @@ __device__ __forceinline__ void stage_x(float *xs, const float *__restrict__ x, 
         }
     } else if (async && in_mode == HMC_IN_PLAIN) {
         /* plain rows copied to shared memory by cp.async: every 16-byte piece in flight at once
-         * and no registers held (the weight loads issued before the wait hold them); the loop
-         * below keeps 4 pieces a thread in flight, two rounds at K = 8192 */
+         * and no registers held (the weight loads issued before the wait hold them); the
+         * register loop of the branch below keeps 4 pieces a thread in flight, two rounds at
+         * K = 8192 */
 #pragma unroll 4
         for (int i = threadIdx.x; i < K4; i += blockDim.x)
 #pragma unroll
