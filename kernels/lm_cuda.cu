@@ -742,12 +742,15 @@ int gemv_tuned(const lm_cuda *m, int role, hmc_gemv_args *g, cudaStream_t st)
      * SM for one role's bf16 launches (the next kernel's blocks land beside a 1-block launch and
      * start their loads early) */
     static int role_variant[G_HEAD + 1] = {-1}, role_qvariant[G_HEAD + 1], role_bps[G_HEAD + 1];
+    static int role_variant4[G_HEAD + 1]; /* HM_GEMV_VARIANT4_<ROLE>: the same for 4-row launches only */
     if (role_variant[0] < 0) {
+        role_env("HM_GEMV_VARIANT4_", role_variant4);
         role_env("HM_GEMV_VARIANT_", role_variant);
         role_env("HM_GEMVQ_VARIANT_", role_qvariant);
         role_env("HM_GEMV_BPS_", role_bps);
     }
     if (role_variant[role] > 0 && g->wdt == HMC_BF16) g->variant = role_variant[role];
+    if (role_variant4[role] > 0 && g->wdt == HMC_BF16 && g->rows == 4) g->variant = role_variant4[role];
     if (role_qvariant[role] > 0 && quantised(g->wdt)) g->variant = role_qvariant[role];
     const int bps = role_bps[role] > 0 && (g->wdt == HMC_BF16 || g->wdt == HMC_F32) ? role_bps[role] : 0;
     if (bps) hmc_gemv_set_blocks_per_sm(bps);
