@@ -737,12 +737,13 @@ int gemv_tuned(const lm_cuda *m, int role, hmc_gemv_args *g, cudaStream_t st)
     }
     hmc_gemv_set_stamp(role == stamp_role);
     /* A/B knobs per role, read once: HM_GEMV_VARIANT_<ROLE> (QKV, O, W13, W2, HEAD) forces a bf16
-     * variant for one role; HM_GEMVQ_VARIANT_<ROLE> the same for fp8 / NVFP4 weights (gemv_quant.cu:
+     * variant for one role (HM_GEMV_VARIANT4_<ROLE>: for its 4-row launches, the depth decoder's
+     * first step, only; no variant measured better there, docs/PERF.md); HM_GEMVQ_VARIANT_<ROLE> the same for fp8 / NVFP4 weights (gemv_quant.cu:
      * the 8-row kernel's 1..4, the streaming kernel's 1..12); HM_GEMV_BPS_<ROLE> = resident blocks per
      * SM for one role's bf16 launches (the next kernel's blocks land beside a 1-block launch and
      * start their loads early) */
     static int role_variant[G_HEAD + 1] = {-1}, role_qvariant[G_HEAD + 1], role_bps[G_HEAD + 1];
-    static int role_variant4[G_HEAD + 1]; /* HM_GEMV_VARIANT4_<ROLE>: the same for 4-row launches only */
+    static int role_variant4[G_HEAD + 1];
     if (role_variant[0] < 0) {
         role_env("HM_GEMV_VARIANT4_", role_variant4);
         role_env("HM_GEMV_VARIANT_", role_variant);
