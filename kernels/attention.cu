@@ -102,6 +102,13 @@ int g_early = -1;
  * HM_ATTN_SC_FENCE, A/B knob. */
 int g_sc_fence = -1;
 
+/* An on/off knob from the environment: unset -> dflt, "0" -> off, any other number -> on */
+int env_flag(const char *name, int dflt)
+{
+    const char *e = getenv(name);
+    return e ? atoi(e) != 0 : dflt;
+}
+
 __device__ __forceinline__ void stamp(int on, int i)
 {
     if (!on || threadIdx.x) return;
@@ -702,22 +709,10 @@ extern "C" int hmc_attention(const hmc_attn_args *a, cudaStream_t s)
         if (g_cluster != 8 && g_cluster != 16) g_cluster = 0;
         if (k && atoi(k) > 0) g_cluster_keys = atoi(k);
     }
-    if (g_stamp_on < 0) {
-        const char *e = getenv("HM_ATTN_STAMP");
-        g_stamp_on = e && atoi(e) > 0;
-    }
-    if (g_kv_ef < 0) {
-        const char *e = getenv("HM_ATTN_EVICT_FIRST");
-        g_kv_ef = !(e && strcmp(e, "0") == 0);
-    }
-    if (g_sc_fence < 0) {
-        const char *e = getenv("HM_ATTN_SC_FENCE");
-        g_sc_fence = e && atoi(e) > 0;
-    }
-    if (g_early < 0) {
-        const char *e = getenv("HM_ATTN_EARLY");
-        g_early = !(e && strcmp(e, "0") == 0);
-    }
+    if (g_stamp_on < 0) g_stamp_on = env_flag("HM_ATTN_STAMP", 0);
+    if (g_kv_ef < 0) g_kv_ef = env_flag("HM_ATTN_EVICT_FIRST", 1);
+    if (g_sc_fence < 0) g_sc_fence = env_flag("HM_ATTN_SC_FENCE", 0);
+    if (g_early < 0) g_early = env_flag("HM_ATTN_EARLY", 1);
     if (g_trigger < 0) {
         const char *e = getenv("HM_ATTN_TRIGGER");
         g_trigger = e ? atoi(e) : 0;
