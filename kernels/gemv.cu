@@ -29,7 +29,10 @@
  * flight at once and no registers held: H100, -0.6% a bf16 frame at 200 positions, -0.9% at 900
  * (HM_GEMV_STAGE_ASYNC=0: loads through registers, 4 a thread in flight).  Where two blocks'
  * staged rows do not fit in an SM's shared memory (4 rows of K = 8192: the depth decoder's first
- * step), one block of twice the warps runs instead (launch_wide; HM_GEMV_WIDE=0: off). */
+ * step), one block of twice the warps runs instead (launch_wide; HM_GEMV_WIDE=0: off).
+ * Accumulating launches of 1 or 2 rows (o, w2) read the residual they add to right after the wait,
+ * beside the staging, instead of in the epilogue (kernel parameter YE; HM_GEMV_Y_EARLY=0: off):
+ * -0.4% a bf16 frame on an H100, -0.6% on an H200 (docs/PERF.md). */
 #include "common_cuda.h"
 #include "ops_cuda.h"
 
@@ -295,7 +298,7 @@ __device__ __forceinline__ void gstamp(int on, int i)
 
 /* NW warps a block: WARPS (two blocks an SM, g_bps), or 2 x WARPS in one block an SM where two
  * blocks' staged activations would not fit in shared memory (launch_wide) */
-template <typename WT, int R, int U, int KS, bool DB, int NW = WARPS>
+template <typename WT, int R, int U, int KS, bool DB, int NW = WARPS, bool YE = false>
 __global__ void __launch_bounds__(NW * 32, NW > WARPS ? 1 : 2)
 gemv_kernel(const WT *__restrict__ W, const float *__restrict__ wscale, int N, int K,
             const float *__restrict__ x, int ldx, int in_mode, const float *__restrict__ nscale,
@@ -352,13 +355,30 @@ gemv_kernel(const WT *__restrict__ W, const float *__restrict__ wscale, int N, i
     }
     pdl_wait();
     gstamp(ex.stamp, 1);
+    /* YE (accumulating launches, y_early): the residual a round adds to is read at the round's
+     * start, the first round's now, rather than after the dot products.  Earlier kernels wrote it
+     * (complete after the wait), and only this lane writes it.  A template parameter, so that the
+     * other launches keep the code they had. */
+    constexpr bool yearly = YE;
+    float yold[RPW][R] = {};
+    auto load_y = [&](int p) {
+        if constexpr (yearly) {
+            if (sub || lane || p >= npairs) return;
+#pragma unroll
+            for (int i = 0; i < RPW; i++)
+#pragma unroll
+                for (int r = 0; r < R; r++) yold[i][r] = p * RPW + i < N ? y[(size_t)r * ldy + p * RPW + i] : 0.0f;
+        }
+    };
+    load_y(base + grp);
     stage_x<R, NW>(xs, x, ldx, K, in_mode, nscale, red, ex.stage_async);
     gstamp(ex.stamp, 2);
     float rs[R];
     rows_rs<R, NW>(rs, in_mode, red, K, eps);
 
-    for (; base < npairs; base += stride) {
+    for (bool first = true; base < npairs; base += stride, first = false) {
         const int p = base + grp;
+        if (yearly && !first) load_y(p);
         float acc[RPW][R];
 #pragma unroll
         for (int i = 0; i < RPW; i++)
@@ -451,7 +471,7 @@ gemv_kernel(const WT *__restrict__ W, const float *__restrict__ wscale, int N, i
 #pragma unroll
                 for (int r = 0; r < R; r++) {
                     float *yp = y + (size_t)r * ldy + n;
-                    *yp = accumulate ? *yp + v[i][r] : v[i][r];
+                    *yp = accumulate ? (yearly ? yold[i][r] : *yp) + v[i][r] : v[i][r];
                 }
             }
         }
@@ -506,6 +526,19 @@ gemv_ext make_ext(const hmc_gemv_args *a)
     return e;
 }
 
+/* The kernel with the early residual reads (YE) for an accumulating launch of 1 or 2 rows (the
+ * launcher's choice), unless HM_GEMV_Y_EARLY=0 (A/B knob, read at the first launch; gemv_quant.cu
+ * reads it too) */
+int y_early(const hmc_gemv_args *a)
+{
+    static int on = -1;
+    if (on < 0) {
+        const char *v = getenv("HM_GEMV_Y_EARLY");
+        on = !(v && atoi(v) == 0);
+    }
+    return on && a->accumulate && !a->out_swiglu;
+}
+
 /* One block an SM of 2 x WARPS warps: as many warps as two blocks, one copy of the activations
  * (4 rows of K = 8192, the depth decoder's first-step w2: 128 KB, which two blocks do not fit) */
 template <typename WT, int R, int U, int KS, bool DB>
@@ -528,9 +561,13 @@ int g_wide = -1; /* HM_GEMV_WIDE=0: no wide blocks (A/B knob) */
 template <typename WT, int R, int U, int KS, bool DB>
 int launch(const hmc_gemv_args *a, cudaStream_t s)
 {
+    int ye = 0;
     auto kern = gemv_kernel<WT, R, U, KS, DB>;
+    if constexpr (R <= 2) /* 4 rows: the 8 more registers spill */
+        if ((ye = y_early(a))) kern = gemv_kernel<WT, R, U, KS, DB, WARPS, true>;
     size_t smem = (size_t)R * a->K * sizeof(float);
-    static hmc_occupancy oc;
+    static hmc_occupancy ocs[2];
+    hmc_occupancy &oc = ocs[ye];
     CKH(hmc_occupancy_get(&oc, kern, WARPS * 32, smem, "gemv"));
     if (!g_sms) g_sms = oc.sms;
     const int occ = oc.occ;
@@ -762,6 +799,7 @@ extern "C" int hmc_quantize_fp8(const void *W, int N, int K, void *W8, float *sc
 
 extern "C" void hmc_gemv_set_blocks_per_sm(int n) { g_bps = n > 0 ? n : 1; }
 extern "C" void hmc_gemv_set_stamp(int on) { g_stamp_next = on != 0; }
+extern "C" int hmc_gemv_stamp_on(void) { return g_stamp_next; }
 
 /* Print the phase stamps of the last stamped launch: per phase the earliest, median and latest
  * block, in us after the earliest block's entry. */
@@ -774,6 +812,7 @@ extern "C" void hmc_gemv_stamp_report(FILE *f)
     }
     static const char *name[4] = {"entry", "after wait", "x staged", "end"};
     hmc_stamp_summary(f, "gemv", &h[0][0], GSTAMP_BLOCKS, 4, 0, name);
+    hmc_gemv_quant_stamp_report(f); /* the fp8 / NVFP4 launches' (kernels/gemv_quant.cu) */
 }
 extern "C" void hmc_gemv_force_variant(int v) { g_force_variant = v; }
 

@@ -26,7 +26,10 @@
  * the NVFP4 default) and the streaming kernel (weights as A, staged by cp.async; the fp8 default,
  * with the rotary + KV-append epilogue of hmc_gemv_args.rope; the 8-row path runs hmc_rope_append
  * after itself instead).  hmc_gemv_quant_set_impl switches for A/B timing.  Both load the weights
- * with the L2 policy of hmc_gemv_evict_first (evict first by default, as gemv.cu). */
+ * with the L2 policy of hmc_gemv_evict_first (evict first by default, as gemv.cu).
+ * After the wait, the streaming kernel stages the activations from registers (stage_hr: every load
+ * of x issued at once, one pass) and the 8-row kernel's accumulating launches read their old
+ * outputs beside the staging (YE, as gemv.cu); both keep the bits (docs/PERF.md). */
 #include "common_cuda.h"
 #include "ops_cuda.h"
 
@@ -44,6 +47,26 @@ int q_multi_acc;   /* 1: several MMA accumulator chains per warp (knob, off: wit
                       NVFP4 frame on an H100, docs/PERF.md; HM_GEMVQ_MULTI_ACC=1 at first launch) */
 int q_self_pf;     /* L2 prefetch of a warp's own segment beyond the loads in flight (knob; off:
                       measured slower in a whole frame on H100, 4.18 -> 4.28 ms fp8) */
+
+/* Phase stamps (diagnostics, hmc_gemv_set_stamp, as gemv.cu's), in a build with HM_GEMVQ_STAMPS
+ * defined only: the check alone cost the default kernels 1-3% of a frame (H100; the 8-row kernel
+ * is at its 128-register bound).  Thread 0 of each block of a stamped launch writes %globaltimer
+ * at entry, after the wait, after staging the activations and at the end.  The launch passes the
+ * flag in bit 1 of its flags argument. */
+constexpr int QSTAMP_BLOCKS = 1024;
+__device__ unsigned long long g_qstamp[QSTAMP_BLOCKS][4];
+
+__device__ __forceinline__ void qstamp(int on, int i)
+{
+#ifdef HM_GEMVQ_STAMPS
+    if (!on || threadIdx.x || blockIdx.x >= QSTAMP_BLOCKS) return;
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)::"memory");
+    g_qstamp[blockIdx.x][i] = t;
+#else
+    (void)on, (void)i;
+#endif
+}
 
 /* weights: past L1, with the L2 policy of hmc_l2_weight_policy (evict first by default) */
 __device__ __forceinline__ uint4 ldw_q(const uint4 *p, uint64_t pol)
@@ -179,19 +202,134 @@ __device__ __forceinline__ void stage_h(__half *xs, int ldxs, const float *__res
     __syncthreads();
 }
 
+/* stage_h with each thread's values held in registers (NI iterations of the loop at most): every
+ * load of x is issued at once after the wait, and the second pass converts the registers instead
+ * of reading x or its shared copy again.  Same sums in the same order as stage_h, so the same bits.
+ * (HM_GEMVQ_STAGE_REG=0: stage_h; the launch passes the choice in bit 2 of its flags.) */
+template <int R, bool PERM, int NI>
+__device__ __forceinline__ void stage_hr(__half *xs, int ldxs, const float *__restrict__ x, int ldx, int K, int in_mode,
+                                         const float *__restrict__ nscale, float eps, float (*red)[R][QWARPS], float *rs)
+{
+    const int K8 = K / 8;
+    const bool norm = in_mode == HMC_IN_RMSNORM, swi = in_mode == HMC_IN_SWIGLU;
+    float v[NI][R][8];
+    float4 sc[NI][2]; /* RMSNorm scales (norm) */
+    float4 u[NI][R][2]; /* the up half (SwiGLU) */
+    const float4 z = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+    for (int it = 0; it < NI; it++) { /* the loads first, all of them */
+        const int i = threadIdx.x + it * blockDim.x;
+        const bool ok = i < K8;
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            const float4 *x4 = reinterpret_cast<const float4 *>(x + (size_t)r * ldx) + 2 * i;
+            const float4 a = ok ? x4[0] : z, b = ok ? x4[1] : z;
+            v[it][r][0] = a.x, v[it][r][1] = a.y, v[it][r][2] = a.z, v[it][r][3] = a.w;
+            v[it][r][4] = b.x, v[it][r][5] = b.y, v[it][r][6] = b.z, v[it][r][7] = b.w;
+            if (swi) {
+                const float4 *u4 = reinterpret_cast<const float4 *>(x + (size_t)r * ldx + K) + 2 * i;
+                u[it][r][0] = ok ? u4[0] : z, u[it][r][1] = ok ? u4[1] : z;
+            }
+        }
+        if (norm) {
+            const float4 *s4 = reinterpret_cast<const float4 *>(nscale) + 2 * i;
+            sc[it][0] = ok ? s4[0] : z, sc[it][1] = ok ? s4[1] : z;
+        }
+    }
+    float ss[R], mx[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) ss[r] = 0.0f, mx[r] = 0.0f;
+#pragma unroll
+    for (int it = 0; it < NI; it++) {
+        if (threadIdx.x + it * blockDim.x >= K8) break;
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            float *w = v[it][r];
+            if (swi) {
+                const float uu[8] = {u[it][r][0].x, u[it][r][0].y, u[it][r][0].z, u[it][r][0].w,
+                                     u[it][r][1].x, u[it][r][1].y, u[it][r][1].z, u[it][r][1].w};
+#pragma unroll
+                for (int j = 0; j < 8; j++) w[j] = w[j] / (1.0f + __expf(-w[j])) * uu[j];
+            } else if (norm) {
+                const float s8[8] = {sc[it][0].x, sc[it][0].y, sc[it][0].z, sc[it][0].w,
+                                     sc[it][1].x, sc[it][1].y, sc[it][1].z, sc[it][1].w};
+#pragma unroll
+                for (int j = 0; j < 8; j++) ss[r] += w[j] * w[j], w[j] *= s8[j];
+            }
+#pragma unroll
+            for (int j = 0; j < 8; j++) mx[r] = fmaxf(mx[r], fabsf(w[j]));
+        }
+    }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        float a = warp_sum(ss[r]), b = warp_max(mx[r]);
+        if (lane == 0) red[0][r][warp] = a, red[1][r][warp] = b;
+    }
+    __syncthreads();
+    float p[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        float a = 0.0f, b = 0.0f;
+#pragma unroll
+        for (int w = 0; w < QWARPS; w++) a += red[0][r][w], b = fmaxf(b, red[1][r][w]);
+        int e = 0;
+        if (b > 0.0f && isfinite(b)) frexpf(b, &e); /* b < 2^e */
+        e = min(max(15 - e, -100), 100);
+        p[r] = ldexpf(1.0f, e);
+        const float rms = norm ? rsqrtf(a / (float)K + eps) : 1.0f;
+        rs[r] = rms * ldexpf(1.0f, -e);
+    }
+#pragma unroll
+    for (int it = 0; it < NI; it++) {
+        const int i = threadIdx.x + it * blockDim.x;
+        if (i >= K8) break;
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            __half h[8];
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                const int pos = PERM ? 2 * (j & 3) + (j >> 2) : j;
+                h[pos] = __float2half_rn(v[it][r][j] * p[r]);
+            }
+            *reinterpret_cast<uint4 *>(xs + (size_t)r * ldxs + 8 * i) = *reinterpret_cast<uint4 *>(h);
+        }
+    }
+    __syncthreads();
+}
+
+/* stage_hr where the knob asks for it and a thread's values fit (1 or 2 rows, K <= 8192 at 256
+ * threads, at most 64 values a thread), else stage_h */
+template <int R, bool PERM>
+__device__ __forceinline__ void stage_any(int sreg, __half *xs, int ldxs, const float *__restrict__ x, int ldx, int K,
+                                          int in_mode, const float *__restrict__ nscale, float eps,
+                                          float (*red)[R][QWARPS], float *rs, float *xc)
+{
+    if constexpr (R <= 2) {
+        const int iters = (K / 8 + (int)blockDim.x - 1) / (int)blockDim.x;
+        const int width = in_mode == HMC_IN_SWIGLU ? 2 : 1; /* registers per value while loading */
+        if (sreg && iters <= 2) return stage_hr<R, PERM, 2>(xs, ldxs, x, ldx, K, in_mode, nscale, eps, red, rs);
+        if (sreg && iters <= 4 && R * width <= 2)
+            return stage_hr<R, PERM, 4>(xs, ldxs, x, ldx, K, in_mode, nscale, eps, red, rs);
+    }
+    stage_h<R, PERM>(xs, ldxs, x, ldx, K, in_mode, nscale, eps, red, rs, xc);
+}
+
 /* Q = 0: fp8 (16 weights per 16-byte word), Q = 1: NVFP4 (32 weights per word + 2 block scales).
  * A warp takes a tile of 8 rows (its lane's group g = lane / 4 loads row 8·tile + g; t = lane % 4
  * the words t, t + 4, ... of the warp's K segment, U per step, double-buffered); KS warps split a
  * tile's K and add their sums in shared memory; a block takes 8/KS tiles per step of a
  * persistent loop.  MMA output: lane (g, t) holds rows 2t, 2t+1 of the tile for input row g. */
-template <int Q, int R, int KS, int U, int NACC>
+template <int Q, int R, int KS, int U, int NACC, bool YE>
 __global__ void __launch_bounds__(QWARPS * 32)
 gemvq_kernel(const uint8_t *__restrict__ W, const float *__restrict__ wscale, int N, int K,
              const float *__restrict__ x, int ldx, int in_mode, const float *__restrict__ nscale, float eps,
              float *__restrict__ y, int ldy, int accumulate, int out_swiglu, int xcache, int self_pf,
-             const char *__restrict__ pf, size_t pf_bytes, int evict_first)
+             const char *__restrict__ pf, size_t pf_bytes, int flags)
 {
-    const uint64_t pol = hmc_l2_weight_policy(evict_first);
+    const uint64_t pol = hmc_l2_weight_policy(flags & 1);
+    const int stamp = (flags >> 1) & 1;
+    constexpr bool yearly = YE; /* accumulating launches with y_early (q_y_early) */
     constexpr int QK = Q == 0 ? 16 : 32;
     constexpr int PPB = QWARPS / KS;
     extern __shared__ uint4 q_smem[];
@@ -238,13 +376,28 @@ gemvq_kernel(const uint8_t *__restrict__ W, const float *__restrict__ wscale, in
     };
 
     int bt = blockIdx.x * PPB;
+    qstamp(stamp, 0);
     pdl_trigger();
     load(cur, cs, bt + grp, s0); /* weights only: before waiting for the previous op */
     prefetch_rest(bt + grp);
     pdl_wait();
+    qstamp(stamp, 1);
+    /* accumulating: the old outputs of a tile are read at its start (the first one's right after
+     * the wait) instead of in the epilogue; earlier kernels wrote them, only this lane writes them */
+    float yo[2] = {0.0f, 0.0f};
+    auto load_y = [&](int tile) {
+        if constexpr (yearly) {
+            const int n = tile * 8 + 2 * t;
+            if (sub || g >= R || tile >= ntiles) return;
+            if (n < N) yo[0] = y[(size_t)g * ldy + n];
+            if (n + 1 < N) yo[1] = y[(size_t)g * ldy + n + 1];
+        }
+    };
+    load_y(bt + grp);
     float rs[R];
     stage_h<R, Q == 1>(xs, ldxs, x, ldx, K, in_mode, nscale, eps, red, rs,
                        xcache ? reinterpret_cast<float *>(xs + (size_t)R * ldxs) : nullptr);
+    qstamp(stamp, 2);
     float rsg = 0.0f; /* this lane's input row's factor */
 #pragma unroll
     for (int r = 0; r < R; r++)
@@ -252,8 +405,9 @@ gemvq_kernel(const uint8_t *__restrict__ W, const float *__restrict__ wscale, in
     const float tsc = Q == 1 ? wscale[0] * 128.0f : 1.0f; /* NVFP4: block scales were staged x128 */
     const __half *xrow = xs + (size_t)min(g, R - 1) * ldxs;
 
-    for (; bt < ntiles; bt += tstride) {
+    for (bool first = true; bt < ntiles; bt += tstride, first = false) {
         const int tile = bt + grp;
+        if (yearly && !first) load_y(tile);
         /* independent accumulators: consecutive MMAs into one would wait for each other */
         float ca[NACC][4];
 #pragma unroll
@@ -325,8 +479,8 @@ gemvq_kernel(const uint8_t *__restrict__ W, const float *__restrict__ wscale, in
                 y[(size_t)g * ldy + n / 2] = gt / (1.0f + __expf(-gt)) * up;
             } else {
                 float *yp = y + (size_t)g * ldy + n;
-                if (n < N) yp[0] = accumulate ? yp[0] + c[0] * f0 : c[0] * f0;
-                if (n + 1 < N) yp[1] = accumulate ? yp[1] + c[1] * f1 : c[1] * f1;
+                if (n < N) yp[0] = accumulate ? (yearly ? yo[0] : yp[0]) + c[0] * f0 : c[0] * f0;
+                if (n + 1 < N) yp[1] = accumulate ? (yearly ? yo[1] : yp[1]) + c[1] * f1 : c[1] * f1;
             }
         }
     }
@@ -338,18 +492,50 @@ gemvq_kernel(const uint8_t *__restrict__ W, const float *__restrict__ wscale, in
         const size_t o = (size_t)threadIdx.x * piece;
         if (o < len) l2_pf(pf + b0 + o, (uint32_t)min(piece, len - o));
     }
+    qstamp(stamp, 3);
+}
+
+/* The kernels' flags argument: bit 0 the evict-first weight loads, bit 1 phase stamps, bit 2 the
+ * streaming kernel's register staging (stage_hr; HM_GEMVQ_STAGE_REG=0: off, read at the first
+ * launch). */
+int q_flags()
+{
+    static int sreg = -1;
+    if (sreg < 0) {
+        const char *e = getenv("HM_GEMVQ_STAGE_REG");
+        sreg = !(e && atoi(e) == 0);
+    }
+    return hmc_gemv_evict_first() | hmc_gemv_stamp_on() << 1 | sreg << 2;
+}
+
+/* The 8-row kernel with the early reads of the old outputs (YE) for an accumulating launch of 1 or
+ * 2 rows, unless HM_GEMV_Y_EARLY=0 (as gemv.cu; read at the first launch).  Not in the streaming
+ * kernel (fp8): there it measured slower in whole frames, both as a second kernel (+6%, the
+ * launches after each accumulating one 2-3 us slower) and as a run-time flag (docs/PERF.md). */
+int q_y_early(const hmc_gemv_args *a)
+{
+    static int on = -1;
+    if (on < 0) {
+        const char *v = getenv("HM_GEMV_Y_EARLY");
+        on = !(v && atoi(v) == 0);
+    }
+    return on && a->accumulate && !a->out_swiglu && !a->rope && a->rows <= 2;
 }
 
 template <int Q, int R, int KS, int NACC>
 int launch_q(const hmc_gemv_args *a, cudaStream_t s)
 {
     constexpr int U = 4;
-    auto kern = gemvq_kernel<Q, R, KS, U, NACC>;
+    int ye = 0;
+    auto kern = gemvq_kernel<Q, R, KS, U, NACC, false>;
+    if constexpr (R <= 2)
+        if ((ye = q_y_early(a))) kern = gemvq_kernel<Q, R, KS, U, NACC, true>;
     /* room for the fp32 inputs too when small: staging then reads x once */
     const size_t hbytes = (size_t)R * (a->K + 8) * sizeof(__half), cbytes = (size_t)R * a->K * sizeof(float);
     const int xcache = hbytes + cbytes <= 48 * 1024;
     const size_t smem = hbytes + (xcache ? cbytes : 0);
-    static hmc_occupancy oc;
+    static hmc_occupancy ocs[2];
+    hmc_occupancy &oc = ocs[ye];
     CKH(hmc_occupancy_get(&oc, kern, QWARPS * 32, smem, "gemv quant"));
     if (!q_sms) q_sms = oc.sms;
     const int occ = oc.occ;
@@ -363,7 +549,7 @@ int launch_q(const hmc_gemv_args *a, cudaStream_t s)
     }
     return launch_pdl(kern, dim3(blocks), dim3(QWARPS * 32), smem, s, (const uint8_t *)a->W, a->w_scale, a->N, a->K,
                       a->x, a->ldx, a->in_mode, a->norm_scale, a->eps, a->y, a->ldy, a->accumulate, a->out_swiglu,
-                      xcache, q_self_pf, pf, pf_bytes, hmc_gemv_evict_first());
+                      xcache, q_self_pf, pf, pf_bytes, q_flags());
 }
 
 /* Warps per tile: as many as keep >= 3 steps (4·U words per row) per warp, doubled (down to 1.5
@@ -504,9 +690,10 @@ __global__ void __launch_bounds__(QWARPS * 32, 2)
 gemvq3_kernel(const uint8_t *__restrict__ W, const float *__restrict__ wscale, int N, int K,
               const float *__restrict__ x, int ldx, int R, int in_mode, const float *__restrict__ nscale, float eps,
               float *__restrict__ y, int ldy, int accumulate, int out_swiglu, int KS, int xcache, q_rope rope,
-              const char *__restrict__ pf, size_t pf_bytes, int evict_first, int l2hint)
+              const char *__restrict__ pf, size_t pf_bytes, int flags, int l2hint)
 {
-    const uint64_t pol = hmc_l2_weight_policy(evict_first);
+    const uint64_t pol = hmc_l2_weight_policy(flags & 1);
+    const int stamp = (flags >> 1) & 1, sreg = (flags >> 2) & 1;
     constexpr int QK = Q == 0 ? 16 : 32;          /* weights per 16-byte word */
     constexpr int STW = 16 * CW;                   /* words per stage */
     constexpr int STS = Q == 1 ? 16 * CW * 2 : 0;  /* NVFP4 block-scale bytes per stage */
@@ -557,20 +744,23 @@ gemvq3_kernel(const uint8_t *__restrict__ W, const float *__restrict__ wscale, i
         cp_commit(); /* one group per stage, empty or not: wait_group counts stay aligned */
     };
 
+    qstamp(stamp, 0);
     pdl_trigger();
     for (int j = 0; j < NS; j++) issue(j); /* weights only: before the wait */
     const float tsc = Q == 1 ? __ldg(wscale) * 128.0f : 1.0f; /* NVFP4: block scales were staged x128 */
     pdl_wait();
+    qstamp(stamp, 1);
     float rs[4] = {1.0f, 1.0f, 1.0f, 1.0f};
     {
         float *xc = xcache ? reinterpret_cast<float *>(xs + (size_t)R * ldxs) : nullptr;
         switch (R) { /* the 8-row kernel's staging, to the bit */
-        case 1: stage_h<1, Q == 1>(xs, ldxs, x, ldx, K, in_mode, nscale, eps, reinterpret_cast<float (*)[1][QWARPS]>(red), rs, xc); break;
-        case 2: stage_h<2, Q == 1>(xs, ldxs, x, ldx, K, in_mode, nscale, eps, reinterpret_cast<float (*)[2][QWARPS]>(red), rs, xc); break;
+        case 1: stage_any<1, Q == 1>(sreg, xs, ldxs, x, ldx, K, in_mode, nscale, eps, reinterpret_cast<float (*)[1][QWARPS]>(red), rs, xc); break;
+        case 2: stage_any<2, Q == 1>(sreg, xs, ldxs, x, ldx, K, in_mode, nscale, eps, reinterpret_cast<float (*)[2][QWARPS]>(red), rs, xc); break;
         case 3: stage_h<3, Q == 1>(xs, ldxs, x, ldx, K, in_mode, nscale, eps, reinterpret_cast<float (*)[3][QWARPS]>(red), rs, xc); break;
         default: stage_h<4, Q == 1>(xs, ldxs, x, ldx, K, in_mode, nscale, eps, red, rs, xc); break;
         }
     }
+    qstamp(stamp, 2);
     const float rs0 = t == 0 ? rs[0] : rs[2], rs1 = t == 0 ? rs[1] : rs[3]; /* input rows 2t, 2t + 1 */
     const __half *xrow = xs + (size_t)min(g, R - 1) * ldxs;
     const bool xact = g < R;
@@ -687,6 +877,7 @@ gemvq3_kernel(const uint8_t *__restrict__ W, const float *__restrict__ wscale, i
         const size_t o = (size_t)threadIdx.x * piece;
         if (o < len) l2_pf(pf + b0 + o, (uint32_t)min(piece, len - o));
     }
+    qstamp(stamp, 3);
 }
 
 int q2_bps = 2; /* resident blocks per SM (at most what shared memory allows) */
@@ -734,7 +925,7 @@ int launch_q3(const hmc_gemv_args *a, int KS, cudaStream_t s)
     }
     return launch_pdl(kern, dim3(blocks), dim3(QWARPS * 32), smem, s, (const uint8_t *)a->W, a->w_scale, a->N, a->K,
                       a->x, a->ldx, R, a->in_mode, a->norm_scale, a->eps, a->y, a->ldy, a->accumulate, a->out_swiglu,
-                      KS, xcache, rp, pf, pf_bytes, hmc_gemv_evict_first(), q3_l2hint());
+                      KS, xcache, rp, pf, pf_bytes, q_flags(), q3_l2hint());
 }
 
 /* Kernel shape of the streaming kernel: variant 1..12 = KS 1/2/4/8 warps per tile with (CW, NS) =
@@ -961,6 +1152,18 @@ extern "C" size_t hmc_weight_bytes(hmc_dtype t, int N, int K)
 }
 
 extern "C" size_t hmc_weight_scales(hmc_dtype t, int N) { return t == HMC_FP8 ? (size_t)N : t == HMC_NVFP4 ? 1 : 0; }
+
+/* The phase stamps of the last stamped quantised launch (hmc_gemv_stamp_report prints them). */
+extern "C" void hmc_gemv_quant_stamp_report(FILE *f)
+{
+    static unsigned long long h[QSTAMP_BLOCKS][4];
+    if (cudaDeviceSynchronize() != cudaSuccess || cudaMemcpyFromSymbol(h, g_qstamp, sizeof h) != cudaSuccess) {
+        fprintf(f, "gemv quant stamps: unavailable\n");
+        return;
+    }
+    static const char *name[4] = {"entry", "after wait", "x staged", "end"};
+    hmc_stamp_summary(f, "gemvq", &h[0][0], QSTAMP_BLOCKS, 4, 0, name);
+}
 
 extern "C" void hmc_gemv_quant_set_blocks_per_sm(int n) { q_bps = n > 0 ? n : 1; }
 extern "C" void hmc_gemv_quant_set_stream_blocks_per_sm(int n) { q2_bps = n > 0 ? n : 2; }

@@ -225,9 +225,12 @@ int hmc_attention(const hmc_attn_args *a, cudaStream_t stream);
 /* Diagnostics: HM_ATTN_STAMP=1 makes decode launches stamp their phases (%globaltimer);
  * this prints the last launch's (call after the work, it synchronises the device). */
 void hmc_attention_stamp_report(FILE *f);
-/* Diagnostics: stamp the phases of the GEMV launches made while on; print the last one's. */
+/* Diagnostics: stamp the phases of the GEMV launches made while on; print the last one's (the fp8
+ * and NVFP4 kernels' stamps are compiled only with HM_GEMVQ_STAMPS defined). */
 void hmc_gemv_set_stamp(int on);
+int hmc_gemv_stamp_on(void);
 void hmc_gemv_stamp_report(FILE *f);
+void hmc_gemv_quant_stamp_report(FILE *f);
 
 /* ---- the decode layer stack as one persistent kernel (kernels/persist.cu) -----------------------
  * An experiment the engine leaves off (lm_cuda_tune.persist): slower than the separate kernels on
