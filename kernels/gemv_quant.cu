@@ -478,9 +478,12 @@ gemvq_kernel(const uint8_t *__restrict__ W, const float *__restrict__ wscale, in
                 const float gt = c[0] * f0, up = c[1] * f1;
                 y[(size_t)g * ldy + n / 2] = gt / (1.0f + __expf(-gt)) * up;
             } else {
+                /* the fused multiply-add written out: `y + c * f` compiled to one fma.rn before the
+                 * early read, and a select in front of the add made the compiler emit a mul and an
+                 * add (other bits) */
                 float *yp = y + (size_t)g * ldy + n;
-                if (n < N) yp[0] = accumulate ? (yearly ? yo[0] : yp[0]) + c[0] * f0 : c[0] * f0;
-                if (n + 1 < N) yp[1] = accumulate ? (yearly ? yo[1] : yp[1]) + c[1] * f1 : c[1] * f1;
+                if (n < N) yp[0] = accumulate ? __fmaf_rn(c[0], f0, yearly ? yo[0] : yp[0]) : c[0] * f0;
+                if (n + 1 < N) yp[1] = accumulate ? __fmaf_rn(c[1], f1, yearly ? yo[1] : yp[1]) : c[1] * f1;
             }
         }
     }
