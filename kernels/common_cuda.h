@@ -233,6 +233,20 @@ __device__ __forceinline__ void mbar_wait(uint64_t *bar, uint32_t parity)
 void hmc_stamp_summary(FILE *f, const char *who, const unsigned long long *h, int nblk, int nst, int ref,
                        const char *const *names);
 
+/* The GEMV kernels' phase stamps: a device array [blocks][4] of entry, after the wait, activations
+ * staged and end (gemv.cu, gemv_quant.cu), summarised after the device is idle. */
+template <typename S> void hmc_gemv_phase_report(FILE *f, const char *who, const S &sym)
+{
+    constexpr int n = (int)(sizeof(S) / sizeof(unsigned long long));
+    static unsigned long long h[n];
+    if (cudaDeviceSynchronize() != cudaSuccess || cudaMemcpyFromSymbol(h, sym, sizeof h) != cudaSuccess) {
+        fprintf(f, "%s stamps: unavailable\n", who);
+        return;
+    }
+    static const char *const name[4] = {"entry", "after wait", "x staged", "end"};
+    hmc_stamp_summary(f, who, h, n / 4, 4, 0, name);
+}
+
 /* 1 unless HM_NO_PDL is set (for A/B timing). */
 int hmc_pdl_enabled(void);
 

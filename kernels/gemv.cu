@@ -805,13 +805,7 @@ extern "C" int hmc_gemv_stamp_on(void) { return g_stamp_next; }
  * block, in us after the earliest block's entry. */
 extern "C" void hmc_gemv_stamp_report(FILE *f)
 {
-    static unsigned long long h[GSTAMP_BLOCKS][4];
-    if (cudaDeviceSynchronize() != cudaSuccess || cudaMemcpyFromSymbol(h, g_gstamp, sizeof h) != cudaSuccess) {
-        fprintf(f, "gemv stamps: unavailable\n");
-        return;
-    }
-    static const char *name[4] = {"entry", "after wait", "x staged", "end"};
-    hmc_stamp_summary(f, "gemv", &h[0][0], GSTAMP_BLOCKS, 4, 0, name);
+    hmc_gemv_phase_report(f, "gemv", g_gstamp);
     hmc_gemv_quant_stamp_report(f); /* the fp8 / NVFP4 launches' (kernels/gemv_quant.cu) */
 }
 extern "C" void hmc_gemv_force_variant(int v) { g_force_variant = v; }

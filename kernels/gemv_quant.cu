@@ -115,6 +115,34 @@ __device__ __forceinline__ void mma_f16(float (&c)[4], uint32_t a0, uint32_t a2,
         : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
 }
 
+/* Between the staging's two passes: each row's sum of squares and largest |value| summed over the
+ * block (red), then the power of two p[r] that puts the largest value just under 2^15 in f16, and
+ * rs[r] = 1/(rms · p) with RMSNorm, else 1/p */
+template <int R>
+__device__ __forceinline__ void row_scales(float (*red)[R][QWARPS], const float *ss, const float *mx, bool norm, int K,
+                                           float eps, float *p, float *rs)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        float a = warp_sum(ss[r]), b = warp_max(mx[r]);
+        if (lane == 0) red[0][r][warp] = a, red[1][r][warp] = b;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        float a = 0.0f, b = 0.0f;
+#pragma unroll
+        for (int w = 0; w < QWARPS; w++) a += red[0][r][w], b = fmaxf(b, red[1][r][w]);
+        int e = 0;
+        if (b > 0.0f && isfinite(b)) frexpf(b, &e); /* b < 2^e */
+        e = min(max(15 - e, -100), 100);
+        p[r] = ldexpf(1.0f, e);
+        const float rms = norm ? rsqrtf(a / (float)K + eps) : 1.0f;
+        rs[r] = rms * ldexpf(1.0f, -e);
+    }
+}
+
 /* Stage the R input rows as f16 into xs [R][ldxs] (SwiGLU / RMSNorm·scale applied, times a
  * per-row power of two p), with the NVFP4 pair order if PERM.  rs[r] gets 1/(rms · p) (RMSNorm)
  * or 1/p: the factor that turns the MMA sums back into the GEMV result.  Two passes over x (it is
@@ -159,26 +187,8 @@ __device__ __forceinline__ void stage_h(__half *xs, int ldxs, const float *__res
                 c4[0] = make_float4(v[0], v[1], v[2], v[3]), c4[1] = make_float4(v[4], v[5], v[6], v[7]);
             }
         }
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-        float a = warp_sum(ss[r]), b = warp_max(mx[r]);
-        if (lane == 0) red[0][r][warp] = a, red[1][r][warp] = b;
-    }
-    __syncthreads();
     float p[R];
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-        float a = 0.0f, b = 0.0f;
-#pragma unroll
-        for (int w = 0; w < QWARPS; w++) a += red[0][r][w], b = fmaxf(b, red[1][r][w]);
-        int e = 0;
-        if (b > 0.0f && isfinite(b)) frexpf(b, &e); /* b < 2^e */
-        e = min(max(15 - e, -100), 100);
-        p[r] = ldexpf(1.0f, e);
-        const float rms = norm ? rsqrtf(a / (float)K + eps) : 1.0f;
-        rs[r] = rms * ldexpf(1.0f, -e);
-    }
+    row_scales<R>(red, ss, mx, norm, K, eps, p, rs);
     for (int i = threadIdx.x; i < K8; i += blockDim.x)
 #pragma unroll
         for (int r = 0; r < R; r++) {
@@ -259,26 +269,8 @@ __device__ __forceinline__ void stage_hr(__half *xs, int ldxs, const float *__re
             for (int j = 0; j < 8; j++) mx[r] = fmaxf(mx[r], fabsf(w[j]));
         }
     }
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-        float a = warp_sum(ss[r]), b = warp_max(mx[r]);
-        if (lane == 0) red[0][r][warp] = a, red[1][r][warp] = b;
-    }
-    __syncthreads();
     float p[R];
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-        float a = 0.0f, b = 0.0f;
-#pragma unroll
-        for (int w = 0; w < QWARPS; w++) a += red[0][r][w], b = fmaxf(b, red[1][r][w]);
-        int e = 0;
-        if (b > 0.0f && isfinite(b)) frexpf(b, &e); /* b < 2^e */
-        e = min(max(15 - e, -100), 100);
-        p[r] = ldexpf(1.0f, e);
-        const float rms = norm ? rsqrtf(a / (float)K + eps) : 1.0f;
-        rs[r] = rms * ldexpf(1.0f, -e);
-    }
+    row_scales<R>(red, ss, mx, norm, K, eps, p, rs);
 #pragma unroll
     for (int it = 0; it < NI; it++) {
         const int i = threadIdx.x + it * blockDim.x;
@@ -1156,16 +1148,7 @@ extern "C" size_t hmc_weight_bytes(hmc_dtype t, int N, int K)
 extern "C" size_t hmc_weight_scales(hmc_dtype t, int N) { return t == HMC_FP8 ? (size_t)N : t == HMC_NVFP4 ? 1 : 0; }
 
 /* The phase stamps of the last stamped quantised launch (hmc_gemv_stamp_report prints them). */
-extern "C" void hmc_gemv_quant_stamp_report(FILE *f)
-{
-    static unsigned long long h[QSTAMP_BLOCKS][4];
-    if (cudaDeviceSynchronize() != cudaSuccess || cudaMemcpyFromSymbol(h, g_qstamp, sizeof h) != cudaSuccess) {
-        fprintf(f, "gemv quant stamps: unavailable\n");
-        return;
-    }
-    static const char *name[4] = {"entry", "after wait", "x staged", "end"};
-    hmc_stamp_summary(f, "gemvq", &h[0][0], QSTAMP_BLOCKS, 4, 0, name);
-}
+extern "C" void hmc_gemv_quant_stamp_report(FILE *f) { hmc_gemv_phase_report(f, "gemvq", g_qstamp); }
 
 extern "C" void hmc_gemv_quant_set_blocks_per_sm(int n) { q_bps = n > 0 ? n : 1; }
 extern "C" void hmc_gemv_quant_set_stream_blocks_per_sm(int n) { q2_bps = n > 0 ? n : 2; }
