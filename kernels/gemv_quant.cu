@@ -49,9 +49,9 @@ int q_self_pf;     /* L2 prefetch of a warp's own segment beyond the loads in fl
                       measured slower in a whole frame on H100, 4.18 -> 4.28 ms fp8) */
 
 /* Phase stamps (diagnostics, hmc_gemv_set_stamp, as gemv.cu's), in a build with HM_GEMVQ_STAMPS
- * defined only: compiled in, the check cost 2.6% of an NVFP4 frame (H100, docs/PERF.md).  Thread 0 of each block of a stamped launch writes %globaltimer
- * at entry, after the wait, after staging the activations and at the end.  The launch passes the
- * flag in bit 1 of its flags argument. */
+ * defined only: compiled in, the check cost 2.6% of an NVFP4 frame (H100, docs/PERF.md).  Thread
+ * 0 of each block of a stamped launch writes %globaltimer at entry, after the wait, after staging
+ * the activations and at the end.  The launch passes the flag in bit 1 of its flags argument. */
 constexpr int QSTAMP_BLOCKS = 1024;
 __device__ unsigned long long g_qstamp[QSTAMP_BLOCKS][4];
 
