@@ -527,17 +527,8 @@ gemv_ext make_ext(const hmc_gemv_args *a)
 }
 
 /* The kernel with the early residual reads (YE) for an accumulating launch of 1 or 2 rows (the
- * launcher's choice), unless HM_GEMV_Y_EARLY=0 (A/B knob, read at the first launch; gemv_quant.cu
- * reads it too) */
-int y_early(const hmc_gemv_args *a)
-{
-    static int on = -1;
-    if (on < 0) {
-        const char *v = getenv("HM_GEMV_Y_EARLY");
-        on = !(v && atoi(v) == 0);
-    }
-    return on && a->accumulate && !a->out_swiglu;
-}
+ * launcher's choice), unless the knob is off (hmc_gemv_y_early) */
+int y_early(const hmc_gemv_args *a) { return hmc_gemv_y_early() && a->accumulate && !a->out_swiglu; }
 
 /* One block an SM of 2 x WARPS warps: as many warps as two blocks, one copy of the activations
  * (4 rows of K = 8192, the depth decoder's first-step w2: 128 KB, which two blocks do not fit) */
@@ -800,6 +791,18 @@ extern "C" int hmc_quantize_fp8(const void *W, int N, int K, void *W8, float *sc
 extern "C" void hmc_gemv_set_blocks_per_sm(int n) { g_bps = n > 0 ? n : 1; }
 extern "C" void hmc_gemv_set_stamp(int on) { g_stamp_next = on != 0; }
 extern "C" int hmc_gemv_stamp_on(void) { return g_stamp_next; }
+
+/* Accumulating launches read their old outputs right after the wait (bf16 and the 8-row quantised
+ * kernel): on unless HM_GEMV_Y_EARLY=0 (A/B knob, read once) */
+extern "C" int hmc_gemv_y_early(void)
+{
+    static int on = -1;
+    if (on < 0) {
+        const char *v = getenv("HM_GEMV_Y_EARLY");
+        on = !(v && atoi(v) == 0);
+    }
+    return on;
+}
 
 /* Print the phase stamps of the last stamped launch: per phase the earliest, median and latest
  * block, in us after the earliest block's entry. */

@@ -503,17 +503,12 @@ int q_flags()
 }
 
 /* The 8-row kernel with the early reads of the old outputs (YE) for an accumulating launch of 1 or
- * 2 rows, unless HM_GEMV_Y_EARLY=0 (as gemv.cu; read at the first launch).  Not in the streaming
- * kernel (fp8): there it measured slower in whole frames, both as a second kernel (+6%, the
- * launches after each accumulating one 2-3 us slower) and as a run-time flag (docs/PERF.md). */
+ * 2 rows, unless the knob is off (hmc_gemv_y_early).  Not in the streaming kernel (fp8): there it
+ * measured slower in whole frames, both as a second kernel (+6%, the launches after each
+ * accumulating one 2-3 us slower) and as a run-time flag (docs/PERF.md). */
 int q_y_early(const hmc_gemv_args *a)
 {
-    static int on = -1;
-    if (on < 0) {
-        const char *v = getenv("HM_GEMV_Y_EARLY");
-        on = !(v && atoi(v) == 0);
-    }
-    return on && a->accumulate && !a->out_swiglu && !a->rope && a->rows <= 2;
+    return hmc_gemv_y_early() && a->accumulate && !a->out_swiglu && !a->rope && a->rows <= 2;
 }
 
 template <int Q, int R, int KS, int NACC>

@@ -229,6 +229,8 @@ void hmc_attention_stamp_report(FILE *f);
  * and NVFP4 kernels' stamps are compiled only with HM_GEMVQ_STAMPS defined). */
 void hmc_gemv_set_stamp(int on);
 int hmc_gemv_stamp_on(void);
+/* HM_GEMV_Y_EARLY (default on): accumulating GEMVs read their old outputs right after the wait */
+int hmc_gemv_y_early(void);
 void hmc_gemv_stamp_report(FILE *f);
 void hmc_gemv_quant_stamp_report(FILE *f);
 
