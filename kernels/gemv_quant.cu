@@ -23,10 +23,10 @@
  * come out of a 32-bit word as elements (i, i+4), so the activations are staged in that order
  * within each group of 8.
  * Two decode kernels: the 8-row kernel (weights as B, loaded into registers in fragment layout;
- * the NVFP4 default) and the streaming kernel (weights as A, staged by cp.async; the fp8 default,
- * with the rotary + KV-append epilogue of hmc_gemv_args.rope; the 8-row path runs hmc_rope_append
- * after itself instead).  hmc_gemv_quant_set_impl switches for A/B timing.  Both load the weights
- * with the L2 policy of hmc_gemv_evict_first (evict first by default, as gemv.cu).
+ * the NVFP4 default) and the streaming kernel (weights as A, staged by cp.async; the fp8 default);
+ * both have the rotary + KV-append epilogue of hmc_gemv_args.rope.  hmc_gemv_quant_set_impl
+ * switches for A/B timing.  Both load the weights with the L2 policy of hmc_gemv_evict_first
+ * (evict first by default, as gemv.cu).
  * After the wait, the streaming kernel stages the activations from registers (stage_hr: every load
  * of x issued at once, one pass) and the 8-row kernel's accumulating launches read their old
  * outputs beside the staging (YE, as gemv.cu); both keep the bits (docs/PERF.md). */
@@ -306,17 +306,58 @@ __device__ __forceinline__ void stage_any(int sreg, __half *xs, int ldxs, const 
     stage_h<R, PERM>(xs, ldxs, x, ldx, K, in_mode, nscale, eps, red, rs, xc);
 }
 
+/* Rotary epilogue (hmc_gemv_args.rope) on both kernels' outputs: the lane that holds rows n, n + 1
+ * of a head's interleaved pair rotates them (q, k) and appends k, v to the caches; as gemv.cu's
+ * rope_pair and rope_append_kernel, to the bit. */
+struct q_rope {
+    const float *freqs;
+    const int *pos_dev;
+    int pos_add, T, H, KVH, hd, max_seq, cache_f32;
+    void *kc, *vc;
+};
+
+/* rotate (a, b) of input row r at output row n (even) when it is q or k; store k, v into the cache */
+__device__ __forceinline__ void q_rope_pair(const q_rope &e, int n, int r, float &a, float &b)
+{
+    const int h = n / e.hd, i = (n % e.hd) / 2;
+    if (h >= e.H + 2 * e.KVH) return;
+    const int bt = r / e.T, pos = (e.pos_dev ? *e.pos_dev : 0) + e.pos_add + r % e.T;
+    if (h < e.H + e.KVH) {
+        float ang = (float)pos * e.freqs[i];
+        float c, sn;
+        sincosf(ang, &sn, &c);
+        const float a0 = a, b0 = b;
+        /* the roundings written out: rope.cu's kernel has these (its a * c - bb * s became one fma
+         * with bb * s rounded, checked against it on an H200); left to the compiler, the 8-row
+         * kernel's epilogue contracted the other product (1 ulp apart in q) */
+        a = __fmaf_rn(a0, c, -__fmul_rn(b0, sn)), b = __fmaf_rn(a0, sn, __fmul_rn(b0, c));
+    }
+    if (h >= e.H) {
+        const bool isk = h < e.H + e.KVH;
+        const int kh = isk ? h - e.H : h - e.H - e.KVH;
+        const size_t off = (((size_t)bt * e.KVH + kh) * e.max_seq + pos) * e.hd + 2 * i;
+        void *base = isk ? e.kc : e.vc;
+        if (e.cache_f32) {
+            float *d = (float *)base + off;
+            d[0] = a, d[1] = b;
+        } else {
+            __nv_bfloat16 *d = (__nv_bfloat16 *)base + off;
+            d[0] = __float2bfloat16(a), d[1] = __float2bfloat16(b);
+        }
+    }
+}
+
 /* Q = 0: fp8 (16 weights per 16-byte word), Q = 1: NVFP4 (32 weights per word + 2 block scales).
  * A warp takes a tile of 8 rows (its lane's group g = lane / 4 loads row 8·tile + g; t = lane % 4
  * the words t, t + 4, ... of the warp's K segment, U per step, double-buffered); KS warps split a
  * tile's K and add their sums in shared memory; a block takes 8/KS tiles per step of a
  * persistent loop.  MMA output: lane (g, t) holds rows 2t, 2t+1 of the tile for input row g. */
-template <int Q, int R, int KS, int U, int NACC, bool YE>
+template <int Q, int R, int KS, int U, int NACC, bool YE, bool RP>
 __global__ void __launch_bounds__(QWARPS * 32)
 gemvq_kernel(const uint8_t *__restrict__ W, const float *__restrict__ wscale, int N, int K,
              const float *__restrict__ x, int ldx, int in_mode, const float *__restrict__ nscale, float eps,
              float *__restrict__ y, int ldy, int accumulate, int out_swiglu, int xcache, int self_pf,
-             const char *__restrict__ pf, size_t pf_bytes, int flags)
+             const char *__restrict__ pf, size_t pf_bytes, int flags, q_rope rope)
 {
     const uint64_t pol = hmc_l2_weight_policy(flags & 1);
     const int stamp = (flags >> 1) & 1;
@@ -464,7 +505,13 @@ gemvq_kernel(const uint8_t *__restrict__ W, const float *__restrict__ wscale, in
             const int n = tile * 8 + 2 * t;
             const float f0 = rsg * (Q == 0 ? wscale[min(n, N - 1)] : tsc);
             const float f1 = rsg * (Q == 0 ? wscale[min(n + 1, N - 1)] : tsc);
-            if (out_swiglu) {
+            if constexpr (RP) { /* the rotary epilogue: this lane holds the pair (n, n + 1) */
+                if (n + 1 < N) {
+                    float a = c[0] * f0, b = c[1] * f1;
+                    q_rope_pair(rope, n, g, a, b);
+                    y[(size_t)g * ldy + n] = a, y[(size_t)g * ldy + n + 1] = b;
+                }
+            } else if (out_swiglu) {
                 if (n >= N) continue;
                 const float gt = c[0] * f0, up = c[1] * f1;
                 y[(size_t)g * ldy + n / 2] = gt / (1.0f + __expf(-gt)) * up;
@@ -487,6 +534,18 @@ gemvq_kernel(const uint8_t *__restrict__ W, const float *__restrict__ wscale, in
         if (o < len) l2_pf(pf + b0 + o, (uint32_t)min(piece, len - o));
     }
     qstamp(stamp, 3);
+}
+
+/* the rotary epilogue's arguments (all zero without one) */
+q_rope q_rope_of(const hmc_gemv_args *a)
+{
+    q_rope rp = {};
+    if (a->rope) {
+        const hmc_rope_args *r = a->rope;
+        rp = {r->freqs, r->pos_dev, r->pos_add, r->T, r->H, r->KVH, r->hd, r->max_seq, r->ct == HMC_F32, r->k_cache,
+              r->v_cache};
+    }
+    return rp;
 }
 
 /* The kernels' flags argument: bit 0 the evict-first weight loads, bit 1 phase stamps, bit 2 the
@@ -515,15 +574,16 @@ template <int Q, int R, int KS, int NACC>
 int launch_q(const hmc_gemv_args *a, cudaStream_t s)
 {
     constexpr int U = 4;
-    int ye = 0;
-    auto kern = gemvq_kernel<Q, R, KS, U, NACC, false>;
+    int ye = 0; /* occupancy slot: 0 plain, 1 early residual reads, 2 rotary epilogue */
+    auto kern = gemvq_kernel<Q, R, KS, U, NACC, false, false>;
     if constexpr (R <= 2)
-        if ((ye = q_y_early(a))) kern = gemvq_kernel<Q, R, KS, U, NACC, true>;
+        if (q_y_early(a)) kern = gemvq_kernel<Q, R, KS, U, NACC, true, false>, ye = 1;
+    if (a->rope) kern = gemvq_kernel<Q, R, KS, U, NACC, false, true>, ye = 2;
     /* room for the fp32 inputs too when small: staging then reads x once */
     const size_t hbytes = (size_t)R * (a->K + 8) * sizeof(__half), cbytes = (size_t)R * a->K * sizeof(float);
     const int xcache = hbytes + cbytes <= 48 * 1024;
     const size_t smem = hbytes + (xcache ? cbytes : 0);
-    static hmc_occupancy ocs[2];
+    static hmc_occupancy ocs[3];
     hmc_occupancy &oc = ocs[ye];
     CKH(hmc_occupancy_get(&oc, kern, QWARPS * 32, smem, "gemv quant"));
     if (!q_sms) q_sms = oc.sms;
@@ -538,7 +598,7 @@ int launch_q(const hmc_gemv_args *a, cudaStream_t s)
     }
     return launch_pdl(kern, dim3(blocks), dim3(QWARPS * 32), smem, s, (const uint8_t *)a->W, a->w_scale, a->N, a->K,
                       a->x, a->ldx, a->in_mode, a->norm_scale, a->eps, a->y, a->ldy, a->accumulate, a->out_swiglu,
-                      xcache, q_self_pf, pf, pf_bytes, q_flags());
+                      xcache, q_self_pf, pf, pf_bytes, q_flags(), q_rope_of(a));
 }
 
 /* Warps per tile: as many as keep >= 3 steps (4·U words per row) per warp, doubled (down to 1.5
@@ -609,44 +669,6 @@ __device__ __forceinline__ void mma_a(float (&c)[4], uint32_t a0, uint32_t a1, u
     asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-/* Rotary epilogue (hmc_gemv_args.rope) on the streaming kernel's outputs: a lane of even g holds
- * rows n, n + 1 of a head's interleaved pair (its own and its neighbour's values); as gemv.cu's
- * rope_pair and rope_append_kernel, to the bit. */
-struct q_rope {
-    const float *freqs;
-    const int *pos_dev;
-    int pos_add, T, H, KVH, hd, max_seq, cache_f32;
-    void *kc, *vc;
-};
-
-/* rotate (a, b) of input row r at output row n (even) when it is q or k; store k, v into the cache */
-__device__ __forceinline__ void q_rope_pair(const q_rope &e, int n, int r, float &a, float &b)
-{
-    const int h = n / e.hd, i = (n % e.hd) / 2;
-    if (h >= e.H + 2 * e.KVH) return;
-    const int bt = r / e.T, pos = (e.pos_dev ? *e.pos_dev : 0) + e.pos_add + r % e.T;
-    if (h < e.H + e.KVH) {
-        float ang = (float)pos * e.freqs[i];
-        float c, sn;
-        sincosf(ang, &sn, &c);
-        const float a0 = a, b0 = b;
-        a = a0 * c - b0 * sn, b = b0 * c + a0 * sn;
-    }
-    if (h >= e.H) {
-        const bool isk = h < e.H + e.KVH;
-        const int kh = isk ? h - e.H : h - e.H - e.KVH;
-        const size_t off = (((size_t)bt * e.KVH + kh) * e.max_seq + pos) * e.hd + 2 * i;
-        void *base = isk ? e.kc : e.vc;
-        if (e.cache_f32) {
-            float *d = (float *)base + off;
-            d[0] = a, d[1] = b;
-        } else {
-            __nv_bfloat16 *d = (__nv_bfloat16 *)base + off;
-            d[0] = __float2bfloat16(a), d[1] = __float2bfloat16(b);
-        }
-    }
 }
 
 __device__ __forceinline__ uint32_t smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
@@ -906,15 +928,9 @@ int launch_q3(const hmc_gemv_args *a, int KS, cudaStream_t s)
         const uintptr_t p0 = ((uintptr_t)a->pf + 15) & ~(uintptr_t)15, p1 = ((uintptr_t)a->pf + a->pf_bytes) & ~(uintptr_t)15;
         if (p1 > p0) pf = (const char *)p0, pf_bytes = p1 - p0;
     }
-    q_rope rp = {};
-    if (a->rope) {
-        const hmc_rope_args *r = a->rope;
-        rp = {r->freqs, r->pos_dev, r->pos_add, r->T, r->H, r->KVH, r->hd, r->max_seq, r->ct == HMC_F32, r->k_cache,
-              r->v_cache};
-    }
     return launch_pdl(kern, dim3(blocks), dim3(QWARPS * 32), smem, s, (const uint8_t *)a->W, a->w_scale, a->N, a->K,
                       a->x, a->ldx, R, a->in_mode, a->norm_scale, a->eps, a->y, a->ldy, a->accumulate, a->out_swiglu,
-                      KS, xcache, rp, pf, pf_bytes, q_flags(), q3_l2hint());
+                      KS, xcache, q_rope_of(a), pf, pf_bytes, q_flags(), q3_l2hint());
 }
 
 /* Kernel shape of the streaming kernel: variant 1..12 = KS 1/2/4/8 warps per tile with (CW, NS) =
@@ -1152,6 +1168,19 @@ extern "C" void hmc_gemv_quant_set_self_prefetch(int on) { q_self_pf = on ? 1 : 
 extern "C" void hmc_gemv_quant_set_multi_acc(int on) { q_multi_acc = on ? 1 : 0; }
 extern "C" void hmc_gemv_quant_set_impl(int k) { q_impl = k == 1 || k == 2 ? k : 0; }
 
+/* The 8-row kernel's qkv launches run the rotary epilogue themselves (kernel template RP), as the
+ * streaming kernel does; HM_GEMVQ_ROPE_SEP=1 (read at the first launch) runs hmc_rope_append after
+ * them instead, the old way (A/B in whole frames, docs/PERF.md). */
+int q_rope_sep()
+{
+    static int sep = -1;
+    if (sep < 0) {
+        const char *e = getenv("HM_GEMVQ_ROPE_SEP");
+        sep = e && atoi(e) == 1;
+    }
+    return sep;
+}
+
 extern "C" int hmc_gemv_quant(const hmc_gemv_args *a, cudaStream_t s)
 {
     const int kq = a->wdt == HMC_NVFP4 ? 32 : 16;
@@ -1185,7 +1214,7 @@ extern "C" int hmc_gemv_quant(const hmc_gemv_args *a, cudaStream_t s)
             a->rows != r->B * r->T || (r->ct != HMC_BF16 && r->ct != HMC_F32))
             return hm_err("%s:%d: gemv quant: rotary epilogue needs N = (H + 2 KVH) hd, even hd, rows = B T, no "
                           "accumulate", __FILE__, __LINE__);
-        if (old) { /* the 8-row kernel has no rotary epilogue: the separate op after it */
+        if (old && q_rope_sep()) { /* HM_GEMVQ_ROPE_SEP=1: the 8-row kernel, then the separate op */
             if (a->ldy != a->N) return hm_err("%s:%d: gemv quant: rotary epilogue needs ldy = N", __FILE__, __LINE__);
             hmc_gemv_args b = *a;
             b.rope = nullptr;
