@@ -74,6 +74,24 @@ __device__ __forceinline__ float hmc_ld(const float *p) { return *p; }
 __device__ __forceinline__ float hmc_ld(const __nv_bfloat16 *p) { return __bfloat162float(*p); }
 __device__ __forceinline__ void hmc_st(float *p, float v) { *p = v; }
 __device__ __forceinline__ void hmc_st(__nv_bfloat16 *p, float v) { *p = __float2bfloat16(v); }
+/* The rotary epilogues' cache append (gemv.cu, gemv_quant.cu): the pair (a, b) of head h (a k head
+ * when H <= h < H + KVH, a v head above) of batch row bt at position pos, pair i, into its cache
+ * (fp32 or bf16). */
+__device__ __forceinline__ void hmc_kv_append(void *kc, void *vc, int cache_f32, int h, int H, int KVH, int max_seq,
+                                              int hd, int bt, int pos, int i, float a, float b)
+{
+    const bool isk = h < H + KVH;
+    const int kh = isk ? h - H : h - H - KVH;
+    const size_t off = (((size_t)bt * KVH + kh) * max_seq + pos) * hd + 2 * i;
+    void *base = isk ? kc : vc;
+    if (cache_f32) {
+        float *d = (float *)base + off;
+        d[0] = a, d[1] = b;
+    } else {
+        __nv_bfloat16 *d = (__nv_bfloat16 *)base + off;
+        d[0] = __float2bfloat16(a), d[1] = __float2bfloat16(b);
+    }
+}
 
 __device__ __forceinline__ float warp_sum(float v)
 {

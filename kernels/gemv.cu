@@ -170,19 +170,8 @@ __device__ __forceinline__ void rope_pair(const rope_ep &e, int n0, float (&v)[2
             const float a = v[0][r], bb = v[1][r];
             v[0][r] = a * c - bb * sn, v[1][r] = bb * c + a * sn;
         }
-        if (h >= e.H) {
-            const bool isk = h < e.H + e.KVH;
-            const int kh = isk ? h - e.H : h - e.H - e.KVH;
-            const size_t off = (((size_t)b * e.KVH + kh) * e.max_seq + pos) * e.hd + 2 * i;
-            void *base = isk ? e.kc : e.vc;
-            if (e.cache_f32) {
-                float *d = (float *)base + off;
-                d[0] = v[0][r], d[1] = v[1][r];
-            } else {
-                __nv_bfloat16 *d = (__nv_bfloat16 *)base + off;
-                d[0] = __float2bfloat16(v[0][r]), d[1] = __float2bfloat16(v[1][r]);
-            }
-        }
+        if (h >= e.H)
+            hmc_kv_append(e.kc, e.vc, e.cache_f32, h, e.H, e.KVH, e.max_seq, e.hd, b, pos, i, v[0][r], v[1][r]);
     }
 }
 

@@ -332,19 +332,7 @@ __device__ __forceinline__ void q_rope_pair(const q_rope &e, int n, int r, float
          * kernel's epilogue contracted the other product (1 ulp apart in q) */
         a = __fmaf_rn(a0, c, -__fmul_rn(b0, sn)), b = __fmaf_rn(a0, sn, __fmul_rn(b0, c));
     }
-    if (h >= e.H) {
-        const bool isk = h < e.H + e.KVH;
-        const int kh = isk ? h - e.H : h - e.H - e.KVH;
-        const size_t off = (((size_t)bt * e.KVH + kh) * e.max_seq + pos) * e.hd + 2 * i;
-        void *base = isk ? e.kc : e.vc;
-        if (e.cache_f32) {
-            float *d = (float *)base + off;
-            d[0] = a, d[1] = b;
-        } else {
-            __nv_bfloat16 *d = (__nv_bfloat16 *)base + off;
-            d[0] = __float2bfloat16(a), d[1] = __float2bfloat16(b);
-        }
-    }
+    if (h >= e.H) hmc_kv_append(e.kc, e.vc, e.cache_f32, h, e.H, e.KVH, e.max_seq, e.hd, bt, pos, i, a, b);
 }
 
 /* Q = 0: fp8 (16 weights per 16-byte word), Q = 1: NVFP4 (32 weights per word + 2 block scales).
