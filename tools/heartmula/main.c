@@ -385,13 +385,15 @@ static void stage_pids(const hm_pipeline_cfg *c, uint64_t req, int timeout_ms, i
  * of this song is gone) the request is sent again with the same id: every stage treats a
  * repeated request as a restart of that song, the output file is renamed into place only once,
  * and the counter-based sampler makes the retried song identical.  A busy stage (no answer) is
- * never taken for a dead one. */
+ * never taken for a dead one.  A restarted stage that is sent the rest of a song it never saw
+ * answers "... restarted mid-song": that, too, sends the request again (at most once a second,
+ * as messages of the first attempt may still be on their way). */
 static int wait_done(void *pull, const pipe_t *p, const desc_t *req_desc, const char *url, int64_t max_frames, double timeout_s,
                      const char *out)
 {
     int tty = isatty(2), retries = 0;
     uint64_t req = req_desc->req_id;
-    double t0 = hm_now(), last = t0, last_check = t0;
+    double t0 = hm_now(), last = t0, last_check = t0, last_resend = 0;
     int64_t pids[HM_STAGE_COUNT], now_pids[HM_STAGE_COUNT];
     double first_audio = -1;
     stage_pids(&p->cfg, req, 1000, pids);
@@ -415,7 +417,7 @@ static int wait_done(void *pull, const pipe_t *p, const desc_t *req_desc, const 
                 if (++retries > 5) return hm_err("stages restarted 5 times during this request; giving up (heartmula stats)");
                 LOG_WARN("%s was restarted: sending the request again", hm_stage_name(restarted));
                 if (tp_send_url(url, req_desc)) LOG_WARN("%s", hm_errmsg());
-                last = hm_now();
+                last = last_resend = hm_now();
             }
         }
         if (n <= 0) continue;
@@ -429,6 +431,22 @@ static int wait_done(void *pull, const pipe_t *p, const desc_t *req_desc, const 
             const char *e = "unknown error", *st = "?";
             desc_get_str(&d, "error", &e);
             desc_get_str(&d, "stage", &st);
+            if (strstr(e, "restarted mid-song")) { /* that stage lost the song: send the request again */
+                if (hm_now() - last_resend > 1.0) {
+                    if (++retries > 5) {
+                        desc_free(&d);
+                        return hm_err("stages restarted 5 times during this request; giving up (heartmula stats)");
+                    }
+                    LOG_WARN("%s lost the song in a restart: sending the request again", st);
+                    stage_pids(&p->cfg, req, 300, now_pids); /* the new pid: the check above must not send again */
+                    for (int s = 0; s < HM_STAGE_COUNT; s++)
+                        if (now_pids[s]) pids[s] = now_pids[s];
+                    if (tp_send_url(url, req_desc)) LOG_WARN("%s", hm_errmsg());
+                    last = last_resend = hm_now();
+                }
+                desc_free(&d);
+                continue;
+            }
             if (tty) fprintf(stderr, "\r\033[K");
             hm_err("%s: %s", st, e);
             desc_free(&d);
