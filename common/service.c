@@ -78,6 +78,18 @@ void hm_service_pool_name(const hm_pipeline_cfg *cfg, const char *stage, int rep
     snprintf(buf, cap, "hm%08x.%s.%d.%s", h, stage, replica, what);
 }
 
+static void reply_error(const char *reply, uint64_t req, const char *stage, const char *msg, int lost)
+{
+    LOG_WARN("request %llx: %s", (unsigned long long)req, msg);
+    desc_t d;
+    desc_init(&d, DESC_ERROR, req, 0);
+    desc_set_str(&d, "error", msg);
+    desc_set_str(&d, "stage", stage);
+    if (lost) desc_set_i64(&d, "lost", 1);
+    if (tp_send_url(reply, &d)) LOG_WARN("could not report the error to the client: %s", hm_errmsg());
+    desc_free(&d);
+}
+
 void hm_service_reply_error(const char *reply, uint64_t req, const char *stage, const char *fmt, ...)
 {
     char msg[1024];
@@ -85,13 +97,12 @@ void hm_service_reply_error(const char *reply, uint64_t req, const char *stage, 
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    LOG_WARN("request %llx: %s", (unsigned long long)req, msg);
-    desc_t d;
-    desc_init(&d, DESC_ERROR, req, 0);
-    desc_set_str(&d, "error", msg);
-    desc_set_str(&d, "stage", stage);
-    if (tp_send_url(reply, &d)) LOG_WARN("could not report the error to the client: %s", hm_errmsg());
-    desc_free(&d);
+    reply_error(reply, req, stage, msg, 0);
+}
+
+void hm_service_reply_lost(const char *reply, uint64_t req, const char *stage, const char *msg)
+{
+    reply_error(reply, req, stage, msg, 1);
 }
 
 int hm_service_copy_params(desc_t *dst, const desc_t *src, const char *const *skip, size_t nskip)

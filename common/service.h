@@ -32,6 +32,9 @@ void hm_service_pool_name(const hm_pipeline_cfg *cfg, const char *stage, int rep
  * report is logged only). */
 void hm_service_reply_error(const char *reply, uint64_t req, const char *stage, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+/* The ERROR of a stage that was sent the rest of a song it never saw (it restarted mid-song), with
+ * `lost` = 1: the client sends the request again instead of failing it. */
+void hm_service_reply_lost(const char *reply, uint64_t req, const char *stage, const char *msg);
 /* Copy every parameter of src into dst except the keys in skip. */
 int hm_service_copy_params(desc_t *dst, const desc_t *src, const char *const *skip, size_t nskip);
 

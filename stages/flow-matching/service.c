@@ -254,7 +254,7 @@ static void on_frames(fm_service *s, const desc_t *in)
     int64_t first = desc_i64_or(in, "first", -1);
     if (!r) {
         if (first != 0) {
-            hm_service_reply_error(reply, in->req_id, "flow-matching", "%s", "frames of an unknown song (flow-matching restarted mid-song)");
+            hm_service_reply_lost(reply, in->req_id, "flow-matching", "frames of an unknown song (flow-matching restarted mid-song)");
             stage_stat_add(s->st, "errors", 1);
             return;
         }

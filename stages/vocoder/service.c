@@ -194,7 +194,7 @@ static void on_latents(voc_service *s, const desc_t *in)
     if (!r) {
         if (b->kind == DESC_BUF_NONE || k != 0) {
             if (b->kind != DESC_BUF_NONE) pool_release(in);
-            hm_service_reply_error(reply, in->req_id, "vocoder", "%s", "latents of an unknown song (vocoder restarted mid-song)");
+            hm_service_reply_lost(reply, in->req_id, "vocoder", "latents of an unknown song (vocoder restarted mid-song)");
             stage_stat_add(s->st, "errors", 1);
             return;
         }

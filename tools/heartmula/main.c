@@ -381,13 +381,22 @@ static void stage_pids(const hm_pipeline_cfg *c, uint64_t req, int timeout_ms, i
     }
 }
 
+/* Send the request again after a stage lost the song; HM_ERR after 5 times. */
+static int send_again(const char *url, const desc_t *req_desc, const char *who, int *retries)
+{
+    if (++*retries > 5) return hm_err("stages restarted 5 times during this request; giving up (heartmula stats)");
+    LOG_WARN("%s was restarted: sending the request again", who);
+    if (tp_send_url(url, req_desc)) LOG_WARN("%s", hm_errmsg());
+    return HM_OK;
+}
+
 /* Wait for the song.  When a stage serving it was restarted (its pid changed: whatever it held
  * of this song is gone) the request is sent again with the same id: every stage treats a
  * repeated request as a restart of that song, the output file is renamed into place only once,
  * and the counter-based sampler makes the retried song identical.  A busy stage (no answer) is
  * never taken for a dead one.  A restarted stage that is sent the rest of a song it never saw
- * answers "... restarted mid-song": that, too, sends the request again (at most once a second,
- * as messages of the first attempt may still be on their way). */
+ * answers ERROR with `lost`: that, too, sends the request again (at most once a second, as
+ * messages of the first attempt may still be on their way). */
 static int wait_done(void *pull, const pipe_t *p, const desc_t *req_desc, const char *url, int64_t max_frames, double timeout_s,
                      const char *out)
 {
@@ -414,9 +423,7 @@ static int wait_done(void *pull, const pipe_t *p, const desc_t *req_desc, const 
                 if (now_pids[s]) pids[s] = now_pids[s];
             }
             if (restarted >= 0) {
-                if (++retries > 5) return hm_err("stages restarted 5 times during this request; giving up (heartmula stats)");
-                LOG_WARN("%s was restarted: sending the request again", hm_stage_name(restarted));
-                if (tp_send_url(url, req_desc)) LOG_WARN("%s", hm_errmsg());
+                if (send_again(url, req_desc, hm_stage_name(restarted), &retries) != HM_OK) return HM_ERR;
                 last = last_resend = hm_now();
             }
         }
@@ -431,20 +438,18 @@ static int wait_done(void *pull, const pipe_t *p, const desc_t *req_desc, const 
             const char *e = "unknown error", *st = "?";
             desc_get_str(&d, "error", &e);
             desc_get_str(&d, "stage", &st);
-            if (strstr(e, "restarted mid-song")) { /* that stage lost the song: send the request again */
+            if (desc_i64_or(&d, "lost", 0) == 1) { /* that stage lost the song in a restart */
                 if (hm_now() - last_resend > 1.0) {
-                    if (++retries > 5) {
-                        desc_free(&d);
-                        return hm_err("stages restarted 5 times during this request; giving up (heartmula stats)");
-                    }
-                    LOG_WARN("%s lost the song in a restart: sending the request again", st);
+                    int rc = send_again(url, req_desc, st, &retries);
+                    desc_free(&d);
+                    if (rc != HM_OK) return rc;
                     stage_pids(&p->cfg, req, 300, now_pids); /* the new pid: the check above must not send again */
                     for (int s = 0; s < HM_STAGE_COUNT; s++)
                         if (now_pids[s]) pids[s] = now_pids[s];
-                    if (tp_send_url(url, req_desc)) LOG_WARN("%s", hm_errmsg());
                     last = last_resend = hm_now();
+                } else {
+                    desc_free(&d);
                 }
-                desc_free(&d);
                 continue;
             }
             if (tty) fprintf(stderr, "\r\033[K");
