@@ -6,8 +6,8 @@
  * Why tensor cores in a GEMV: the fp32 GEMV converts every weight to fp32 and reads an fp32
  * activation from shared memory per weight; at 1 byte (or half a byte) per weight that work, not
  * the memory, is the limit.  Here each 16-byte weight word is converted to f16 pairs (one
- * cvt.rn.f16x2.e4m3x2 per two fp8; NVFP4 nibbles by two shifts and a lop3 per pair, then one
- * multiply by the block scale) and fed as the B operand of mma.m16n8k16 (f16 in, fp32
+ * cvt.rn.f16x2.e4m3x2 per two fp8; NVFP4 pairs by one to three integer instructions from the
+ * GEMV layout, then one multiply by the block scale) and fed as the B operand of mma.m16n8k16 (f16 in, fp32
  * accumulate): a warp covers 8 weight rows (B's 8 columns) and the activation rows are A's first
  * R (<= 4) rows, the other 12 rows zero.  Accumulation is fp32 in the tensor core, so the only
  * rounding beyond the weights' own is the activations' f16 (2^-11 relative): each activation row
@@ -19,6 +19,9 @@
  *   HMC_NVFP4  W: e2m1 [N][K/2] (byte b of a row: element 2b in the low nibble, 2b+1 in the high),
  *              then, in the same allocation, e4m3 block scales [N][K/16]; w_scale: one fp32
  *              (w = e2m1 · block scale · tensor scale).  hmc_weight_bytes gives the size.
+ *              hmc_quantize_nvfp4 writes this; the decode GEMV and the dequantiser read the
+ *              values after hmc_nvfp4_pack (the GEMV layout: each 4-byte word's bits permuted,
+ *              e2m1_pair), and the Blackwell GEMM reads them as written.
  * In the MMA, the k order inside a thread's word is free as long as A and B agree: NVFP4 pairs
  * come out of a 32-bit word as elements (i, i+4), so the activations are staged in that order
  * within each group of 8.
@@ -92,13 +95,21 @@ __device__ __forceinline__ uint32_t e4m3x2_to_h2(uint32_t v16)
     return (uint32_t)h.x | ((uint32_t)h.y << 16);
 }
 
-/* nibbles p and p+4 of x (e2m1) as f16x2 of value · 2^-14: sign to bit 15, exponent+mantissa to
- * bits 9..11 (the f16 subnormal / normal encodings then scale exactly like e2m1's) */
+/* Elements P and P+4 of a word x in the GEMV layout (hmc_nvfp4_pack) as f16x2 of value · 2^-14:
+ * sign at bit 15, exponent and mantissa at bits 9..11 of each half (the f16 subnormal / normal
+ * encodings then scale exactly like e2m1's).  The layout puts element 3 (7) there already and
+ * element 2 (6) 3 bits lower; elements 1 and 0 (5, 4) have their magnitude and sign at two other
+ * distances, which one multiply moves at once: x · (2^a + 2^b) is the sum of two shifted copies,
+ * and the kept and the dropped bits of the copies never overlap, so no carry reaches a kept bit.
+ * 1, 2, 3 and 3 integer instructions for the four pairs, where the standard nibble order took four
+ * each (two shifts, a mask, a lop3; docs/PERF.md). */
 template <int P> __device__ __forceinline__ uint32_t e2m1_pair(uint32_t x)
 {
-    const uint32_t s = P < 3 ? x << (12 - 4 * P) : x;
-    const uint32_t m = P < 3 ? x << (9 - 4 * P) : x >> 3;
-    return (s & 0x80008000u) | (m & 0x0E000E00u);
+    constexpr uint32_t M = 0x8E008E00u;
+    if (P == 3) return x & M;
+    if (P == 2) return (x << 3) & M;
+    if (P == 1) return ((x & 0x20382038u) * 68u) & M; /* mag 3..5 << 6, sign 13 << 2 */
+    return ((x & 0x40074007u) * 514u) & M;            /* mag 0..2 << 9, sign 14 << 1 */
 }
 
 __device__ __forceinline__ uint32_t hmul2u(uint32_t a, uint32_t b)
@@ -993,10 +1004,42 @@ __global__ void nvfp4_kernel(const __nv_bfloat16 *__restrict__ W, size_t nblocks
     Wq[nvals / 2 + b] = s8.__x;
 }
 
-/* e2m1 code -> value, by the same bit placement as e2m1_pair (no table: indexed arrays go to local memory) */
-__device__ __forceinline__ float e2m1_val(uint32_t c)
+/* The GEMV layout: element e = 4h + j of each 4-byte word (bits 4e..4e+3 as hmc_quantize_nvfp4
+ * writes it) gets its magnitude at bits 16h + 3j.. and its sign at 16h + (j == 3 ? 15 : 14 - j);
+ * the CPU twin and the format: kernels/wquant.h wq_nvfp4_pack. */
+__device__ __forceinline__ uint32_t nvfp4_pack_word(uint32_t s)
 {
-    return __half2float(__ushort_as_half((unsigned short)(((c & 8u) << 12) | ((c & 7u) << 9)))) * 16384.0f;
+    uint32_t p = 0;
+#pragma unroll
+    for (int e = 0; e < 8; e++) {
+        const uint32_t c = s >> (4 * e) & 15u;
+        p |= (c & 7u) << (16 * (e / 4) + 3 * (e % 4)) | (c >> 3) << (16 * (e / 4) + (e % 4 == 3 ? 15 : 14 - e % 4));
+    }
+    return p;
+}
+
+__global__ void nvfp4_pack_kernel(uint32_t *__restrict__ w, size_t nwords)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < nwords; i += (size_t)gridDim.x * blockDim.x)
+        w[i] = nvfp4_pack_word(w[i]);
+}
+
+/* the f16x2 of e2m1_pair (elements P, P+4 of a GEMV-layout word) -> the two values */
+__device__ __forceinline__ float2 e2m1_vals(uint32_t h2)
+{
+    return make_float2(__half2float(__ushort_as_half((unsigned short)(h2 & 0xFFFFu))) * 16384.0f,
+                       __half2float(__ushort_as_half((unsigned short)(h2 >> 16))) * 16384.0f);
+}
+
+/* 8 values of a GEMV-layout word, times s, into o[0..7] */
+__device__ __forceinline__ void e2m1_word(uint32_t w, float s, __nv_bfloat16 *o)
+{
+    const float2 v0 = e2m1_vals(e2m1_pair<0>(w)), v1 = e2m1_vals(e2m1_pair<1>(w)), v2 = e2m1_vals(e2m1_pair<2>(w)),
+                 v3 = e2m1_vals(e2m1_pair<3>(w));
+    o[0] = __float2bfloat16(v0.x * s), o[4] = __float2bfloat16(v0.y * s);
+    o[1] = __float2bfloat16(v1.x * s), o[5] = __float2bfloat16(v1.y * s);
+    o[2] = __float2bfloat16(v2.x * s), o[6] = __float2bfloat16(v2.y * s);
+    o[3] = __float2bfloat16(v3.x * s), o[7] = __float2bfloat16(v3.y * s);
 }
 
 /* rows n0 .. n0 + N - 1 of a [Ntot, K] weight -> out [N, K] */
@@ -1025,11 +1068,8 @@ __global__ void dequant_kernel(const uint8_t *__restrict__ Wq, int q, const floa
             __nv_fp8_e4m3 e;
             e.__x = bscale[b];
             const float s = float(e) * scale[0];
-#pragma unroll
-            for (int i = 0; i < 8; i++) {
-                o[i] = __float2bfloat16(e2m1_val((w.x >> (4 * i)) & 15) * s);
-                o[8 + i] = __float2bfloat16(e2m1_val((w.y >> (4 * i)) & 15) * s);
-            }
+            e2m1_word(w.x, s, o);
+            e2m1_word(w.y, s, o + 8);
         }
         reinterpret_cast<uint4 *>(out)[2 * b] = reinterpret_cast<uint4 *>(o)[0];
         reinterpret_cast<uint4 *>(out)[2 * b + 1] = reinterpret_cast<uint4 *>(o)[1];
@@ -1232,6 +1272,15 @@ extern "C" int hmc_quantize_nvfp4(const void *W, int N, int K, void *Wq, float *
                                                                tscale);
     CK_LAUNCH();
     CK(cudaFreeAsync(am2, s));
+    return HM_OK;
+}
+
+extern "C" int hmc_nvfp4_pack(void *Wq, int N, int K, cudaStream_t s)
+{
+    if (K % 32 || N <= 0) return hm_err("%s:%d: nvfp4 pack: N %d, K %d (K a multiple of 32)", __FILE__, __LINE__, N, K);
+    const size_t nw = (size_t)N * K / 8;
+    nvfp4_pack_kernel<<<(unsigned)HM_MIN((nw + 255) / 256, (size_t)8192), 256, 0, s>>>((uint32_t *)Wq, nw);
+    CK_LAUNCH();
     return HM_OK;
 }
 

@@ -218,7 +218,8 @@ int walloc(lm_cuda *m, void **p, size_t n)
 int quantize(const void *w16, hmc_dtype t, int N, int K, void *out, float *scale)
 {
     if (t == HMC_FP8) return hmc_quantize_fp8(w16, N, K, out, scale, 0);
-    return hmc_quantize_nvfp4(w16, N, K, out, scale, 0);
+    CKH(hmc_quantize_nvfp4(w16, N, K, out, scale, 0));
+    return hmc_nvfp4_pack(out, N, K, 0); /* the GEMV layout */
 }
 
 /* Upload nmat matrices [N, K] (host fp32, one after the other) as type t into one allocation
@@ -342,6 +343,7 @@ int upload_stacked_q(lm_cuda *m, st_file *f, const char *const *names, const int
     if (rc == HM_OK && (cudaMemcpy(*out, h, wb, cudaMemcpyHostToDevice) != cudaSuccess ||
                         cudaMemcpy(*scale, hs, sizeof(float) * ns, cudaMemcpyHostToDevice) != cudaSuccess))
         rc = hm_err("%s:%d: weight upload failed", __FILE__, __LINE__);
+    if (rc == HM_OK && t == HMC_NVFP4) rc = hmc_nvfp4_pack(*out, (int)total, (int)cols, 0); /* the GEMV layout */
     free(h), free(hs);
     return rc;
 }
@@ -491,6 +493,8 @@ int load_audio_head_q(lm_cuda *m, st_file *f, hmc_dtype fq)
     if (rc == HM_OK && (cudaMemcpy(m->audio_head, h, wb * C, cudaMemcpyHostToDevice) != cudaSuccess ||
                         cudaMemcpy(m->s_ah, ts->data, sizeof(float) * ns * C, cudaMemcpyHostToDevice) != cudaSuccess))
         rc = hm_err("%s:%d: audio_head upload failed", __FILE__, __LINE__);
+    for (int i = 0; rc == HM_OK && fq == HMC_NVFP4 && i < C; i++) /* the GEMV layout */
+        rc = hmc_nvfp4_pack((char *)m->audio_head + i * wb, (int)Va, (int)Dd, 0);
     free(h);
     return rc == HM_OK ? HM_OK : hm_err_ctx("audio_head");
 }

@@ -103,7 +103,13 @@ size_t hmc_weight_scales(hmc_dtype t, int N);
  * = e4m3(block amax / 6 / tensor scale), values e2m1 round-to-nearest.  Wq: hmc_weight_bytes
  * bytes; tscale: one fp32 (device). */
 int hmc_quantize_nvfp4(const void *W_bf16, int N, int K, void *Wq, float *tscale, cudaStream_t stream);
-/* out [N, K] bf16 = the weight Wq of type t (fp8 or nvfp4) with its scales (prefill's GEMM input). */
+/* Re-lay, in place, the e2m1 values of an NVFP4 weight [N, K] (the first N·K/2 bytes of Wq; the
+ * block scales do not move) into the decode GEMV's layout: each 4-byte word's bits permuted as
+ * kernels/wquant.h wq_nvfp4_pack says.  hmc_gemv and hmc_dequantize* take NVFP4 weights only in
+ * that layout; hmc_gemm_nvfp4 takes them as hmc_quantize_nvfp4 writes them. */
+int hmc_nvfp4_pack(void *Wq, int N, int K, cudaStream_t stream);
+/* out [N, K] bf16 = the weight Wq of type t (fp8 or nvfp4, the GEMV layout) with its scales
+ * (prefill's GEMM input). */
 int hmc_dequantize(const void *Wq, hmc_dtype t, const float *scale, int N, int K, void *out_bf16, cudaStream_t stream);
 /* The same for rows n0 .. n0 + rows - 1 of the [N, K] weight -> out [rows, K] (prefill in row
  * chunks, so that the scratch holds a part of the largest matrix). */

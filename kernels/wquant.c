@@ -82,3 +82,31 @@ void wq_nvfp4_rows(const uint16_t *w, int64_t N, int64_t K, float ts, uint8_t *v
         bscale[b] = s8;
     }
 }
+
+static uint32_t load32(const uint8_t *p) { return p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24; }
+static void store32(uint8_t *p, uint32_t v) { p[0] = (uint8_t)v, p[1] = (uint8_t)(v >> 8), p[2] = (uint8_t)(v >> 16), p[3] = (uint8_t)(v >> 24); }
+static int mag_bit(int e) { return 16 * (e / 4) + 3 * (e % 4); }
+static int sign_bit(int e) { return 16 * (e / 4) + (e % 4 == 3 ? 15 : 14 - e % 4); }
+
+void wq_nvfp4_pack(uint8_t *vals, size_t nbytes)
+{
+    for (size_t i = 0; i + 4 <= nbytes; i += 4) {
+        const uint32_t s = load32(vals + i);
+        uint32_t p = 0;
+        for (int e = 0; e < 8; e++) {
+            const uint32_t c = s >> (4 * e) & 15u;
+            p |= (c & 7u) << mag_bit(e) | (c >> 3) << sign_bit(e);
+        }
+        store32(vals + i, p);
+    }
+}
+
+void wq_nvfp4_unpack(uint8_t *vals, size_t nbytes)
+{
+    for (size_t i = 0; i + 4 <= nbytes; i += 4) {
+        const uint32_t p = load32(vals + i);
+        uint32_t s = 0;
+        for (int e = 0; e < 8; e++) s |= ((p >> mag_bit(e) & 7u) | (p >> sign_bit(e) & 1u) << 3) << (4 * e);
+        store32(vals + i, s);
+    }
+}

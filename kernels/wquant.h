@@ -39,4 +39,14 @@ float wq_nvfp4_tensor_scale(float amax);
  * bscale [N*K/16] e4m3 bytes. */
 void wq_nvfp4_rows(const uint16_t *w, int64_t N, int64_t K, float ts, uint8_t *vals, uint8_t *bscale);
 
+/* The CUDA decode GEMV's NVFP4 layout (kernels/gemv_quant.cu hmc_nvfp4_pack, the device twin): a
+ * permutation of the 32 bits of each little-endian 4-byte word of the e2m1 values, so that the
+ * kernel turns two of a word's elements into an f16 pair with one to three integer instructions
+ * instead of four.  Element e of the word (bits 4e..4e+3 of the standard layout above; e = 4h + j,
+ * h the half, j = 0..3) keeps its magnitude (bits 0..2 of the code) at bits 16h + 3j .. 16h + 3j + 2
+ * and its sign at bit 16h + (j == 3 ? 15 : 14 - j).  nbytes: a multiple of 4 (the values only, not
+ * the block scales that follow them). */
+void wq_nvfp4_pack(uint8_t *vals, size_t nbytes);
+void wq_nvfp4_unpack(uint8_t *vals, size_t nbytes);
+
 #endif

@@ -109,6 +109,21 @@ static void check_twin(int N, int K)
     for (size_t i = 0; i < wb; i++) bad += h4[i] != d4h[i];
     gpu_verdict(!bad && ts == tsd, "CPU twin == device: nvfp4 %dx%d (%zu bytes differ, tensor scale %.9g vs %.9g)", N, K, bad,
             (double)ts, (double)tsd);
+    /* the GEMV layout: the device's in-place pack == the CPU twin's, the block scales untouched,
+     * and the CPU unpack restores the quantiser's bytes */
+    OK(hmc_nvfp4_pack(d4, N, K, 0));
+    CU(cudaMemcpy(d4h, d4, wb, cudaMemcpyDeviceToHost));
+    uint8_t *p4 = hm_malloc(wb);
+    memcpy(p4, h4, wb);
+    wq_nvfp4_pack(p4, (size_t)N * K / 2);
+    size_t moved = 0;
+    bad = 0;
+    for (size_t i = 0; i < wb; i++) bad += p4[i] != d4h[i], moved += p4[i] != h4[i];
+    wq_nvfp4_unpack(p4, (size_t)N * K / 2);
+    const int back = !memcmp(p4, h4, wb);
+    gpu_verdict(!bad && back && moved > (size_t)N * K / 8, "CPU twin == device: nvfp4 pack %dx%d (%zu bytes differ, %zu moved, "
+            "unpack %s)", N, K, bad, moved, back ? "restores" : "DIFFERS");
+    free(p4);
     CU(cudaFree(d4)); CU(cudaFree(dts)); CU(cudaFree(dw));
     free(h4), free(d4h), free(w);
 }

@@ -34,6 +34,7 @@
 #include "modelcfg.h"
 #include "ops_cpu.h"
 #include "ops_cuda.h"
+#include "wquant.h"
 
 #include "gpu_check.h"
 
@@ -57,6 +58,7 @@ static float *decode(const void *wq_d, const float *sc_d, hmc_dtype t, int N, in
     float *sc = hm_malloc(sizeof(float) * ns), *w = hm_malloc(sizeof(float) * n);
     CU(cudaMemcpy(wq, wq_d, wb, cudaMemcpyDeviceToHost));
     CU(cudaMemcpy(sc, sc_d, sizeof(float) * ns, cudaMemcpyDeviceToHost));
+    if (t == HMC_NVFP4) wq_nvfp4_unpack(wq, n / 2); /* from the GEMV layout (the CPU twin's inverse) */
     for (size_t i = 0; i < n; i++) {
         if (t == HMC_FP8) w[i] = e4m3_f(wq[i]) * sc[i / K];
         else w[i] = e2m1_f((wq[i / 2] >> (4 * (i & 1))) & 15) * e4m3_f(wq[n / 2 + i / 16]) * sc[0];
@@ -84,7 +86,10 @@ static void quantize_dev(const void *wb, hmc_dtype t, int N, int K, void **wq, f
     CU(cudaMalloc(wq, hmc_weight_bytes(t, N, K)));
     CU(cudaMalloc((void **)sc, sizeof(float) * hmc_weight_scales(t, N)));
     if (t == HMC_FP8) OK(hmc_quantize_fp8(wb, N, K, *wq, *sc, 0));
-    else OK(hmc_quantize_nvfp4(wb, N, K, *wq, *sc, 0));
+    else {
+        OK(hmc_quantize_nvfp4(wb, N, K, *wq, *sc, 0));
+        OK(hmc_nvfp4_pack(*wq, N, K, 0)); /* the GEMV layout, as the engine loads it */
+    }
 }
 
 /* One GEMV check: quantised weights vs the CPU twin on the decoded bytes. */

@@ -159,11 +159,52 @@ static void nvfp4_rows(void **state)
     assert_true(wq_nvfp4_tensor_scale(0.0f) == 1.0f);
 }
 
+/* The GEMV layout (wq_nvfp4_pack): decoded as kernels/gemv_quant.cu e2m1_pair<P> does (the same
+ * integer expressions here), every code of every element gives the f16 pair the standard nibble
+ * gives (value · 2^-14: sign at bit 15, code bits 0..2 at 9..11), whatever the other seven
+ * elements hold (a carry of the multiplies would show); unpack restores the words. */
+static uint32_t pair_of(uint32_t x, int P)
+{
+    const uint32_t M = 0x8E008E00u;
+    return P == 3 ? x & M : P == 2 ? (x << 3) & M : P == 1 ? ((x & 0x20382038u) * 68u) & M : ((x & 0x40074007u) * 514u) & M;
+}
+
+static void nvfp4_pack(void **state)
+{
+    (void)state;
+    uint64_t r = 0x9E3779B97F4A7C15ull;
+    int checked = 0;
+    for (int e = 0; e < 8; e++)
+        for (uint32_t c = 0; c < 16; c++)
+            for (int t = 0; t < 64; t++) {
+                r = r * 6364136223846793005ull + 1442695040888963407ull;
+                uint32_t s = (uint32_t)(r >> 32);
+                s = (s & ~(15u << (4 * e))) | c << (4 * e);
+                uint8_t b[4] = {(uint8_t)s, (uint8_t)(s >> 8), (uint8_t)(s >> 16), (uint8_t)(s >> 24)};
+                wq_nvfp4_pack(b, 4);
+                const uint32_t p = b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+                const uint32_t got = pair_of(p, e % 4) >> (16 * (e / 4)) & 0xFFFFu, want = (c & 8u) << 12 | (c & 7u) << 9;
+                if (got != want) fail_msg("element %d code %u (word %08x, packed %08x): f16 %04x, want %04x", e, c, s, p, got, want);
+                wq_nvfp4_unpack(b, 4);
+                assert_int_equal(b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24, s);
+                checked++;
+            }
+    assert_int_equal(checked, 8 * 16 * 64);
+    /* a whole buffer: the words move, the tail past the last whole word does not */
+    uint8_t v[10] = {0x10, 0x32, 0x54, 0x76, 0x98, 0xBA, 0xDC, 0xFE, 0x5A, 0xA5}, v0[10];
+    memcpy(v0, v, sizeof v);
+    wq_nvfp4_pack(v, 8);
+    assert_memory_not_equal(v, v0, 8);
+    wq_nvfp4_unpack(v, 8);
+    assert_memory_equal(v, v0, sizeof v);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(e4m3_table), cmocka_unit_test(e4m3_rounding), cmocka_unit_test(e2m1_codes),
         cmocka_unit_test(fp8_rows),   cmocka_unit_test(fp8_roundtrip), cmocka_unit_test(nvfp4_rows),
+        cmocka_unit_test(nvfp4_pack),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
