@@ -9,7 +9,8 @@
  * cvt.rn.f16x2.e4m3x2 per two fp8; NVFP4 pairs by one to three integer instructions from the
  * GEMV layout, then one multiply by the block scale) and fed as the B operand of mma.m16n8k16 (f16 in, fp32
  * accumulate): a warp covers 8 weight rows (B's 8 columns) and the activation rows are A's first
- * R (<= 4) rows, the other 12 rows zero.  Accumulation is fp32 in the tensor core, so the only
+ * R (<= 4) rows; the other rows feed only outputs that are not read (zero in the fp8 path; in the
+ * NVFP4 path whatever the registers hold, so that x's staged 16-byte units are A as loaded).  Accumulation is fp32 in the tensor core, so the only
  * rounding beyond the weights' own is the activations' f16 (2^-11 relative): each activation row
  * is staged times a power of two that puts its largest value just under 2^15, and the result is
  * multiplied back.
@@ -118,12 +119,21 @@ __device__ __forceinline__ uint32_t hmul2u(uint32_t a, uint32_t b)
     return *reinterpret_cast<uint32_t *>(&r);
 }
 
-/* c += A · B for one m16n8k16 tile; A rows 8..15 (a1, a3) are zero here */
+/* c += A · B for one m16n8k16 tile; A rows 8..15 (a1, a3) are zero here (the fp8 8-row path) */
 __device__ __forceinline__ void mma_f16(float (&c)[4], uint32_t a0, uint32_t a2, uint32_t b0, uint32_t b1)
 {
     asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
+}
+
+/* c += A · B for one m16n8k16 tile, all four A registers given */
+__device__ __forceinline__ void mma_a(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                      uint32_t b1)
+{
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
 /* Between the staging's two passes: each row's sum of squares and largest |value| summed over the
@@ -155,10 +165,11 @@ __device__ __forceinline__ void row_scales(float (*red)[R][QWARPS], const float 
 }
 
 /* Stage the R input rows as f16 into xs [R][ldxs] (SwiGLU / RMSNorm·scale applied, times a
- * per-row power of two p), with the NVFP4 pair order if PERM.  rs[r] gets 1/(rms · p) (RMSNorm)
+ * per-row power of two p), with the NVFP4 pair order if PERM (1: each 16-byte unit holds the f16
+ * pairs 0, 1, 2, 3 of e2m1_pair; 2: pairs 0, 2, 1, 3, the 8-row kernel's order).  rs[r] gets 1/(rms · p) (RMSNorm)
  * or 1/p: the factor that turns the MMA sums back into the GEMV result.  Two passes over x (it is
  * small and in L2): the first finds each row's largest |value| and sum of squares. */
-template <int R, bool PERM>
+template <int R, int PERM>
 __device__ __forceinline__ void stage_h(__half *xs, int ldxs, const float *__restrict__ x, int ldx, int K, int in_mode,
                                         const float *__restrict__ nscale, float eps, float (*red)[R][QWARPS],
                                         float *rs, float *xc)
@@ -214,7 +225,8 @@ __device__ __forceinline__ void stage_h(__half *xs, int ldxs, const float *__res
             __half h[8];
 #pragma unroll
             for (int j = 0; j < 8; j++) {
-                const int pos = PERM ? 2 * (j & 3) + (j >> 2) : j;
+                const int u = PERM == 2 ? (0x3120 >> (4 * (j & 3))) & 3 : j & 3; /* PERM 2: units 0, 2, 1, 3 */
+                const int pos = PERM ? 2 * u + (j >> 2) : j;
                 h[pos] = __float2half_rn(v[j] * p[r]);
             }
             *reinterpret_cast<uint4 *>(xs + (size_t)r * ldxs + 8 * i) = *reinterpret_cast<uint4 *>(h);
@@ -314,7 +326,7 @@ __device__ __forceinline__ void stage_any(int sreg, __half *xs, int ldxs, const 
         if (sreg && iters <= 4 && R * width <= 2)
             return stage_hr<R, PERM, 4>(xs, ldxs, x, ldx, K, in_mode, nscale, eps, red, rs);
     }
-    stage_h<R, PERM>(xs, ldxs, x, ldx, K, in_mode, nscale, eps, red, rs, xc);
+    stage_h<R, PERM ? 1 : 0>(xs, ldxs, x, ldx, K, in_mode, nscale, eps, red, rs, xc);
 }
 
 /* Rotary epilogue (hmc_gemv_args.rope) on both kernels' outputs: the lane that holds rows n, n + 1
@@ -426,7 +438,7 @@ gemvq_kernel(const uint8_t *__restrict__ W, const float *__restrict__ wscale, in
     };
     load_y(bt + grp);
     float rs[R];
-    stage_h<R, Q == 1>(xs, ldxs, x, ldx, K, in_mode, nscale, eps, red, rs,
+    stage_h<R, Q == 1 ? 2 : 0>(xs, ldxs, x, ldx, K, in_mode, nscale, eps, red, rs,
                        xcache ? reinterpret_cast<float *>(xs + (size_t)R * ldxs) : nullptr);
     qstamp(stamp, 2);
     float rsg = 0.0f; /* this lane's input row's factor */
@@ -466,22 +478,25 @@ gemvq_kernel(const uint8_t *__restrict__ W, const float *__restrict__ wscale, in
                         mma_f16(ca[u % NACC], a[2 * j], a[2 * j + 1], e4m3x2_to_h2(wr[j] & 0xffffu),
                                 e4m3x2_to_h2(wr[j] >> 16));
                 } else {
-                    uint32_t a[16];
-#pragma unroll
-                    for (int q = 0; q < 4; q++) {
-                        uint4 v = make_uint4(0, 0, 0, 0);
-                        if (act) v = reinterpret_cast<const uint4 *>(xrow + (size_t)w * 32)[q];
-                        a[4 * q] = v.x, a[4 * q + 1] = v.y, a[4 * q + 2] = v.z, a[4 * q + 3] = v.w;
-                    }
+                    /* A's rows 8..15 and the rows of lanes g >= R feed only outputs nobody reads, so
+                     * they need not be zero: each 16-byte unit of x (staged as pairs 0, 2, 1, 3) is
+                     * the first MMA's A as loaded ({0, 2, 1, 3}: a0 = pair 0, a2 = pair 1), and the
+                     * second MMA takes pairs 2 and 3 beside two registers of any value.  Past the
+                     * segment (zero weights) the lane reads word 0, which is staged and finite. */
+                    const uint4 *xp = reinterpret_cast<const uint4 *>(xrow + (size_t)(w < s1 ? w : 0) * 32);
                     const uint32_t s2 = hmul2u(e4m3x2_to_h2(cs[u]), 0x58005800u); /* x128 in f16 */
                     const uint32_t sa = (s2 & 0xffffu) * 0x10001u, sb = (s2 >> 16) * 0x10001u;
 #pragma unroll
                     for (int i = 0; i < 4; i++) {
+                        const uint4 v = xp[i];
                         const uint32_t bs = i < 2 ? sa : sb;
                         const uint32_t b0 = hmul2u(e2m1_pair<0>(wr[i]), bs), b1 = hmul2u(e2m1_pair<1>(wr[i]), bs);
                         const uint32_t b2 = hmul2u(e2m1_pair<2>(wr[i]), bs), b3 = hmul2u(e2m1_pair<3>(wr[i]), bs);
-                        mma_f16(ca[u % NACC], a[4 * i], a[4 * i + 1], b0, b1);
-                        mma_f16(ca[u % NACC], a[4 * i + 2], a[4 * i + 3], b2, b3);
+                        uint32_t any0, any1; /* registers of no particular value: no instruction sets them */
+                        asm volatile("" : "=r"(any0));
+                        asm volatile("" : "=r"(any1));
+                        mma_a(ca[u % NACC], v.x, v.y, v.z, v.w, b0, b1);
+                        mma_a(ca[u % NACC], v.y, any0, v.w, any1, b2, b3);
                     }
                 }
             }
@@ -662,14 +677,6 @@ int launch_rows(const hmc_gemv_args *a, cudaStream_t s)
  * (c2, c3) for input rows 2t, 2t + 1; even lanes hold a SwiGLU / rotary pair with their neighbour.
  * Measured on H100 (docs/PERF.md, tests/gpu_quant.c): faster than the 8-row kernel for fp8 (whole
  * frame 4.02 -> 3.74 ms), slower for NVFP4 (3.41 -> 3.87 ms), so hmc_gemv_quant picks per type. */
-__device__ __forceinline__ void mma_a(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
-                                      uint32_t b1)
-{
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
 __device__ __forceinline__ uint32_t smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
 /* global -> shared copy of `bytes` (4 or 16) by the async-copy unit, zero-filled past `valid`
@@ -766,8 +773,8 @@ gemvq3_kernel(const uint8_t *__restrict__ W, const float *__restrict__ wscale, i
         switch (R) { /* the 8-row kernel's staging, to the bit */
         case 1: stage_any<1, Q == 1>(sreg, xs, ldxs, x, ldx, K, in_mode, nscale, eps, reinterpret_cast<float (*)[1][QWARPS]>(red), rs, xc); break;
         case 2: stage_any<2, Q == 1>(sreg, xs, ldxs, x, ldx, K, in_mode, nscale, eps, reinterpret_cast<float (*)[2][QWARPS]>(red), rs, xc); break;
-        case 3: stage_h<3, Q == 1>(xs, ldxs, x, ldx, K, in_mode, nscale, eps, reinterpret_cast<float (*)[3][QWARPS]>(red), rs, xc); break;
-        default: stage_h<4, Q == 1>(xs, ldxs, x, ldx, K, in_mode, nscale, eps, red, rs, xc); break;
+        case 3: stage_h<3, Q == 1 ? 1 : 0>(xs, ldxs, x, ldx, K, in_mode, nscale, eps, reinterpret_cast<float (*)[3][QWARPS]>(red), rs, xc); break;
+        default: stage_h<4, Q == 1 ? 1 : 0>(xs, ldxs, x, ldx, K, in_mode, nscale, eps, red, rs, xc); break;
         }
     }
     qstamp(stamp, 2);
