@@ -780,7 +780,6 @@ gemvq3_kernel(const uint8_t *__restrict__ W, const float *__restrict__ wscale, i
     qstamp(stamp, 2);
     const float rs0 = t == 0 ? rs[0] : rs[2], rs1 = t == 0 ? rs[1] : rs[3]; /* input rows 2t, 2t + 1 */
     const __half *xrow = xs + (size_t)min(g, R - 1) * ldxs;
-    const bool xact = g < R;
     const int sw = (g & 1) << 2;
 
     float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -793,15 +792,15 @@ gemvq3_kernel(const uint8_t *__restrict__ W, const float *__restrict__ wscale, i
 #pragma unroll
         for (int u = 0; u < CW / 4; u++) {
             const int wl = t + 4 * u, w = w0 + wl;
-            const bool act = xact && w < s1;
+            /* B's columns of lanes g >= R feed only outputs that are not read, so those lanes load
+             * row R - 1 instead of zeros; past the segment the weights are zero-filled and the lane
+             * reads word 0 (staged, finite) */
+            const int wx = w < s1 ? w : 0;
             const uint4 va = ws[g * CW + (wl ^ sw)], vb = ws[(g + 8) * CW + (wl ^ sw)];
             const uint32_t wa[4] = {va.x, va.y, va.z, va.w}, wb[4] = {vb.x, vb.y, vb.z, vb.w};
             if (Q == 0) {
-                uint4 x0 = make_uint4(0, 0, 0, 0), x1 = x0;
-                if (act) {
-                    const uint4 *xp = reinterpret_cast<const uint4 *>(xrow + (size_t)w * 16);
-                    x0 = xp[0], x1 = xp[1];
-                }
+                const uint4 *xp = reinterpret_cast<const uint4 *>(xrow + (size_t)wx * 16);
+                const uint4 x0 = xp[0], x1 = xp[1];
                 const uint32_t xb[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
 #pragma unroll
                 for (int q = 0; q < 4; q++)
@@ -811,8 +810,7 @@ gemvq3_kernel(const uint8_t *__restrict__ W, const float *__restrict__ wscale, i
                 uint32_t xb[16];
 #pragma unroll
                 for (int q = 0; q < 4; q++) {
-                    uint4 v = make_uint4(0, 0, 0, 0);
-                    if (act) v = reinterpret_cast<const uint4 *>(xrow + (size_t)w * 32)[q];
+                    const uint4 v = reinterpret_cast<const uint4 *>(xrow + (size_t)wx * 32)[q];
                     xb[4 * q] = v.x, xb[4 * q + 1] = v.y, xb[4 * q + 2] = v.z, xb[4 * q + 3] = v.w;
                 }
                 const unsigned short *sc = reinterpret_cast<const unsigned short *>(d + STW * 16);
