@@ -166,8 +166,8 @@ __device__ __forceinline__ void row_scales(float (*red)[R][QWARPS], const float 
 
 /* Stage the R input rows as f16 into xs [R][ldxs] (SwiGLU / RMSNorm·scale applied, times a
  * per-row power of two p), with the NVFP4 pair order if PERM (1: each 16-byte unit holds the f16
- * pairs 0, 1, 2, 3 of e2m1_pair; 2: pairs 0, 2, 1, 3, the 8-row kernel's order).  rs[r] gets 1/(rms · p) (RMSNorm)
- * or 1/p: the factor that turns the MMA sums back into the GEMV result.  Two passes over x (it is
+ * pairs 0, 1, 2, 3 of e2m1_pair; 2: pairs 0, 2, 1, 3, the 8-row kernel's order).  rs[r] gets
+ * 1/(rms · p) (RMSNorm) or 1/p: the factor that turns the MMA sums back into the GEMV result.  Two passes over x (it is
  * small and in L2): the first finds each row's largest |value| and sum of squares. */
 template <int R, int PERM>
 __device__ __forceinline__ void stage_h(__half *xs, int ldxs, const float *__restrict__ x, int ldx, int K, int in_mode,
