@@ -362,9 +362,13 @@ __device__ __forceinline__ void q_rope_pair(const q_rope &e, int n, int r, float
  * A warp takes a tile of 8 rows (its lane's group g = lane / 4 loads row 8·tile + g; t = lane % 4
  * the words t, t + 4, ... of the warp's K segment, U per step, double-buffered); KS warps split a
  * tile's K and add their sums in shared memory; a block takes 8/KS tiles per step of a
- * persistent loop.  MMA output: lane (g, t) holds rows 2t, 2t+1 of the tile for input row g. */
+ * persistent loop.  MMA output: lane (g, t) holds rows 2t, 2t+1 of the tile for input row g.
+ * Two blocks an SM (the launch bounds: at most 128 registers).  Without them ptxas gave the NVFP4
+ * instances of the frame 137-156 registers, so one block (8 warps) an SM ran, 2 warps a
+ * scheduler, stalled on their load and MMA chains (Nsight Compute).  With them: 104-128
+ * registers, no spills, the same bits, -3.4 to -3.9% an NVFP4 frame on an H100 (docs/PERF.md). */
 template <int Q, int R, int KS, int U, int NACC, bool YE, bool RP>
-__global__ void __launch_bounds__(QWARPS * 32)
+__global__ void __launch_bounds__(QWARPS * 32, 2)
 gemvq_kernel(const uint8_t *__restrict__ W, const float *__restrict__ wscale, int N, int K,
              const float *__restrict__ x, int ldx, int in_mode, const float *__restrict__ nscale, float eps,
              float *__restrict__ y, int ldy, int accumulate, int out_swiglu, int xcache, int self_pf,
