@@ -70,8 +70,11 @@ int g_per_head = -1; /* one pass: a block per query head (1) or per kv head (0);
 constexpr int ANY_DEFAULT = 0;
 int g_any = -1;
 /* Where a decode block lets the next kernel be scheduled (HM_ATTN_TRIGGER, A/B knob): 0 at its
- * start; 1 after its keys are scored (the next GEMV's early weight loads then do not queue ahead
- * of this kernel's dependent loads); 2 at exit. */
+ * start; 1 after its keys are scored (the default: the next GEMV's blocks then do not take the SMs
+ * that this kernel's later blocks still need, nor queue their early weight loads ahead of its
+ * dependent loads); 2 at exit.  H100, since the NVFP4 GEMV runs two blocks an SM: 1 against 0 is
+ * -1.2% an NVFP4 frame, -1.1% fp8, -0.4% bf16 at 200 positions (docs/PERF.md; at stop 16, in bf16,
+ * it measured even). */
 int g_trigger = -1;
 /* The key tiles' bulk copies carry an L2 evict-first hint (default; HM_ATTN_EVICT_FIRST=0: not):
  * like the weights, a long context's keys are read once a frame.  H100, bf16 frame: 5.233 ->
@@ -715,8 +718,8 @@ extern "C" int hmc_attention(const hmc_attn_args *a, cudaStream_t s)
     if (g_early < 0) g_early = env_flag("HM_ATTN_EARLY", 1);
     if (g_trigger < 0) {
         const char *e = getenv("HM_ATTN_TRIGGER");
-        g_trigger = e ? atoi(e) : 0;
-        if (g_trigger < 0 || g_trigger > 2) g_trigger = 0;
+        g_trigger = e ? atoi(e) : 1;
+        if (g_trigger < 0 || g_trigger > 2) g_trigger = 1;
     }
     int nch = chunks_for(a->B, a->T, a->KVH, a->max_keys, g_max_chunks);
     if (a->ct == HMC_BF16) CKH(launch_j<__nv_bfloat16>(a, nch, s));
