@@ -366,7 +366,7 @@ __device__ __forceinline__ void q_rope_pair(const q_rope &e, int n, int r, float
  * Two blocks an SM (the launch bounds: at most 128 registers).  Without them ptxas gave the NVFP4
  * instances of the frame 137-156 registers, so one block (8 warps) an SM ran, 2 warps a
  * scheduler, stalled on their load and MMA chains (Nsight Compute).  With them: 104-128
- * registers, no spills, the same bits, -3.4 to -3.9% an NVFP4 frame on an H100 (docs/PERF.md). */
+ * registers, no spills, the same bits, -3.3 to -4.2% an NVFP4 frame on an H100 (docs/PERF.md). */
 template <int Q, int R, int KS, int U, int NACC, bool YE, bool RP>
 __global__ void __launch_bounds__(QWARPS * 32, 2)
 gemvq_kernel(const uint8_t *__restrict__ W, const float *__restrict__ wscale, int N, int K,
