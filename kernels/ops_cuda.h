@@ -323,11 +323,12 @@ int hmc_sample(const float *logits, int B, int V, const hmc_sample_params *param
                const uint32_t *counter_dev, int slot, float *logits_out, int32_t *codes,
                cudaStream_t stream);
 /* Which kernel hmc_sample launches from now on (graphs keep the one they recorded): 0 the
- * single-pass sampler (default), 1 the first exact version (A/B timing), 2 the default with its
- * phase profile (hmc_sample_profile).  HM_SAMPLE_IMPL=N in the environment selects one too.
- * Returns the previous choice. */
+ * cluster sampler (default: 8 blocks of 256 threads), 1 the first exact version (A/B timing), 2
+ * the single-pass one-block sampler with its phase profile (hmc_sample_profile), 3 the same
+ * without the profile (the default before stop 22).  HM_SAMPLE_IMPL=N in the environment selects
+ * one too.  All draw the same ids.  Returns the previous choice. */
 int hmc_sample_set_impl(int impl);
-/* Draws per path of the single-pass sampler since the last call, then resets them: [0] octave
+/* Draws per path of the single-pass and cluster samplers since the last call, then resets them: [0] octave
  * bound (the fast path), [1] keep-all within 1024 entries, [2] radix select, [3] walk of the
  * whole vocabulary (argmax and forced draws are not counted).  For checkers. */
 int hmc_sample_path_counts(unsigned long long out[4]);

@@ -29,8 +29,12 @@
  * sample_kernel_v1 is the first exact version, kept for A/B timing (hmc_sample_set_impl).
  * H100, a graph of 200 draws at V 8197, B 2, CFG 1.5, top-k 50 (gpu_sample time): 12.1 us a
  * draw (v1: 17.5); phases: loads + z + max 2.8 us, octave passes 5.2 (two: the crossing octave
- * split once), gather 0.8, rank filter 1.3, index order + exp 0.6, sum + pick 0.8. */
+ * split once), gather 0.8, rank filter 1.3, index order + exp 0.6, sum + pick 0.8.
+ * The default since stop 22 is the same algorithm over a cluster of 8 blocks (sample_kernel_cl,
+ * below): 9.45 us a draw there, 10.8 instead of 12.0 us of a frame's critical path. */
 #include <stdlib.h>
+
+#include <cooperative_groups.h>
 
 #include "common_cuda.h"
 #include "ops_cuda.h"
@@ -694,6 +698,460 @@ sample_kernel(const float *__restrict__ logits, int B, int V, const hmc_sample_p
     }
 }
 
+/* ---- the cluster sampler ------------------------------------------------------------------ */
+/* The single-pass sampler's steps spread over a thread-block cluster of CLB blocks of NC threads
+ * (sample_kernel_cl; the default since stop 22).  One block did every step with 1024 threads, and
+ * its time went to issuing the same per-entry work and reductions in 32 warps (docs/PERF.md).
+ * Here each block holds V / CLB of the logits; a block's counts (maximum, finite entries, octave
+ * bins, argmax keys) are stored into every block's shared memory (rank 0's only, for the last
+ * steps), so after one cluster barrier each block reduces them locally and all take the same
+ * decisions.  The candidates go to rank 0, split in two lists: those below the crossing bin (kept:
+ * fewer than k entries lie below it) and those inside it, which need the rank filter only against
+ * each other.  Rank 0 then puts the kept entries in index order and draws, as sample_kernel does;
+ * the rare paths (radix select, keep-all over CAP entries) follow sample_kernel's rules, with the
+ * radix histograms summed over the cluster and the vocabulary walk recomputed by rank 0. */
+constexpr int CLB = 8, NC = 256, NWC = NC / 32;
+
+__device__ __forceinline__ void cl_arrive() { asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory"); }
+__device__ __forceinline__ void cl_wait() { asm volatile("barrier.cluster.wait.aligned;" ::: "memory"); }
+__device__ __forceinline__ void cl_sync()
+{
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+__device__ __forceinline__ uint32_t cl_rank()
+{
+    uint32_t r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+/* the address of `p` (this block's shared memory) in block `rank`'s, as a generic pointer */
+template <typename T>
+__device__ __forceinline__ T *cl_map(T *p, uint32_t rank)
+{
+    return cooperative_groups::this_cluster().map_shared_rank(p, (unsigned)rank);
+}
+
+/* the largest of a 64-bit key over the block, valid in every thread */
+__device__ __forceinline__ unsigned long long cl_block_max64(unsigned long long v, unsigned long long *s)
+{
+    for (int o = 16; o > 0; o >>= 1) {
+        const unsigned long long w = __shfl_xor_sync(0xffffffffu, v, o);
+        v = w > v ? w : v;
+    }
+    if ((threadIdx.x & 31) == 0) s[threadIdx.x >> 5] = v;
+    __syncthreads();
+    v = s[0];
+#pragma unroll
+    for (int w = 1; w < NWC; w++) v = s[w] > v ? s[w] : v;
+    return v;
+}
+
+/* the vocabulary walk of block_walk, in rank 0 alone: z recomputed from the logits a chunk of NC
+ * entries at a time (the same operations as the other steps, so the same values) */
+__device__ int cl_walk(const float *__restrict__ logits, int B, int V, float cfg, float temp, int mode, float zmax,
+                       uint32_t bound, uint32_t T, double u, double *pb)
+{
+    double target = 0.0;
+    int pick = -1, last = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        double s = 0.0;
+        for (int c0 = 0; c0 < V; c0 += NC) {
+            __syncthreads();
+            const int i = c0 + threadIdx.x;
+            float z = -INFINITY;
+            if (i < V) z = to_z(combine_at(logits, B, V, i, cfg), temp);
+            pb[threadIdx.x] = i < V && is_candidate(z, mode, zmax, bound, T) ? exp((double)z - (double)zmax) : -1.0;
+            __syncthreads();
+            if (threadIdx.x == 0) {
+                const int cnt = min(NC, V - c0);
+                for (int q = 0; q < cnt; q++) {
+                    const double v = pb[q];
+                    const bool kept = v != -1.0;
+                    s += kept ? v : 0.0;
+                    if (pass == 1 && kept) {
+                        last = c0 + q;
+                        if (pick < 0 && s > target) pick = last;
+                    }
+                }
+            }
+        }
+        target = u * s;
+    }
+    return pick >= 0 ? pick : last;
+}
+
+template <int P, bool PROF>
+__global__ void __launch_bounds__(NC)
+sample_kernel_cl(const float *__restrict__ logits, int B, int V, const hmc_sample_params *__restrict__ prm,
+                 const uint32_t *counter_dev, int slot, float *__restrict__ logits_out, int32_t *__restrict__ codes)
+{
+    __shared__ unsigned long long s_k64[NWC], s_akey[CLB];
+    __shared__ uint32_t s_wred[2][NWC], s_bred[CLB][2];
+    __shared__ uint32_t s_hw[NWC][8], s_hb[2][CLB][8];
+    __shared__ unsigned hist[256], htot[256], sel[2];
+    /* rank 0: the candidates below the crossing bin, later every kept entry (lz, li), those in it
+     * (cbuf: cz, ci; later the prefix sums), the kept entries in index order (kp, ki) */
+    __shared__ __align__(16) float lz[CAP];
+    __shared__ __align__(16) int li[CAP];
+    __shared__ __align__(16) unsigned char cbuf[CAP * 8];
+    __shared__ __align__(16) double kp[CAP];
+    __shared__ int ki[CAP];
+    __shared__ double s_u;
+    __shared__ int s_nl, s_nc;
+    float *cz = reinterpret_cast<float *>(cbuf);
+    int *ci = reinterpret_cast<int *>(cbuf + CAP * 4);
+    double *kc = reinterpret_cast<double *>(cbuf);
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const uint32_t rank = cl_rank();
+    const int gt = (int)rank * NC + tid;
+    constexpr int STRIDE = CLB * NC;
+    const bool stamp = PROF && rank == 0 && tid == 0;
+    long long tm[8];
+    unsigned long long ns0 = 0;
+    if (stamp) tm[0] = clock64(), ns0 = global_ns();
+    if (tid == 0) s_nl = 0, s_nc = 0;
+    cl_arrive(); /* every block has started before any stores into its shared memory (cl_wait) */
+    pdl_trigger();
+    const float cfg = prm->cfg_scale, temp = prm->temperature;
+    const int k = prm->topk;
+    const int forced = slot < 8 ? prm->forced[slot] : -1;
+    pdl_wait();
+    if (stamp) tm[1] = clock64();
+    if (forced >= 0 || k == 1 || !(temp > 0.0f)) {
+        unsigned long long best = 0;
+#pragma unroll
+        for (int j = 0; j < P; j++) {
+            const int i = gt + j * STRIDE;
+            if (i < V) {
+                const float g = combine_at(logits, B, V, i, cfg);
+                if (logits_out) logits_out[i] = g;
+                const unsigned long long a = argmax_key(g, i);
+                best = a > best ? a : best;
+            }
+        }
+        cl_wait();
+        if (forced >= 0) {
+            if (rank == 0 && tid == 0) codes[slot] = forced;
+            return;
+        }
+        best = cl_block_max64(best, s_k64);
+        if (tid == 0) *cl_map(&s_akey[rank], 0) = best;
+        cl_sync();
+        if (rank == 0 && tid == 0) {
+            unsigned long long v = 0;
+            for (int r = 0; r < CLB; r++) v = s_akey[r] > v ? s_akey[r] : v;
+            codes[slot] = v ? (int)(0xffffffffu - (uint32_t)v) : 0;
+        }
+        return;
+    }
+    if (rank == 0 && tid == 32) {
+        const uint64_t seed = ((uint64_t)prm->seed_hi << 32) | prm->seed_lo;
+        s_u = philox_uniform(seed, 0u, *counter_dev, (uint32_t)slot);
+    }
+    float z[P];
+    uint32_t kmax = 0, nfin = 0;
+#pragma unroll
+    for (int j = 0; j < P; j++) {
+        const int i = gt + j * STRIDE;
+        float v = -INFINITY;
+        if (i < V) {
+            const float g = combine_at(logits, B, V, i, cfg);
+            if (logits_out) logits_out[i] = g;
+            v = to_z(g, temp);
+            if (v > -INFINITY) {
+                const uint32_t key = order_key(v);
+                kmax = key > kmax ? key : kmax;
+                nfin++;
+            }
+        }
+        z[j] = v;
+    }
+    kmax = __reduce_max_sync(0xffffffffu, kmax);
+    nfin = __reduce_add_sync(0xffffffffu, nfin);
+    if (lane == 0) s_wred[0][warp] = kmax, s_wred[1][warp] = nfin;
+    __syncthreads();
+    cl_wait();
+    if (tid < CLB) { /* the block's maximum and count into every block's shared memory */
+        uint32_t a = 0, b = 0;
+#pragma unroll
+        for (int w = 0; w < NWC; w++) a = max(a, s_wred[0][w]), b += s_wred[1][w];
+        uint32_t *d = cl_map(&s_bred[rank][0], (uint32_t)tid);
+        d[0] = a, d[1] = b;
+    }
+    cl_sync();
+    if (stamp) tm[2] = clock64();
+    kmax = 0, nfin = 0;
+#pragma unroll
+    for (int r = 0; r < CLB; r++) kmax = max(kmax, s_bred[r][0]), nfin += s_bred[r][1];
+    if (nfin == 0) { /* nothing finite: the CPU's smp_argmax of g */
+        unsigned long long best = 0;
+#pragma unroll
+        for (int j = 0; j < P; j++)
+            if (gt + j * STRIDE < V) {
+                const unsigned long long a = argmax_key(combine_at(logits, B, V, gt + j * STRIDE, cfg), gt + j * STRIDE);
+                best = a > best ? a : best;
+            }
+        best = cl_block_max64(best, s_k64);
+        if (tid == 0) *cl_map(&s_akey[rank], 0) = best;
+        cl_sync();
+        if (rank == 0 && tid == 0) {
+            unsigned long long v = 0;
+            for (int r = 0; r < CLB; r++) v = s_akey[r] > v ? s_akey[r] : v;
+            codes[slot] = v ? (int)(0xffffffffu - (uint32_t)v) : 0;
+        }
+        return;
+    }
+    const float zmax = from_order_key(kmax);
+
+    int mode = 0;
+    uint32_t bound = 0, A = 0, T = 0;
+    unsigned c0 = 0;
+    uint32_t kd[P];
+#pragma unroll
+    for (int j = 0; j < P; j++) kd[j] = z[j] > -INFINITY ? __float_as_uint(__fsub_rn(zmax, z[j])) : 0xffffffffu;
+    if (!(k <= 0 || k >= V || nfin <= (unsigned)k)) {
+        mode = 2;
+        if (zmax < INFINITY) {
+            uint32_t wb = 0;
+            for (int pass = 0;; pass++) {
+                uint32_t lo = 0, hi = 0; /* 16 bins of 4-bit counts (at most P <= 8 entries a thread) */
+#pragma unroll
+                for (int j = 0; j < P; j++) {
+                    uint32_t b;
+                    bool in = true;
+                    if (pass == 0) {
+                        const uint32_t e = kd[j] >> 23;
+                        b = e <= E0 ? 0u : min(e - E0, 15u);
+                    } else {
+                        in = kd[j] - A < (1u << wb);
+                        b = (kd[j] - A) >> (wb - 4);
+                    }
+                    if (in) {
+                        const uint32_t inc = 1u << ((b & 7u) * 4u);
+                        if (b & 8u) hi += inc;
+                        else lo += inc;
+                    }
+                }
+                /* warp sums in 16-bit fields (<= 256), two bins a word; the block's (<= 2048) into
+                 * every block's shared memory; the cluster's (<= 16384) summed by each block */
+                uint32_t c[8];
+#pragma unroll
+                for (int q = 0; q < 8; q++) {
+                    const uint32_t src = q < 4 ? lo : hi;
+                    const int sh = 8 * (q & 3);
+                    c[q] = __reduce_add_sync(0xffffffffu, ((src >> sh) & 0xfu) | (((src >> (sh + 4)) & 0xfu) << 16));
+                }
+                if (lane == 0)
+#pragma unroll
+                    for (int q = 0; q < 8; q++) s_hw[warp][q] = c[q];
+                __syncthreads();
+                if (tid < CLB * 8) { /* thread (destination block, word) */
+                    const int q = tid & 7;
+                    uint32_t s = 0;
+#pragma unroll
+                    for (int w = 0; w < NWC; w++) s += s_hw[w][q];
+                    *cl_map(&s_hb[pass & 1][rank][q], (uint32_t)(tid >> 3)) = s;
+                }
+                cl_sync();
+#pragma unroll
+                for (int q = 0; q < 8; q++) {
+                    uint32_t s = 0;
+#pragma unroll
+                    for (int r = 0; r < CLB; r++) s += s_hb[pass & 1][r][q];
+                    c[q] = s;
+                }
+                const int nb = pass == 0 ? 15 : 16;
+                unsigned acc = c0, cb = 0;
+                int bsel = -1;
+#pragma unroll
+                for (int b = 0; b < 16; b++) {
+                    const unsigned cnt = (c[b >> 1] >> (16 * (b & 1))) & 0xffffu;
+                    if (bsel < 0 && b < nb) {
+                        if (acc + cnt >= (unsigned)k) bsel = b, cb = cnt;
+                        else acc += cnt;
+                    }
+                }
+                if (bsel < 0) break;
+                bool refinable;
+                if (pass == 0) {
+                    A = bsel == 0 ? 0u : (E0 + (uint32_t)bsel) << 23;
+                    bound = (E0 + (uint32_t)bsel + 1u) << 23;
+                    wb = 23;
+                    refinable = bsel > 0;
+                } else {
+                    wb -= 4;
+                    A += (uint32_t)bsel << wb;
+                    bound = A + (1u << wb);
+                    refinable = wb >= 4;
+                }
+                c0 = acc;
+                const unsigned m = acc + cb;
+                if (m <= SMALL || !refinable) {
+                    if (m <= CAP) mode = 1;
+                    break;
+                }
+            }
+        }
+        if (mode == 2) { /* the k-th largest order key: radix_kth over the cluster */
+            uint32_t hmask = 0;
+            unsigned kk = (unsigned)k;
+            for (int shift = 24; shift >= 0; shift -= 8) {
+                hist[tid] = 0;
+                __syncthreads();
+#pragma unroll
+                for (int j = 0; j < P; j++) {
+                    const uint32_t key = order_key(z[j]);
+                    if (gt + j * STRIDE < V && (key & hmask) == T) atomicAdd(&hist[(key >> shift) & 255u], 1u);
+                }
+                cl_sync();
+                unsigned s = 0;
+                for (int r = 0; r < CLB; r++) s += *cl_map(&hist[tid], (uint32_t)r);
+                htot[tid] = s;
+                cl_sync(); /* every block has read the histograms before the next round clears them */
+                if (tid < 32) {
+                    unsigned s8 = 0;
+                    for (int i = 0; i < 8; i++) s8 += htot[255 - 8 * lane - i];
+                    unsigned incl = s8;
+                    for (int o = 1; o < 32; o <<= 1) {
+                        const unsigned v = __shfl_up_sync(0xffffffffu, incl, o);
+                        if (lane >= o) incl += v;
+                    }
+                    unsigned above = incl - s8;
+                    if (above < kk && kk <= incl) {
+                        for (int i = 0; i < 8; i++) {
+                            const unsigned d = 255 - 8 * lane - i, h = htot[d];
+                            if (above + h >= kk) {
+                                sel[0] = d, sel[1] = kk - above;
+                                break;
+                            }
+                            above += h;
+                        }
+                    }
+                }
+                __syncthreads();
+                T |= sel[0] << shift;
+                hmask |= 255u << shift;
+                kk = sel[1];
+                __syncthreads();
+            }
+        }
+    }
+    if (stamp) tm[3] = clock64();
+
+    /* the candidates into rank 0: list L (kept whatever the rank: below the crossing bin in mode 1,
+     * every candidate in modes 0 and 2) and list C (mode 1's crossing bin) */
+    int *rnl = cl_map(&s_nl, 0), *rnc = cl_map(&s_nc, 0);
+    float *rlz = cl_map(lz, 0), *rcz = cl_map(cz, 0);
+    int *rli = cl_map(li, 0), *rci = cl_map(ci, 0);
+#pragma unroll
+    for (int j = 0; j < P; j++) {
+        const bool cand = mode == 1 ? kd[j] < bound : is_candidate(z[j], mode, zmax, bound, T);
+        const bool inl = cand && (mode != 1 || kd[j] < A);
+        const bool inc = cand && !inl;
+        const unsigned bl = __ballot_sync(0xffffffffu, inl), bc = __ballot_sync(0xffffffffu, inc);
+        if (bl | bc) {
+            int basel = 0, basec = 0;
+            if (lane == 0) {
+                if (bl) basel = atomicAdd(rnl, __popc(bl));
+                if (bc) basec = atomicAdd(rnc, __popc(bc));
+            }
+            basel = __shfl_sync(0xffffffffu, basel, 0);
+            basec = __shfl_sync(0xffffffffu, basec, 0);
+            const unsigned below = (1u << lane) - 1u;
+            if (inl) {
+                const int pos = basel + __popc(bl & below);
+                if (pos < CAP) rlz[pos] = z[j], rli[pos] = gt + j * STRIDE;
+            }
+            if (inc) {
+                const int pos = basec + __popc(bc & below);
+                if (pos < CAP) rcz[pos] = z[j], rci[pos] = gt + j * STRIDE;
+            }
+        }
+    }
+    cl_sync(); /* the lists are complete; no block touches another's shared memory after this */
+    if (rank != 0) return;
+    if (stamp) tm[4] = clock64();
+    if (s_nl + s_nc > CAP) { /* keep-all or a radix threshold with more entries than the lists hold */
+        const int pick = cl_walk(logits, B, V, cfg, temp, mode, zmax, bound, T, s_u, kp);
+        if (tid == 0) codes[slot] = pick, atomicAdd(&g_paths[3], 1ull);
+        return;
+    }
+    /* mode 1: an entry of the crossing bin is kept when fewer than k - c0 of the bin are larger */
+    const int nc = s_nc;
+    for (int q = tid; q < nc; q += NC) {
+        const float own = cz[q];
+        int gtn = 0;
+        const int n4 = nc & ~3;
+        for (int r = 0; r < n4; r += 4) {
+            const float4 v = *reinterpret_cast<const float4 *>(cz + r);
+            gtn += (v.x > own) + (v.y > own) + (v.z > own) + (v.w > own);
+        }
+        for (int r = n4; r < nc; r++) gtn += cz[r] > own;
+        if (c0 + (unsigned)gtn < (unsigned)k) {
+            const int pos = atomicAdd(&s_nl, 1);
+            lz[pos] = own, li[pos] = ci[q];
+        }
+    }
+    __syncthreads();
+    if (stamp) tm[5] = clock64();
+    const int n = s_nl;
+    for (int q = tid; q < n; q += NC) {
+        const int idx = li[q], n4 = n & ~3;
+        int r = 0;
+        for (int p = 0; p < n4; p += 4) {
+            const int4 v = *reinterpret_cast<const int4 *>(li + p);
+            r += (v.x < idx) + (v.y < idx) + (v.z < idx) + (v.w < idx);
+        }
+        for (int p = n4; p < n; p++) r += li[p] < idx;
+        kp[r] = exp((double)lz[q] - (double)zmax);
+        ki[r] = idx;
+    }
+    __syncthreads();
+    if (stamp) tm[6] = clock64();
+    if (warp == 0) {
+        if (lane == 0) {
+            double s = 0.0, a[8];
+#pragma unroll
+            for (int u = 0; u < 8; u++) a[u] = u < n ? kp[u] : 0.0;
+            for (int q0 = 0; q0 < n; q0 += 8) {
+                double b[8];
+#pragma unroll
+                for (int u = 0; u < 8; u++) b[u] = q0 + 8 + u < n ? kp[q0 + 8 + u] : 0.0;
+#pragma unroll
+                for (int u = 0; u < 8; u++) {
+                    s += a[u];
+                    if (q0 + u < n) kc[q0 + u] = s;
+                }
+#pragma unroll
+                for (int u = 0; u < 8; u++) a[u] = b[u];
+            }
+        }
+        __syncwarp();
+        const double target = s_u * kc[n - 1];
+        int pick = -1;
+        for (int b0 = 0; b0 < n; b0 += 32) {
+            const int q = b0 + lane;
+            const unsigned bal = __ballot_sync(0xffffffffu, q < n && kc[q] > target);
+            if (bal) {
+                pick = ki[b0 + __ffs(bal) - 1];
+                break;
+            }
+        }
+        if (lane == 0) {
+            codes[slot] = pick >= 0 ? pick : ki[n - 1];
+            atomicAdd(&g_paths[mode == 1 ? 0 : mode == 0 ? 1 : 2], 1ull);
+            if (PROF) {
+                tm[7] = clock64();
+#pragma unroll
+                for (int q = 0; q < 7; q++) atomicAdd(&g_prof[q], (unsigned long long)(tm[q + 1] - tm[q]));
+                atomicAdd(&g_prof[7], 1ull);
+                atomicAdd(&g_prof[8], global_ns() - ns0);
+                atomicAdd(&g_prof[9], (unsigned long long)(tm[7] - tm[0]));
+            }
+        }
+    }
+}
+
 int g_impl = -1; /* hmc_sample_set_impl; -1: not read from HM_SAMPLE_IMPL yet */
 
 int sample_impl()
@@ -705,12 +1163,30 @@ int sample_impl()
     return g_impl;
 }
 
+/* whether a cluster of the sampler's CLB blocks can be resident on this device (asked once) */
+bool cluster_fits()
+{
+    static int fits = -1;
+    if (fits < 0) {
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = dim3(CLB), cfg.blockDim = dim3(NC);
+        cudaLaunchAttribute at[1];
+        at[0].id = cudaLaunchAttributeClusterDimension;
+        at[0].val.clusterDim.x = CLB, at[0].val.clusterDim.y = 1, at[0].val.clusterDim.z = 1;
+        cfg.attrs = at, cfg.numAttrs = 1;
+        int n = 0;
+        fits = cudaOccupancyMaxActiveClusters(&n, sample_kernel_cl<8, false>, &cfg) == cudaSuccess && n > 0;
+        (void)cudaGetLastError();
+    }
+    return fits == 1;
+}
+
 } // namespace
 
 extern "C" int hmc_sample_set_impl(int impl)
 {
     const int was = sample_impl();
-    g_impl = impl == 1 || impl == 2 ? impl : 0;
+    g_impl = impl >= 1 && impl <= 4 ? impl : 0;
     return was;
 }
 
@@ -743,6 +1219,16 @@ extern "C" int hmc_sample(const float *logits, int B, int V, const hmc_sample_pa
     if (impl == 2)
         return launch_pdl(small ? sample_kernel<9, true> : sample_kernel<16, true>, dim3(1), dim3(NT), 0, s, logits,
                           B, V, params_dev, counter_dev, slot, logits_out, codes);
-    return launch_pdl(small ? sample_kernel<9, false> : sample_kernel<16, false>, dim3(1), dim3(NT), 0, s, logits, B,
-                      V, params_dev, counter_dev, slot, logits_out, codes);
+    if (impl == 3)
+        return launch_pdl(small ? sample_kernel<9, false> : sample_kernel<16, false>, dim3(1), dim3(NT), 0, s, logits,
+                          B, V, params_dev, counter_dev, slot, logits_out, codes);
+    const bool v5 = V <= 5 * CLB * NC;
+    if (impl == 0 && !cluster_fits()) /* a device (or an MPS share) without room for a cluster */
+        return launch_pdl(small ? sample_kernel<9, false> : sample_kernel<16, false>, dim3(1), dim3(NT), 0, s, logits,
+                          B, V, params_dev, counter_dev, slot, logits_out, codes);
+    if (impl == 4)
+        return launch_pdl_cluster(v5 ? sample_kernel_cl<5, true> : sample_kernel_cl<8, true>, dim3(CLB), dim3(NC), 0,
+                                  s, CLB, logits, B, V, params_dev, counter_dev, slot, logits_out, codes);
+    return launch_pdl_cluster(v5 ? sample_kernel_cl<5, false> : sample_kernel_cl<8, false>, dim3(CLB), dim3(NC), 0, s,
+                              CLB, logits, B, V, params_dev, counter_dev, slot, logits_out, codes);
 }

@@ -2,7 +2,7 @@
  *   gpu_ctx            memory used (cudaMemGetInfo) before / after the context, after the trim
  *   gpu_ctx keep       the same without the trim (each stage process pays one context)
  * Then kernels of the project run in the trimmed context: one without a stack frame, then the
- * sampler at V = 16384, whose kernel needs 104 bytes of stack a thread: it must run and draw the
+ * one-block sampler at V = 16384, whose kernel needs 104 bytes of stack a thread: it must run and draw the
  * maximum (top-k 1), and the driver must have raised the limit to at least what it needs. */
 #include <cuda_runtime.h>
 #include <stdio.h>
@@ -38,6 +38,15 @@ int main(int argc, char **argv)
             CU(cudaDeviceSetLimit(cudaLimitStackSize, sweep[i]));
             printf("stack limit %4zu B/thread: %.1f MiB used\n", sweep[i], used_mib());
         }
+        /* the malloc heap and the printf buffer: does the context reserve them up front? */
+        const size_t heaps[] = {1 << 20, 64 << 10}, fifos[] = {64 << 10, 4 << 10};
+        for (int i = 0; i < 2; i++) {
+            const cudaError_t e1 = cudaDeviceSetLimit(cudaLimitMallocHeapSize, heaps[i]);
+            const cudaError_t e2 = cudaDeviceSetLimit(cudaLimitPrintfFifoSize, fifos[i]);
+            (void)cudaGetLastError();
+            printf("malloc heap %zu KiB (%s), printf fifo %zu KiB (%s): %.1f MiB used\n", heaps[i] >> 10,
+                   cudaGetErrorName(e1), fifos[i] >> 10, cudaGetErrorName(e2), used_mib());
+        }
         OK(hmc_context_trim());
         CU(cudaDeviceGetLimit(&st, cudaLimitStackSize));
         printf("after hmc_context_trim: %.1f MiB (%+.1f; stack %zu B/thread)\n", used_mib(), used_mib() - c0, st);
@@ -65,7 +74,10 @@ int main(int argc, char **argv)
     CU(cudaMemcpy(lg, hl, sizeof(float) * V, cudaMemcpyHostToDevice));
     CU(cudaMemcpy(dp, &hp, sizeof hp, cudaMemcpyHostToDevice));
     CU(cudaMemset(cnt, 0, sizeof(uint32_t)));
+    hmc_sample_set_impl(3); /* the one-block sampler: at V = 16384 its kernel has a stack frame (the
+                             * cluster sampler, the default, has none) */
     OK(hmc_sample(lg, 1, V, dp, cnt, 0, NULL, codes, 0));
+    hmc_sample_set_impl(0);
     CU(cudaDeviceSynchronize());
     CU(cudaMemcpy(&got, codes, sizeof got, cudaMemcpyDeviceToHost));
     CU(cudaDeviceGetLimit(&st, cudaLimitStackSize));

@@ -14,8 +14,8 @@
  *       their A/B comes from one card in one run.
  *   gpu_lm sampler
  *       Same model: ms per frame (B = 2, CFG 1.5, top-k 50, ~200 positions) with the first exact
- *       sampler kernel and the single-pass one (kernels/sample.cu, hmc_sample_set_impl), each
- *       twice, and without sampling, in one run.
+ *       sampler kernel, the one-block single-pass one and the cluster sampler (kernels/sample.cu,
+ *       hmc_sample_set_impl), each twice, and without sampling, in one run.
  *   gpu_lm attn
  *       Same model: ms per frame (B = 2) with decode attention's split path only, then one pass up
  *       to 512 keys: the decoder only, the backbone too (chosen on the device; a block per query
@@ -491,8 +491,9 @@ static int sampler_ab(void)
     uint8_t *mask = hm_calloc((size_t)S * (nc + 1), 1);
     for (int i = 0; i < S; i++) tok[i * (nc + 1) + nc] = (i * 7919) % 128256, mask[i * (nc + 1) + nc] = 1;
     struct { int impl; unsigned skip; const char *what; } v[] = {
-        {1, 0, "first exact sampler"}, {0, 0, "single-pass sampler (default)"}, {1, 0, "first exact sampler (again)"},
-        {0, 0, "single-pass sampler (again)"}, {0, LM_CUDA_SKIP_SAMPLE, "without sampling"}};
+        {1, 0, "first exact sampler"}, {3, 0, "one-block single-pass sampler"}, {0, 0, "cluster sampler (default)"},
+        {1, 0, "first exact sampler (again)"}, {3, 0, "one-block single-pass sampler (again)"},
+        {0, 0, "cluster sampler (again)"}, {0, LM_CUDA_SKIP_SAMPLE, "without sampling"}};
     printf("device %s; B=2 (CFG 1.5), top-k 50, T 1, ~%d positions, 100 frames after 3\n\n", p.name, S);
     printf("| frame variant | ms/frame |\n|---|---|\n");
     for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {

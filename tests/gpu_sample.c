@@ -7,8 +7,9 @@
  *        (HM_SAMPLE_IMPL=N checks another kernel: see hmc_sample_set_impl.)
  *        gpu_sample time: us per draw in a CUDA graph of 200 draws (as a decode frame runs them:
  *        V = 8197 = the codebook-0 and the depth decoder's vocabulary, B = 2, CFG 1.5, top-k 50;
- *        and a few variations), the first exact kernel against the single-pass one in the same run,
- *        and the latter's phase profile; the graphs' draws are checked against the CPU too.
+ *        and a few variations), the first exact kernel, the one-block single-pass one and the
+ *        cluster sampler in the same run, and the one-block kernel's phase profile; the graphs'
+ *        draws are checked against the CPU too.
  */
 #include <math.h>
 #include <pthread.h>
@@ -152,15 +153,15 @@ static int time_mode(void)
     struct cudaDeviceProp prop;
     CU(cudaGetDeviceProperties(&prop, 0));
     printf("device %s; us per draw in a graph of 200 draws (slots 0..7 in turn), 20 replays; v1 the first exact\n"
-           "kernel, new the single-pass one (default)\n\n", prop.name);
-    printf("| logits | V | B | cfg | top-k | T | v1 us/draw | new us/draw | v1/new | fast-path draws |\n"
-           "|---|---|---|---|---|---|---|---|---|---|\n");
+           "kernel, one block the single-pass kernel, cluster the cluster sampler (default)\n\n", prop.name);
+    printf("| logits | V | B | cfg | top-k | T | v1 us/draw | one block us/draw | cluster us/draw | one block/cluster | fast-path draws |\n"
+           "|---|---|---|---|---|---|---|---|---|---|---|\n");
     struct { int lm, V, B; float cfg; int k; float temp; } c[] = {
         {1, 8197, 2, 1.5f, 50, 1.0f}, {0, 8197, 2, 1.5f, 50, 1.0f}, {1, 8197, 2, 1.5f, 50, 0.9f},
         {1, 8197, 1, 1.0f, 50, 1.0f}, {1, 8197, 2, 1.5f, 250, 1.0f}, {1, 16384, 2, 1.5f, 50, 1.0f},
         {1, 8197, 2, 1.5f, 1, 1.0f}, {2, 8197, 2, 1.5f, 50, 1.0f}};
     int bad = 0;
-    unsigned long long pr[10] = {0};
+    unsigned long long pr[10] = {0}, pc[10] = {0};
     for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
         g_rng = 0x9e3779b97f4a7c15ull + i;
         /* uniform +-60000: the k-th largest is far below the maximum, so the radix select path */
@@ -170,33 +171,47 @@ static int time_mode(void)
         unsigned long long paths[4];
         const double t1 = time_graph(1, ld, l, c[i].B, c[i].V, c[i].cfg, c[i].k, c[i].temp, 200, 20, &bad);
         OK(hmc_sample_path_counts(paths));
+        const double t3 = time_graph(3, ld, l, c[i].B, c[i].V, c[i].cfg, c[i].k, c[i].temp, 200, 20, &bad);
+        OK(hmc_sample_path_counts(paths));
         const double t0 = time_graph(0, ld, l, c[i].B, c[i].V, c[i].cfg, c[i].k, c[i].temp, 200, 20, &bad);
         OK(hmc_sample_path_counts(paths));
         const unsigned long long all = paths[0] + paths[1] + paths[2] + paths[3];
-        printf("| %s | %d | %d | %g | %d | %g | %.2f | %.2f | %.1fx | %llu/%llu |\n",
+        printf("| %s | %d | %d | %g | %d | %g | %.2f | %.2f | %.2f | %.2fx | %llu/%llu |\n",
                c[i].lm == 1 ? "LM-like" : c[i].lm ? "uniform +-60000" : "uniform +-6", c[i].V, c[i].B, c[i].cfg, c[i].k,
-               c[i].temp, t1, t0, t1 / t0, paths[0], all);
+               c[i].temp, t1, t3, t0, t3 / t0, paths[0], all);
         if (i == 0) { /* the phase profile of the default kernel on the first case (an instrumented copy) */
             OK(hmc_sample_profile(pr));
             const double tp = time_graph(2, ld, l, c[i].B, c[i].V, c[i].cfg, c[i].k, c[i].temp, 200, 20, &bad);
             OK(hmc_sample_profile(pr));
             OK(hmc_sample_path_counts(paths));
             pr[7] = pr[7] ? pr[7] : 1;
-            printf("| (new, with its phase profile) | | | | | | | %.2f | | |\n", tp);
+            printf("| (one block, with its phase profile) | | | | | | | %.2f | | | |\n", tp);
+            OK(hmc_sample_profile(pc));
+            const double tc = time_graph(4, ld, l, c[i].B, c[i].V, c[i].cfg, c[i].k, c[i].temp, 200, 20, &bad);
+            OK(hmc_sample_profile(pc));
+            OK(hmc_sample_path_counts(paths));
+            pc[7] = pc[7] ? pc[7] : 1;
+            printf("| (cluster, with its phase profile) | | | | | | | | %.2f | | |\n", tc);
         }
         cudaFree(ld);
         free(l);
     }
-    const double n = (double)pr[7], ghz = pr[8] ? (double)pr[9] / (double)pr[8] : 0.0;
-    static const char *ph[7] = {"start -> dependency wait done", "loads, CFG, z, max (1st barrier)", "octave passes",
-                                "gather candidates", "kept (rank filter)", "index order + exp", "sum + pick"};
-    printf("\nphases of the new kernel (LM-like, V 8197, B 2, CFG 1.5, top-k 50), %.0f draws, SM clock %.2f GHz (cycles / globaltimer):\n",
-           n, ghz);
-    printf("| phase | cycles | us |\n|---|---|---|\n");
-    for (int q = 0; q < 7; q++)
-        printf("| %s | %.0f | %.2f |\n", ph[q], pr[q] / n, ghz > 0 ? pr[q] / n / ghz / 1e3 : 0.0);
-    printf("| entry to end | %.0f | %.2f (globaltimer %.2f) |\n", pr[9] / n, ghz > 0 ? pr[9] / n / ghz / 1e3 : 0.0,
-           pr[8] / n / 1e3);
+    static const char *ph[2][7] = {{"start -> dependency wait done", "loads, CFG, z, max (1st barrier)", "octave passes",
+                                    "gather candidates", "kept (rank filter)", "index order + exp", "sum + pick"},
+                                   {"start -> dependency wait done", "loads, CFG, z, max (cluster barrier)",
+                                    "octave passes", "gather into rank 0 (cluster barrier)",
+                                    "kept (rank filter of the crossing bin)", "index order + exp", "sum + pick"}};
+    for (int w = 0; w < 2; w++) {
+        const unsigned long long *q = w ? pc : pr;
+        const double n = (double)q[7], ghz = q[8] ? (double)q[9] / (double)q[8] : 0.0;
+        printf("\nphases of the %s (LM-like, V 8197, B 2, CFG 1.5, top-k 50), %.0f draws, SM clock %.2f GHz (cycles / globaltimer):\n",
+               w ? "cluster sampler, its rank 0" : "one-block kernel", n, ghz);
+        printf("| phase | cycles | us |\n|---|---|---|\n");
+        for (int p = 0; p < 7; p++)
+            printf("| %s | %.0f | %.2f |\n", ph[w][p], q[p] / n, ghz > 0 ? q[p] / n / ghz / 1e3 : 0.0);
+        printf("| entry to end | %.0f | %.2f (globaltimer %.2f) |\n", q[9] / n, ghz > 0 ? q[9] / n / ghz / 1e3 : 0.0,
+               q[8] / n / 1e3);
+    }
     printf("\n%s: graph draws vs CPU sampler: %d mismatches\n", bad ? "FAIL" : "PASS", bad);
     return bad ? 1 : 0;
 }
