@@ -38,6 +38,7 @@ void hm_config_defaults(hm_pipeline_cfg *c)
     c->gen.codec_guidance = 1.25;
     c->gen.seed = 0;
     c->request_timeout_ms = 30000;
+    snprintf(c->mps, sizeof c->mps, "auto");
     for (int i = 0; i < HM_STAGE_COUNT; i++) {
         hm_stage_cfg *s = &c->stage[i];
         snprintf(s->name, sizeof s->name, "%s", k_stage_names[i]);
@@ -174,6 +175,7 @@ static const field k_top[] = {
     F_ENUM(hm_pipeline_cfg, "backend", backend, "cpu|cuda"),
     F_STR(hm_pipeline_cfg, "run_dir", run_dir),
     F_INT(hm_pipeline_cfg, "request_timeout_ms", request_timeout_ms, 100, 3600000),
+    F_ENUM(hm_pipeline_cfg, "mps", mps, "auto|on|off"),
 };
 static const field k_gen[] = {
     F_DBL(hm_pipeline_cfg, "temperature", gen.temperature, 1e-4, 100),
@@ -378,6 +380,7 @@ int hm_config_write(const hm_pipeline_cfg *c, const char *path)
     fprintf(f, "backend: %s\n", c->backend);
     fprintf(f, "run_dir: %s\n", QS(c->run_dir));
     fprintf(f, "request_timeout_ms: %d\n", c->request_timeout_ms);
+    fprintf(f, "mps: %s\n", c->mps);
     fprintf(f, "generation:\n  temperature: %.17g\n  topk: %d\n  cfg: %.17g\n  max_seconds: %.17g\n"
                "  codec_steps: %d\n  codec_guidance: %.17g\n  seed: %lld\n  sample_format: %s\n",
             c->gen.temperature, c->gen.topk, c->gen.cfg, c->gen.max_seconds, c->gen.codec_steps, c->gen.codec_guidance,

@@ -45,6 +45,9 @@ typedef struct {
         char sample_format[8]; /* "" = pcm16 for WAV, pcm24 for FLAC */
     } gen;
     int request_timeout_ms; /* a stage request without an answer for this long is retried */
+    char mps[8];            /* hm-launch with a cuda stage: "auto" (default) runs a private MPS
+                             * control daemon for its stages when the machine has one, "on" requires
+                             * it, "off" lets the stages' contexts time-slice the GPU */
     hm_stage_cfg stage[HM_STAGE_COUNT];
 } hm_pipeline_cfg;
 

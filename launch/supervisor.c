@@ -30,6 +30,7 @@
 
 #include "config.h"
 #include "hm.h"
+#include "mps.h"
 
 #define MAX_PROCS 256
 
@@ -156,6 +157,14 @@ int main(int argc, char **argv)
     sigprocmask(SIG_BLOCK, &mask, NULL);
     int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
 
+    /* the GPU stages share one MPS server unless pipeline.yaml says otherwise (launch/mps.c) */
+    int any_cuda = 0;
+    for (int s = 0; s < HM_STAGE_COUNT; s++)
+        if (!((any_only && !only[s]) || except[s]) && !strcmp(cfg.stage[s].backend, "cuda")) any_cuda = 1;
+    if (any_cuda && hm_mps_start(cfg.mps, cfg.run_dir)) {
+        fprintf(stderr, "hm-launch: %s\n", hm_errmsg());
+        return 1;
+    }
     for (int s = 0; s < HM_STAGE_COUNT; s++) {
         if ((any_only && !only[s]) || except[s]) continue;
         for (int r = 0; r < cfg.stage[s].replicas && g_np < MAX_PROCS; r++)
@@ -164,6 +173,7 @@ int main(int argc, char **argv)
     for (int i = 0; i < g_np; i++)
         if (start_proc(&g_p[i], &cfg, notify_path)) {
             fprintf(stderr, "hm-launch: %s\n", hm_errmsg());
+            hm_mps_stop();
             return 1;
         }
     double t0 = hm_now();
@@ -276,6 +286,7 @@ int main(int argc, char **argv)
     }
     unlink(notify_path);
     unlink(ready_path);
+    hm_mps_stop();
     LOG_INFO("pipeline stopped");
     return rc;
 }

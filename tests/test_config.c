@@ -23,6 +23,7 @@ static void test_shipped_file(void **state)
     assert_int_equal(c.stage[HM_STAGE_BACKBONE].pool_slots, 8);
     assert_string_equal(c.stage[HM_STAGE_VOCODER].endpoint, "ipc:///tmp/heartmula/vocoder.sock");
     assert_string_equal(c.stage[HM_STAGE_VOCODER].backend, "cpu"); /* inherited */
+    assert_string_equal(c.mps, "auto");
     (void)state;
 }
 
@@ -47,6 +48,7 @@ static void test_errors(void **state)
     expect_error("a: [\n", "YAML syntax error");
     expect_error("model_dir: *x\n", "");
     expect_error("stages:\n  draft-verifier:\n    first_window_yield_ms: -1\n", "first_window_yield_ms");
+    expect_error("mps: yes\n", "p.yaml:1: mps: 'yes' is not one of auto|on|off");
     (void)state;
 }
 
@@ -67,7 +69,7 @@ static void test_overrides(void **state)
 
 static void test_write_round_trip(void **state)
 {
-    const char *y = "backend: cuda\nmodel_dir: \"/m/a \\\"q\\\"\"\ngeneration:\n  seed: 77\n  cfg: 1.25\nstages:\n  vocoder:\n    replicas: 2\n  draft-verifier:\n    first_window_yield_ms: 250\n";
+    const char *y = "backend: cuda\nmps: off\nmodel_dir: \"/m/a \\\"q\\\"\"\ngeneration:\n  seed: 77\n  cfg: 1.25\nstages:\n  vocoder:\n    replicas: 2\n  draft-verifier:\n    first_window_yield_ms: 250\n";
     hm_pipeline_cfg a, b;
     if (hm_config_parse(y, strlen(y), "p.yaml", &a)) fail_msg("%s", hm_errmsg());
     char path[64];
@@ -77,6 +79,7 @@ static void test_write_round_trip(void **state)
     remove(path);
     assert_string_equal(b.model_dir, "/m/a \"q\"");
     assert_int_equal(b.gen.seed, 77);
+    assert_string_equal(b.mps, "off");
     assert_float_equal(b.gen.cfg, 1.25, 0);
     assert_int_equal(b.stage[HM_STAGE_VOCODER].replicas, 2);
     assert_int_equal(b.stage[HM_STAGE_DRAFT_VERIFIER].first_window_yield_ms, 250);
