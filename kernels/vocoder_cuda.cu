@@ -21,12 +21,20 @@ extern "C" {
  * tile length rounded down to whole waves of the fused residual units: see wave_unit); the wider
  * blocks before them run over the whole window (their GEMMs want the rows).  Every conv's im2col
  * goes through a column buffer of at most VCC_COL_BYTES (row chunks of the GEMM).  Release sizes,
- * bf16, H100: workspace 311 MiB instead of 2790 MiB at 128 / 64 MiB, 257 MiB at the 64 / 32 MiB
- * defaults (chosen for the 7 GB goal of issue 8); window 20.8 ms untiled, 22.5 ms at 128 / 64, 24.0 ms
- * at 64 / 32 (graph). */
-#define VCC_TILE_MAX_C 256
-#define VCC_TILE_BYTES voc_budget("HM_VOC_TILE_MB", 64)
+ * bf16, H100 (`gpu_vocoder mem`, process / window as a graph): untiled 2790 MiB of workspace, 20.8
+ * ms; blocks of <= 256 channels at 128 / 64 MiB 1036 MiB / 22.4 ms, at 64 / 32 MiB 988 / 24.1 ms
+ * (stops 15-21); blocks of <= 512 channels (block 2 too) at 128 / 32 MiB 908 MiB / 26.5 ms, the
+ * default since stop 22: it pays for the MPS server that hm-launch starts, within issue 8's 7 GB
+ * with NVFP4 LM weights.  The bf16 output is the same bits in every layout. */
+#define VCC_TILE_MAX_C voc_tile_max_c()
+#define VCC_TILE_BYTES voc_budget("HM_VOC_TILE_MB", 128)
 #define VCC_COL_BYTES voc_budget("HM_VOC_COL_MB", 32)
+/* the widest block in time tiles: HM_VOC_TILE_MAX_C (A/B) or 512 */
+static int voc_tile_max_c()
+{
+    const char *e = getenv("HM_VOC_TILE_MAX_C");
+    return e && atoi(e) > 0 ? atoi(e) : 512;
+}
 /* a budget in MiB, from the environment (A/B of memory against window time) or the default */
 static size_t voc_budget(const char *env, int def_mib)
 {
@@ -708,7 +716,8 @@ size_t col_chunk_rows(size_t M, size_t K, size_t cap)
 void tile_setup(vcc_model *m)
 {
     m->tile_from = m->n_up;
-    for (int i = m->n_up - 1; i >= 0 && m->blk[i].up.cout <= VCC_TILE_MAX_C; i--) m->tile_from = i;
+    const int max_c = VCC_TILE_MAX_C;
+    for (int i = m->n_up - 1; i >= 0 && m->blk[i].up.cout <= max_c; i--) m->tile_from = i;
     if (m->tile_from == m->n_up) { /* nothing narrow to tile */
         m->tile_from = -1;
         return;
