@@ -9,6 +9,17 @@
 
 #include "hm.h"
 #include "transport.h"
+#ifdef HM_CUDA
+#include "ops_cuda.h"
+
+/* a GPU stage whose CUDA context is lost exits, so the supervisor restarts it: every later call
+ * would fail, and under MPS the server admits no new client until all affected ones have left */
+static int cuda_check(void *user)
+{
+    (void)user;
+    return hmc_context_check();
+}
+#endif
 
 int hm_stage_main(int argc, char **argv, const char *name, hm_stage_setup_fn setup, hm_stage_free_fn free_fn)
 {
@@ -47,6 +58,9 @@ int hm_stage_main(int argc, char **argv, const char *name, hm_stage_setup_fn set
         LOG_ERROR("backend cuda: this build has no CUDA backend (rebuild with `make CUDA=1`)");
         goto out;
     }
+#endif
+#ifdef HM_CUDA
+    if (!strcmp(cfg.stage[si].backend, "cuda")) stage_on_check(st, cuda_check, NULL);
 #endif
     double t0 = hm_now();
     if (setup(st, &cfg, a.replica, &state)) {

@@ -169,6 +169,8 @@ struct stage {
     int ntimers;
     stage_timer_fn on_drain;
     void *drain_user;
+    stage_check_fn check;
+    void *check_user;
     counter_t counters[STAT_MAX];
     int ncounters;
     hist_t hists[STAT_MAX];
@@ -211,6 +213,12 @@ void stage_free(stage_t *st)
 const char *stage_name(const stage_t *st) { return st->name; }
 int stage_draining(const stage_t *st) { return st->draining; }
 void stage_stop(stage_t *st) { st->stop = 1; }
+
+void stage_on_check(stage_t *st, stage_check_fn fn, void *user)
+{
+    st->check = fn;
+    st->check_user = user;
+}
 
 void stage_on_drain(stage_t *st, stage_timer_fn fn, void *user)
 {
@@ -627,6 +635,11 @@ int stage_run(stage_t *st)
             t->fn(st, t->user);
         }
         run_watches(st, now);
+        if (st->check && st->check(st->check_user) != HM_OK) {
+            LOG_ERROR("%s: exiting, to be restarted", hm_errmsg());
+            rc = HM_ERR;
+            break;
+        }
         now = hm_now(); /* the timers above may have run for seconds */
         if (wd_period > 0 && now >= wd_next) {
             sd_notify(0, "WATCHDOG=1");

@@ -121,10 +121,15 @@ int stage_add_timer(stage_t *st, double period_s, stage_timer_fn fn, void *user)
 int stage_watch(stage_t *st, int sock, double interval_s, int max_missed, stage_peer_fn on_dead, void *user);
 /* Called once when DRAIN arrives (stop taking new requests, finish the ones in flight). */
 void stage_on_drain(stage_t *st, stage_timer_fn fn, void *user);
+/* fn(user) after every loop turn: HM_ERR (with hm_errmsg set) when the process cannot go on (a
+ * lost CUDA context); the loop then stops and stage_run returns HM_ERR, so the process exits with
+ * status 1 and the supervisor starts a fresh one. */
+typedef int (*stage_check_fn)(void *user);
+void stage_on_check(stage_t *st, stage_check_fn fn, void *user);
 
 /* Run until stage_stop, SHUTDOWN, SIGTERM or SIGINT: sd_notify READY=1 on entry, STOPPING=1
  * on exit, WATCHDOG=1 at a third of the systemd watchdog interval when enabled.  HM_OK on a graceful
- * stop, HM_ERR if polling itself failed. */
+ * stop, HM_ERR if polling itself failed or the stage_on_check function said the process must go. */
 int stage_run(stage_t *st);
 void stage_stop(stage_t *st);
 /* Called from inside a long computation (a codec window or a long prefill on the CPU can take

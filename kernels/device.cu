@@ -25,6 +25,23 @@ extern "C" int hmc_context_trim(void)
     return HM_OK;
 }
 
+extern "C" int hmc_context_check(void)
+{
+    const cudaError_t e = cudaPeekAtLastError();
+    switch (e) {
+    case cudaSuccess: return HM_OK;
+    case cudaErrorIllegalAddress: case cudaErrorLaunchFailure: case cudaErrorHardwareStackError:
+    case cudaErrorIllegalInstruction: case cudaErrorMisalignedAddress: case cudaErrorInvalidAddressSpace:
+    case cudaErrorInvalidPc: case cudaErrorAssert: case cudaErrorLaunchTimeout: case cudaErrorECCUncorrectable:
+    case cudaErrorContextIsDestroyed: case cudaErrorMpsClientTerminated: case cudaErrorMpsConnectionFailed:
+    case cudaErrorMpsServerNotReady: case cudaErrorDevicesUnavailable: case cudaErrorNoDevice:
+        return hm_err("CUDA context lost: %s (%s)", cudaGetErrorName(e), cudaGetErrorString(e));
+    default:
+        (void)cudaGetLastError(); /* an error of one call (e.g. out of memory): that request failed, the context lives */
+        return HM_OK;
+    }
+}
+
 /* Summary of per-block phase stamps (h: nblk rows of nst %globaltimer values, 0 = not reached):
  * per phase the earliest, median and latest block, in us after the earliest block's stamp `ref`. */
 void hmc_stamp_summary(FILE *f, const char *who, const unsigned long long *h, int nblk, int nst, int ref,

@@ -169,6 +169,12 @@ int hmc_fill_random(void *p, hmc_dtype t, size_t n, uint64_t seed, float scale, 
  * device answers. */
 #define HMC_STACK_BYTES 0
 int hmc_context_trim(void);
+/* HM_ERR (the message names the error) when the process's CUDA context is lost: the last runtime
+ * error is one after which every call fails (an illegal address, a kernel fault, an MPS server
+ * that terminated this client after another client's fault, ...); HM_OK otherwise.  No
+ * synchronisation.  The stage loop asks it after every turn and exits on HM_ERR, so the
+ * supervisor restarts the stage with a fresh context (hm_stage_main, common/service.c). */
+int hmc_context_check(void);
 
 /* ---- RoPE + KV append (kernels/rope.cu) -------------------------------------------------------
  * qkv rows [B*T, (H + 2 KVH) hd] (fp32, row b*T + t) hold q, k, v of position pos0 + t where

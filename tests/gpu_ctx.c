@@ -3,8 +3,10 @@
  *   gpu_ctx keep       the same without the trim (each stage process pays one context)
  * Then kernels of the project run in the trimmed context: one without a stack frame, then the
  * one-block sampler at V = 16384, whose kernel needs 104 bytes of stack a thread: it must run and draw the
- * maximum (top-k 1), and the driver must have raised the limit to at least what it needs. */
+ * maximum (top-k 1), and the driver must have raised the limit to at least what it needs.  Last,
+ * hmc_context_check: usable after a failed allocation, lost after a kernel's illegal address. */
 #include <cuda_runtime.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -83,8 +85,22 @@ int main(int argc, char **argv)
     CU(cudaDeviceGetLimit(&st, cudaLimitStackSize));
     printf("after the sampler at V = %d (its kernel has a stack frame): %.1f MiB (stack %zu B/thread), drew %d (want %d)\n", V,
            used_mib(), st, got, WANT);
-    const int ok = got == WANT && st > 0; /* from 0: raised for the sampler */
+    int ok = got == WANT && st > 0; /* from 0: raised for the sampler */
     cudaFree(lg), cudaFree(dp), cudaFree(cnt), cudaFree(codes), free(hl);
     printf("%s context %s\n", ok ? "PASS" : "FAIL", trim ? "trimmed" : "as created");
+    /* hmc_context_check (the stage loop's): an error of one call leaves the context usable, a
+     * kernel's illegal address loses it (this process's context is done after that) */
+    void *big = NULL;
+    const cudaError_t oom = cudaMalloc(&big, (size_t)1 << 50);
+    const int c1 = hmc_context_check();
+    float *ok_buf;
+    const int usable = cudaMalloc((void **)&ok_buf, 64) == cudaSuccess;
+    OK(hmc_fill_random((void *)(uintptr_t)0x1000, HMC_F32, 1 << 20, 1, 1.0f, 0));
+    const cudaError_t sync = cudaDeviceSynchronize();
+    const int c2 = hmc_context_check();
+    const int ok2 = oom != cudaSuccess && c1 == HM_OK && usable && sync != cudaSuccess && c2 == HM_ERR;
+    printf("%s context check: %s -> %s, then %s -> %s\n", ok2 ? "PASS" : "FAIL", cudaGetErrorName(oom),
+           c1 == HM_OK ? "usable" : "lost", cudaGetErrorName(sync), c2 == HM_OK ? "usable" : hm_errmsg());
+    ok = ok && ok2;
     return ok ? 0 : 1;
 }

@@ -669,6 +669,38 @@ static void test_stage_inproc_pool(void **st_)
     pthread_sigmask(SIG_UNBLOCK, &set, NULL);
 }
 
+/* ---- the loop's check: a process that cannot go on (a lost CUDA context) leaves stage_run ---- */
+
+static int g_checks;
+static int check_third(void *user)
+{
+    (void)user;
+    if (++g_checks < 3) return HM_OK;
+    return hm_err("context lost (test)");
+}
+static void tick_nothing(stage_t *st, void *user) { (void)st, (void)user; }
+
+static void test_stage_check(void **st_)
+{
+    (void)st_;
+    stage_t *st;
+    assert_int_equal(stage_new("checked", 0, &st), HM_OK);
+    assert_int_equal(stage_add_timer(st, 0.01, tick_nothing, NULL), HM_OK);
+    stage_on_check(st, check_third, NULL);
+    const double t0 = hm_now();
+    assert_int_equal(stage_run(st), HM_ERR); /* not a graceful stop: the process exits with 1 */
+    assert_int_equal(g_checks, 3);
+    assert_true(hm_now() - t0 < 2.0);
+    assert_non_null(strstr(hm_errmsg(), "context lost"));
+    stage_free(st);
+    signal(SIGCHLD, SIG_DFL);
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && strcmp(argv[1], "stage") == 0) return stage_child(argc, argv);
@@ -679,6 +711,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_send_url),
         cmocka_unit_test(test_parse_args),         cmocka_unit_test(test_stage_process),
         cmocka_unit_test(test_stage_sigterm),      cmocka_unit_test(test_stage_inproc_pool),
+        cmocka_unit_test(test_stage_check),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     /* a failed test leaves its sockets open (cmocka jumps out of it), and zmq_ctx_term would wait
