@@ -87,6 +87,32 @@ __device__ void block_argmax(float v, int i, float *sv, int *si, float *ov, int 
     *ov = v, *oi = i;
 }
 
+/* Warp 0 of a radix select round: the digit d of a 256-bin histogram where the kk-th largest key
+ * lies, (count of larger digits) < kk <= (count of digits >= d), into sel[0], and kk among the keys
+ * with that digit into sel[1]. */
+__device__ __forceinline__ void radix_pick_digit(const unsigned *hist, unsigned kk, unsigned *sel)
+{
+    const int lane = threadIdx.x & 31;
+    unsigned s = 0; /* lane owns digits 255-8*lane down to 248-8*lane */
+    for (int i = 0; i < 8; i++) s += hist[255 - 8 * lane - i];
+    unsigned incl = s;
+    for (int o = 1; o < 32; o <<= 1) {
+        const unsigned v = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += v;
+    }
+    unsigned above = incl - s;
+    if (above < kk && kk <= incl) {
+        for (int i = 0; i < 8; i++) {
+            const unsigned d = 255 - 8 * lane - i, h = hist[d];
+            if (above + h >= kk) {
+                sel[0] = d, sel[1] = kk - above;
+                break;
+            }
+            above += h;
+        }
+    }
+}
+
 /* The kk-th largest order key of z[0..V): radix select, 8 bits at a time from the top (256-bin
  * shared histograms); among keys matching the digits found so far, the digit d where (count of
  * larger digits) < kk <= (count of digits >= d).  Called by the whole block; sample_kernel_v1's
@@ -104,27 +130,7 @@ __device__ __forceinline__ uint32_t radix_kth(const float (&z)[P], int V, unsign
             if (threadIdx.x + j * NT < V && (key & hmask) == T) atomicAdd(&hist[(key >> shift) & 255u], 1u);
         }
         __syncthreads();
-        if (threadIdx.x < 32) {
-            const int lane = threadIdx.x;
-            unsigned s = 0; /* lane owns digits 255-8*lane down to 248-8*lane */
-            for (int i = 0; i < 8; i++) s += hist[255 - 8 * lane - i];
-            unsigned incl = s;
-            for (int o = 1; o < 32; o <<= 1) {
-                const unsigned v = __shfl_up_sync(0xffffffffu, incl, o);
-                if (lane >= o) incl += v;
-            }
-            unsigned above = incl - s;
-            if (above < kk && kk <= incl) {
-                for (int i = 0; i < 8; i++) {
-                    const unsigned d = 255 - 8 * lane - i, h = hist[d];
-                    if (above + h >= kk) {
-                        sel[0] = d, sel[1] = kk - above;
-                        break;
-                    }
-                    above += h;
-                }
-            }
-        }
+        if (threadIdx.x < 32) radix_pick_digit(hist, kk, sel);
         __syncthreads();
         T |= sel[0] << shift;
         hmask |= 255u << shift;
@@ -393,6 +399,229 @@ __device__ __forceinline__ unsigned long long global_ns()
     return t;
 }
 
+/* the draw's uniform: Philox of (seed, stream 0, frame = *counter_dev, codebook = slot) */
+__device__ __forceinline__ double draw_uniform(const hmc_sample_params *prm, const uint32_t *counter_dev, int slot)
+{
+    const uint64_t seed = ((uint64_t)prm->seed_hi << 32) | prm->seed_lo;
+    return philox_uniform(seed, 0u, *counter_dev, (uint32_t)slot);
+}
+
+/* Entries first + j * stride (j < P) of the vocabulary: g (into logits_out when given), z, and the
+ * warp's largest finite order key and count of finite z. */
+template <int P>
+__device__ __forceinline__ void load_z(const float *__restrict__ logits, int B, int V, float cfg, float temp,
+                                       float *__restrict__ logits_out, int first, int stride, float (&z)[P],
+                                       uint32_t &kmax, uint32_t &nfin)
+{
+#pragma unroll
+    for (int j = 0; j < P; j++) {
+        const int i = first + j * stride;
+        float v = -INFINITY;
+        if (i < V) {
+            const float g = combine_at(logits, B, V, i, cfg);
+            if (logits_out) logits_out[i] = g;
+            v = to_z(g, temp);
+            if (v > -INFINITY) {
+                const uint32_t key = order_key(v);
+                kmax = key > kmax ? key : kmax;
+                nfin++;
+            }
+        }
+        z[j] = v;
+    }
+    kmax = __reduce_max_sync(0xffffffffu, kmax);
+    nfin = __reduce_add_sync(0xffffffffu, nfin);
+}
+
+/* The same entries' largest argmax_key of g (g into logits_out when given). */
+template <int P>
+__device__ __forceinline__ unsigned long long argmax_keys(const float *__restrict__ logits, int B, int V, float cfg,
+                                                          float *__restrict__ logits_out, int first, int stride)
+{
+    unsigned long long best = 0;
+#pragma unroll
+    for (int j = 0; j < P; j++) {
+        const int i = first + j * stride;
+        if (i < V) {
+            const float g = combine_at(logits, B, V, i, cfg);
+            if (logits_out) logits_out[i] = g;
+            const unsigned long long a = argmax_key(g, i);
+            best = a > best ? a : best;
+        }
+    }
+    return best;
+}
+
+/* An entry's octave bin in pass `pass` (0: the exponent of d; then the region [A, A + 2^wb) split
+ * in 16), counted into 16 bins of 8-bit counts (lo: bins 0-7, hi: 8-15) when it is in the region. */
+__device__ __forceinline__ void octave_count(uint32_t kdj, int pass, uint32_t A, uint32_t wb, uint64_t &lo,
+                                             uint64_t &hi)
+{
+    uint32_t b;
+    bool in = true;
+    if (pass == 0) {
+        const uint32_t e = kdj >> 23;
+        b = e <= E0 ? 0u : min(e - E0, 15u);
+    } else {
+        in = kdj - A < (1u << wb);
+        b = (kdj - A) >> (wb - 4);
+    }
+    if (in) {
+        const uint64_t inc = 1ull << ((b & 7u) * 8u);
+        if (b & 8u) hi += inc;
+        else lo += inc;
+    }
+}
+
+/* The warp's sums of those counts in 16-bit fields, two bins a word (c[q]: bins 2q, 2q + 1). */
+__device__ __forceinline__ void octave_warp_sums(uint64_t lo, uint64_t hi, uint32_t (&c)[8])
+{
+#pragma unroll
+    for (int q = 0; q < 8; q++) {
+        const uint64_t src = q < 4 ? lo : hi;
+        const int sh = 16 * (q & 3);
+        c[q] = __reduce_add_sync(0xffffffffu,
+                                 (uint32_t)((src >> sh) & 0xffu) | ((uint32_t)((src >> (sh + 8)) & 0xffu) << 16));
+    }
+}
+
+/* One octave pass's decision, the same in every thread, from the pass's 16 bin counts c (two 16-bit
+ * counts a word; region [A, A + 2^wb) split in 16 after pass 0; c0 entries below A): the first bin
+ * where the count from the top reaches k (pass 0: not the far bin) becomes the region.  True when
+ * the passes stop: the k-th largest is >= 2^8 below the maximum (mode stays 2), or the region's
+ * candidates are few enough or cannot be split (mode 1 when the lists hold them). */
+__device__ __forceinline__ bool octave_step(const uint32_t (&c)[8], int pass, int k, uint32_t &A, uint32_t &bound,
+                                            uint32_t &wb, unsigned &c0, int &mode)
+{
+    const int nb = pass == 0 ? 15 : 16;
+    unsigned acc = c0, cb = 0;
+    int bsel = -1;
+#pragma unroll
+    for (int b = 0; b < 16; b++) {
+        const unsigned cnt = (c[b >> 1] >> (16 * (b & 1))) & 0xffffu;
+        if (bsel < 0 && b < nb) {
+            if (acc + cnt >= (unsigned)k) bsel = b, cb = cnt;
+            else acc += cnt;
+        }
+    }
+    if (bsel < 0) return true;
+    bool refinable;
+    if (pass == 0) {
+        A = bsel == 0 ? 0u : (E0 + (uint32_t)bsel) << 23;
+        bound = (E0 + (uint32_t)bsel + 1u) << 23;
+        wb = 23;
+        refinable = bsel > 0;
+    } else {
+        wb -= 4;
+        A += (uint32_t)bsel << wb;
+        bound = A + (1u << wb);
+        refinable = wb >= 4;
+    }
+    c0 = acc;
+    const unsigned m = acc + cb;
+    if (m <= SMALL || !refinable) {
+        if (m <= CAP) mode = 1;
+        return true;
+    }
+    return false;
+}
+
+/* The kept entries (z, index in any order, n of them) into index order, with their fp64 weights:
+ * each one's rank is the number of kept indices below it. */
+__device__ __forceinline__ void kept_in_index_order(int n, const float *z, const int *idx, float zmax, double *kp,
+                                                    int *ki)
+{
+    for (int q = threadIdx.x; q < n; q += blockDim.x) {
+        const int id = idx[q], n4 = n & ~3;
+        int rank = 0;
+        for (int p = 0; p < n4; p += 4) {
+            const int4 v = *reinterpret_cast<const int4 *>(idx + p);
+            rank += (v.x < id) + (v.y < id) + (v.z < id) + (v.w < id);
+        }
+        for (int p = n4; p < n; p++) rank += idx[p] < id;
+        kp[rank] = exp((double)z[q] - (double)zmax);
+        ki[rank] = id;
+    }
+}
+
+/* Warp 0: the weights kp[0..n) (index order) summed as the CPU sums them, their prefix sums into
+ * kc (the CPU's walk compares cum + p, which is that prefix), and the index of the first prefix
+ * above u * sum (the last kept entry when rounding leaves none, u -> 1). */
+__device__ __forceinline__ int kept_pick(int n, const double *kp, const int *ki, double *kc, double u)
+{
+    const int lane = threadIdx.x & 31;
+    if (lane == 0) { /* 8 weights loaded ahead of the adds */
+        double s = 0.0, a[8];
+#pragma unroll
+        for (int v = 0; v < 8; v++) a[v] = v < n ? kp[v] : 0.0;
+        for (int q0 = 0; q0 < n; q0 += 8) {
+            double b[8];
+#pragma unroll
+            for (int v = 0; v < 8; v++) b[v] = q0 + 8 + v < n ? kp[q0 + 8 + v] : 0.0;
+#pragma unroll
+            for (int v = 0; v < 8; v++) {
+                s += a[v]; /* + 0.0 past n: the same bits */
+                if (q0 + v < n) kc[q0 + v] = s;
+            }
+#pragma unroll
+            for (int v = 0; v < 8; v++) a[v] = b[v];
+        }
+    }
+    __syncwarp();
+    const double target = u * kc[n - 1];
+    for (int b0 = 0; b0 < n; b0 += 32) {
+        const int q = b0 + lane;
+        const unsigned bal = __ballot_sync(0xffffffffu, q < n && kc[q] > target);
+        if (bal) return ki[b0 + __ffs(bal) - 1];
+    }
+    return ki[n - 1];
+}
+
+/* the phase stamps tm[0..6] of one draw, its end now, and its ns since ns0 into g_prof */
+__device__ __forceinline__ void prof_add(const long long (&tm)[8], unsigned long long ns0)
+{
+    const long long end = clock64();
+#pragma unroll
+    for (int q = 0; q < 6; q++) atomicAdd(&g_prof[q], (unsigned long long)(tm[q + 1] - tm[q]));
+    atomicAdd(&g_prof[6], (unsigned long long)(end - tm[6]));
+    atomicAdd(&g_prof[7], 1ull);
+    atomicAdd(&g_prof[8], global_ns() - ns0);
+    atomicAdd(&g_prof[9], (unsigned long long)(end - tm[0]));
+}
+
+/* how many of z[0..m) are larger than own (z 16-byte aligned) */
+__device__ __forceinline__ int count_larger(const float *z, int m, float own)
+{
+    int gt = 0;
+    const int m4 = m & ~3;
+    for (int q = 0; q < m4; q += 4) {
+        const float4 v = *reinterpret_cast<const float4 *>(z + q);
+        gt += (v.x > own) + (v.y > own) + (v.z > own) + (v.w > own);
+    }
+    for (int q = m4; q < m; q++) gt += z[q] > own;
+    return gt;
+}
+
+/* The draw from the n kept entries (z, index; any order): index order and weights, the pick into
+ * codes[slot] and the path count (mode), by the whole block; thread 0 records the phase stamps. */
+template <bool PROF>
+__device__ __forceinline__ void finish_draw(int n, const float *z, const int *idx, float zmax, double *kp, int *ki,
+                                            double *kc, double u, int32_t *codes, int slot, int mode, bool stamp,
+                                            long long (&tm)[8], unsigned long long ns0)
+{
+    kept_in_index_order(n, z, idx, zmax, kp, ki);
+    __syncthreads();
+    if (stamp) tm[6] = clock64();
+    if (threadIdx.x < 32) {
+        const int code = kept_pick(n, kp, ki, kc, u);
+        if (threadIdx.x == 0) {
+            codes[slot] = code;
+            atomicAdd(&g_paths[mode == 1 ? 0 : mode == 0 ? 1 : 2], 1ull);
+            if (PROF) prof_add(tm, ns0);
+        }
+    }
+}
+
 /* The single-pass sampler (see the top of the file).  A block of NT threads, V <= NT * P. */
 template <int P, bool PROF>
 __global__ void __launch_bounds__(NT)
@@ -427,17 +656,7 @@ sample_kernel(const float *__restrict__ logits, int B, int V, const hmc_sample_p
     if (PROF && tid == 0) tm[1] = clock64();
     if (forced >= 0 || k == 1 || !(temp > 0.0f)) {
         /* teacher forcing (g still goes to logits_out) or the CPU's argmax of g */
-        unsigned long long best = 0;
-#pragma unroll
-        for (int j = 0; j < P; j++) {
-            const int i = tid + j * NT;
-            if (i < V) {
-                const float g = combine_at(logits, B, V, i, cfg);
-                if (logits_out) logits_out[i] = g;
-                const unsigned long long a = argmax_key(g, i);
-                best = a > best ? a : best;
-            }
-        }
+        unsigned long long best = argmax_keys<P>(logits, B, V, cfg, logits_out, tid, NT);
         if (forced >= 0) {
             if (tid == 0) codes[slot] = forced;
             return;
@@ -446,45 +665,19 @@ sample_kernel(const float *__restrict__ logits, int B, int V, const hmc_sample_p
         if (tid == 0) codes[slot] = bi;
         return;
     }
-    if (tid == 32) { /* the uniform, off the critical path (read after several barriers) */
-        const uint64_t seed = ((uint64_t)prm->seed_hi << 32) | prm->seed_lo;
-        s_u = philox_uniform(seed, 0u, *counter_dev, (uint32_t)slot);
-    }
+    if (tid == 32) s_u = draw_uniform(prm, counter_dev, slot); /* off the critical path (read after several barriers) */
     if (tid == 0) s_m = 0, s_n = 0;
     /* g, z, the maximum z and the number of finite z */
     float z[P];
     uint32_t kmax = 0, nfin = 0;
-#pragma unroll
-    for (int j = 0; j < P; j++) {
-        const int i = tid + j * NT;
-        float v = -INFINITY;
-        if (i < V) {
-            const float g = combine_at(logits, B, V, i, cfg);
-            if (logits_out) logits_out[i] = g;
-            v = to_z(g, temp);
-            if (v > -INFINITY) {
-                const uint32_t key = order_key(v);
-                kmax = key > kmax ? key : kmax;
-                nfin++;
-            }
-        }
-        z[j] = v;
-    }
-    kmax = __reduce_max_sync(0xffffffffu, kmax);
-    nfin = __reduce_add_sync(0xffffffffu, nfin);
+    load_z<P>(logits, B, V, cfg, temp, logits_out, tid, NT, z, kmax, nfin);
     if (lane == 0) s_red[0][warp] = kmax, s_red[1][warp] = nfin;
     __syncthreads();
     if (PROF && tid == 0) tm[2] = clock64();
     kmax = __reduce_max_sync(0xffffffffu, s_red[0][lane]);
     nfin = __reduce_add_sync(0xffffffffu, s_red[1][lane]);
     if (nfin == 0) { /* nothing finite: the CPU falls back to smp_argmax of g */
-        unsigned long long best = 0;
-#pragma unroll
-        for (int j = 0; j < P; j++)
-            if (tid + j * NT < V) {
-                const unsigned long long a = argmax_key(combine_at(logits, B, V, tid + j * NT, cfg), tid + j * NT);
-                best = a > best ? a : best;
-            }
+        const unsigned long long best = argmax_keys<P>(logits, B, V, cfg, nullptr, tid, NT);
         const int bi = block_argmax_index(best, s_amax);
         if (tid == 0) codes[slot] = bi;
         return;
@@ -514,69 +707,17 @@ sample_kernel(const float *__restrict__ logits, int B, int V, const hmc_sample_p
             for (int pass = 0;; pass++) {
                 uint64_t lo = 0, hi = 0; /* 16 bins of 8-bit counts (at most 16 entries a thread) */
 #pragma unroll
-                for (int j = 0; j < P; j++) {
-                    uint32_t b;
-                    bool in = true;
-                    const uint32_t kdj = kd_at(j);
-                    if (pass == 0) {
-                        const uint32_t e = kdj >> 23;
-                        b = e <= E0 ? 0u : min(e - E0, 15u);
-                    } else {
-                        in = kdj - A < (1u << wb);
-                        b = (kdj - A) >> (wb - 4);
-                    }
-                    if (in) {
-                        const uint64_t inc = 1ull << ((b & 7u) * 8u);
-                        if (b & 8u) hi += inc;
-                        else lo += inc;
-                    }
-                }
-                /* warp sums in 16-bit fields (<= 512), two bins a word; then over the 32 warps (<= 16384) */
+                for (int j = 0; j < P; j++) octave_count(kd_at(j), pass, A, wb, lo, hi);
+                /* warp sums (<= 512 a bin); then over the 32 warps (<= 16384) */
                 uint32_t c[8];
-#pragma unroll
-                for (int q = 0; q < 8; q++) {
-                    const uint64_t src = q < 4 ? lo : hi;
-                    const int sh = 16 * (q & 3);
-                    c[q] = __reduce_add_sync(0xffffffffu, (uint32_t)((src >> sh) & 0xffu) |
-                                                              ((uint32_t)((src >> (sh + 8)) & 0xffu) << 16));
-                }
+                octave_warp_sums(lo, hi, c);
                 if (lane == 0)
 #pragma unroll
                     for (int q = 0; q < 8; q++) s_hist[pass & 1][warp][q] = c[q];
                 __syncthreads();
 #pragma unroll
                 for (int q = 0; q < 8; q++) c[q] = __reduce_add_sync(0xffffffffu, s_hist[pass & 1][lane][q]);
-                /* the first bin where the count from the top reaches k (pass 0: not the far bin) */
-                const int nb = pass == 0 ? 15 : 16;
-                unsigned acc = c0, cb = 0;
-                int bsel = -1;
-#pragma unroll
-                for (int b = 0; b < 16; b++) {
-                    const unsigned cnt = (c[b >> 1] >> (16 * (b & 1))) & 0xffffu;
-                    if (bsel < 0 && b < nb) {
-                        if (acc + cnt >= (unsigned)k) bsel = b, cb = cnt;
-                        else acc += cnt;
-                    }
-                }
-                if (bsel < 0) break; /* the k-th largest is >= 2^8 below the maximum */
-                bool refinable;
-                if (pass == 0) {
-                    A = bsel == 0 ? 0u : (E0 + (uint32_t)bsel) << 23;
-                    bound = (E0 + (uint32_t)bsel + 1u) << 23;
-                    wb = 23;
-                    refinable = bsel > 0;
-                } else {
-                    wb -= 4;
-                    A += (uint32_t)bsel << wb;
-                    bound = A + (1u << wb);
-                    refinable = wb >= 4;
-                }
-                c0 = acc;
-                const unsigned m = acc + cb;
-                if (m <= SMALL || !refinable) {
-                    if (m <= CAP) mode = 1;
-                    break;
-                }
+                if (octave_step(c, pass, k, A, bound, wb, c0, mode)) break;
             }
         }
         if (mode == 2) T = radix_kth<P>(z, V, (unsigned)k, hist, sel);
@@ -613,16 +754,7 @@ sample_kernel(const float *__restrict__ logits, int B, int V, const hmc_sample_p
         if (tid < m) {
             own = cz[tid], idx = ci[tid];
             keep = true;
-            if (mode == 1) {
-                int gt = 0;
-                const int m4 = m & ~3;
-                for (int q = 0; q < m4; q += 4) {
-                    const float4 v = *reinterpret_cast<const float4 *>(cz + q);
-                    gt += (v.x > own) + (v.y > own) + (v.z > own) + (v.w > own);
-                }
-                for (int q = m4; q < m; q++) gt += cz[q] > own;
-                keep = gt < k;
-            }
+            if (mode == 1) keep = count_larger(cz, m, own) < k;
         }
         const unsigned bal = __ballot_sync(0xffffffffu, keep);
         if (bal) {
@@ -637,65 +769,8 @@ sample_kernel(const float *__restrict__ logits, int B, int V, const hmc_sample_p
     }
     __syncthreads();
     if (PROF && tid == 0) tm[5] = clock64();
-    /* the kept entries into index order (a rank among n ~ k), with their fp64 weights */
-    const int n = s_n;
-    if (tid < n) {
-        const int idx = kiu[tid], n4 = n & ~3;
-        int rank = 0;
-        for (int q = 0; q < n4; q += 4) {
-            const int4 v = *reinterpret_cast<const int4 *>(kiu + q);
-            rank += (v.x < idx) + (v.y < idx) + (v.z < idx) + (v.w < idx);
-        }
-        for (int q = n4; q < n; q++) rank += kiu[q] < idx;
-        kp[rank] = exp((double)kz[tid] - (double)zmax);
-        ki[rank] = idx;
-    }
-    __syncthreads();
-    if (PROF && tid == 0) tm[6] = clock64();
-    if (warp == 0) {
-        /* the CPU's sum in its order (8 weights loaded ahead of the adds); its walk's cum + p is
-         * the prefix kc[q] of that sum */
-        if (lane == 0) {
-            double s = 0.0, a[8];
-#pragma unroll
-            for (int u = 0; u < 8; u++) a[u] = u < n ? kp[u] : 0.0;
-            for (int q0 = 0; q0 < n; q0 += 8) {
-                double b[8];
-#pragma unroll
-                for (int u = 0; u < 8; u++) b[u] = q0 + 8 + u < n ? kp[q0 + 8 + u] : 0.0;
-#pragma unroll
-                for (int u = 0; u < 8; u++) {
-                    s += a[u]; /* + 0.0 past n: the same bits */
-                    if (q0 + u < n) kc[q0 + u] = s;
-                }
-#pragma unroll
-                for (int u = 0; u < 8; u++) a[u] = b[u];
-            }
-        }
-        __syncwarp();
-        const double target = s_u * kc[n - 1];
-        int pick = -1;
-        for (int b0 = 0; b0 < n; b0 += 32) {
-            const int q = b0 + lane;
-            const unsigned bal = __ballot_sync(0xffffffffu, q < n && kc[q] > target);
-            if (bal) {
-                pick = ki[b0 + __ffs(bal) - 1];
-                break;
-            }
-        }
-        if (lane == 0) {
-            codes[slot] = pick >= 0 ? pick : ki[n - 1]; /* rounding at u -> 1: the last kept entry */
-            atomicAdd(&g_paths[mode == 1 ? 0 : mode == 0 ? 1 : 2], 1ull);
-            if (PROF) {
-                tm[7] = clock64();
-#pragma unroll
-                for (int q = 0; q < 7; q++) atomicAdd(&g_prof[q], (unsigned long long)(tm[q + 1] - tm[q]));
-                atomicAdd(&g_prof[7], 1ull);
-                atomicAdd(&g_prof[8], global_ns() - ns0);
-                atomicAdd(&g_prof[9], (unsigned long long)(tm[7] - tm[0]));
-            }
-        }
-    }
+    /* the kept entries into index order (a rank among n ~ k), with their fp64 weights; the draw */
+    finish_draw<PROF>(s_n, kz, kiu, zmax, kp, ki, kc, s_u, codes, slot, mode, PROF && tid == 0, tm, ns0);
 }
 
 /* ---- the cluster sampler ------------------------------------------------------------------ */
@@ -744,6 +819,21 @@ __device__ __forceinline__ unsigned long long cl_block_max64(unsigned long long 
 #pragma unroll
     for (int w = 1; w < NWC; w++) v = s[w] > v ? s[w] : v;
     return v;
+}
+
+/* smp_argmax over the cluster: each block's largest argmax key into rank 0, which writes the code
+ * (0 when every key is 0: all NaN) */
+__device__ __forceinline__ void cl_argmax(unsigned long long best, unsigned long long *s_k64, unsigned long long *s_akey,
+                                          uint32_t rank, int32_t *codes, int slot)
+{
+    best = cl_block_max64(best, s_k64);
+    if (threadIdx.x == 0) *cl_map(&s_akey[rank], 0) = best;
+    cl_sync();
+    if (rank == 0 && threadIdx.x == 0) {
+        unsigned long long v = 0;
+        for (int r = 0; r < CLB; r++) v = s_akey[r] > v ? s_akey[r] : v;
+        codes[slot] = v ? (int)(0xffffffffu - (uint32_t)v) : 0;
+    }
 }
 
 /* the vocabulary walk of block_walk, in rank 0 alone: z recomputed from the logits a chunk of NC
@@ -818,56 +908,19 @@ sample_kernel_cl(const float *__restrict__ logits, int B, int V, const hmc_sampl
     pdl_wait();
     if (stamp) tm[1] = clock64();
     if (forced >= 0 || k == 1 || !(temp > 0.0f)) {
-        unsigned long long best = 0;
-#pragma unroll
-        for (int j = 0; j < P; j++) {
-            const int i = gt + j * STRIDE;
-            if (i < V) {
-                const float g = combine_at(logits, B, V, i, cfg);
-                if (logits_out) logits_out[i] = g;
-                const unsigned long long a = argmax_key(g, i);
-                best = a > best ? a : best;
-            }
-        }
+        const unsigned long long best = argmax_keys<P>(logits, B, V, cfg, logits_out, gt, STRIDE);
         cl_wait();
         if (forced >= 0) {
             if (rank == 0 && tid == 0) codes[slot] = forced;
             return;
         }
-        best = cl_block_max64(best, s_k64);
-        if (tid == 0) *cl_map(&s_akey[rank], 0) = best;
-        cl_sync();
-        if (rank == 0 && tid == 0) {
-            unsigned long long v = 0;
-            for (int r = 0; r < CLB; r++) v = s_akey[r] > v ? s_akey[r] : v;
-            codes[slot] = v ? (int)(0xffffffffu - (uint32_t)v) : 0;
-        }
+        cl_argmax(best, s_k64, s_akey, rank, codes, slot);
         return;
     }
-    if (rank == 0 && tid == 32) {
-        const uint64_t seed = ((uint64_t)prm->seed_hi << 32) | prm->seed_lo;
-        s_u = philox_uniform(seed, 0u, *counter_dev, (uint32_t)slot);
-    }
+    if (rank == 0 && tid == 32) s_u = draw_uniform(prm, counter_dev, slot);
     float z[P];
     uint32_t kmax = 0, nfin = 0;
-#pragma unroll
-    for (int j = 0; j < P; j++) {
-        const int i = gt + j * STRIDE;
-        float v = -INFINITY;
-        if (i < V) {
-            const float g = combine_at(logits, B, V, i, cfg);
-            if (logits_out) logits_out[i] = g;
-            v = to_z(g, temp);
-            if (v > -INFINITY) {
-                const uint32_t key = order_key(v);
-                kmax = key > kmax ? key : kmax;
-                nfin++;
-            }
-        }
-        z[j] = v;
-    }
-    kmax = __reduce_max_sync(0xffffffffu, kmax);
-    nfin = __reduce_add_sync(0xffffffffu, nfin);
+    load_z<P>(logits, B, V, cfg, temp, logits_out, gt, STRIDE, z, kmax, nfin);
     if (lane == 0) s_wred[0][warp] = kmax, s_wred[1][warp] = nfin;
     __syncthreads();
     cl_wait();
@@ -884,21 +937,8 @@ sample_kernel_cl(const float *__restrict__ logits, int B, int V, const hmc_sampl
 #pragma unroll
     for (int r = 0; r < CLB; r++) kmax = max(kmax, s_bred[r][0]), nfin += s_bred[r][1];
     if (nfin == 0) { /* nothing finite: the CPU's smp_argmax of g */
-        unsigned long long best = 0;
-#pragma unroll
-        for (int j = 0; j < P; j++)
-            if (gt + j * STRIDE < V) {
-                const unsigned long long a = argmax_key(combine_at(logits, B, V, gt + j * STRIDE, cfg), gt + j * STRIDE);
-                best = a > best ? a : best;
-            }
-        best = cl_block_max64(best, s_k64);
-        if (tid == 0) *cl_map(&s_akey[rank], 0) = best;
-        cl_sync();
-        if (rank == 0 && tid == 0) {
-            unsigned long long v = 0;
-            for (int r = 0; r < CLB; r++) v = s_akey[r] > v ? s_akey[r] : v;
-            codes[slot] = v ? (int)(0xffffffffu - (uint32_t)v) : 0;
-        }
+        const unsigned long long best = argmax_keys<P>(logits, B, V, cfg, nullptr, gt, STRIDE);
+        cl_argmax(best, s_k64, s_akey, rank, codes, slot);
         return;
     }
     const float zmax = from_order_key(kmax);
@@ -914,33 +954,13 @@ sample_kernel_cl(const float *__restrict__ logits, int B, int V, const hmc_sampl
         if (zmax < INFINITY) {
             uint32_t wb = 0;
             for (int pass = 0;; pass++) {
-                uint32_t lo = 0, hi = 0; /* 16 bins of 4-bit counts (at most P <= 8 entries a thread) */
+                uint64_t lo = 0, hi = 0; /* 16 bins of 8-bit counts */
 #pragma unroll
-                for (int j = 0; j < P; j++) {
-                    uint32_t b;
-                    bool in = true;
-                    if (pass == 0) {
-                        const uint32_t e = kd[j] >> 23;
-                        b = e <= E0 ? 0u : min(e - E0, 15u);
-                    } else {
-                        in = kd[j] - A < (1u << wb);
-                        b = (kd[j] - A) >> (wb - 4);
-                    }
-                    if (in) {
-                        const uint32_t inc = 1u << ((b & 7u) * 4u);
-                        if (b & 8u) hi += inc;
-                        else lo += inc;
-                    }
-                }
-                /* warp sums in 16-bit fields (<= 256), two bins a word; the block's (<= 2048) into
-                 * every block's shared memory; the cluster's (<= 16384) summed by each block */
+                for (int j = 0; j < P; j++) octave_count(kd[j], pass, A, wb, lo, hi);
+                /* warp sums (<= 256 a bin); the block's (<= 2048) into every block's shared memory; the
+                 * cluster's (<= 16384) summed by each block */
                 uint32_t c[8];
-#pragma unroll
-                for (int q = 0; q < 8; q++) {
-                    const uint32_t src = q < 4 ? lo : hi;
-                    const int sh = 8 * (q & 3);
-                    c[q] = __reduce_add_sync(0xffffffffu, ((src >> sh) & 0xfu) | (((src >> (sh + 4)) & 0xfu) << 16));
-                }
+                octave_warp_sums(lo, hi, c);
                 if (lane == 0)
 #pragma unroll
                     for (int q = 0; q < 8; q++) s_hw[warp][q] = c[q];
@@ -960,36 +980,7 @@ sample_kernel_cl(const float *__restrict__ logits, int B, int V, const hmc_sampl
                     for (int r = 0; r < CLB; r++) s += s_hb[pass & 1][r][q];
                     c[q] = s;
                 }
-                const int nb = pass == 0 ? 15 : 16;
-                unsigned acc = c0, cb = 0;
-                int bsel = -1;
-#pragma unroll
-                for (int b = 0; b < 16; b++) {
-                    const unsigned cnt = (c[b >> 1] >> (16 * (b & 1))) & 0xffffu;
-                    if (bsel < 0 && b < nb) {
-                        if (acc + cnt >= (unsigned)k) bsel = b, cb = cnt;
-                        else acc += cnt;
-                    }
-                }
-                if (bsel < 0) break;
-                bool refinable;
-                if (pass == 0) {
-                    A = bsel == 0 ? 0u : (E0 + (uint32_t)bsel) << 23;
-                    bound = (E0 + (uint32_t)bsel + 1u) << 23;
-                    wb = 23;
-                    refinable = bsel > 0;
-                } else {
-                    wb -= 4;
-                    A += (uint32_t)bsel << wb;
-                    bound = A + (1u << wb);
-                    refinable = wb >= 4;
-                }
-                c0 = acc;
-                const unsigned m = acc + cb;
-                if (m <= SMALL || !refinable) {
-                    if (m <= CAP) mode = 1;
-                    break;
-                }
+                if (octave_step(c, pass, k, A, bound, wb, c0, mode)) break;
             }
         }
         if (mode == 2) { /* the k-th largest order key: radix_kth over the cluster */
@@ -1008,26 +999,7 @@ sample_kernel_cl(const float *__restrict__ logits, int B, int V, const hmc_sampl
                 for (int r = 0; r < CLB; r++) s += *cl_map(&hist[tid], (uint32_t)r);
                 htot[tid] = s;
                 cl_sync(); /* every block has read the histograms before the next round clears them */
-                if (tid < 32) {
-                    unsigned s8 = 0;
-                    for (int i = 0; i < 8; i++) s8 += htot[255 - 8 * lane - i];
-                    unsigned incl = s8;
-                    for (int o = 1; o < 32; o <<= 1) {
-                        const unsigned v = __shfl_up_sync(0xffffffffu, incl, o);
-                        if (lane >= o) incl += v;
-                    }
-                    unsigned above = incl - s8;
-                    if (above < kk && kk <= incl) {
-                        for (int i = 0; i < 8; i++) {
-                            const unsigned d = 255 - 8 * lane - i, h = htot[d];
-                            if (above + h >= kk) {
-                                sel[0] = d, sel[1] = kk - above;
-                                break;
-                            }
-                            above += h;
-                        }
-                    }
-                }
+                if (tid < 32) radix_pick_digit(htot, kk, sel);
                 __syncthreads();
                 T |= sel[0] << shift;
                 hmask |= 255u << shift;
@@ -1080,76 +1052,14 @@ sample_kernel_cl(const float *__restrict__ logits, int B, int V, const hmc_sampl
     const int nc = s_nc;
     for (int q = tid; q < nc; q += NC) {
         const float own = cz[q];
-        int gtn = 0;
-        const int n4 = nc & ~3;
-        for (int r = 0; r < n4; r += 4) {
-            const float4 v = *reinterpret_cast<const float4 *>(cz + r);
-            gtn += (v.x > own) + (v.y > own) + (v.z > own) + (v.w > own);
-        }
-        for (int r = n4; r < nc; r++) gtn += cz[r] > own;
-        if (c0 + (unsigned)gtn < (unsigned)k) {
+        if (c0 + (unsigned)count_larger(cz, nc, own) < (unsigned)k) {
             const int pos = atomicAdd(&s_nl, 1);
             lz[pos] = own, li[pos] = ci[q];
         }
     }
     __syncthreads();
     if (stamp) tm[5] = clock64();
-    const int n = s_nl;
-    for (int q = tid; q < n; q += NC) {
-        const int idx = li[q], n4 = n & ~3;
-        int r = 0;
-        for (int p = 0; p < n4; p += 4) {
-            const int4 v = *reinterpret_cast<const int4 *>(li + p);
-            r += (v.x < idx) + (v.y < idx) + (v.z < idx) + (v.w < idx);
-        }
-        for (int p = n4; p < n; p++) r += li[p] < idx;
-        kp[r] = exp((double)lz[q] - (double)zmax);
-        ki[r] = idx;
-    }
-    __syncthreads();
-    if (stamp) tm[6] = clock64();
-    if (warp == 0) {
-        if (lane == 0) {
-            double s = 0.0, a[8];
-#pragma unroll
-            for (int u = 0; u < 8; u++) a[u] = u < n ? kp[u] : 0.0;
-            for (int q0 = 0; q0 < n; q0 += 8) {
-                double b[8];
-#pragma unroll
-                for (int u = 0; u < 8; u++) b[u] = q0 + 8 + u < n ? kp[q0 + 8 + u] : 0.0;
-#pragma unroll
-                for (int u = 0; u < 8; u++) {
-                    s += a[u];
-                    if (q0 + u < n) kc[q0 + u] = s;
-                }
-#pragma unroll
-                for (int u = 0; u < 8; u++) a[u] = b[u];
-            }
-        }
-        __syncwarp();
-        const double target = s_u * kc[n - 1];
-        int pick = -1;
-        for (int b0 = 0; b0 < n; b0 += 32) {
-            const int q = b0 + lane;
-            const unsigned bal = __ballot_sync(0xffffffffu, q < n && kc[q] > target);
-            if (bal) {
-                pick = ki[b0 + __ffs(bal) - 1];
-                break;
-            }
-        }
-        if (lane == 0) {
-            codes[slot] = pick >= 0 ? pick : ki[n - 1];
-            atomicAdd(&g_paths[mode == 1 ? 0 : mode == 0 ? 1 : 2], 1ull);
-            if (PROF) {
-                tm[7] = clock64();
-#pragma unroll
-                for (int q = 0; q < 7; q++) atomicAdd(&g_prof[q], (unsigned long long)(tm[q + 1] - tm[q]));
-                atomicAdd(&g_prof[7], 1ull);
-                atomicAdd(&g_prof[8], global_ns() - ns0);
-                atomicAdd(&g_prof[9], (unsigned long long)(tm[7] - tm[0]));
-            }
-        }
-    }
+    finish_draw<PROF>(s_nl, lz, li, zmax, kp, ki, kc, s_u, codes, slot, mode, stamp, tm, ns0);
 }
 
 int g_impl = -1; /* hmc_sample_set_impl; -1: not read from HM_SAMPLE_IMPL yet */

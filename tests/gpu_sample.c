@@ -179,20 +179,19 @@ static int time_mode(void)
         printf("| %s | %d | %d | %g | %d | %g | %.2f | %.2f | %.2f | %.2fx | %llu/%llu |\n",
                c[i].lm == 1 ? "LM-like" : c[i].lm ? "uniform +-60000" : "uniform +-6", c[i].V, c[i].B, c[i].cfg, c[i].k,
                c[i].temp, t1, t3, t0, t3 / t0, paths[0], all);
-        if (i == 0) { /* the phase profile of the default kernel on the first case (an instrumented copy) */
-            OK(hmc_sample_profile(pr));
-            const double tp = time_graph(2, ld, l, c[i].B, c[i].V, c[i].cfg, c[i].k, c[i].temp, 200, 20, &bad);
-            OK(hmc_sample_profile(pr));
-            OK(hmc_sample_path_counts(paths));
-            pr[7] = pr[7] ? pr[7] : 1;
-            printf("| (one block, with its phase profile) | | | | | | | %.2f | | | |\n", tp);
-            OK(hmc_sample_profile(pc));
-            const double tc = time_graph(4, ld, l, c[i].B, c[i].V, c[i].cfg, c[i].k, c[i].temp, 200, 20, &bad);
-            OK(hmc_sample_profile(pc));
-            OK(hmc_sample_path_counts(paths));
-            pc[7] = pc[7] ? pc[7] : 1;
-            printf("| (cluster, with its phase profile) | | | | | | | | %.2f | | |\n", tc);
-        }
+        if (i == 0) /* the phase profiles on the first case (instrumented copies: impl 2 one block, 4 cluster) */
+            for (int w = 0; w < 2; w++) {
+                unsigned long long *q = w ? pc : pr;
+                OK(hmc_sample_profile(q));
+                const double tp = time_graph(w ? 4 : 2, ld, l, c[i].B, c[i].V, c[i].cfg, c[i].k, c[i].temp, 200, 20, &bad);
+                OK(hmc_sample_profile(q));
+                OK(hmc_sample_path_counts(paths));
+                q[7] = q[7] ? q[7] : 1;
+                char v[32];
+                snprintf(v, sizeof v, "%.2f", tp);
+                printf("| (%s, with its phase profile) | | | | | | | %s | %s | | |\n", w ? "cluster" : "one block",
+                       w ? "" : v, w ? v : "");
+            }
         cudaFree(ld);
         free(l);
     }

@@ -597,6 +597,17 @@ static void test_stage_sigterm(void **st)
     desc_free(&q);
 }
 
+/* undo stage_new's process-wide signal setup for the rest of this test binary */
+static void undo_stage_signals(void)
+{
+    signal(SIGCHLD, SIG_DFL);
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+}
+
 /* ---- a stage in this process: pool releases and lease reclaim driven by stage_run ---- */
 
 typedef struct {
@@ -660,13 +671,7 @@ static void test_stage_inproc_pool(void **st_)
     stage_free(st);
     pool_destroy(x.pool);
     pool_unmap_all();
-    /* undo stage_new's process-wide signal setup for the rest of this test binary */
-    signal(SIGCHLD, SIG_DFL);
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+    undo_stage_signals();
 }
 
 /* ---- the loop's check: a process that cannot go on (a lost CUDA context) leaves stage_run ---- */
@@ -693,12 +698,7 @@ static void test_stage_check(void **st_)
     assert_true(hm_now() - t0 < 2.0);
     assert_non_null(strstr(hm_errmsg(), "context lost"));
     stage_free(st);
-    signal(SIGCHLD, SIG_DFL);
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+    undo_stage_signals();
 }
 
 int main(int argc, char **argv)
