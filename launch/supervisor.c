@@ -10,7 +10,9 @@
  * "STOPPING=1" with the sender's pid from SCM_CREDENTIALS.
  *
  * When every stage is ready it writes "<run_dir>/ready" (the pid of the supervisor) and prints
- * "ready" on stdout; the heartmula CLI waits for that file when it starts a private pipeline. */
+ * "ready" on stdout; the heartmula CLI waits for that file when it starts a private pipeline.
+ * With a GPU stage among those it starts, it first starts an MPS control daemon of its own in
+ * <run_dir>/mps (pipeline.yaml `mps`, launch/mps.c) and quits it after the last stage stopped. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
