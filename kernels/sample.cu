@@ -489,9 +489,10 @@ __device__ __forceinline__ void octave_warp_sums(uint64_t lo, uint64_t hi, uint3
  * counts a word; region [A, A + 2^wb) split in 16 after pass 0; c0 entries below A): the first bin
  * where the count from the top reaches k (pass 0: not the far bin) becomes the region.  True when
  * the passes stop: the k-th largest is >= 2^8 below the maximum (mode stays 2), or the region's
- * candidates are few enough or cannot be split (mode 1 when the lists hold them). */
+ * candidates are few enough or cannot be split (mode 1 when the lists hold them).  The bin chosen
+ * (-1: none) into *bsel_out when given. */
 __device__ __forceinline__ bool octave_step(const uint32_t (&c)[8], int pass, int k, uint32_t &A, uint32_t &bound,
-                                            uint32_t &wb, unsigned &c0, int &mode)
+                                            uint32_t &wb, unsigned &c0, int &mode, int *bsel_out = nullptr)
 {
     const int nb = pass == 0 ? 15 : 16;
     unsigned acc = c0, cb = 0;
@@ -504,6 +505,7 @@ __device__ __forceinline__ bool octave_step(const uint32_t (&c)[8], int pass, in
             else acc += cnt;
         }
     }
+    if (bsel_out) *bsel_out = bsel;
     if (bsel < 0) return true;
     bool refinable;
     if (pass == 0) {
@@ -887,7 +889,8 @@ sample_kernel_cl(const float *__restrict__ logits, int B, int V, const hmc_sampl
     __shared__ __align__(16) double kp[CAP];
     __shared__ int ki[CAP];
     __shared__ double s_u;
-    __shared__ int s_nl, s_nc;
+    __shared__ int s_nl;
+    __shared__ unsigned s_cnt[2][CLB], s_wsum[NWC];
     float *cz = reinterpret_cast<float *>(cbuf);
     int *ci = reinterpret_cast<int *>(cbuf + CAP * 4);
     double *kc = reinterpret_cast<double *>(cbuf);
@@ -899,7 +902,7 @@ sample_kernel_cl(const float *__restrict__ logits, int B, int V, const hmc_sampl
     long long tm[8];
     unsigned long long ns0 = 0;
     if (stamp) tm[0] = clock64(), ns0 = global_ns();
-    if (tid == 0) s_nl = 0, s_nc = 0;
+    if (tid == 0) s_nl = 0;
     cl_arrive(); /* every block has started before any stores into its shared memory (cl_wait) */
     pdl_trigger();
     const float cfg = prm->cfg_scale, temp = prm->temperature;
@@ -945,7 +948,7 @@ sample_kernel_cl(const float *__restrict__ logits, int B, int V, const hmc_sampl
 
     int mode = 0;
     uint32_t bound = 0, A = 0, T = 0;
-    unsigned c0 = 0;
+    unsigned c0 = 0, c0r = 0, cbr = 0; /* c0r, cbr: in thread r < CLB, block r's share of c0 and of the bin */
     uint32_t kd[P];
 #pragma unroll
     for (int j = 0; j < P; j++) kd[j] = z[j] > -INFINITY ? __float_as_uint(__fsub_rn(zmax, z[j])) : 0xffffffffu;
@@ -980,7 +983,14 @@ sample_kernel_cl(const float *__restrict__ logits, int B, int V, const hmc_sampl
                     for (int r = 0; r < CLB; r++) s += s_hb[pass & 1][r][q];
                     c[q] = s;
                 }
-                if (octave_step(c, pass, k, A, bound, wb, c0, mode)) break;
+                int bsel = -1;
+                const bool stop = octave_step(c, pass, k, A, bound, wb, c0, mode, &bsel);
+                if (tid < CLB && bsel >= 0) { /* block tid's entries below the new region, and in it */
+                    const uint32_t *h = s_hb[pass & 1][tid];
+                    for (int b = 0; b < bsel; b++) c0r += (h[b >> 1] >> (16 * (b & 1))) & 0xffffu;
+                    cbr = (h[bsel >> 1] >> (16 * (bsel & 1))) & 0xffffu;
+                }
+                if (stop) break;
             }
         }
         if (mode == 2) { /* the k-th largest order key: radix_kth over the cluster */
@@ -1012,44 +1022,65 @@ sample_kernel_cl(const float *__restrict__ logits, int B, int V, const hmc_sampl
 
     /* the candidates into rank 0: list L (kept whatever the rank: below the crossing bin in mode 1,
      * every candidate in modes 0 and 2) and list C (mode 1's crossing bin) */
-    int *rnl = cl_map(&s_nl, 0), *rnc = cl_map(&s_nc, 0);
     float *rlz = cl_map(lz, 0), *rcz = cl_map(cz, 0);
     int *rli = cl_map(li, 0), *rci = cl_map(ci, 0);
+    unsigned nc_all = 0;
+    if (mode == 1) {
+        /* each block's place in the lists from the pushed bins (every block has them all), a thread's
+         * from a scan of the block's counts (L in the low 16 bits, C in the high): no atomics */
+        if (tid < CLB) s_cnt[0][tid] = c0r, s_cnt[1][tid] = cbr;
+        uint32_t mine = 0;
 #pragma unroll
-    for (int j = 0; j < P; j++) {
-        const bool cand = mode == 1 ? kd[j] < bound : is_candidate(z[j], mode, zmax, bound, T);
-        const bool inl = cand && (mode != 1 || kd[j] < A);
-        const bool inc = cand && !inl;
-        const unsigned bl = __ballot_sync(0xffffffffu, inl), bc = __ballot_sync(0xffffffffu, inc);
-        if (bl | bc) {
-            int basel = 0, basec = 0;
-            if (lane == 0) {
-                if (bl) basel = atomicAdd(rnl, __popc(bl));
-                if (bc) basec = atomicAdd(rnc, __popc(bc));
+        for (int j = 0; j < P; j++)
+            if (kd[j] < bound) mine += kd[j] < A ? 1u : 0x10000u;
+        uint32_t incl = mine;
+        for (int o = 1; o < 32; o <<= 1) {
+            const uint32_t v = __shfl_up_sync(0xffffffffu, incl, o);
+            if (lane >= o) incl += v;
+        }
+        if (lane == 31) s_wsum[warp] = incl;
+        __syncthreads();
+        uint32_t before = incl - mine;
+        for (int w = 0; w < warp; w++) before += s_wsum[w];
+        int pl = (int)(before & 0xffffu), pc = (int)(before >> 16);
+        for (int r = 0; r < CLB; r++) {
+            if (r < (int)rank) pl += (int)s_cnt[0][r], pc += (int)s_cnt[1][r];
+            nc_all += s_cnt[1][r];
+        }
+#pragma unroll
+        for (int j = 0; j < P; j++)
+            if (kd[j] < bound) {
+                if (kd[j] < A) rlz[pl] = z[j], rli[pl] = gt + j * STRIDE, pl++;
+                else rcz[pc] = z[j], rci[pc] = gt + j * STRIDE, pc++;
             }
-            basel = __shfl_sync(0xffffffffu, basel, 0);
-            basec = __shfl_sync(0xffffffffu, basec, 0);
-            const unsigned below = (1u << lane) - 1u;
-            if (inl) {
-                const int pos = basel + __popc(bl & below);
-                if (pos < CAP) rlz[pos] = z[j], rli[pos] = gt + j * STRIDE;
-            }
-            if (inc) {
-                const int pos = basec + __popc(bc & below);
-                if (pos < CAP) rcz[pos] = z[j], rci[pos] = gt + j * STRIDE;
+    } else {
+        int *rnl = cl_map(&s_nl, 0);
+#pragma unroll
+        for (int j = 0; j < P; j++) {
+            const bool inl = is_candidate(z[j], mode, zmax, bound, T);
+            const unsigned bl = __ballot_sync(0xffffffffu, inl);
+            if (bl) {
+                int basel = 0;
+                if (lane == 0) basel = atomicAdd(rnl, __popc(bl));
+                basel = __shfl_sync(0xffffffffu, basel, 0);
+                const int pos = basel + __popc(bl & ((1u << lane) - 1u));
+                if (inl && pos < CAP) rlz[pos] = z[j], rli[pos] = gt + j * STRIDE;
             }
         }
     }
     cl_sync(); /* the lists are complete; no block touches another's shared memory after this */
     if (rank != 0) return;
     if (stamp) tm[4] = clock64();
-    if (s_nl + s_nc > CAP) { /* keep-all or a radix threshold with more entries than the lists hold */
+    const int nl = mode == 1 ? (int)c0 : s_nl, nc = (int)nc_all;
+    if (nl + nc > CAP) { /* keep-all or a radix threshold with more entries than the lists hold */
         const int pick = cl_walk(logits, B, V, cfg, temp, mode, zmax, bound, T, s_u, kp);
         if (tid == 0) codes[slot] = pick, atomicAdd(&g_paths[3], 1ull);
         return;
     }
+    __syncthreads(); /* every thread has read s_nl */
+    if (tid == 0) s_nl = nl;
+    __syncthreads();
     /* mode 1: an entry of the crossing bin is kept when fewer than k - c0 of the bin are larger */
-    const int nc = s_nc;
     for (int q = tid; q < nc; q += NC) {
         const float own = cz[q];
         if (c0 + (unsigned)count_larger(cz, nc, own) < (unsigned)k) {
