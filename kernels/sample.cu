@@ -787,7 +787,12 @@ sample_kernel(const float *__restrict__ logits, int B, int V, const hmc_sample_p
  * each other.  Rank 0 then puts the kept entries in index order and draws, as sample_kernel does;
  * the rare paths (radix select, keep-all over CAP entries) follow sample_kernel's rules, with the
  * radix histograms summed over the cluster and the vocabulary walk recomputed by rank 0. */
-constexpr int CLB = 8, NC = 256, NWC = NC / 32;
+#ifndef HM_SAMPLE_CLB
+#define HM_SAMPLE_CLB 8 /* blocks a cluster (a build-time knob for A/B: 4 or 8) */
+#endif
+constexpr int CLB = HM_SAMPLE_CLB, NC = 256, NWC = NC / 32;
+constexpr int CL_PS = (9 * NT + CLB * NC - 1) / (CLB * NC); /* entries a thread for V <= 9216 (5 with 8 blocks) */
+constexpr int CL_PL = NT * PER / (CLB * NC);                /* for V <= 16384 (8) */
 
 __device__ __forceinline__ void cl_arrive() { asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory"); }
 __device__ __forceinline__ void cl_wait() { asm volatile("barrier.cluster.wait.aligned;" ::: "memory"); }
@@ -1116,7 +1121,7 @@ bool cluster_fits()
         at[0].val.clusterDim.x = CLB, at[0].val.clusterDim.y = 1, at[0].val.clusterDim.z = 1;
         cfg.attrs = at, cfg.numAttrs = 1;
         int n = 0;
-        fits = cudaOccupancyMaxActiveClusters(&n, sample_kernel_cl<8, false>, &cfg) == cudaSuccess && n > 0;
+        fits = cudaOccupancyMaxActiveClusters(&n, sample_kernel_cl<CL_PL, false>, &cfg) == cudaSuccess && n > 0;
         (void)cudaGetLastError();
     }
     return fits == 1;
@@ -1163,13 +1168,13 @@ extern "C" int hmc_sample(const float *logits, int B, int V, const hmc_sample_pa
     if (impl == 3)
         return launch_pdl(small ? sample_kernel<9, false> : sample_kernel<16, false>, dim3(1), dim3(NT), 0, s, logits,
                           B, V, params_dev, counter_dev, slot, logits_out, codes);
-    const bool v5 = V <= 5 * CLB * NC;
+    const bool v5 = V <= CL_PS * CLB * NC;
     if (impl == 0 && !cluster_fits()) /* a device (or an MPS share) without room for a cluster */
         return launch_pdl(small ? sample_kernel<9, false> : sample_kernel<16, false>, dim3(1), dim3(NT), 0, s, logits,
                           B, V, params_dev, counter_dev, slot, logits_out, codes);
     if (impl == 4)
-        return launch_pdl_cluster(v5 ? sample_kernel_cl<5, true> : sample_kernel_cl<8, true>, dim3(CLB), dim3(NC), 0,
+        return launch_pdl_cluster(v5 ? sample_kernel_cl<CL_PS, true> : sample_kernel_cl<CL_PL, true>, dim3(CLB), dim3(NC), 0,
                                   s, CLB, logits, B, V, params_dev, counter_dev, slot, logits_out, codes);
-    return launch_pdl_cluster(v5 ? sample_kernel_cl<5, false> : sample_kernel_cl<8, false>, dim3(CLB), dim3(NC), 0, s,
+    return launch_pdl_cluster(v5 ? sample_kernel_cl<CL_PS, false> : sample_kernel_cl<CL_PL, false>, dim3(CLB), dim3(NC), 0, s,
                               CLB, logits, B, V, params_dev, counter_dev, slot, logits_out, codes);
 }
