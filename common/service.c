@@ -58,8 +58,7 @@ int hm_stage_main(int argc, char **argv, const char *name, hm_stage_setup_fn set
         LOG_ERROR("backend cuda: this build has no CUDA backend (rebuild with `make CUDA=1`)");
         goto out;
     }
-#endif
-#ifdef HM_CUDA
+#else
     if (!strcmp(cfg.stage[si].backend, "cuda")) stage_on_check(st, cuda_check, NULL);
 #endif
     double t0 = hm_now();
