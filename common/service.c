@@ -5,18 +5,56 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "hm.h"
 #include "transport.h"
 #ifdef HM_CUDA
 #include "ops_cuda.h"
 
+/* Fault injection for the recovery tests (profiling/gpu-check fault): with HM_FAULT_INJECT=
+ * "<stage>:<trigger file>", that stage looks for the file after every loop turn; once it appears,
+ * the stage deletes it and launches a kernel that writes to an unmapped address
+ * (hmc_fault_inject).  Once per process; the restarted stage finds no file. */
+typedef struct {
+    const char *stage;
+    char trigger[512];
+    double probed; /* hm_now() of the last hmc_context_probe */
+} cuda_check_t;
+
+static void fault_setup(cuda_check_t *c)
+{
+    const char *e = getenv("HM_FAULT_INJECT");
+    const size_t n = strlen(c->stage);
+    if (!e || strncmp(e, c->stage, n) || e[n] != ':') return; /* unset, or another stage's */
+    if (!e[n + 1] || strlen(e + n + 1) >= sizeof c->trigger) {
+        LOG_WARN("HM_FAULT_INJECT='%s' ignored (<stage>:<trigger file>)", e);
+        return;
+    }
+    snprintf(c->trigger, sizeof c->trigger, "%s", e + n + 1);
+    LOG_WARN("fault injection armed: when %s appears", c->trigger);
+}
+
 /* a GPU stage whose CUDA context is lost exits, so the supervisor restarts it: every later call
- * would fail, and under MPS the server admits no new client until all affected ones have left */
+ * would fail, and under MPS the server admits no new client until all affected ones have left.
+ * After every turn the last error is read; twice a second the driver is asked as well, so an idle
+ * stage leaves too (hmc_context_probe). */
 static int cuda_check(void *user)
 {
-    (void)user;
+    cuda_check_t *c = user;
+    if (c->trigger[0] && access(c->trigger, F_OK) == 0) {
+        unlink(c->trigger);
+        c->trigger[0] = '\0';
+        LOG_WARN("fault injection: a kernel writes to an unmapped address now");
+        if (hmc_fault_inject() != HM_OK) LOG_WARN("fault injection failed: %s", hm_errmsg());
+    }
+    const double now = hm_now();
+    if (now - c->probed >= 0.5) {
+        c->probed = now;
+        return hmc_context_probe();
+    }
     return hmc_context_check();
 }
 #endif
@@ -59,7 +97,12 @@ int hm_stage_main(int argc, char **argv, const char *name, hm_stage_setup_fn set
         goto out;
     }
 #else
-    if (!strcmp(cfg.stage[si].backend, "cuda")) stage_on_check(st, cuda_check, NULL);
+    static cuda_check_t chk;
+    if (!strcmp(cfg.stage[si].backend, "cuda")) {
+        chk.stage = name;
+        fault_setup(&chk);
+        stage_on_check(st, cuda_check, &chk);
+    }
 #endif
     double t0 = hm_now();
     if (setup(st, &cfg, a.replica, &state)) {

@@ -220,6 +220,15 @@ void stage_on_check(stage_t *st, stage_check_fn fn, void *user)
     st->check_user = user;
 }
 
+void stage_exit_if_broken(stage_t *st)
+{
+    if (!st || !st->check || st->check(st->check_user) == HM_OK) return;
+    LOG_ERROR("%s: exiting, to be restarted; the requests in flight are not failed (their clients "
+              "recover them as after a crash)", hm_errmsg());
+    sd_notify(0, "STOPPING=1");
+    _exit(1);
+}
+
 void stage_on_drain(stage_t *st, stage_timer_fn fn, void *user)
 {
     st->on_drain = fn;

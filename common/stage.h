@@ -126,6 +126,11 @@ void stage_on_drain(stage_t *st, stage_timer_fn fn, void *user);
  * status 1 and the supervisor starts a fresh one. */
 typedef int (*stage_check_fn)(void *user);
 void stage_on_check(stage_t *st, stage_check_fn fn, void *user);
+/* Call before answering a request with an error.  When the stage_on_check function says the
+ * process cannot go on, the error is the process's, not the request's: the process exits at once
+ * with status 1 and answers nothing, as after a crash, so the clients recover the song as after
+ * any restart (the CLI sends it again) where an ERROR would have ended it.  Otherwise it returns. */
+void stage_exit_if_broken(stage_t *st);
 
 /* Run until stage_stop, SHUTDOWN, SIGTERM or SIGINT: sd_notify READY=1 on entry, STOPPING=1
  * on exit, WATCHDOG=1 at a third of the systemd watchdog interval when enabled.  HM_OK on a graceful

@@ -1,5 +1,6 @@
 /* device.cu - process-wide settings of the CUDA context a stage process creates. */
 #include <cuda_runtime.h>
+#include <stdint.h>
 #include <stdlib.h>
 
 #include "common_cuda.h"
@@ -25,21 +26,45 @@ extern "C" int hmc_context_trim(void)
     return HM_OK;
 }
 
-extern "C" int hmc_context_check(void)
+/* An error after which every call of the context fails */
+static bool context_lost(cudaError_t e)
 {
-    const cudaError_t e = cudaPeekAtLastError();
     switch (e) {
-    case cudaSuccess: return HM_OK;
     case cudaErrorIllegalAddress: case cudaErrorLaunchFailure: case cudaErrorHardwareStackError:
     case cudaErrorIllegalInstruction: case cudaErrorMisalignedAddress: case cudaErrorInvalidAddressSpace:
     case cudaErrorInvalidPc: case cudaErrorAssert: case cudaErrorLaunchTimeout: case cudaErrorECCUncorrectable:
     case cudaErrorContextIsDestroyed: case cudaErrorMpsClientTerminated: case cudaErrorMpsConnectionFailed:
     case cudaErrorMpsServerNotReady: case cudaErrorDevicesUnavailable: case cudaErrorNoDevice:
-        return hm_err("CUDA context lost: %s (%s)", cudaGetErrorName(e), cudaGetErrorString(e));
-    default:
-        (void)cudaGetLastError(); /* an error of one call (e.g. out of memory): that request failed, the context lives */
-        return HM_OK;
+        return true;
+    default: return false;
     }
+}
+
+extern "C" int hmc_context_check(void)
+{
+    const cudaError_t e = cudaPeekAtLastError();
+    if (e == cudaSuccess) return HM_OK;
+    if (context_lost(e)) return hm_err("CUDA context lost: %s (%s)", cudaGetErrorName(e), cudaGetErrorString(e));
+    (void)cudaGetLastError(); /* an error of one call (e.g. out of memory): that request failed, the context lives */
+    return HM_OK;
+}
+
+/* hmc_context_check after asking the driver: a process that makes no CUDA call (an idle stage)
+ * would not learn otherwise that its context is gone, e.g. that the MPS server terminated it
+ * after another client's fault, and the server admits no new client until it has exited. */
+extern "C" int hmc_context_probe(void)
+{
+    const cudaError_t e = cudaStreamQuery(cudaStreamLegacy); /* work still queued: cudaErrorNotReady */
+    if (hmc_context_check() != HM_OK) return HM_ERR;
+    if (context_lost(e)) return hm_err("CUDA context lost: %s (%s)", cudaGetErrorName(e), cudaGetErrorString(e));
+    return HM_OK;
+}
+
+/* Fault injection (HM_FAULT_INJECT, common/service.c; tests/gpu_ctx): a kernel that writes to an
+ * unmapped address, so the context is lost once it runs. */
+extern "C" int hmc_fault_inject(void)
+{
+    return hmc_fill_random((void *)(uintptr_t)0x1000, HMC_F32, 1 << 20, 1, 1.0f, 0);
 }
 
 /* Summary of per-block phase stamps (h: nblk rows of nst %globaltimer values, 0 = not reached):

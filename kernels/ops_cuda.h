@@ -175,6 +175,12 @@ int hmc_context_trim(void);
  * synchronisation.  The stage loop asks it after every turn and exits on HM_ERR, so the
  * supervisor restarts the stage with a fresh context (hm_stage_main, common/service.c). */
 int hmc_context_check(void);
+/* hmc_context_check after a query of the legacy stream, so the driver reports a context that is
+ * gone even to a process that makes no other call (an idle stage, under MPS). */
+int hmc_context_probe(void);
+/* Launches a kernel that writes to an unmapped address on the legacy default stream: the context
+ * is lost once it runs (fault injection for the recovery tests: HM_FAULT_INJECT, common/service.c). */
+int hmc_fault_inject(void);
 
 /* ---- RoPE + KV append (kernels/rope.cu) -------------------------------------------------------
  * qkv rows [B*T, (H + 2 KVH) hd] (fp32, row b*T + t) hold q, k, v of position pos0 + t where

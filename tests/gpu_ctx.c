@@ -4,7 +4,8 @@
  * Then kernels of the project run in the trimmed context: one without a stack frame, then the
  * one-block sampler at V = 16384, whose kernel needs 104 bytes of stack a thread: it must run and draw the
  * maximum (top-k 1), and the driver must have raised the limit to at least what it needs.  Last,
- * hmc_context_check: usable after a failed allocation, lost after a kernel's illegal address. */
+ * hmc_context_check and hmc_context_probe: usable after a failed allocation, lost after a kernel's
+ * illegal address. */
 #include <cuda_runtime.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -95,12 +96,15 @@ int main(int argc, char **argv)
     const int c1 = hmc_context_check();
     float *ok_buf;
     const int usable = cudaMalloc((void **)&ok_buf, 64) == cudaSuccess;
-    OK(hmc_fill_random((void *)(uintptr_t)0x1000, HMC_F32, 1 << 20, 1, 1.0f, 0));
+    const int p1 = hmc_context_probe(); /* the driver asked: still fine */
+    OK(hmc_fault_inject());
     const cudaError_t sync = cudaDeviceSynchronize();
-    const int c2 = hmc_context_check();
-    const int ok2 = oom != cudaSuccess && c1 == HM_OK && usable && sync != cudaSuccess && c2 == HM_ERR;
-    printf("%s context check: %s -> %s, then %s -> %s\n", ok2 ? "PASS" : "FAIL", cudaGetErrorName(oom),
-           c1 == HM_OK ? "usable" : "lost", cudaGetErrorName(sync), c2 == HM_OK ? "usable" : hm_errmsg());
+    const int c2 = hmc_context_check(), p2 = hmc_context_probe();
+    const int ok2 = oom != cudaSuccess && c1 == HM_OK && usable && p1 == HM_OK && sync != cudaSuccess && c2 == HM_ERR &&
+                    p2 == HM_ERR;
+    printf("%s context check: %s -> %s (probe %s), then %s -> %s (probe %s)\n", ok2 ? "PASS" : "FAIL",
+           cudaGetErrorName(oom), c1 == HM_OK ? "usable" : "lost", p1 == HM_OK ? "usable" : "lost",
+           cudaGetErrorName(sync), c2 == HM_OK ? "usable" : hm_errmsg(), p2 == HM_OK ? "usable" : "lost");
     ok = ok && ok2;
     return ok ? 0 : 1;
 }

@@ -701,6 +701,35 @@ static void test_stage_check(void **st_)
     undo_stage_signals();
 }
 
+/* Before a stage fails a request it asks the check: a broken process (a lost CUDA context)
+ * exits with status 1 there and then, answering nothing; a sound one goes on to fail the request. */
+static int check_ok(void *user) { (void)user; return HM_OK; }
+static int check_lost(void *user) { (void)user; return hm_err("context lost (test)"); }
+
+static int exit_status_of(stage_check_fn fn)
+{
+    const pid_t pid = fork();
+    if (pid == 0) {
+        stage_t *st;
+        if (stage_new("gate", 0, &st) != HM_OK) _exit(4);
+        if (fn) stage_on_check(st, fn, NULL);
+        stage_exit_if_broken(st);
+        _exit(0); /* returned: the request would be failed as usual */
+    }
+    int status = 0;
+    if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status)) return -1;
+    return WEXITSTATUS(status);
+}
+
+static void test_stage_exit_if_broken(void **st_)
+{
+    (void)st_;
+    assert_int_equal(exit_status_of(NULL), 0);       /* no check registered (a cpu stage) */
+    assert_int_equal(exit_status_of(check_ok), 0);   /* the context is fine: fail the request */
+    assert_int_equal(exit_status_of(check_lost), 1); /* lost: exit, as after a crash */
+    stage_exit_if_broken(NULL);                      /* no stage: nothing to do */
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && strcmp(argv[1], "stage") == 0) return stage_child(argc, argv);
@@ -711,7 +740,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_send_url),
         cmocka_unit_test(test_parse_args),         cmocka_unit_test(test_stage_process),
         cmocka_unit_test(test_stage_sigterm),      cmocka_unit_test(test_stage_inproc_pool),
-        cmocka_unit_test(test_stage_check),
+        cmocka_unit_test(test_stage_check),        cmocka_unit_test(test_stage_exit_if_broken),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     /* a failed test leaves its sockets open (cmocka jumps out of it), and zmq_ctx_term would wait

@@ -84,6 +84,7 @@ static void drop_req(bb_req *r)
 
 static void reply_error(bb_service *s, const tp_peer_t *to, const desc_t *in, const char *code, const char *msg)
 {
+    stage_exit_if_broken(s->st); /* a lost CUDA context: no request is failed for it */
     LOG_WARN("request %llx: %s %s: %s", (unsigned long long)in->req_id, desc_type_name(in->type), code, msg);
     desc_t d;
     desc_init(&d, DESC_ERROR, in->req_id, in->seq);

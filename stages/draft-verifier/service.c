@@ -125,6 +125,7 @@ static void drop_req(dv_req *r)
 
 static void fail_req(dv_service *s, dv_req *r, const char *fmt, const char *msg)
 {
+    stage_exit_if_broken(s->st); /* a lost CUDA context: no request is failed for it */
     hm_service_reply_error(r->reply, r->req, "draft-verifier", fmt, msg);
     stage_stat_add(s->st, "errors", 1);
     /* the backbone may hold a cache for it */

@@ -101,6 +101,7 @@ static void drop_req(fm_req *r)
 
 static void fail_req(fm_service *s, fm_req *r, const char *msg)
 {
+    stage_exit_if_broken(s->st); /* a lost CUDA context: no request is failed for it */
     hm_service_reply_error(r->reply, r->req, "flow-matching", "%s", msg);
     stage_stat_add(s->st, "errors", 1);
     drop_req(r);

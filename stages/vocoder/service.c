@@ -98,6 +98,7 @@ static void drop_req(voc_req *r)
 
 static void fail_req(voc_service *s, voc_req *r, const char *msg)
 {
+    stage_exit_if_broken(s->st); /* a lost CUDA context: no request is failed for it */
     hm_service_reply_error(r->reply, r->req, "vocoder", "%s", msg);
     stage_stat_add(s->st, "errors", 1);
     drop_req(r);
