@@ -46,7 +46,7 @@ void hm_config_defaults(hm_pipeline_cfg *c)
         snprintf(s->endpoint, sizeof s->endpoint, "ipc://{run_dir}/%s.sock", k_stage_names[i]);
         snprintf(s->control, sizeof s->control, "ipc://{run_dir}/%s.ctl", k_stage_names[i]);
         s->pool_slots = 8;
-        s->watchdog_ms = 120000; /* CPU stages compute whole codec windows between loop turns */
+        s->watchdog_ms = -1; /* unset: by the stage's backend once it is known (hm_config_parse) */
         s->first_window_yield_ms = 1000;
     }
 }
@@ -309,6 +309,11 @@ static int fill(const node *root, const char *label, hm_pipeline_cfg *c)
         if (expand(s->endpoint, sizeof s->endpoint, c->run_dir) || expand(s->control, sizeof s->control, c->run_dir))
             return hm_err_ctx("%s: stages.%s", label, s->name);
         if (!s->backend[0]) snprintf(s->backend, sizeof s->backend, "%s", c->backend);
+        /* CPU stages compute whole codec windows between loop turns.  A GPU stage's turn takes at
+         * most a window on the device (well under a second), and a GPU stage can hang for good in
+         * a wait on an event of a peer that died before the GPU ran its record (seen with MPS off:
+         * the backbone after draft-verifier's fault, docs/PERF.md), so it is restarted sooner. */
+        if (s->watchdog_ms < 0) s->watchdog_ms = !strcmp(s->backend, "cuda") ? 15000 : 120000;
     }
     return HM_OK;
 }
@@ -364,12 +369,8 @@ static const char *quoted(const char *s, char *buf, size_t cap)
     return buf;
 }
 
-int hm_config_write(const hm_pipeline_cfg *c, const char *path)
+void hm_config_print(const hm_pipeline_cfg *c, FILE *f)
 {
-    char tmp[1100];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
-    FILE *f = fopen(tmp, "w");
-    if (!f) return hm_err("cannot write '%s': %s", tmp, strerror(errno));
     /* strings are emitted double-quoted with the two characters YAML escapes there */
 #define QS(s) quoted(s, q, sizeof q)
     char q[2200];
@@ -396,6 +397,15 @@ int hm_config_write(const hm_pipeline_cfg *c, const char *path)
         fprintf(f, "    first_window_yield_ms: %d\n", s->first_window_yield_ms);
     }
 #undef QS
+}
+
+int hm_config_write(const hm_pipeline_cfg *c, const char *path)
+{
+    char tmp[1100];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
+    FILE *f = fopen(tmp, "w");
+    if (!f) return hm_err("cannot write '%s': %s", tmp, strerror(errno));
+    hm_config_print(c, f);
     int bad = ferror(f);
     if (fclose(f) != 0 || bad || rename(tmp, path) != 0) {
         unlink(tmp);

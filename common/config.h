@@ -8,6 +8,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -25,7 +26,8 @@ typedef struct {
     int pool_slots;         /* output buffer pool: slots */
     int64_t pool_slot_bytes;/* output buffer pool: bytes per slot (0 = the stage picks) */
     char precision[16];     /* weights: "fp32" | "bf16" | "fp8" | "nvfp4" ("" = backend default) */
-    int watchdog_ms;        /* the launcher restarts a stage silent for this long (0 = off) */
+    int watchdog_ms;        /* the launcher restarts a stage silent for this long (0 = off; default
+                             * 15 s for a cuda stage, 120 s for a cpu one) */
     int first_window_yield_ms; /* draft-verifier, with it and flow-matching on cuda: after a song's
                              * first codec window of frames, wait up to this long for flow-matching
                              * to finish that window before the next frame (0 = never wait) */
@@ -69,6 +71,8 @@ int hm_stage_endpoint(const hm_pipeline_cfg *cfg, int stage, int replica, char *
 /* Write *cfg as a complete pipeline.yaml (atomically) that hm_config_load reads back to the
  * same values; endpoints are written expanded.  Used for private pipelines with overrides. */
 int hm_config_write(const hm_pipeline_cfg *cfg, const char *path);
+/* The same YAML (every key, defaults resolved) to f. */
+void hm_config_print(const hm_pipeline_cfg *cfg, FILE *f);
 
 #ifdef __cplusplus
 }

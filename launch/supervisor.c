@@ -93,7 +93,8 @@ static proc_t *by_pid(pid_t pid)
 static void usage(void)
 {
     fprintf(stderr, "usage: hm-launch [--config pipeline.yaml] [--bin-dir DIR] [--run-dir DIR]\n"
-                    "                 [--only STAGE]... [--except STAGE]... [--ready-timeout S]\n");
+                    "                 [--only STAGE]... [--except STAGE]... [--ready-timeout S]\n"
+                    "       hm-launch [--config pipeline.yaml] --print-config   (every key, defaults resolved)\n");
 }
 
 int main(int argc, char **argv)
@@ -101,12 +102,14 @@ int main(int argc, char **argv)
     hm_log_set_name("launch");
     int only[HM_STAGE_COUNT] = {0}, except[HM_STAGE_COUNT] = {0}, any_only = 0;
     double ready_timeout = 300;
+    int print_config = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--config") && v) snprintf(g_config, sizeof g_config, "%s", argv[++i]);
         else if (!strcmp(a, "--bin-dir") && v) snprintf(g_bin_dir, sizeof g_bin_dir, "%s", argv[++i]);
         else if (!strcmp(a, "--run-dir") && v) snprintf(g_run_dir_override, sizeof g_run_dir_override, "%s", argv[++i]);
         else if (!strcmp(a, "--ready-timeout") && v) ready_timeout = atof(argv[++i]);
+        else if (!strcmp(a, "--print-config")) print_config = 1;
         else if ((!strcmp(a, "--only") || !strcmp(a, "--except")) && v) {
             int s = hm_stage_index(argv[++i]);
             if (s < 0) { fprintf(stderr, "hm-launch: unknown stage '%s'\n", argv[i]); return 2; }
@@ -117,6 +120,10 @@ int main(int argc, char **argv)
     if (hm_config_load(g_config, &cfg)) {
         fprintf(stderr, "hm-launch: %s\n", hm_errmsg());
         return 1;
+    }
+    if (print_config) { /* what the stages will read (launch/install-systemd takes the watchdogs from it) */
+        hm_config_print(&cfg, stdout);
+        return fflush(stdout) == 0 && !ferror(stdout) ? 0 : 1;
     }
     if (g_run_dir_override[0]) {
         /* re-expand endpoints against the private run dir: stages do the same from the env var */

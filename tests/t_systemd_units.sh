@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The systemd units install cleanly and pass `systemd-analyze verify` (no unknown keys, the
-# ExecStart binaries exist); the MPS daemon's unit comes with them unless the config says mps: off.
+# ExecStart binaries exist); the MPS daemon's unit comes with them unless the config says mps: off;
+# each stage's watchdog is the pipeline's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dest=$(mktemp -d)
@@ -11,9 +12,20 @@ grep -q "^Environment=CUDA_MPS_PIPE_DIRECTORY=/run/heartmula/mps$" "$dest/heartm
 grep -q "^Wants=heartmula-mps.service$" "$dest/heartmula-stage@.service"
 grep -q "heartmula-mps.service" "$dest/heartmula.target"
 if grep -qE "@[A-Z_]+@" "$dest"/heartmula*; then echo "a placeholder was left in the units"; exit 1; fi
+# each stage's watchdog as the pipeline resolves it, in a drop-in: 120 s for the shipped (cpu)
+# pipeline; 15 s for a cuda stage unless stages.<name>.watchdog_ms says otherwise
+grep -qx "WatchdogSec=120000ms" "$dest/heartmula-stage@backbone.service.d/watchdog.conf"
+wd=$(mktemp -d)
+trap 'rm -rf "$dest" "$wd"' EXIT
+printf 'backend: cuda\nstages:\n  tokenizer: {backend: cpu}\n  vocoder: {watchdog_ms: 40000}\n' >"$wd/p.yaml"
+launch/install-systemd --config "$wd/p.yaml" --dest "$wd" --no-reload
+for s in backbone:15000 draft-verifier:15000 flow-matching:15000 vocoder:40000 tokenizer:120000; do
+  got=$(grep '^WatchdogSec=' "$wd/heartmula-stage@${s%%:*}.service.d/watchdog.conf")
+  [ "$got" = "WatchdogSec=${s##*:}ms" ] || { echo "${s%%:*}: $got, want ${s##*:}ms"; exit 1; }
+done
 # mps: off installs neither the daemon's unit nor its environment
 off=$(mktemp -d)
-trap 'rm -rf "$dest" "$off"' EXIT
+trap 'rm -rf "$dest" "$wd" "$off"' EXIT
 printf 'mps: "off"\n' >"$off/p.yaml"
 launch/install-systemd --config "$off/p.yaml" --dest "$off" --no-reload
 if [ -e "$off/heartmula-mps.service" ] || cat "$off/heartmula-stage@.service" "$off/heartmula.target" | grep -v '^#' | grep -q mps; then

@@ -61,9 +61,18 @@ static void test_overrides(void **state)
     assert_string_equal(c.stage[HM_STAGE_VOCODER].backend, "cpu");
     assert_int_equal(c.stage[HM_STAGE_VOCODER].replicas, 3);
     assert_string_equal(c.stage[HM_STAGE_TOKENIZER].endpoint, "ipc:///run/hm/tokenizer.sock");
+    /* the watchdog by the stage's backend, unless given */
+    assert_int_equal(c.stage[HM_STAGE_BACKBONE].watchdog_ms, 15000);
+    assert_int_equal(c.stage[HM_STAGE_VOCODER].watchdog_ms, 120000);
+    const char *w = "backend: cuda\nstages:\n  backbone:\n    watchdog_ms: 0\n  vocoder:\n    watchdog_ms: 90000\n";
+    if (hm_config_parse(w, strlen(w), "p.yaml", &c)) fail_msg("%s", hm_errmsg());
+    assert_int_equal(c.stage[HM_STAGE_BACKBONE].watchdog_ms, 0);
+    assert_int_equal(c.stage[HM_STAGE_VOCODER].watchdog_ms, 90000);
+    assert_int_equal(c.stage[HM_STAGE_FLOW_MATCHING].watchdog_ms, 15000);
     /* an empty file means the defaults */
     assert_int_equal(hm_config_parse("", 0, "empty", &c), HM_OK);
     assert_int_equal(c.gen.codec_steps, 10);
+    assert_int_equal(c.stage[HM_STAGE_BACKBONE].watchdog_ms, 120000); /* cpu */
     (void)state;
 }
 
