@@ -39,9 +39,9 @@ static void fault_setup(cuda_check_t *c)
 
 /* a GPU stage whose CUDA context is lost exits, so the supervisor restarts it: every later call
  * would fail, and under MPS the server admits no new client until all affected ones have left.
- * After every turn the last error is read; twice a second the driver is asked as well, so an idle
- * stage leaves too (hmc_context_probe). */
-static int cuda_check(void *user)
+ * After every turn the last error is read; twice a second, and before a request is failed, the
+ * driver is asked as well, so an idle stage leaves too (hmc_context_probe). */
+static int cuda_check(void *user, int thorough)
 {
     cuda_check_t *c = user;
     if (c->trigger[0] && access(c->trigger, F_OK) == 0) {
@@ -51,7 +51,7 @@ static int cuda_check(void *user)
         if (hmc_fault_inject() != HM_OK) LOG_WARN("fault injection failed: %s", hm_errmsg());
     }
     const double now = hm_now();
-    if (now - c->probed >= 0.5) {
+    if (thorough || now - c->probed >= 0.5) {
         c->probed = now;
         return hmc_context_probe();
     }

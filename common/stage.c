@@ -222,7 +222,7 @@ void stage_on_check(stage_t *st, stage_check_fn fn, void *user)
 
 void stage_exit_if_broken(stage_t *st)
 {
-    if (!st || !st->check || st->check(st->check_user) == HM_OK) return;
+    if (!st || !st->check || st->check(st->check_user, 1) == HM_OK) return;
     LOG_ERROR("%s: exiting, to be restarted; the requests in flight are not failed (their clients "
               "recover them as after a crash)", hm_errmsg());
     sd_notify(0, "STOPPING=1");
@@ -644,7 +644,7 @@ int stage_run(stage_t *st)
             t->fn(st, t->user);
         }
         run_watches(st, now);
-        if (st->check && st->check(st->check_user) != HM_OK) {
+        if (st->check && st->check(st->check_user, 0) != HM_OK) {
             LOG_ERROR("%s: exiting, to be restarted", hm_errmsg());
             rc = HM_ERR;
             break;

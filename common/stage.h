@@ -121,10 +121,11 @@ int stage_add_timer(stage_t *st, double period_s, stage_timer_fn fn, void *user)
 int stage_watch(stage_t *st, int sock, double interval_s, int max_missed, stage_peer_fn on_dead, void *user);
 /* Called once when DRAIN arrives (stop taking new requests, finish the ones in flight). */
 void stage_on_drain(stage_t *st, stage_timer_fn fn, void *user);
-/* fn(user) after every loop turn: HM_ERR (with hm_errmsg set) when the process cannot go on (a
+/* fn(user, 0) after every loop turn: HM_ERR (with hm_errmsg set) when the process cannot go on (a
  * lost CUDA context); the loop then stops and stage_run returns HM_ERR, so the process exits with
- * status 1 and the supervisor starts a fresh one. */
-typedef int (*stage_check_fn)(void *user);
+ * status 1 and the supervisor starts a fresh one.  stage_exit_if_broken calls fn(user, 1): check
+ * thoroughly (ask the driver), whatever it costs. */
+typedef int (*stage_check_fn)(void *user, int thorough);
 void stage_on_check(stage_t *st, stage_check_fn fn, void *user);
 /* Call before answering a request with an error.  When the stage_on_check function says the
  * process cannot go on, the error is the process's, not the request's: the process exits at once

@@ -26,7 +26,8 @@ extern "C" int hmc_context_trim(void)
     return HM_OK;
 }
 
-/* An error after which every call of the context fails */
+/* Errors after which every call of the context fails (the list is not needed to be complete:
+ * hmc_context_check also asks the driver whether the context still answers) */
 static bool context_lost(cudaError_t e)
 {
     switch (e) {
@@ -34,30 +35,47 @@ static bool context_lost(cudaError_t e)
     case cudaErrorIllegalInstruction: case cudaErrorMisalignedAddress: case cudaErrorInvalidAddressSpace:
     case cudaErrorInvalidPc: case cudaErrorAssert: case cudaErrorLaunchTimeout: case cudaErrorECCUncorrectable:
     case cudaErrorContextIsDestroyed: case cudaErrorMpsClientTerminated: case cudaErrorMpsConnectionFailed:
-    case cudaErrorMpsServerNotReady: case cudaErrorDevicesUnavailable: case cudaErrorNoDevice:
+    case cudaErrorMpsServerNotReady: case cudaErrorMpsRpcFailure: case cudaErrorDevicesUnavailable:
+    case cudaErrorNoDevice:
         return true;
     default: return false;
     }
+}
+
+/* Does the context still answer?  A query of the legacy stream enqueues nothing and returns
+ * cudaSuccess or cudaErrorNotReady unless the context is gone, when it returns the sticky error. */
+static cudaError_t answers(void)
+{
+    const cudaError_t q = cudaStreamQuery(cudaStreamLegacy);
+    return q == cudaErrorNotReady ? cudaSuccess : q;
+}
+
+static int lost_msg(cudaError_t e)
+{
+    return hm_err("CUDA context lost: %s (%s)", cudaGetErrorName(e), cudaGetErrorString(e));
 }
 
 extern "C" int hmc_context_check(void)
 {
     const cudaError_t e = cudaPeekAtLastError();
     if (e == cudaSuccess) return HM_OK;
-    if (context_lost(e)) return hm_err("CUDA context lost: %s (%s)", cudaGetErrorName(e), cudaGetErrorString(e));
-    (void)cudaGetLastError(); /* an error of one call (e.g. out of memory): that request failed, the context lives */
+    /* an error of one call (e.g. out of memory) leaves the context answering: that request
+     * failed, the context lives; a sticky one (also one this list lacks, e.g. after the MPS server
+     * died) makes the query fail too */
+    if (context_lost(e) || answers() != cudaSuccess) return lost_msg(e);
+    (void)cudaGetLastError();
     return HM_OK;
 }
 
 /* hmc_context_check after asking the driver: a process that makes no CUDA call (an idle stage)
  * would not learn otherwise that its context is gone, e.g. that the MPS server terminated it
- * after another client's fault, and the server admits no new client until it has exited. */
+ * after another client's fault, and the server admits no new client until it has exited.  A
+ * failed query counts when it is on the list or fails the same way again. */
 extern "C" int hmc_context_probe(void)
 {
-    const cudaError_t e = cudaStreamQuery(cudaStreamLegacy); /* work still queued: cudaErrorNotReady */
-    if (hmc_context_check() != HM_OK) return HM_ERR;
-    if (context_lost(e)) return hm_err("CUDA context lost: %s (%s)", cudaGetErrorName(e), cudaGetErrorString(e));
-    return HM_OK;
+    const cudaError_t q = answers();
+    if (q != cudaSuccess && (context_lost(q) || answers() == q)) return lost_msg(q);
+    return hmc_context_check();
 }
 
 /* Fault injection (HM_FAULT_INJECT, common/service.c; tests/gpu_ctx): a kernel that writes to an

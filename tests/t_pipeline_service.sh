@@ -115,6 +115,9 @@ for k in tokenizer backbone draft-verifier flow-matching:early flow-matching voc
   for _ in $(seq 100); do [ "$(pgrep -c -f "hm-$s --config $T/p.yaml")" -ge 1 ] && break; sleep 0.1; done
   sleep 1
 done
+# a song sent again after a kill may be written twice: the CLI returns at the first AUDIO_DONE while
+# the other attempt's file can still be in progress (a live writer's NAME.tmp.PID); wait for those
+for _ in $(seq 150); do ls "$T"/*.tmp.* >/dev/null 2>&1 || break; sleep 0.1; done
 ls "$T"/*.tmp.* >/dev/null 2>&1 && bad "partial files left: $(ls "$T"/*.tmp.*)" || ok "no partial file left by the killed vocoder"
 n=$(grep -c "killed by signal 9" "$T/launch.log" || true)
 [ "$n" -ge 8 ] && ok "the launcher restarted $n killed stages" || bad "launcher saw $n kills"

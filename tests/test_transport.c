@@ -677,9 +677,9 @@ static void test_stage_inproc_pool(void **st_)
 /* ---- the loop's check: a process that cannot go on (a lost CUDA context) leaves stage_run ---- */
 
 static int g_checks;
-static int check_third(void *user)
+static int check_third(void *user, int thorough)
 {
-    (void)user;
+    (void)user, (void)thorough;
     if (++g_checks < 3) return HM_OK;
     return hm_err("context lost (test)");
 }
@@ -703,8 +703,9 @@ static void test_stage_check(void **st_)
 
 /* Before a stage fails a request it asks the check: a broken process (a lost CUDA context)
  * exits with status 1 there and then, answering nothing; a sound one goes on to fail the request. */
-static int check_ok(void *user) { (void)user; return HM_OK; }
-static int check_lost(void *user) { (void)user; return hm_err("context lost (test)"); }
+static int g_thorough;
+static int check_ok(void *user, int thorough) { (void)user, g_thorough = thorough; return HM_OK; }
+static int check_lost(void *user, int thorough) { (void)user, (void)thorough; return hm_err("context lost (test)"); }
 
 static int exit_status_of(stage_check_fn fn)
 {
@@ -728,6 +729,14 @@ static void test_stage_exit_if_broken(void **st_)
     assert_int_equal(exit_status_of(check_ok), 0);   /* the context is fine: fail the request */
     assert_int_equal(exit_status_of(check_lost), 1); /* lost: exit, as after a crash */
     stage_exit_if_broken(NULL);                      /* no stage: nothing to do */
+    stage_t *st; /* the gate asks for the thorough check (the loop's turns do not) */
+    assert_int_equal(stage_new("gate", 0, &st), HM_OK);
+    stage_on_check(st, check_ok, NULL);
+    g_thorough = 0;
+    stage_exit_if_broken(st);
+    assert_int_equal(g_thorough, 1);
+    stage_free(st);
+    undo_stage_signals();
 }
 
 int main(int argc, char **argv)
