@@ -171,9 +171,11 @@ int hmc_fill_random(void *p, hmc_dtype t, size_t n, uint64_t seed, float scale, 
 int hmc_context_trim(void);
 /* HM_ERR (the message names the error) when the process's CUDA context is lost: the last runtime
  * error is one after which every call fails (an illegal address, a kernel fault, an MPS server
- * that terminated this client after another client's fault, ...); HM_OK otherwise.  No
- * synchronisation.  The stage loop asks it after every turn and exits on HM_ERR, so the
- * supervisor restarts the stage with a fresh context (hm_stage_main, common/service.c). */
+ * that terminated this client after another client's fault or died, ...), known as such or seen
+ * by a query of the legacy stream failing too; HM_OK otherwise, and an error of one call (out of
+ * memory) is cleared.  No synchronisation; the query only when an error is pending.  The stage
+ * loop asks it after every turn and exits on HM_ERR, so the supervisor restarts the stage with a
+ * fresh context (hm_stage_main, common/service.c). */
 int hmc_context_check(void);
 /* hmc_context_check after a query of the legacy stream, so the driver reports a context that is
  * gone even to a process that makes no other call (an idle stage, under MPS). */
