@@ -11,7 +11,14 @@
  * find it through CUDA_MPS_PIPE_DIRECTORY in their environment.  A daemon the operator runs
  * (CUDA_MPS_PIPE_DIRECTORY already set) is used as it is.  Before the stages start, a probe
  * process creates a CUDA context through the daemon (the driver loaded with dlopen, so the
- * launcher itself needs no CUDA); if that fails, "auto" goes on without MPS and "on" stops. */
+ * launcher itself needs no CUDA); if that fails, "auto" goes on without MPS and "on" stops.
+ *
+ * The launcher then watches the daemon (hm_mps_watch, each turn of its loop).  A daemon that dies
+ * takes its server with it: every GPU stage's context fails (cudaErrorMpsRpcFailure), and the
+ * stages exit to be restarted.  A stage that starts while no daemon listens does not fail: it
+ * silently gets a context of its own, without MPS, and keeps it.  So the daemon is started again
+ * at once, before the stages come back (H100, CUDA 13: a new daemon starts in the same pipe
+ * directory; docs/PERF.md, "Eighth pass"). */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
@@ -28,6 +35,8 @@
 #include "mps.h"
 
 static char g_pipe[600], g_log[600]; /* the daemon this launcher started; "" none */
+static int g_pid;                     /* its pid (from its pid file); 0 unknown */
+static double g_retry_at, g_retry_s;  /* when to try starting it again after a failed start */
 
 /* Wait for child `pid` at most `secs` seconds (then SIGKILL); its exit status, or -1. */
 static int wait_child(pid_t pid, double secs)
@@ -114,6 +123,54 @@ static int probe_context(void)
     return wait_child(pid, 60.0);
 }
 
+/* The daemon's pid from the file it writes in its pipe directory; 0 when there is none. */
+static int daemon_pid(void)
+{
+    char path[700], buf[32];
+    snprintf(path, sizeof path, "%s/nvidia-cuda-mps-control.pid", g_pipe);
+    const int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    const ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return 0;
+    buf[n] = 0;
+    char *end;
+    const long v = strtol(buf, &end, 10);
+    return v > 0 && v < (1L << 30) && (*end == 0 || *end == '\n') ? (int)v : 0;
+}
+
+/* 1 while process `pid` runs and is an MPS program (its name begins "nvidia-cuda-mps"); a zombie,
+ * which an init that does not reap leaves behind, counts as gone. */
+static int daemon_alive(int pid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    const int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    const ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return 0;
+    buf[n] = 0;
+    const char *open_paren = strchr(buf, '('), *close_paren = strrchr(buf, ')');
+    if (!open_paren || !close_paren || close_paren[1] != ' ') return 0;
+    if (strncmp(open_paren + 1, "nvidia-cuda-mps", 15) != 0) return 0;
+    const char state = close_paren[2];
+    return state != 'Z' && state != 'X' && state != 'x';
+}
+
+/* The pid of a live daemon other than `old` in the pid file, waiting up to `secs` for the file
+ * (a daemon writes it after the program that started it has returned); 0 if none. */
+static int new_daemon_pid(int old, double secs)
+{
+    const double t_end = hm_now() + secs;
+    for (;;) {
+        const int pid = daemon_pid();
+        if (pid && pid != old && daemon_alive(pid)) return pid;
+        if (hm_now() >= t_end) return 0;
+        usleep(10000);
+    }
+}
+
 int hm_mps_start(const char *mode, const char *run_dir)
 {
     const char *have = getenv("CUDA_MPS_PIPE_DIRECTORY");
@@ -148,7 +205,10 @@ int hm_mps_start(const char *mode, const char *run_dir)
         setenv("CUDA_MPS_LOG_DIRECTORY", g_log, 1);
         const int p = probe_context();
         if (p == 0) {
-            LOG_INFO("MPS: a private control daemon in %s serves the GPU stages", g_pipe);
+            g_pid = new_daemon_pid(0, 1.0);
+            g_retry_at = 0, g_retry_s = 1.0;
+            if (g_pid) LOG_INFO("MPS: a private control daemon (pid %d) in %s serves the GPU stages", g_pid, g_pipe);
+            else LOG_WARN("MPS: a private control daemon in %s serves the GPU stages; it wrote no pid file, so it is not watched", g_pipe);
             return HM_OK;
         }
         unsetenv("CUDA_MPS_PIPE_DIRECTORY");
@@ -166,6 +226,32 @@ int hm_mps_start(const char *mode, const char *run_dir)
     return HM_OK;
 }
 
+int hm_mps_watch(double now)
+{
+    if (!g_pipe[0] || !g_pid || daemon_alive(g_pid) || now < g_retry_at) return 0;
+    int pid = new_daemon_pid(g_pid, 0); /* one that came up late after the last try */
+    int rc = 0;
+    char msg[256] = "";
+    if (!pid) {
+        if (g_retry_at == 0)
+            LOG_WARN("MPS: the control daemon (pid %d) is gone, and its server with it: starting it again", g_pid);
+        rc = mps_control(NULL, msg, sizeof msg);
+        if (rc == 0) pid = new_daemon_pid(g_pid, 2.0);
+    }
+    if (pid) {
+        LOG_INFO("MPS: the control daemon runs again (pid %d)", pid);
+        g_pid = pid;
+        g_retry_at = 0, g_retry_s = 1.0;
+        return 1;
+    }
+    /* the stages that start meanwhile get contexts without MPS (slower, but they work) */
+    g_retry_at = hm_now() + g_retry_s;
+    LOG_ERROR("MPS: starting the control daemon again failed (status %d%s%s); next try in %.0f s", rc,
+              msg[0] ? ": " : "", rc == 0 && !msg[0] ? ", no pid file" : msg, g_retry_s);
+    g_retry_s = g_retry_s * 2 > 30 ? 30 : g_retry_s * 2;
+    return -1;
+}
+
 void hm_mps_stop(void)
 {
     if (!g_pipe[0]) return;
@@ -173,4 +259,5 @@ void hm_mps_stop(void)
     const int rc = mps_control("quit\n", msg, sizeof msg);
     if (rc != 0) LOG_WARN("MPS: stopping the daemon in %s: status %d %s", g_pipe, rc, msg);
     g_pipe[0] = g_log[0] = 0;
+    g_pid = 0;
 }

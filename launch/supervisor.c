@@ -12,7 +12,8 @@
  * When every stage is ready it writes "<run_dir>/ready" (the pid of the supervisor) and prints
  * "ready" on stdout; the heartmula CLI waits for that file when it starts a private pipeline.
  * With a GPU stage among those it starts, it first starts an MPS control daemon of its own in
- * <run_dir>/mps (pipeline.yaml `mps`, launch/mps.c) and quits it after the last stage stopped. */
+ * <run_dir>/mps (pipeline.yaml `mps`, launch/mps.c), starts it again if it dies, and quits it
+ * after the last stage stopped. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -267,6 +268,8 @@ int main(int argc, char **argv)
             }
             continue;
         }
+        /* the MPS daemon first: a stage started while it is down would run without MPS */
+        hm_mps_watch(now);
         /* restarts and watchdogs */
         for (int i = 0; i < g_np; i++) {
             proc_t *p = &g_p[i];

@@ -11,7 +11,10 @@ grep -q "ExecStart=$PWD/bin/hm-%i" "$dest/heartmula-stage@.service"
 grep -q "^Environment=CUDA_MPS_PIPE_DIRECTORY=/run/heartmula/mps$" "$dest/heartmula-stage@.service"
 grep -q "^Wants=heartmula-mps.service$" "$dest/heartmula-stage@.service"
 grep -q "heartmula-mps.service" "$dest/heartmula.target"
-if grep -qE "@[A-Z_]+@" "$dest"/heartmula*; then echo "a placeholder was left in the units"; exit 1; fi
+# a dead MPS daemon is started again (its pid file is where the daemon writes it)
+grep -qx "Restart=on-failure" "$dest/heartmula-mps.service"
+grep -qx "PIDFile=/run/heartmula/mps/nvidia-cuda-mps-control.pid" "$dest/heartmula-mps.service"
+if grep -rqE "@[A-Z_]+@" "$dest"; then echo "a placeholder was left in the units"; exit 1; fi
 # each stage's watchdog as the pipeline resolves it, in a drop-in: 120 s for the shipped (cpu)
 # pipeline; 15 s for a cuda stage unless stages.<name>.watchdog_ms says otherwise
 grep -qx "WatchdogSec=120000ms" "$dest/heartmula-stage@backbone.service.d/watchdog.conf"
