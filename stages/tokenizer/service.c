@@ -2,7 +2,14 @@
  *
  * Text needs the model's tokenizer.json (loaded once at start when present; a text request
  * without one is answered with an error naming the file).  Rows go to draft-verifier through
- * this stage's shm pool; the request's parameters travel along (less the text itself). */
+ * this stage's shm pool; the request's parameters travel along (less the text itself).
+ *
+ * A draft-verifier replica that is down (restarting: it binds its socket only once its model is
+ * loaded, ~10-15 s at the released sizes after a GPU fault) does not fail the prompts meant for
+ * it: they wait in a queue, in order, and a timer sends them when it is back.  The loop goes on
+ * serving meanwhile (the other replicas' prompts too).  A prompt that could not be delivered
+ * within TK_WAIT_S is answered with an error; a request sent again (the client's recovery after
+ * a restart) replaces its queued copy. */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +26,19 @@
 #include "stage.h"
 #include "transport.h"
 
+/* How long a prompt waits for its replica: longer than any restart (a 3B reload after a GPU fault
+ * takes ~25-30 s, and the launcher's restart backoff grows to 30 s), as the client, which still
+ * waits, would only get an error. */
+#define TK_WAIT_S 120.0
+
+typedef struct {
+    desc_t d;       /* the PROMPT, its pool slot filled */
+    uint32_t slot;
+    int replica;    /* draft-verifier replica */
+    char *reply;    /* the client's endpoint */
+    double since, deadline;
+} tk_pending;
+
 typedef struct {
     stage_t *st;
     tok_t *tok;             /* NULL: no tokenizer.json, ids only */
@@ -28,7 +48,79 @@ typedef struct {
     int *dv;                /* stage socket index of the PUSH to each draft-verifier replica */
     int ndv;
     pool_t *pool;
+    tk_pending *pending;    /* prompts waiting for their replica, oldest first */
+    int npending, cap_pending;
 } tk_service;
+
+static int waiting_for(const tk_service *s, int replica)
+{
+    for (int i = 0; i < s->npending; i++)
+        if (s->pending[i].replica == replica) return 1;
+    return 0;
+}
+
+static void drop_pending(tk_service *s, int i, int cancel_slot)
+{
+    tk_pending *q = &s->pending[i];
+    if (cancel_slot) pool_cancel(s->pool, q->slot);
+    desc_free(&q->d);
+    free(q->reply);
+    memmove(q, q + 1, (size_t)(s->npending - i - 1) * sizeof *q);
+    s->npending--;
+}
+
+/* Takes d (and the slot) into the queue.  A queued copy of the same request goes: the client
+ * sent it again, and only the new one is answered. */
+static void queue_prompt(tk_service *s, desc_t *d, uint32_t slot, int replica, const char *reply)
+{
+    for (int i = 0; i < s->npending; i++)
+        if (s->pending[i].d.req_id == d->req_id) {
+            LOG_INFO("request %llx sent again: its waiting prompt is replaced", (unsigned long long)d->req_id);
+            drop_pending(s, i, 1);
+            break;
+        }
+    if (s->npending == s->cap_pending) {
+        s->cap_pending = s->cap_pending ? s->cap_pending * 2 : 8;
+        s->pending = hm_realloc(s->pending, (size_t)s->cap_pending * sizeof *s->pending);
+    }
+    const double now = hm_now();
+    if (!waiting_for(s, replica))
+        LOG_WARN("draft-verifier[%d] is not connected (restarting?): its prompts wait, up to %.0f s each", replica, TK_WAIT_S);
+    s->pending[s->npending++] = (tk_pending){.d = *d, .slot = slot, .replica = replica, .reply = hm_strdup(reply),
+                                             .since = now, .deadline = now + TK_WAIT_S};
+    stage_stat_add(s->st, "prompts_waited", 1);
+}
+
+/* Timer: send what waits, oldest first; a replica that still cannot take one keeps the rest of
+ * its prompts back, in order. */
+static void send_pending(stage_t *st, void *user)
+{
+    tk_service *s = user;
+    uint64_t blocked = 0; /* replicas (bit r % 64) that refused a prompt this turn */
+    const double now = hm_now();
+    for (int i = 0; i < s->npending;) {
+        tk_pending *q = &s->pending[i];
+        const uint64_t bit = 1ull << (q->replica % 64);
+        int rc = TP_AGAIN;
+        if (!(blocked & bit)) rc = tp_send(stage_socket(st, s->dv[q->replica]), NULL, &q->d, ZMQ_DONTWAIT);
+        if (rc == HM_OK) {
+            LOG_INFO("request %llx: prompt delivered to draft-verifier[%d] after %.1f s", (unsigned long long)q->d.req_id,
+                     q->replica, now - q->since);
+            drop_pending(s, i, 0);
+            continue;
+        }
+        if (rc == TP_AGAIN && now < q->deadline) {
+            blocked |= bit;
+            i++;
+            continue;
+        }
+        if (rc == TP_AGAIN) hm_err("draft-verifier[%d] not connected for %.0f s", q->replica, now - q->since);
+        hm_service_reply_error(q->reply, q->d.req_id, "tokenizer", "cannot reach draft-verifier: %s", hm_errmsg());
+        stage_stat_add(st, "errors", 1);
+        blocked |= bit; /* the replica's later prompts wait their own time */
+        drop_pending(s, i, 1);
+    }
+}
 
 static void forward(tk_service *s, const desc_t *in, const prompt_t *p)
 {
@@ -42,7 +134,9 @@ static void forward(tk_service *s, const desc_t *in, const prompt_t *p)
         return;
     }
     uint32_t slot;
-    if (pool_acquire(s->pool, 30000, &slot)) {
+    /* every slot out: wait for one, unless prompts wait for a replica (they hold slots, and the
+     * timer that sends them runs only between requests) */
+    if (pool_acquire(s->pool, s->npending ? 0 : 30000, &slot)) {
         hm_service_reply_error(reply, in->req_id, "tokenizer", "draft-verifier is not taking prompts: %s", hm_errmsg());
         stage_stat_add(s->st, "errors", 1);
         return;
@@ -54,17 +148,21 @@ static void forward(tk_service *s, const desc_t *in, const prompt_t *p)
     uint64_t shape[2] = {p->len, (uint64_t)p->ncols};
     int rc = hm_service_copy_params(&d, in, skip, HM_ARRAY_LEN(skip)) || desc_set_i64(&d, "muq_index", (int64_t)p->muq_index) ||
              pool_fill_desc(s->pool, slot, 0, DESC_DT_I32, 2, shape, &d);
-    void *sock = stage_socket(s->st, s->dv[in->req_id % (uint64_t)s->ndv]);
+    const int replica = (int)(in->req_id % (uint64_t)s->ndv);
+    if (!rc && waiting_for(s, replica)) { /* behind the prompts already waiting for this replica */
+        queue_prompt(s, &d, slot, replica, reply);
+        return;
+    }
     if (!rc) {
-        rc = tp_send(sock, NULL, &d, ZMQ_DONTWAIT);
-        for (int i = 0; rc == TP_AGAIN && i < 500; i++) { /* draft-verifier restarting: wait a little */
-            usleep(20000);
-            rc = tp_send(sock, NULL, &d, ZMQ_DONTWAIT);
+        rc = tp_send(stage_socket(s->st, s->dv[replica]), NULL, &d, ZMQ_DONTWAIT);
+        if (rc == TP_AGAIN) { /* the replica is restarting */
+            queue_prompt(s, &d, slot, replica, reply);
+            return;
         }
     }
     if (rc) {
         pool_cancel(s->pool, slot);
-        hm_service_reply_error(reply, in->req_id, "tokenizer", "cannot reach draft-verifier: %s", rc == TP_AGAIN ? "not connected" : hm_errmsg());
+        hm_service_reply_error(reply, in->req_id, "tokenizer", "cannot reach draft-verifier: %s", hm_errmsg());
         stage_stat_add(s->st, "errors", 1);
     }
     desc_free(&d);
@@ -134,6 +232,8 @@ static int tk_on_msg(stage_t *st, int sock, const tp_peer_t *from, desc_t *in, v
 void tk_service_free(void *state)
 {
     tk_service *s = state;
+    while (s->npending) drop_pending(s, s->npending - 1, 0);
+    free(s->pending);
     free(s->dv);
     if (s->pool) pool_destroy(s->pool);
     if (s->tok) tok_free(s->tok);
@@ -170,5 +270,6 @@ int tk_service_setup(stage_t *st, const hm_pipeline_cfg *cfg, int replica, void 
     if (pool_create(POOL_SHM, name, (uint32_t)cfg->stage[HM_STAGE_TOKENIZER].pool_slots, slot, &s->pool)) return HM_ERR;
     snprintf(url, sizeof url, "ipc://%s/tokenizer-%d.rel", cfg->run_dir, replica);
     if (pool_listen(s->pool, url) || stage_add_pool(st, s->pool)) return HM_ERR;
+    if (stage_add_timer(st, 0.05, send_pending, s)) return HM_ERR;
     return HM_OK;
 }

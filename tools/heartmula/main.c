@@ -362,8 +362,9 @@ static void progress(int tty, double t0, int64_t frames, int64_t max_frames, con
 }
 
 /* The pid of every stage process serving request req (0 where the stage does not answer within
- * timeout_ms, e.g. busy in a long computation). */
-static void stage_pids(const hm_pipeline_cfg *c, uint64_t req, int timeout_ms, int64_t pids[HM_STAGE_COUNT])
+ * timeout_ms, e.g. busy in a long computation), and when given, how long each has run (s). */
+static void stage_pids_up(const hm_pipeline_cfg *c, uint64_t req, int timeout_ms, int64_t pids[HM_STAGE_COUNT],
+                          double uptime[HM_STAGE_COUNT])
 {
     for (int s = 0; s < HM_STAGE_COUNT; s++) {
         int r = (int)(req % (uint64_t)c->stage[s].replicas);
@@ -373,12 +374,19 @@ static void stage_pids(const hm_pipeline_cfg *c, uint64_t req, int timeout_ms, i
         desc_t q, a;
         desc_init(&q, DESC_HEALTH, 0, 0);
         pids[s] = 0;
+        if (uptime) uptime[s] = -1;
         if (tp_request(url, &q, &a, timeout_ms) == HM_OK) {
             pids[s] = desc_i64_or(&a, "pid", 0);
+            if (uptime) desc_get_f64(&a, "uptime_s", &uptime[s]);
             desc_free(&a);
         }
         desc_free(&q);
     }
+}
+
+static void stage_pids(const hm_pipeline_cfg *c, uint64_t req, int timeout_ms, int64_t pids[HM_STAGE_COUNT])
+{
+    stage_pids_up(c, req, timeout_ms, pids, NULL);
 }
 
 /* Send the request again after a stage lost the song; HM_ERR after 5 times. */
@@ -416,10 +424,15 @@ static int wait_done(void *pull, const pipe_t *p, const desc_t *req_desc, const 
         if (hm_now() - last > timeout_s) return hm_err("no progress for %.0f s; is the pipeline stuck? (heartmula stats)", timeout_s);
         if (hm_now() - last > 2.0 && hm_now() - last_check > 2.0) {
             last_check = hm_now();
-            stage_pids(&p->cfg, req, 300, now_pids);
+            double up[HM_STAGE_COUNT];
+            stage_pids_up(&p->cfg, req, 300, now_pids, up);
             int restarted = -1;
             for (int s = 0; s < HM_STAGE_COUNT; s++) {
                 if (now_pids[s] && pids[s] && now_pids[s] != pids[s]) restarted = s;
+                /* a stage that did not answer before (down, or busy) and has run for less time
+                 * than this request: it started after the request was sent, which may have been
+                 * lost with the process before it */
+                if (now_pids[s] && !pids[s] && up[s] >= 0 && up[s] < hm_now() - t0) restarted = s;
                 if (now_pids[s]) pids[s] = now_pids[s];
             }
             if (restarted >= 0) {
