@@ -348,6 +348,52 @@ int upload_stacked_q(lm_cuda *m, st_file *f, const char *const *names, const int
     return rc;
 }
 
+/* upload_stacked's path for a file that holds the tensors in bf16 (the released checkpoints) and
+ * a bf16, fp8 or nvfp4 model: the bytes go from the file's mapping straight into their rows on the
+ * device (interleaved rows by one strided copy), and a quantised type is made there from them.
+ * The values are those of the path through f32 (bf16 -> f32 -> bf16 is exact), without its two
+ * conversions and the f32 copy on the host: at 3B parameters those took most of a backbone's
+ * ~25 s start (H100 host).  1 when the tensors are not all bf16 (the caller converts). */
+int upload_stacked_bf16(lm_cuda *m, st_file *f, const char *const *names, const int64_t *rows, int n, int64_t cols,
+                        hmc_dtype t, void **out, float **scale, int interleave)
+{
+    st_tensor *ts[8];
+    int64_t total = 0;
+    if (n > 8 || (interleave && (n != 2 || rows[0] != rows[1]))) return 1;
+    for (int i = 0; i < n; i++) {
+        const int64_t shape[2] = {rows[i], cols};
+        CKH(st_get(f, names[i], 2, shape, &ts[i]));
+        if (ts[i]->dtype != ST_BF16) return 1;
+        total += rows[i];
+    }
+    const size_t rb = (size_t)cols * 2;
+    void *dst = nullptr;
+    int rc;
+    if (t == HMC_BF16) { /* the allocations in put_weight's order */
+        rc = walloc(m, out, (size_t)total * rb);
+        dst = *out;
+    } else {
+        rc = walloc(m, out, mat_stride(t, (int)total, (int)cols));
+        if (rc == HM_OK) rc = walloc(m, (void **)scale, sizeof(float) * hmc_weight_scales(t, (int)total));
+        if (rc == HM_OK) rc = dev_alloc(&dst, (size_t)total * rb);
+    }
+    int64_t off = 0;
+    for (int i = 0; rc == HM_OK && i < n; i++) {
+        const cudaError_t e = interleave ? cudaMemcpy2D((char *)dst + i * rb, 2 * rb, ts[i]->data, rb, rb, (size_t)rows[i],
+                                                        cudaMemcpyHostToDevice)
+                                         : cudaMemcpy((char *)dst + off * rb, ts[i]->data, (size_t)rows[i] * rb,
+                                                      cudaMemcpyHostToDevice);
+        if (e != cudaSuccess) rc = hm_err("%s:%d: weight upload failed: %s", __FILE__, __LINE__, cudaGetErrorString(e));
+        off += rows[i];
+    }
+    if (t != HMC_BF16) {
+        if (rc == HM_OK) rc = quantize(dst, t, (int)total, (int)cols, *out, *scale);
+        if (rc == HM_OK && cudaStreamSynchronize(0) != cudaSuccess) rc = hm_err("%s:%d: quantising failed", __FILE__, __LINE__);
+        cudaFree(dst);
+    }
+    return rc;
+}
+
 int upload_stacked(lm_cuda *m, st_file *f, const char *const *names, const int64_t *rows, int n, int64_t cols,
                    hmc_dtype t, void **out, float **scale, int interleave = 0)
 {
@@ -362,6 +408,10 @@ int upload_stacked(lm_cuda *m, st_file *f, const char *const *names, const int64
     }
     int64_t total = 0;
     for (int i = 0; i < n; i++) total += rows[i];
+    if (t != HMC_F32) {
+        const int rc = upload_stacked_bf16(m, f, names, rows, n, cols, t, out, scale, interleave);
+        if (rc != 1) return rc == HM_OK ? HM_OK : hm_err_ctx("tensor '%s'", names[0]);
+    }
     float *h = (float *)hm_malloc(sizeof(float) * (size_t)(total * cols));
     int64_t off = 0;
     for (int i = 0; i < n; i++) {
@@ -413,9 +463,15 @@ int host_alloc(lm_cuda *m, void **out, size_t bytes)
 int host_table(lm_cuda *m, st_file *f, const char *name, int64_t rows, int64_t cols, hmc_dtype t, void **out)
 {
     int64_t shape[2] = {rows, cols};
+    const size_t n = (size_t)rows * cols;
+    st_tensor *ts;
+    if (t == HMC_BF16 && st_get(f, name, 2, shape, &ts) == HM_OK && ts->dtype == ST_BF16) { /* as stored */
+        CKH(host_alloc(m, out, n * 2));
+        memcpy(*out, ts->data, n * 2);
+        return HM_OK;
+    }
     float *h = st_load_f32(f, name, 2, shape);
     if (!h) return HM_ERR;
-    const size_t n = (size_t)rows * cols;
     int rc = host_alloc(m, out, n * wsz(t));
     if (rc == HM_OK && t == HMC_F32) memcpy(*out, h, n * 4);
     else if (rc == HM_OK)
