@@ -5,9 +5,9 @@
  * this stage's shm pool; the request's parameters travel along (less the text itself).
  *
  * A draft-verifier replica that is down (restarting: it binds its socket only once its model is
- * loaded, ~10-15 s at the released sizes after a GPU fault) does not fail the prompts meant for
- * it: they wait in a queue, in order, and a timer sends them when it is back.  The loop goes on
- * serving meanwhile (the other replicas' prompts too).  A prompt that could not be delivered
+ * loaded, 4-5 s at the released sizes, after the launcher's restart backoff of 1-30 s) does not
+ * fail the prompts meant for it: they wait in a queue, in order, and a timer sends them when it
+ * is back.  The loop goes on serving meanwhile (the other replicas' prompts too).  A prompt that could not be delivered
  * within TK_WAIT_S is answered with an error; a request sent again (the client's recovery after
  * a restart) replaces its queued copy. */
 #define _GNU_SOURCE
@@ -26,9 +26,8 @@
 #include "stage.h"
 #include "transport.h"
 
-/* How long a prompt waits for its replica: longer than any restart (a 3B reload after a GPU fault
- * takes ~25-30 s, and the launcher's restart backoff grows to 30 s), as the client, which still
- * waits, would only get an error. */
+/* How long a prompt waits for its replica: longer than any restart (the launcher's restart backoff
+ * grows to 30 s, then the model loads), as the client, which still waits, would only get an error. */
 #define TK_WAIT_S 120.0
 
 typedef struct {
