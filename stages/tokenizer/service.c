@@ -7,9 +7,9 @@
  * A draft-verifier replica that is down (restarting: it binds its socket only once its model is
  * loaded, 4-5 s at the released sizes, after the launcher's restart backoff of 1-30 s) does not
  * fail the prompts meant for it: they wait in a queue, in order, and a timer sends them when it
- * is back.  The loop goes on serving meanwhile (the other replicas' prompts too).  A prompt that could not be delivered
- * within TK_WAIT_S is answered with an error; a request sent again (the client's recovery after
- * a restart) replaces its queued copy. */
+ * is back.  The loop goes on serving meanwhile (the other replicas' prompts too).  A prompt
+ * that could not be delivered within TK_WAIT_S is answered with an error; a request sent again
+ * (the client's recovery after a restart) replaces its queued copy. */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
@@ -84,7 +84,7 @@ static void queue_prompt(tk_service *s, desc_t *d, uint32_t slot, int replica, c
     }
     const double now = hm_now();
     if (!waiting_for(s, replica))
-        LOG_WARN("draft-verifier[%d] is not connected (restarting?): its prompts wait, up to %.0f s each", replica, TK_WAIT_S);
+        LOG_WARN("draft-verifier[%d] is not connected (starting or restarting): its prompts wait, up to %.0f s each", replica, TK_WAIT_S);
     s->pending[s->npending++] = (tk_pending){.d = *d, .slot = slot, .replica = replica, .reply = hm_strdup(reply),
                                              .since = now, .deadline = now + TK_WAIT_S};
     stage_stat_add(s->st, "prompts_waited", 1);
