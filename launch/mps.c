@@ -123,17 +123,23 @@ static int probe_context(void)
     return wait_child(pid, 60.0);
 }
 
+/* The start of file `path` into buf[cap] (NUL-terminated): 1 if it had any bytes, else 0. */
+static int read_head(const char *path, char *buf, size_t cap)
+{
+    const int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    const ssize_t n = read(fd, buf, cap - 1);
+    close(fd);
+    buf[n > 0 ? n : 0] = 0;
+    return n > 0;
+}
+
 /* The daemon's pid from the file it writes in its pipe directory; 0 when there is none. */
 static int daemon_pid(void)
 {
     char path[700], buf[32];
     snprintf(path, sizeof path, "%s/nvidia-cuda-mps-control.pid", g_pipe);
-    const int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return 0;
-    const ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0) return 0;
-    buf[n] = 0;
+    if (!read_head(path, buf, sizeof buf)) return 0;
     char *end;
     const long v = strtol(buf, &end, 10);
     return v > 0 && v < (1L << 30) && (*end == 0 || *end == '\n') ? (int)v : 0;
@@ -145,12 +151,7 @@ static int daemon_alive(int pid)
 {
     char path[64], buf[512];
     snprintf(path, sizeof path, "/proc/%d/stat", pid);
-    const int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return 0;
-    const ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0) return 0;
-    buf[n] = 0;
+    if (!read_head(path, buf, sizeof buf)) return 0;
     const char *open_paren = strchr(buf, '('), *close_paren = strrchr(buf, ')');
     if (!open_paren || !close_paren || close_paren[1] != ' ') return 0;
     if (strncmp(open_paren + 1, "nvidia-cuda-mps", 15) != 0) return 0;
