@@ -41,8 +41,8 @@ typedef struct {
     int stage, replica;
     pid_t pid;          /* 0: not running */
     int ready;
-    double started, last_ping, next_start;
-    double backoff;
+    double started, last_ping, next_start, ready_at;
+    double backoff;         /* the wait before the next restart: 1 s, doubled after each quick exit */
     int restarts;
     int early_fails;    /* exits before ever reporting READY, in a row */
 } proc_t;
@@ -224,7 +224,9 @@ int main(int argc, char **argv)
                 rc = 1;
                 kill(getpid(), SIGTERM);
             }
-            if (now - p->started > 60.0) p->backoff = 1.0;
+            /* a process that ran a minute, or served for 10 s, was no crash loop: the wait starts
+             * over (GPU faults a few tens of seconds apart would otherwise meet waits of 4-8 s) */
+            if (now - p->started > 60.0 || (was_ready && now - p->ready_at >= 10.0)) p->backoff = 1.0;
             p->next_start = now + p->backoff;
             p->backoff = p->backoff * 2 > 30 ? 30 : p->backoff * 2;
             p->restarts++;
@@ -250,6 +252,7 @@ int main(int argc, char **argv)
             if (!p) continue;
             if (strstr(buf, "READY=1") && !p->ready) {
                 p->ready = 1;
+                p->ready_at = now;
                 LOG_INFO("%s[%d] ready (%.1f s)", hm_stage_name(p->stage), p->replica, now - p->started);
             }
             if (strstr(buf, "WATCHDOG=1") || strstr(buf, "READY=1")) p->last_ping = now;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The supervisor: --except leaves one stage to be run by hand (as under a debugger or Nsight)
 # while it runs the rest; the hand-started stage joins the pipeline; SIGINT stops every child
-# cleanly; a stage that cannot start makes the supervisor give up with the stage's reason.
+# cleanly; the restart wait starts over for a stage that served a while; a stage that cannot start
+# makes the supervisor give up with the stage's reason.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 T=$(mktemp -d /tmp/hm-launch-XXXXXX)
@@ -38,6 +39,18 @@ if bin/heartmula --config "$T/p.yaml" generate --tag-ids "$1" --lyric-ids "$2" -
   ok "song through the hand-started vocoder: $(bin/wavinfo "$T/song.wav")"
 else bad "generate: $(cat "$T/gen.out")"; fi
 grep -q "wrote $T/song.wav" "$T/vocoder.log" && ok "the hand-started vocoder wrote it" || bad "vocoder log"
+
+# restarts: the wait doubles after a quick exit, but starts over at 1 s for a process that served
+# for 10 s (not a crash loop)
+tk_ready() { grep -c "tokenizer\[0\] ready (" "$T/launch.log"; }
+for i in 1 2; do
+  n=$(tk_ready)
+  pkill -9 -f "hm-tokenizer --config $T/p.yaml"
+  for _ in $(seq 100); do [ "$(tk_ready)" -gt "$n" ] && break; sleep 0.1; done
+  [ $i = 1 ] && sleep 10.5
+done
+waits=$(grep -o "tokenizer\[0\] killed by signal 9; restarting in [0-9]* s" "$T/launch.log" | awk '{print $(NF-1)}' | tr '\n' ' ')
+[ "$waits" = "1 1 " ] && ok "a stage that served 10 s is restarted after 1 s again" || bad "restart waits: $waits(want 1 1)"
 
 kill -INT "$LPID"
 for _ in $(seq 150); do kill -0 "$LPID" 2>/dev/null || break; sleep 0.1; done
