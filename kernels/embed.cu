@@ -1,7 +1,7 @@
 /* embed.cu - embedding gathers of the language model (MODEL.md §2 "Embedding of a position"):
  * prompt rows (8 masked codebook rows + masked text row, unconditional text for the CFG row),
- * a generated frame (all 8 codebooks, no text), one code's row for the depth decoder, and a
- * strided row copy.  CPU twin: the same sums in fp32 (tests/gpu_ops.c). */
+ * a generated frame (all 8 codebooks, no text), one code's row for the depth decoder, a
+ * strided row copy, and the 16-bit transpose the loader turns the audio heads with.  CPU twin: the same sums in fp32 (tests/gpu_ops.c). */
 #include "common_cuda.h"
 #include "ops_cuda.h"
 
@@ -66,6 +66,19 @@ __global__ void copy_rows_kernel(const float *__restrict__ src, int lds, float *
 
 int blocks_for(int D) { return (D + 255) / 256; }
 
+/* out[c, r] = in[r, c] of 16-bit values, by 32 x 32 tiles through shared memory (a column of the
+ * tile padded by one, so a warp's column reads hit 32 banks). */
+__global__ void transpose16_kernel(const uint16_t *__restrict__ in, int R, int C, uint16_t *__restrict__ out)
+{
+    __shared__ uint16_t t[32][33];
+    const int c0 = blockIdx.x * 32, r0 = blockIdx.y * 32, tx = threadIdx.x;
+    for (int i = threadIdx.y; i < 32; i += blockDim.y)
+        if (r0 + i < R && c0 + tx < C) t[i][tx] = in[(size_t)(r0 + i) * C + c0 + tx];
+    __syncthreads();
+    for (int i = threadIdx.y; i < 32; i += blockDim.y)
+        if (c0 + i < C && r0 + tx < R) out[(size_t)(c0 + i) * R + r0 + tx] = t[tx][i];
+}
+
 } // namespace
 
 extern "C" int hmc_embed_prompt(const int32_t *tok, const uint8_t *mask, int S, int B, int nc, int Va,
@@ -114,4 +127,13 @@ extern "C" int hmc_copy_rows(const float *src, int lds, float *dst, int ldd, int
 {
     dim3 grid(blocks_for(D), count);
     return launch_pdl(copy_rows_kernel, grid, dim3(256), 0, s, src, lds, dst, ldd, D);
+}
+
+extern "C" int hmc_transpose16(const void *in, int R, int C, void *out, cudaStream_t s)
+{
+    if (R <= 0 || C <= 0 || (size_t)(R + 31) / 32 > 65535) return hm_err("%s:%d: transpose16: %d x %d", __FILE__, __LINE__, R, C);
+    transpose16_kernel<<<dim3((C + 31) / 32, (R + 31) / 32), dim3(32, 8), 0, s>>>((const uint16_t *)in, R, C,
+                                                                                  (uint16_t *)out);
+    const cudaError_t e = cudaGetLastError();
+    return e == cudaSuccess ? HM_OK : hm_err("%s:%d: transpose16: %s", __FILE__, __LINE__, cudaGetErrorString(e));
 }

@@ -555,6 +555,39 @@ int load_audio_head_q(lm_cuda *m, st_file *f, hmc_dtype fq)
     return rc == HM_OK ? HM_OK : hm_err_ctx("audio_head");
 }
 
+/* audio_head in bf16 in the file [nc-1, Dd, Va] (shape: ahs) for a bf16, fp8 or nvfp4 model: each
+ * matrix goes up as it is and is turned to [Va, Dd] on the device (then quantised), into the places
+ * and allocations put_weight gives it.  The same bytes as put_weight's path through f32, without
+ * its host transpose: ~0.7 GB of f32 written a column at a time, most of a draft-verifier's start.
+ * 1 when the tensor is not bf16 (the caller converts). */
+int audio_head_bf16(lm_cuda *m, st_file *f, const int64_t *ahs)
+{
+    st_tensor *ts;
+    CKH(st_get(f, "audio_head", 3, ahs, &ts));
+    if (ts->dtype != ST_BF16) return 1;
+    const int C = (int)ahs[0], Dd = (int)ahs[1], Va = (int)ahs[2];
+    const hmc_dtype q = m->qdt;
+    const size_t ne = (size_t)Dd * Va, wb = q == HMC_BF16 ? ne * 2 : mat_stride(q, Va, Dd);
+    const size_t ns = q == HMC_BF16 ? 0 : hmc_weight_scales(q, Va);
+    void *src = nullptr, *tr = nullptr;
+    int rc = walloc(m, &m->audio_head, C * wb);
+    if (rc == HM_OK && q != HMC_BF16) rc = walloc(m, (void **)&m->s_ah, sizeof(float) * ns * C);
+    if (rc == HM_OK) rc = dev_alloc(&src, ne * 2);
+    if (rc == HM_OK && q != HMC_BF16) rc = dev_alloc(&tr, ne * 2);
+    for (int i = 0; rc == HM_OK && i < C; i++) {
+        if (cudaMemcpy(src, (const char *)ts->data + i * ne * 2, ne * 2, cudaMemcpyHostToDevice) != cudaSuccess)
+            rc = hm_err("%s:%d: audio_head upload failed", __FILE__, __LINE__);
+        if (rc == HM_OK)
+            rc = hmc_transpose16(src, Dd, Va, q == HMC_BF16 ? (char *)m->audio_head + i * wb : tr, 0);
+        if (rc == HM_OK && q != HMC_BF16)
+            rc = quantize(tr, q, Va, Dd, (char *)m->audio_head + i * wb, m->s_ah + i * ns);
+        if (rc == HM_OK && cudaStreamSynchronize(0) != cudaSuccess) /* src and tr are reused */
+            rc = hm_err("%s:%d: audio_head transpose failed", __FILE__, __LINE__);
+    }
+    cudaFree(src), cudaFree(tr);
+    return rc;
+}
+
 /* The tensors of the halves in m->parts: backbone = backbone layers + norm, text embeddings,
  * unconditional embedding, MuQ projection; depth = decoder layers + norm, codebook-0 head,
  * projection, audio heads; both use the audio embeddings (frame input / decoder input).  Layer
@@ -590,6 +623,10 @@ int load_weights(lm_cuda *m, st_file *f)
     if (const st_tensor *a0 = st_find(f, "audio_head"))
         if (file_qdt(a0) != HMC_BF16) return load_audio_head_q(m, f, file_qdt(a0));
     int64_t ahs[3] = {nc - 1, Dd, Va};
+    if (q != HMC_F32 && !getenv("HM_LM_AUDIO_HEAD_HOST")) { /* the knob: the host path, for an A/B */
+        const int rc = audio_head_bf16(m, f, ahs);
+        if (rc != 1) return rc == HM_OK ? HM_OK : hm_err_ctx("audio_head");
+    }
     float *ah = st_load_f32(f, "audio_head", 3, ahs);
     if (!ah) return HM_ERR;
     size_t ne = (size_t)(nc - 1) * Dd * Va;

@@ -318,6 +318,8 @@ int hmc_embed_code(const int32_t *codes, int ci, int Va, const void *audio, hmc_
                    float *x, int r0, int rstride, int count, cudaStream_t stream);
 /* Copy count rows of D floats: dst row i (stride ldd) = src row i (stride lds). */
 int hmc_copy_rows(const float *src, int lds, float *dst, int ldd, int D, int count, cudaStream_t stream);
+/* out [C, R] = the transpose of in [R, C], 16-bit values (bf16 bytes; not in place). */
+int hmc_transpose16(const void *in, int R, int C, void *out, cudaStream_t stream);
 
 /* ---- sampling (kernels/sample.cu) ---------------------------------------------------------------
  * logits [B, V] fp32 (V <= 16384) → g = l0 (B=1) or l1 + (l0 - l1)·cfg (B=2); writes g to

@@ -643,6 +643,30 @@ static void check_embed(int S, int B, int nc, int Va, int Vt, int D, hmc_dtype t
     free(audio), free(text), free(unc), free(tok), free(mask), free(g), free(ref);
 }
 
+/* hmc_transpose16 against a host transpose of the same 16-bit values: equal to the bit. */
+static void check_transpose16(int R, int C)
+{
+    const size_t n = (size_t)R * C;
+    uint16_t *h = hm_malloc(2 * n), *g = hm_malloc(2 * n);
+    for (size_t i = 0; i < n; i++) h[i] = (uint16_t)(i * 2654435761u >> 7);
+    void *in, *out;
+    CU(cudaMalloc(&in, 2 * n));
+    CU(cudaMalloc(&out, 2 * n));
+    CU(cudaMemcpy(in, h, 2 * n, cudaMemcpyHostToDevice));
+    CU(cudaMemset(out, 0xff, 2 * n));
+    OK(hmc_transpose16(in, R, C, out, 0));
+    CU(cudaMemcpy(g, out, 2 * n, cudaMemcpyDeviceToHost));
+    size_t bad = 0;
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) bad += g[(size_t)c * R + r] != h[(size_t)r * C + c];
+    float fb = (float)bad, zero = 0.0f;
+    char sh[96];
+    snprintf(sh, sizeof sh, "%d x %d: %zu values differ", R, C, bad);
+    report("transpose16", sh, &fb, &zero, 1, 0.0);
+    cudaFree(in), cudaFree(out);
+    free(h), free(g);
+}
+
 static void check_sample(int V, int B)
 {
     float *l = rvec((size_t)B * V, 4.0f), *ld = dev_f32(l, (size_t)B * V), *lo = dev_poison(V);
@@ -919,6 +943,9 @@ persist:
     }
     check_embed(40, 2, 8, 8197, 4096, 3072, HMC_BF16);
     check_embed(21, 2, 8, 69, 1024, 64, HMC_F32);
+    check_transpose16(3072, 8197);
+    check_transpose16(77, 69);
+    check_transpose16(1, 33);
     check_sample(8197, 2);
     check_sample(8197, 1);
     check_sample(69, 2);
