@@ -1,7 +1,8 @@
 /* embed.cu - embedding gathers of the language model (MODEL.md §2 "Embedding of a position"):
  * prompt rows (8 masked codebook rows + masked text row, unconditional text for the CFG row),
- * a generated frame (all 8 codebooks, no text), one code's row for the depth decoder, a
- * strided row copy, and the 16-bit transpose the loader turns the audio heads with.  CPU twin: the same sums in fp32 (tests/gpu_ops.c). */
+ * a generated frame (all 8 codebooks, no text), one code's row for the depth decoder, a strided
+ * row copy, and the 16-bit transpose the loader turns the audio heads with.  CPU twin: the same
+ * sums in fp32, and a host transpose (tests/gpu_ops.c). */
 #include "common_cuda.h"
 #include "ops_cuda.h"
 
@@ -131,7 +132,8 @@ extern "C" int hmc_copy_rows(const float *src, int lds, float *dst, int ldd, int
 
 extern "C" int hmc_transpose16(const void *in, int R, int C, void *out, cudaStream_t s)
 {
-    if (R <= 0 || C <= 0 || (size_t)(R + 31) / 32 > 65535) return hm_err("%s:%d: transpose16: %d x %d", __FILE__, __LINE__, R, C);
+    if (R <= 0 || C <= 0 || R > 65535 * 32)
+        return hm_err("%s:%d: transpose16: %d x %d", __FILE__, __LINE__, R, C);
     transpose16_kernel<<<dim3((C + 31) / 32, (R + 31) / 32), dim3(32, 8), 0, s>>>((const uint16_t *)in, R, C,
                                                                                   (uint16_t *)out);
     const cudaError_t e = cudaGetLastError();
