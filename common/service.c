@@ -13,18 +13,21 @@
 #include "transport.h"
 #ifdef HM_CUDA
 #include "ops_cuda.h"
+#endif
 
-/* Fault injection for the recovery tests (profiling/gpu-check fault): with HM_FAULT_INJECT=
- * "<stage>:<trigger file>", that stage looks for the file after every loop turn; once it appears,
- * the stage deletes it and launches a kernel that writes to an unmapped address
- * (hmc_fault_inject).  Once per process; the restarted stage finds no file. */
+/* Fault injection for the recovery tests: with HM_FAULT_INJECT="<stage>:<trigger file>", that
+ * stage looks for the file after every loop turn; once it appears, the stage deletes it and, on
+ * cuda, launches a kernel that writes to an unmapped address (hmc_fault_inject; profiling/gpu-check
+ * fault), on cpu acts as if its device context were lost (tests/t_launch.sh).  Once per process;
+ * the restarted stage finds no file. */
 typedef struct {
     const char *stage;
     char trigger[512];
+    int cuda;
     double probed; /* hm_now() of the last hmc_context_probe */
-} cuda_check_t;
+} check_t;
 
-static void fault_setup(cuda_check_t *c)
+static void fault_setup(check_t *c)
 {
     const char *e = getenv("HM_FAULT_INJECT");
     const size_t n = strlen(c->stage);
@@ -41,23 +44,31 @@ static void fault_setup(cuda_check_t *c)
  * would fail, and under MPS the server admits no new client until all affected ones have left.
  * After every turn the last error is read; twice a second, and before a request is failed, the
  * driver is asked as well, so an idle stage leaves too (hmc_context_probe). */
-static int cuda_check(void *user, int thorough)
+static int stage_check(void *user, int thorough)
 {
-    cuda_check_t *c = user;
+    check_t *c = user;
     if (c->trigger[0] && access(c->trigger, F_OK) == 0) {
         unlink(c->trigger);
         c->trigger[0] = '\0';
+        if (!c->cuda) return hm_err("fault injection: the stage acts as if its device context were lost");
+#ifdef HM_CUDA
         LOG_WARN("fault injection: a kernel writes to an unmapped address now");
         if (hmc_fault_inject() != HM_OK) LOG_WARN("fault injection failed: %s", hm_errmsg());
-    }
-    const double now = hm_now();
-    if (thorough || now - c->probed >= 0.5) {
-        c->probed = now;
-        return hmc_context_probe();
-    }
-    return hmc_context_check();
-}
 #endif
+    }
+#ifdef HM_CUDA
+    if (c->cuda) {
+        const double now = hm_now();
+        if (thorough || now - c->probed >= 0.5) {
+            c->probed = now;
+            return hmc_context_probe();
+        }
+        return hmc_context_check();
+    }
+#endif
+    (void)thorough;
+    return HM_OK;
+}
 
 int hm_stage_main(int argc, char **argv, const char *name, hm_stage_setup_fn setup, hm_stage_free_fn free_fn)
 {
@@ -96,14 +107,12 @@ int hm_stage_main(int argc, char **argv, const char *name, hm_stage_setup_fn set
         LOG_ERROR("backend cuda: this build has no CUDA backend (rebuild with `make CUDA=1`)");
         goto out;
     }
-#else
-    static cuda_check_t chk;
-    if (!strcmp(cfg.stage[si].backend, "cuda")) {
-        chk.stage = name;
-        fault_setup(&chk);
-        stage_on_check(st, cuda_check, &chk);
-    }
 #endif
+    static check_t chk;
+    chk.stage = name;
+    chk.cuda = !strcmp(cfg.stage[si].backend, "cuda");
+    fault_setup(&chk);
+    if (chk.cuda || chk.trigger[0]) stage_on_check(st, stage_check, &chk);
     double t0 = hm_now();
     if (setup(st, &cfg, a.replica, &state)) {
         LOG_ERROR("%s", hm_errmsg());
@@ -117,7 +126,7 @@ int hm_stage_main(int argc, char **argv, const char *name, hm_stage_setup_fn set
         goto out;
     }
     LOG_INFO("ready in %.2f s (control %s)", hm_now() - t0, ctl);
-    rc = stage_run(st) == HM_OK ? 0 : 1;
+    rc = stage_run(st) == HM_OK ? 0 : stage_lost(st) ? HM_EXIT_LOST : 1;
     LOG_INFO("stopping");
 out:
     if (state) free_fn(state);

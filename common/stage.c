@@ -171,6 +171,7 @@ struct stage {
     void *drain_user;
     stage_check_fn check;
     void *check_user;
+    int lost; /* the check said the process must go */
     counter_t counters[STAT_MAX];
     int ncounters;
     hist_t hists[STAT_MAX];
@@ -226,8 +227,10 @@ void stage_exit_if_broken(stage_t *st)
     LOG_ERROR("%s: exiting, to be restarted; the requests in flight are not failed (their clients "
               "recover them as after a crash)", hm_errmsg());
     sd_notify(0, "STOPPING=1");
-    _exit(1);
+    _exit(HM_EXIT_LOST);
 }
+
+int stage_lost(const stage_t *st) { return st && st->lost; }
 
 void stage_on_drain(stage_t *st, stage_timer_fn fn, void *user)
 {
@@ -646,6 +649,7 @@ int stage_run(stage_t *st)
         run_watches(st, now);
         if (st->check && st->check(st->check_user, 0) != HM_OK) {
             LOG_ERROR("%s: exiting, to be restarted", hm_errmsg());
+            st->lost = 1;
             rc = HM_ERR;
             break;
         }

@@ -122,14 +122,20 @@ int stage_watch(stage_t *st, int sock, double interval_s, int max_missed, stage_
 /* Called once when DRAIN arrives (stop taking new requests, finish the ones in flight). */
 void stage_on_drain(stage_t *st, stage_timer_fn fn, void *user);
 /* fn(user, 0) after every loop turn: HM_ERR (with hm_errmsg set) when the process cannot go on (a
- * lost CUDA context); the loop then stops and stage_run returns HM_ERR, so the process exits with
- * status 1 and the supervisor starts a fresh one.  stage_exit_if_broken calls fn(user, 1): check
- * thoroughly (ask the driver), whatever it costs. */
+ * lost CUDA context); the loop then stops, stage_run returns HM_ERR and stage_lost says so, and the
+ * process exits with status HM_EXIT_LOST for the supervisor to start a fresh one.
+ * stage_exit_if_broken calls fn(user, 1): check thoroughly (ask the driver), whatever it costs. */
 typedef int (*stage_check_fn)(void *user, int thorough);
 void stage_on_check(stage_t *st, stage_check_fn fn, void *user);
+/* The exit status of a stage that leaves because its device context is lost (EX_TEMPFAIL): the
+ * process was fine, the GPU (or the MPS server) was not, so hm-launch restarts a stage that had been
+ * ready after 1 s, however many restarts came before; an exit before READY still doubles the wait. */
+#define HM_EXIT_LOST 75
+/* 1 when stage_run stopped because the stage_on_check function said the process must go. */
+int stage_lost(const stage_t *st);
 /* Call before answering a request with an error.  When the stage_on_check function says the
  * process cannot go on, the error is the process's, not the request's: the process exits at once
- * with status 1 and answers nothing, as after a crash, so the clients recover the song as after
+ * with status HM_EXIT_LOST and answers nothing, as after a crash, so the clients recover the song as after
  * any restart (the CLI sends it again) where an ERROR would have ended it.  Otherwise it returns. */
 void stage_exit_if_broken(stage_t *st);
 

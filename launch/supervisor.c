@@ -34,6 +34,7 @@
 #include "config.h"
 #include "hm.h"
 #include "mps.h"
+#include "stage.h" /* HM_EXIT_LOST */
 
 #define MAX_PROCS 256
 
@@ -225,15 +226,20 @@ int main(int argc, char **argv)
                 kill(getpid(), SIGTERM);
             }
             /* a process that ran a minute, or served for 10 s, was no crash loop: the wait starts
-             * over (GPU faults a few tens of seconds apart would otherwise meet waits of 4-8 s) */
-            if (now - p->started > 60.0 || (was_ready && now - p->ready_at >= 10.0)) p->backoff = 1.0;
+             * over (GPU faults a few tens of seconds apart would otherwise meet waits of 4-8 s).
+             * Nor was one that served and left because its device context was lost (HM_EXIT_LOST):
+             * the GPU or the MPS server failed, not the process (an H200 run's draft-verifier,
+             * through a device fault, its own SIGKILL, the MPS server's and the daemon's, met 16 s) */
+            const int lost = WIFEXITED(st) && WEXITSTATUS(st) == HM_EXIT_LOST;
+            if (now - p->started > 60.0 || (was_ready && (lost || now - p->ready_at >= 10.0))) p->backoff = 1.0;
             p->next_start = now + p->backoff;
             p->backoff = p->backoff * 2 > 30 ? 30 : p->backoff * 2;
             p->restarts++;
             if (WIFSIGNALED(st))
                 LOG_WARN("%s[%d] killed by signal %d; restarting in %.0f s", hm_stage_name(p->stage), p->replica, WTERMSIG(st), p->next_start - now);
             else
-                LOG_WARN("%s[%d] exited with status %d; restarting in %.0f s", hm_stage_name(p->stage), p->replica, WEXITSTATUS(st), p->next_start - now);
+                LOG_WARN("%s[%d] exited with status %d%s; restarting in %.0f s", hm_stage_name(p->stage), p->replica,
+                         WEXITSTATUS(st), lost ? " (its device context was lost)" : "", p->next_start - now);
         }
         /* notifications */
         for (;;) {

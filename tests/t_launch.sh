@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The supervisor: --except leaves one stage to be run by hand (as under a debugger or Nsight)
 # while it runs the rest; the hand-started stage joins the pipeline; SIGINT stops every child
-# cleanly; the restart wait starts over for a stage that served a while; a stage that cannot start
-# makes the supervisor give up with the stage's reason.
+# cleanly; the restart wait starts over for a stage that served a while, and after every lost
+# device context; a stage that cannot start makes the supervisor give up with the stage's reason.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 T=$(mktemp -d /tmp/hm-launch-XXXXXX)
@@ -23,7 +23,7 @@ mkdir -p "$M" && ln -s "$PWD/tests/fixtures/lm/model/HeartMuLa-oss-tiny" "$M/" &
   && cp tests/fixtures/lm/model/gen_config.json "$M/"
 printf 'model_dir: %s\nrun_dir: %s/run\n' "$M" "$T" > "$T/p.yaml"
 
-bin/hm-launch --config "$T/p.yaml" --except vocoder > "$T/launch.log" 2>&1 &
+HM_FAULT_INJECT=tokenizer:$T/lost bin/hm-launch --config "$T/p.yaml" --except vocoder > "$T/launch.log" 2>&1 &
 LPID=$!
 for _ in $(seq 300); do [ -f "$T/run/ready" ] && break; sleep 0.1; done
 n=$(grep -c "ready (" "$T/launch.log")
@@ -51,6 +51,17 @@ for i in 1 2; do
 done
 waits=$(grep -o "tokenizer\[0\] killed by signal 9; restarting in [0-9]* s" "$T/launch.log" | awk '{print $(NF-1)}' | tr '\n' ' ')
 [ "$waits" = "1 1 " ] && ok "a stage that served 10 s is restarted after 1 s again" || bad "restart waits: $waits(want 1 1)"
+# a stage that served and left because its device context was lost (here simulated: the fault
+# injection of a cpu stage) is restarted after 1 s however soon it happens again; the old rule
+# gives 2 4 8 after the kills above
+for i in 1 2 3; do
+  n=$(tk_ready)
+  touch "$T/lost"
+  for _ in $(seq 100); do [ "$(tk_ready)" -gt "$n" ] && break; sleep 0.1; done
+done
+waits=$(grep -o "tokenizer\[0\] exited with status 75 (its device context was lost); restarting in [0-9]* s" "$T/launch.log" | awk '{print $(NF-1)}' | tr '\n' ' ')
+[ "$waits" = "1 1 1 " ] && ok "a stage whose device context was lost is restarted after 1 s each time" \
+  || bad "restart waits after a lost context: $waits(want 1 1 1)"
 
 kill -INT "$LPID"
 for _ in $(seq 150); do kill -0 "$LPID" 2>/dev/null || break; sleep 0.1; done

@@ -693,7 +693,9 @@ static void test_stage_check(void **st_)
     assert_int_equal(stage_add_timer(st, 0.01, tick_nothing, NULL), HM_OK);
     stage_on_check(st, check_third, NULL);
     const double t0 = hm_now();
-    assert_int_equal(stage_run(st), HM_ERR); /* not a graceful stop: the process exits with 1 */
+    assert_int_equal(stage_lost(st), 0);
+    assert_int_equal(stage_run(st), HM_ERR); /* not a graceful stop: the process exits with 75 */
+    assert_int_equal(stage_lost(st), 1);
     assert_int_equal(g_checks, 3);
     assert_true(hm_now() - t0 < 2.0);
     assert_non_null(strstr(hm_errmsg(), "context lost"));
@@ -702,7 +704,8 @@ static void test_stage_check(void **st_)
 }
 
 /* Before a stage fails a request it asks the check: a broken process (a lost CUDA context)
- * exits with status 1 there and then, answering nothing; a sound one goes on to fail the request. */
+ * exits with status HM_EXIT_LOST there and then, answering nothing; a sound one goes on to fail the
+ * request. */
 static int g_thorough;
 static int check_ok(void *user, int thorough) { (void)user, g_thorough = thorough; return HM_OK; }
 static int check_lost(void *user, int thorough) { (void)user, (void)thorough; return hm_err("context lost (test)"); }
@@ -727,7 +730,7 @@ static void test_stage_exit_if_broken(void **st_)
     (void)st_;
     assert_int_equal(exit_status_of(NULL), 0);       /* no check registered (a cpu stage) */
     assert_int_equal(exit_status_of(check_ok), 0);   /* the context is fine: fail the request */
-    assert_int_equal(exit_status_of(check_lost), 1); /* lost: exit, as after a crash */
+    assert_int_equal(exit_status_of(check_lost), HM_EXIT_LOST); /* lost: exit, as after a crash */
     stage_exit_if_broken(NULL);                      /* no stage: nothing to do */
     stage_t *st; /* the gate asks for the thorough check (the loop's turns do not) */
     assert_int_equal(stage_new("gate", 0, &st), HM_OK);
